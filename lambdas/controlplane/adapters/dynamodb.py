@@ -1,0 +1,346 @@
+"""DynamoDB data access. Every read is a GetItem or a Query on a key/GSI (never a Scan); every job state change
+is a conditional UpdateItem that encodes the lifecycle table, so a stale writer loses cleanly."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr, Key
+from botocore.exceptions import ClientError
+
+from controlplane.adapters import schema
+from controlplane.core.errors import Conflict, InvalidRequest, TransitionRefused
+from controlplane.core.lifecycle import ACTIVE, JobStatus, predecessors
+from controlplane.core.models import Job, Provider, utcnow
+from controlplane.core.ports import JobPage
+from controlplane.core.spec import TaskSpec
+
+ACTIVE_PARTITION = "ACTIVE"
+_BAD_CURSOR = "cursor is not valid: pass back the next_cursor value from the previous page"
+_IMMUTABLE = frozenset({"job_id", "team_id", "status", "team_status", "active", "active_sk", "version", "created_at"})
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    """A lost condition, never any other failure (a cancelled transaction counts only if a condition failed)."""
+    code = error.response.get("Error", {}).get("Code")
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code == "TransactionCanceledException":
+        reasons = error.response.get("CancellationReasons", [])
+        return any(reason.get("Code") == "ConditionalCheckFailed" for reason in reasons)
+    return False
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+def encode_cursor(key: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(_from_dynamo(key), sort_keys=True).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, expected_keys: set[str]) -> dict[str, Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidRequest(_BAD_CURSOR) from None
+    if not isinstance(key, dict) or set(key) != expected_keys or not all(isinstance(v, str) for v in key.values()):
+        raise InvalidRequest(_BAD_CURSOR)
+    return key
+
+
+class DynamoTeamStore:
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def create_team(self, team_id: str, name: str) -> None:
+        try:
+            self.table.put_item(
+                Item={"pk": f"TEAM#{team_id}", "sk": "TEAM", "name": name, "created_at": utcnow().isoformat()},
+                ConditionExpression=Attr("pk").not_exists(),
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+
+    def put_token(self, token_hash: str, team_id: str, label: str) -> None:
+        self.table.put_item(
+            Item={
+                "pk": f"TOKEN#{token_hash}",
+                "sk": "TOKEN",
+                "team_id": team_id,
+                "label": label,
+                "created_at": utcnow().isoformat(),
+            },
+            ConditionExpression=Attr("pk").not_exists(),
+        )
+
+    def team_for_token(self, token_hash: str) -> str | None:
+        item = self.table.get_item(Key={"pk": f"TOKEN#{token_hash}", "sk": "TOKEN"}).get("Item")
+        return str(item["team_id"]) if item else None
+
+
+class DynamoProviderStore:
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.client = table.meta.client
+
+    def create(self, provider: Provider) -> None:
+        """The provider item and a name lock are written together, so names are unique within a team."""
+        item = _to_dynamo(provider.model_dump()) | {
+            "pk": f"TEAM#{provider.team_id}",
+            "sk": f"PROVIDER#{provider.provider_id}",
+        }
+        lock = {
+            "pk": f"TEAM#{provider.team_id}",
+            "sk": f"PROVIDERNAME#{provider.name.lower()}",
+            "provider_id": provider.provider_id,
+        }
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table.name,
+                            "Item": item,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.table.name,
+                            "Item": lock,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                raise Conflict(f"a provider named {provider.name!r} already exists in this team") from None
+            raise
+
+    def get(self, team_id: str, provider_id: str) -> Provider | None:
+        item = self.table.get_item(Key={"pk": f"TEAM#{team_id}", "sk": f"PROVIDER#{provider_id}"}).get("Item")
+        return _provider(item) if item else None
+
+    def list(self, team_id: str) -> list[Provider]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(f"TEAM#{team_id}") & Key("sk").begins_with("PROVIDER#")
+        }
+        while True:
+            page = self.table.query(**kwargs)
+            items += page["Items"]
+            if "LastEvaluatedKey" not in page:
+                return [_provider(item) for item in items]
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def delete(self, provider: Provider) -> None:
+        self.client.transact_write_items(
+            TransactItems=[
+                {
+                    "Delete": {
+                        "TableName": self.table.name,
+                        "Key": {"pk": f"TEAM#{provider.team_id}", "sk": f"PROVIDER#{provider.provider_id}"},
+                    }
+                },
+                {
+                    "Delete": {
+                        "TableName": self.table.name,
+                        "Key": {"pk": f"TEAM#{provider.team_id}", "sk": f"PROVIDERNAME#{provider.name.lower()}"},
+                    }
+                },
+            ]
+        )
+
+
+def _provider(item: dict[str, Any]) -> Provider:
+    return Provider.model_validate({k: v for k, v in _from_dynamo(item).items() if k not in {"pk", "sk"}})
+
+
+class DynamoJobStore:
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    # -- items ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _item(job: Job) -> dict[str, Any]:
+        item = _to_dynamo(job.model_dump(exclude={"spec"}, exclude_none=True))
+        item["spec"] = job.spec.model_dump_json(exclude_none=True)
+        item["team_status"] = f"{job.team_id}#{job.status}"
+        if job.status in ACTIVE:
+            item["active"] = ACTIVE_PARTITION
+            item["active_sk"] = f"{job.provider_id}#{job.region}#{job.job_id}"
+        return dict(item)
+
+    @staticmethod
+    def _job(item: dict[str, Any]) -> Job:
+        data = _from_dynamo(item)
+        data["spec"] = TaskSpec.model_validate_json(data["spec"])
+        for internal in ("team_status", "active", "active_sk"):
+            data.pop(internal, None)
+        return Job.model_validate(data)
+
+    # -- writes ---------------------------------------------------------------------------------------------
+
+    def create(self, job: Job) -> tuple[Job, bool]:
+        """Insert a new job; if the id exists already (an idempotent retry) return the stored one instead."""
+        try:
+            self.table.put_item(Item=self._item(job), ConditionExpression=Attr("job_id").not_exists())
+            return job, True
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+        existing = self.get(job.job_id)
+        if existing is None:  # deleted in between: cannot happen today (jobs are never deleted), be explicit
+            raise Conflict(f"job {job.job_id} could not be created; retry the request")
+        return existing, False
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        expected: JobStatus | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> Job:
+        """Move a job to `target` if the lifecycle allows it from its *current* state (and, if given, only from
+        `expected`). The check and the write are one conditional UpdateItem: a stale writer gets TransitionRefused.
+        """
+        current = self.get(job_id)
+        if current is None:
+            raise TransitionRefused(job_id, None, target)
+        allowed = sorted(predecessors(target))
+        if expected is not None:
+            allowed = [state for state in allowed if state == expected]
+        if current.status not in allowed:
+            raise TransitionRefused(job_id, current.status, target)
+        now = utcnow()
+        updates: dict[str, Any] = dict(fields or {})
+        # team_id never changes, so the (team, status) index key can be written exactly in the same update.
+        updates.update({"status": str(target), "team_status": f"{current.team_id}#{target}", "updated_at": now})
+        removes: list[str] = []
+        if target.terminal:
+            updates.setdefault("ended_at", now)
+            removes = ["active", "active_sk"]
+        values: dict[str, Any] = {f":from{i}": str(state) for i, state in enumerate(allowed)}
+        condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
+        return self._update(job_id, updates, removes, condition, values, str(target))
+
+    def update(self, job_id: str, fields: dict[str, Any], *, expected: JobStatus | None = None) -> Job:
+        """Change non-status fields; refuses terminal jobs (their record is final) and, if given, other states."""
+        if expected is not None:
+            values: dict[str, Any] = {":expected": str(expected)}
+            condition = "attribute_exists(job_id) AND #status = :expected"
+        else:
+            values = {f":active{i}": str(state) for i, state in enumerate(sorted(ACTIVE))}
+            condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
+        updates = {k: v for k, v in fields.items() if k not in _IMMUTABLE} | {"updated_at": utcnow()}
+        if len(updates) != len(fields) + 1:
+            raise ValueError(f"update() cannot change {sorted(set(fields) & _IMMUTABLE)}; use transition()")
+        return self._update(job_id, updates, [], condition, values, "an update")
+
+    def _update(
+        self,
+        job_id: str,
+        updates: dict[str, Any],
+        removes: list[str],
+        condition: str,
+        values: dict[str, Any],
+        attempted: str,
+    ) -> Job:
+        names = {"#status": "status", "#version": "version"}
+        values = dict(values) | {":zero": 0, ":one": 1}
+        sets = ["#version = if_not_exists(#version, :zero) + :one"]
+        remove_names = []
+        for i, (field_name, value) in enumerate(updates.items()):
+            names[f"#f{i}"] = field_name
+            if value is None:
+                remove_names.append(f"#f{i}")
+            else:
+                sets.append(f"#f{i} = :v{i}")
+                values[f":v{i}"] = _to_dynamo(value)
+        for i, field_name in enumerate(removes):
+            names[f"#r{i}"] = field_name
+            remove_names.append(f"#r{i}")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(remove_names) if remove_names else "")
+        try:
+            result = self.table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+            current = self.get(job_id)
+            raise TransitionRefused(job_id, current.status if current else None, attempted) from None
+        return self._job(result["Attributes"])
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        item = self.table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
+        return self._job(item) if item else None
+
+    def list_for_team(self, team_id: str, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
+        if status is None:
+            index, partition = schema.JOBS_BY_TEAM, Key("team_id").eq(team_id)
+            key_names = {"job_id", "team_id", "created_at"}
+        else:
+            index, partition = schema.JOBS_BY_TEAM_STATUS, Key("team_status").eq(f"{team_id}#{status}")
+            key_names = {"job_id", "team_status", "created_at"}
+        kwargs: dict[str, Any] = {
+            "IndexName": index,
+            "KeyConditionExpression": partition,
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor:
+            start = decode_cursor(cursor, key_names)
+            owner = start.get("team_id") or start["team_status"].rpartition("#")[0]
+            if owner != team_id:  # a cursor from another team's listing
+                raise InvalidRequest(_BAD_CURSOR)
+            kwargs["ExclusiveStartKey"] = start
+        page = self.table.query(**kwargs)
+        last = page.get("LastEvaluatedKey")
+        return JobPage(
+            jobs=[self._job(item) for item in page["Items"]], next_cursor=encode_cursor(last) if last else None
+        )
+
+    def has_active_jobs(self, provider_id: str) -> bool:
+        page = self.table.query(
+            IndexName=schema.JOBS_ACTIVE,
+            KeyConditionExpression=Key("active").eq(ACTIVE_PARTITION) & Key("active_sk").begins_with(f"{provider_id}#"),
+            Limit=1,
+        )
+        return bool(page["Items"])

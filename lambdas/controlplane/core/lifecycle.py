@@ -1,0 +1,77 @@
+"""The job lifecycle: states, failure reasons and the transitions allowed between states.
+
+PENDING → LAUNCHING → PROVISIONING → RUNNING → SUCCEEDED | FAILED | CANCELLED.
+Any non-terminal state may end FAILED or CANCELLED (a launch can fail, a job can be cancelled before it
+starts); SUCCEEDED needs a recorded exit status, which only exists once the instance has run. Terminal states
+never change. The store enforces this table with conditional writes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    PENDING = "PENDING"
+    LAUNCHING = "LAUNCHING"
+    PROVISIONING = "PROVISIONING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+class FailureReason(StrEnum):
+    """Why a job FAILED. The set is fixed and documented (README, "Job states")."""
+
+    INVALID_SPEC = "INVALID_SPEC"
+    CREDENTIALS = "CREDENTIALS"
+    CAPACITY = "CAPACITY"
+    QUOTA = "QUOTA"
+    LAUNCH_ERROR = "LAUNCH_ERROR"
+    SETUP_FAILED = "SETUP_FAILED"
+    EXIT_NONZERO = "EXIT_NONZERO"
+    MAX_RUNTIME = "MAX_RUNTIME"
+    SPOT_INTERRUPTED = "SPOT_INTERRUPTED"
+    INSTANCE_LOST = "INSTANCE_LOST"
+
+
+FAILURE_REASON_HELP: dict[FailureReason, str] = {
+    FailureReason.INVALID_SPEC: "The task spec asks for something invalid or not sold by AWS; fix the spec.",
+    FailureReason.CREDENTIALS: "The provider's AWS keys were rejected or lack a permission from the policy.",
+    FailureReason.CAPACITY: "AWS had no capacity for the instance type in any tried Availability Zone.",
+    FailureReason.QUOTA: "An EC2 service quota (vCPU or spot count) is too low; request an increase.",
+    FailureReason.LAUNCH_ERROR: "RunInstances failed for another reason; the message carries AWS's text.",
+    FailureReason.SETUP_FAILED: "The task's `setup` commands exited non-zero; `run` never started.",
+    FailureReason.EXIT_NONZERO: "The task's `run` commands exited non-zero (see exit_code).",
+    FailureReason.MAX_RUNTIME: "The job exceeded max_runtime_minutes and its instance was terminated.",
+    FailureReason.SPOT_INTERRUPTED: "AWS reclaimed the spot instance.",
+    FailureReason.INSTANCE_LOST: "The instance ended without recording an exit status.",
+}
+
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.LAUNCHING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.LAUNCHING: frozenset({JobStatus.PROVISIONING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.PROVISIONING: frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+ACTIVE: frozenset[JobStatus] = frozenset(set(JobStatus) - TERMINAL)
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in ALLOWED[current]
+
+
+def predecessors(target: JobStatus) -> frozenset[JobStatus]:
+    """States from which `target` may be entered (what a conditional write must check)."""
+    return frozenset(state for state, nexts in ALLOWED.items() if target in nexts)

@@ -1,0 +1,140 @@
+"""Domain records (what the store keeps) and the API's request bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from controlplane.core import catalog
+from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.spec import TaskSpec
+
+TEAM_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+TEAM_ID_RULE = "1-32 characters: lowercase letters, digits and '-', starting with a letter or digit"
+_PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def check_team_id(team_id: str) -> str:
+    """Team ids end up in AWS resource names (`transformerlab-ec2-profile-<team>` must fit IAM's 64 characters)."""
+    if not TEAM_ID.match(team_id):
+        raise ValueError(f"team id {team_id!r} is not valid: {TEAM_ID_RULE}")
+    return team_id
+
+
+class Provider(BaseModel):
+    """An AWS account + region jobs run in. The secret key lives in Secrets Manager, never here."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider_id: str
+    team_id: str
+    name: str
+    region: str
+    account_id: str
+    user_arn: str
+    access_key_hint: str
+    secret_arn: str
+    created_at: dt.datetime
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "provider_id": self.provider_id,
+            "name": self.name,
+            "region": self.region,
+            "account_id": self.account_id,
+            "user_arn": self.user_arn,
+            "access_key_id": self.access_key_hint,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    team_id: str
+    provider_id: str
+    region: str
+    name: str | None = None
+    spec: TaskSpec
+    status: JobStatus = JobStatus.PENDING
+    failure_reason: FailureReason | None = None
+    failure_message: str | None = None
+    exit_code: int | None = None
+    instance_id: str | None = None
+    instance_type: str
+    instance_state: str | None = None
+    hourly_price: float | None = None
+    notes: list[str] = Field(default_factory=list)
+    source: str = "api"
+    execution_arn: str | None = None
+    request_hash: str | None = None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    version: int = 1
+
+    def public(self) -> dict[str, Any]:
+        """What users see: everything except bookkeeping used for idempotency."""
+        body = self.model_dump(mode="json", exclude={"request_hash", "version"})
+        body["spec"] = self.spec.model_dump(mode="json", exclude_none=True)
+        return body
+
+
+class ProviderCreate(BaseModel):
+    """POST /providers. The secret is a SecretStr: it never appears in a repr, a log line or an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="a display name, unique within the team")
+    region: str = Field(description="default AWS region for this provider's jobs, e.g. us-east-1")
+    access_key_id: str = Field(description="the IAM user's access key id")
+    secret_access_key: SecretStr = Field(description="the IAM user's secret access key (write-only)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _PROVIDER_NAME.match(value.strip()):
+            raise ValueError("name must be 1-64 characters: letters, digits, spaces, '.', '_' or '-'")
+        return value.strip()
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return catalog.get().check_region(value.strip())
+
+    @field_validator("access_key_id")
+    @classmethod
+    def _access_key_id(cls, value: str) -> str:
+        value = value.strip()
+        if not _ACCESS_KEY_ID.match(value):
+            raise ValueError(
+                "access_key_id does not look like an AWS access key id (16+ uppercase letters and digits, "
+                "e.g. AKIA...); copy it from IAM → Users → Security credentials"
+            )
+        return value
+
+    @field_validator("secret_access_key")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("secret_access_key must not be empty")
+        return SecretStr(value.get_secret_value().strip())
+
+
+class JobRequest(TaskSpec):
+    """POST /jobs: the task spec plus the provider to run it with."""
+
+    provider_id: str = Field(description="the provider (AWS account) to launch in")
+
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec.model_validate(self.model_dump(exclude={"provider_id"}))

@@ -1,0 +1,47 @@
+"""API Gateway TOKEN authorizer: `Authorization: Bearer <token>` → the team it belongs to (tokens are stored
+hashed). An unknown or malformed token is a 401 ("Unauthorized" is API Gateway's contract for that)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
+    APIGatewayAuthorizerResponse,
+    APIGatewayAuthorizerTokenEvent,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from controlplane.handlers import container
+
+logger = Logger(service="ec2jobs-authorizer")
+
+
+def token_from_header(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@logger.inject_lambda_context(log_event=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = APIGatewayAuthorizerTokenEvent(event)
+    token = token_from_header(request.authorization_token)
+    team_id = container.get().teams.team_for(token) if token else None
+    if team_id is None:
+        logger.info("rejected a request with a missing or unknown token")
+        raise Exception("Unauthorized")  # noqa: TRY002 - API Gateway maps exactly this message to 401
+    arn = request.parsed_arn
+    response = APIGatewayAuthorizerResponse(
+        principal_id=team_id,
+        region=arn.region,
+        aws_account_id=arn.aws_account_id,
+        api_id=arn.api_id,
+        stage=arn.stage,
+        context={"team_id": team_id},
+    )
+    response.allow_all_routes()  # the result is cached per token for all routes; routes check the team themselves
+    return response.asdict()

@@ -1,0 +1,143 @@
+"""The embedded AWS emulator: moto (pinned) in server mode on loopback, in its own process.
+
+    python -m local.emulator [--port N] [--enforce-iam]
+
+prints one JSON line when ready: {"endpoint": ..., "access_key_id": ..., "secret_access_key": ...}. With
+--enforce-iam, an administrator user is created first and then moto's IAM enforcement is switched on, so every
+later call is authenticated and authorised against IAM policies (how provider keys are held to the seed policy).
+The credentials printed are that administrator's: the control plane's own identity in the emulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from local.guard import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, assert_loopback_url, install_network_guard
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN_USER = "ec2jobs-control-plane"
+ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+@dataclass(frozen=True)
+class EmulatorInfo:
+    endpoint: str
+    access_key_id: str
+    secret_access_key: str
+    enforce_iam: bool
+
+
+class EmulatorProcess:
+    """A running emulator subprocess; stop() ends it."""
+
+    def __init__(self, process: subprocess.Popen[str], info: EmulatorInfo) -> None:
+        self.process = process
+        self.info = info
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(*, enforce_iam: bool = False, port: int = 0, timeout: float = 60.0) -> EmulatorProcess:
+    """Start the emulator in a subprocess and wait until it is serving."""
+    command = [sys.executable, "-m", "local.emulator", "--port", str(port)]
+    if enforce_iam:
+        command.append("--enforce-iam")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "lambdas"), env.get("PYTHONPATH")]))
+    process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    ready: dict[str, Any] = {}
+
+    def read_ready_line() -> None:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if line:
+            ready.update(json.loads(line))
+
+    reader = threading.Thread(target=read_ready_line, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not ready:
+        process.kill()
+        raise RuntimeError(f"the emulator did not start within {timeout:.0f}s (exit code {process.poll()})")
+    return EmulatorProcess(process, EmulatorInfo(**ready))
+
+
+def _bootstrap_admin(endpoint: str) -> tuple[str, str]:
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=FAKE_ACCESS_KEY_ID,
+        aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
+    )
+    iam.create_user(UserName=ADMIN_USER)
+    iam.put_user_policy(UserName=ADMIN_USER, PolicyName="administrator", PolicyDocument=json.dumps(ADMIN_POLICY))
+    key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def enable_iam_enforcement() -> None:
+    """From now on every request is authenticated and checked against IAM policies. Runs inside the emulator
+    process: it sets what moto's INITIAL_NO_AUTH_ACTION_COUNT setting controls (tests/unit/test_moto_contract.py)."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+
+
+def serve(port: int, enforce_iam: bool) -> None:
+    install_network_guard()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, bound_port = server.get_host_and_port()
+    endpoint = assert_loopback_url(f"http://{host}:{bound_port}")
+    key_id, secret = FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
+    if enforce_iam:
+        key_id, secret = _bootstrap_admin(endpoint)
+        enable_iam_enforcement()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    info = {"endpoint": endpoint, "access_key_id": key_id, "secret_access_key": secret, "enforce_iam": enforce_iam}
+    print(json.dumps(info), flush=True)
+    while not stop.is_set():
+        time.sleep(0.2)
+    server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the ec2jobs AWS emulator (moto) on loopback.")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
+    parser.add_argument("--enforce-iam", action="store_true", help="authenticate and authorise every call")
+    args = parser.parse_args(argv)
+    serve(args.port, args.enforce_iam)
+
+
+if __name__ == "__main__":
+    main()
