@@ -37,9 +37,10 @@ unit: install
 integration: install
 	$(PY) -m pytest -q tests/integration
 
-demo: install
-	@echo "make demo is completed by issue 5 (the embedded control plane); until then it runs the API smoke test:"
-	$(PY) -m pytest -q tests/integration/test_api.py
+demo:
+	@echo "make demo (a real job end to end on the embedded control plane) is built by issue 5 and is not available yet." >&2
+	@echo "What exists today is exercised by 'make test' (see README, Status)." >&2
+	@exit 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis cdk.out
