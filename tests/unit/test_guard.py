@@ -23,10 +23,15 @@ def test_given_a_loopback_address_when_connecting_then_the_guard_allows_it() -> 
             pass
 
 
-def test_given_the_test_environment_when_boto3_calls_aws_then_it_goes_to_loopback_only() -> None:
-    # Given the environment conftest installed, When a client is built with no explicit endpoint
-    client = boto3.client("sts")
-    # Then its endpoint is the loopback discard port, never amazonaws.com
+def test_given_the_isolated_environment_when_boto3_builds_a_client_then_it_points_at_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the environment every local process gets
+    for name, value in guard.isolated_aws_environment("http://127.0.0.1:9").items():
+        monkeypatch.setenv(name, value)
+    # When a client is built with no explicit endpoint
+    client = boto3.session.Session().client("sts")
+    # Then its endpoint is the loopback address, never amazonaws.com
     assert client.meta.endpoint_url == "http://127.0.0.1:9"
 
 

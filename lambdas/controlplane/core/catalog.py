@@ -162,10 +162,6 @@ class Catalog:
 
         candidates = self._filter_amount(candidates, cpus, what, "vCPUs", lambda t: t.vcpus)
         candidates = self._filter_amount(candidates, memory, what, "GiB of memory", lambda t: t.memory_gib)
-        if cpus and memory:
-            both = [t for t in candidates if cpus.satisfied_by(t.vcpus) and memory.satisfied_by(t.memory_gib)]
-            if not both:
-                raise InvalidSpec(f"no {what} instance has both {_cpus_text(cpus)} and {_memory_text(memory)}")
         in_region = [t for t in candidates if region in t.regions]
         if not in_region:
             offered = sorted({r for t in candidates for r in t.regions})
@@ -242,14 +238,6 @@ class Catalog:
             "gpus": gpus,
             "instance_types": [t.as_dict() for t in types],
         }
-
-
-def _cpus_text(amount: Amount) -> str:
-    return f"{'at least ' if amount.at_least else 'exactly '}{amount.value:g} vCPUs"
-
-
-def _memory_text(amount: Amount) -> str:
-    return f"at least {amount.value:g} GiB of memory"
 
 
 @lru_cache(maxsize=1)

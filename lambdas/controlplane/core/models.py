@@ -12,10 +12,10 @@ from controlplane.core import catalog
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.spec import TaskSpec
 
-TEAM_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+TEAM_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 TEAM_ID_RULE = "1-32 characters: lowercase letters, digits and '-', starting with a letter or digit"
-_PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
-_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+_PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
+_ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
 
 
 def utcnow() -> dt.datetime:
@@ -24,7 +24,7 @@ def utcnow() -> dt.datetime:
 
 def check_team_id(team_id: str) -> str:
     """Team ids end up in AWS resource names (`transformerlab-ec2-profile-<team>` must fit IAM's 64 characters)."""
-    if not TEAM_ID.match(team_id):
+    if not TEAM_ID.fullmatch(team_id):
         raise ValueError(f"team id {team_id!r} is not valid: {TEAM_ID_RULE}")
     return team_id
 
@@ -103,7 +103,7 @@ class ProviderCreate(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _PROVIDER_NAME.match(value.strip()):
+        if not _PROVIDER_NAME.fullmatch(value.strip()):
             raise ValueError("name must be 1-64 characters: letters, digits, spaces, '.', '_' or '-'")
         return value.strip()
 
@@ -116,7 +116,7 @@ class ProviderCreate(BaseModel):
     @classmethod
     def _access_key_id(cls, value: str) -> str:
         value = value.strip()
-        if not _ACCESS_KEY_ID.match(value):
+        if not _ACCESS_KEY_ID.fullmatch(value):
             raise ValueError(
                 "access_key_id does not look like an AWS access key id (16+ uppercase letters and digits, "
                 "e.g. AKIA...); copy it from IAM → Users → Security credentials"

@@ -16,7 +16,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from controlplane.core import catalog
 
@@ -32,9 +40,9 @@ MAX_GPU_COUNT = 64
 RESERVED_ENV_PREFIX = "EC2JOBS_"
 DEFAULT_CPU_ONLY_CPUS = "2+"
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_AMOUNT = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[A-Za-z]*)\s*(?P<plus>\+)?\s*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_AMOUNT = re.compile(r"\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-z]*)\s*(?P<plus>\+)?\s*", re.ASCII)
 
 _GIB = 1024**3
 _MEMORY_UNITS: dict[str, float] = {
@@ -90,7 +98,7 @@ class Accelerator:
 def parse_cpus(raw: Any) -> Amount:
     """`8` / `"8"` → exactly 8 vCPUs; `"8+"` → at least 8."""
     text = _scalar_text(raw, "cpus", 'a whole number of vCPUs such as 8, or "8+" for at least 8')
-    match = _AMOUNT.match(text)
+    match = _AMOUNT.fullmatch(text)
     if not match or match["unit"]:
         raise ValueError(f'cpus {text!r} is not valid: use a whole number such as 8, or "8+" for at least 8')
     value = float(match["num"])
@@ -104,7 +112,7 @@ def parse_cpus(raw: Any) -> Amount:
 def parse_memory_gib(raw: Any) -> Amount:
     """Memory as a minimum in GiB. `16` = 16 GiB, `512MB` = 0.477 GiB, `1.5TiB` = 1536 GiB."""
     text = _scalar_text(raw, "memory", f"a size such as 16, 16GB or 512MiB ({_MEMORY_UNITS_HELP})")
-    match = _AMOUNT.match(text)
+    match = _AMOUNT.fullmatch(text)
     if not match:
         raise ValueError(
             f"memory {text!r} is not valid: use a size such as 32, 32+, 16GB or 512MiB ({_MEMORY_UNITS_HELP})"
@@ -181,6 +189,16 @@ class Resources(BaseModel):
     use_spot: bool = Field(default=False, description="launch as a spot instance")
     region: str | None = Field(default=None, description="AWS region; defaults to the provider's region")
     instance_type: str | None = Field(default=None, description="pin an exact EC2 instance type")
+    _requested_gpu: str | None = PrivateAttr(default=None)  # what the user typed, e.g. "a10" (for the alias note)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_requested_gpu(cls, data: Any, handler: ModelWrapValidatorHandler[Resources]) -> Resources:
+        resources = handler(data)
+        raw = data.get("accelerators") if isinstance(data, dict) else None
+        if raw is not None:
+            resources._requested_gpu = parse_accelerator(raw).requested_as
+        return resources
 
     @field_validator("accelerators", mode="before")
     @classmethod
@@ -248,7 +266,10 @@ class Resources(BaseModel):
 
     @property
     def accelerator(self) -> Accelerator | None:
-        return parse_accelerator(self.accelerators) if self.accelerators else None
+        if not self.accelerators:
+            return None
+        parsed = parse_accelerator(self.accelerators)
+        return Accelerator(parsed.name, parsed.count, self._requested_gpu or parsed.requested_as)
 
     @property
     def cpu_requirement(self) -> Amount | None:
@@ -279,7 +300,7 @@ class TaskSpec(BaseModel):
     def _name(cls, raw: Any) -> str | None:
         if raw is None:
             return None
-        if not isinstance(raw, str) or not _JOB_NAME.match(raw.strip()):
+        if not isinstance(raw, str) or not _JOB_NAME.fullmatch(raw.strip()):
             raise ValueError(
                 "name must be 1-128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -301,7 +322,7 @@ class TaskSpec(BaseModel):
             raise ValueError(f"envs has {len(raw)} variables; at most {MAX_ENV_VARS} are allowed")
         result: dict[str, str] = {}
         for name, value in raw.items():
-            if not isinstance(name, str) or not _ENV_NAME.match(name):
+            if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
                 raise ValueError(
                     f"envs name {name!r} is not a valid variable name: use letters, digits and '_', "
                     "not starting with a digit"
@@ -350,7 +371,7 @@ class TaskSpec(BaseModel):
             raise ValueError(bad)
         try:
             value = float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(bad) from None
         if not value.is_integer() or not 1 <= value <= MAX_RUNTIME_LIMIT_MINUTES:
             raise ValueError(bad)
