@@ -622,3 +622,17 @@ def test_given_the_focused_strategy_examples_then_valid_specs_are_among_them() -
     )
     assert spec.resources.accelerators == "A100:8"
     assert catalog.get().select(spec.resources, "us-east-1").instance_type == "p4d.24xlarge"
+
+
+def test_a_job_request_keeps_the_gpu_name_the_user_typed_through_task_spec() -> None:
+    # Given a request using an alias, When it is turned into the stored spec, Then the alias note survives
+    from controlplane.core.models import JobRequest
+
+    spec = JobRequest.model_validate(
+        {"provider_id": "p", "resources": {"accelerators": "a10:1"}, "run": "x"}
+    ).task_spec()
+    assert spec.resources.accelerators == "A10G:1"
+    assert spec.resources.accelerator is not None
+    assert spec.resources.accelerator.requested_as == "a10"
+    selection = catalog.get().select(spec.resources, "us-east-1")
+    assert selection.notes == ("a10 is sold on AWS as A10G",)

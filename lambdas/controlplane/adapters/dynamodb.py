@@ -261,10 +261,10 @@ class DynamoJobStore:
         else:
             values = {f":active{i}": str(state) for i, state in enumerate(sorted(ACTIVE))}
             condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
-        updates = {k: v for k, v in fields.items() if k not in _IMMUTABLE} | {"updated_at": utcnow()}
-        if len(updates) != len(fields) + 1:
-            raise ValueError(f"update() cannot change {sorted(set(fields) & _IMMUTABLE)}; use transition()")
-        return self._update(job_id, updates, [], condition, values, "an update")
+        forbidden = sorted(set(fields) & _IMMUTABLE)
+        if forbidden:
+            raise ValueError(f"update() cannot change {forbidden}; use transition()")
+        return self._update(job_id, dict(fields) | {"updated_at": utcnow()}, [], condition, values, "an update")
 
     def _update(
         self,

@@ -137,4 +137,6 @@ class JobRequest(TaskSpec):
     provider_id: str = Field(description="the provider (AWS account) to launch in")
 
     def task_spec(self) -> TaskSpec:
-        return TaskSpec.model_validate(self.model_dump(exclude={"provider_id"}))
+        """The spec without provider_id. Passes the validated field values through (no re-parse), so Resources
+        keeps what the user typed for the GPU (the alias note depends on it)."""
+        return TaskSpec.model_validate({name: getattr(self, name) for name in TaskSpec.model_fields})

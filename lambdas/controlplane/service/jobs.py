@@ -48,8 +48,7 @@ class JobService:
         if provider is None:
             raise NotFound("provider", request.provider_id)
         spec = request.task_spec()
-        # select with the request's own resources: they remember the GPU name the user typed (alias notes)
-        selection = catalog.get().select(request.resources, spec.resources.region or provider.region)
+        selection = catalog.get().select(spec.resources, spec.resources.region or provider.region)
         now = utcnow()
         job, created = self.jobs.create(
             Job(
