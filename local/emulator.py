@@ -26,6 +26,7 @@ from typing import Any
 from local.guard import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, assert_loopback_url, install_network_guard
 
 REPO = Path(__file__).resolve().parent.parent
+AMIS_FILE = REPO / "local" / "data" / "amis.json"  # DLAMI + Ubuntu images (moto ships neither)
 ADMIN_USER = "ec2jobs-control-plane"
 ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 
@@ -61,6 +62,7 @@ def start(*, enforce_iam: bool = False, port: int = 0, timeout: float = 60.0) ->
     if enforce_iam:
         command.append("--enforce-iam")
     env = dict(os.environ)
+    env["MOTO_AMIS_PATH"] = str(AMIS_FILE)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "lambdas"), env.get("PYTHONPATH")]))
     process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
@@ -110,6 +112,10 @@ def enable_iam_enforcement() -> None:
 
 def serve(port: int, enforce_iam: bool) -> None:
     install_network_guard()
+    os.environ.setdefault("MOTO_AMIS_PATH", str(AMIS_FILE))  # read when moto's EC2 models are imported
+    from local import moto_patches
+
+    moto_patches.apply()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 

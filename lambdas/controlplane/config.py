@@ -27,6 +27,40 @@ class Settings(BaseModel):
         default=None,
         description="endpoint for calls made with providers' keys (the emulator locally; unset in AWS)",
     )
+    ssh_ingress_cidr: str = Field(
+        alias="SSH_INGRESS_CIDR",
+        default="0.0.0.0/0",
+        description="who may reach port 22 of job instances (the log relay connects there); the seed's default",
+    )
+    ssh_user: str = Field(alias="SSH_USER", default="ubuntu", description="login user of the AMIs (relay + job)")
+    image_cache_seconds: int = Field(alias="IMAGE_CACHE_SECONDS", default=6 * 3600, ge=0)
+    profile_propagation_wait_seconds: float = Field(
+        alias="PROFILE_PROPAGATION_WAIT_SECONDS",
+        default=60.0,
+        ge=0,
+        description="how long Launch keeps retrying while IAM propagates a new instance profile",
+    )
+    drain_timeout_seconds: int = Field(
+        alias="DRAIN_TIMEOUT_SECONDS",
+        default=300,
+        ge=0,
+        description="how long a finished job's instance waits for the log relay's drained marker",
+    )
+    shutdown_grace_seconds: int = Field(
+        alias="SHUTDOWN_GRACE_SECONDS",
+        default=900,
+        ge=60,
+        description=(
+            "after max runtime, how long until the instance's own OS-level shutdown (the last resort). Keep it "
+            "above DRAIN_TIMEOUT_SECONDS + 330: systemd refuses new non-root logins 5 minutes before a shutdown"
+        ),
+    )
+    boot_allowance_seconds: int = Field(
+        alias="BOOT_ALLOWANCE_SECONDS",
+        default=900,
+        ge=0,
+        description="added to a job's deadline for booting before the wrapper starts its clock",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -147,3 +147,165 @@ def team_with_provider(
     )
     assert response.status == 201, response.body
     return token, response.json()["provider_id"]
+
+
+# -- the launch workflow ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A team with a token and a provider whose IAM user holds exactly the seed policy."""
+
+    token: str
+    team_id: str
+    provider_id: str
+    keys: Keys
+
+
+@pytest.fixture
+def tenant(control_plane: ControlPlane, provider_keys: Callable[..., Keys]) -> Tenant:
+    from controlplane.handlers import container
+
+    team_id = f"t-{uuid.uuid4().hex[:10]}"
+    token = container.get().teams.issue_token(team_id)
+    keys = provider_keys()
+    response = control_plane.call(
+        "POST",
+        "/providers",
+        token,
+        body={
+            "name": "main",
+            "region": "us-east-1",
+            "access_key_id": keys.access_key_id,
+            "secret_access_key": keys.secret_access_key,
+        },
+    )
+    assert response.status == 201, response.body
+    return Tenant(token, team_id, response.json()["provider_id"], keys)
+
+
+class Workflow:
+    """Runs the workflow's Lambda handlers in-process, in the order the state machine does."""
+
+    def __init__(self) -> None:
+        from local.lambda_context import LocalLambdaContext
+
+        self.context = LocalLambdaContext
+
+    def validate(self, raw: Any, execution_name: str | None = None, execution_arn: str | None = None) -> Any:
+        from controlplane.handlers import workflow
+
+        event = {"input": raw, "execution_name": execution_name, "execution_arn": execution_arn}
+        return workflow.validate(event, self.context("validate"))
+
+    def bootstrap(self, state: dict[str, Any]) -> Any:
+        from controlplane.handlers import workflow
+
+        return workflow.bootstrap(state, self.context("bootstrap"))
+
+    def launch(self, state: dict[str, Any]) -> Any:
+        from controlplane.handlers import workflow
+
+        return workflow.launch(state, self.context("launch"))
+
+    def record_failure(self, state: dict[str, Any], error: dict[str, Any]) -> Any:
+        from controlplane.handlers import workflow
+
+        return workflow.record_failure(state | {"error": error}, self.context("record-failure"))
+
+    def api_input(self, job_id: str, team_id: str) -> dict[str, str]:
+        return {"source": "api", "job_id": job_id, "team_id": team_id}
+
+    def run(self, job_id: str, team_id: str) -> dict[str, Any]:
+        state = self.validate(self.api_input(job_id, team_id), job_id, f"arn:aws:states:::execution:x:{job_id}")
+        return dict(self.launch(self.bootstrap(state)))
+
+
+@pytest.fixture
+def workflow(control_plane: ControlPlane) -> Iterator[Workflow]:
+    from controlplane.handlers import container
+
+    container.use(None)
+    sleeps: list[float] = []
+    pipeline = container.pipeline()
+    pipeline.launcher.sleep = sleeps.append  # IAM-propagation backoff without waiting
+    runner = Workflow()
+    runner.sleeps = sleeps  # type: ignore[attr-defined]
+    yield runner
+    container.use(None)
+
+
+@dataclass
+class _Injected:
+    code: str
+    message: str
+    times: int | None
+
+
+class ProviderCalls:
+    """Observes (and can fail) every AWS call the control plane makes with a provider's keys."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self._failures: dict[str, list[_Injected]] = {}
+        self._after: dict[str, list[Callable[[], None]]] = {}
+
+    def fail(self, operation: str, code: str, message: str = "", times: int | None = 1) -> None:
+        """Make the next `times` calls of `operation` (e.g. "RunInstances") fail with this AWS error (None: all)."""
+        self._failures.setdefault(operation, []).append(_Injected(code, message, times))
+
+    def after(self, operation: str, action: Callable[[], None]) -> None:
+        """Run `action` once right after `operation` succeeded (e.g. simulate a crash)."""
+        self._after.setdefault(operation, []).append(action)
+
+    def actions(self) -> set[str]:
+        return {f"{'iam' if service == 'iam' else service}:{operation}" for service, operation in self.calls}
+
+    def _before(self, service: str, operation: str) -> Any:
+        import types
+
+        self.calls.append((service, operation))
+        queue = self._failures.get(operation, [])
+        if not queue:
+            return None
+        injected = queue[0]
+        if injected.times is not None:
+            injected.times -= 1
+            if injected.times <= 0:
+                queue.pop(0)
+        parsed = {
+            "Error": {"Code": injected.code, "Message": injected.message},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+        return types.SimpleNamespace(status_code=400, headers={}, content=b""), parsed
+
+    def _after_call(self, operation: str) -> None:
+        pending = self._after.get(operation, [])
+        if pending:
+            pending.pop(0)()
+
+    def wrap(self, factory: Callable[..., Any]) -> Callable[..., Any]:
+        def make(service: str, credentials: Any, region: str) -> Any:
+            client = factory(service, credentials, region)
+            prefix = client.meta.service_model.signing_name
+
+            def before(model: Any, **_: Any) -> Any:
+                return self._before(prefix, model.name)
+
+            def after(model: Any, **_: Any) -> None:
+                self._after_call(model.name)
+
+            client.meta.events.register("before-call.*.*", before)
+            client.meta.events.register("after-call.*.*", after)
+            return client
+
+        return make
+
+
+@pytest.fixture
+def provider_calls(control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> ProviderCalls:
+    from controlplane.adapters import aws
+
+    calls = ProviderCalls()
+    monkeypatch.setattr(aws, "provider_client", calls.wrap(aws.provider_client))
+    return calls

@@ -16,8 +16,8 @@ from botocore.exceptions import ClientError
 from controlplane.adapters import schema
 from controlplane.core.errors import Conflict, InvalidRequest, TransitionRefused
 from controlplane.core.lifecycle import ACTIVE, JobStatus, predecessors
-from controlplane.core.models import Job, Provider, utcnow
-from controlplane.core.ports import JobPage
+from controlplane.core.models import BootstrapRecord, Job, Provider, utcnow
+from controlplane.core.ports import CachedImage, JobPage
 from controlplane.core.spec import TaskSpec
 
 ACTIVE_PARTITION = "ACTIVE"
@@ -192,7 +192,8 @@ class DynamoJobStore:
     @staticmethod
     def _item(job: Job) -> dict[str, Any]:
         item = _to_dynamo(job.model_dump(exclude={"spec"}, exclude_none=True))
-        item["spec"] = job.spec.model_dump_json(exclude_none=True)
+        if job.spec is not None:
+            item["spec"] = job.spec.model_dump_json(exclude_none=True)
         item["team_status"] = f"{job.team_id}#{job.status}"
         if job.status in ACTIVE:
             item["active"] = ACTIVE_PARTITION
@@ -202,7 +203,8 @@ class DynamoJobStore:
     @staticmethod
     def _job(item: dict[str, Any]) -> Job:
         data = _from_dynamo(item)
-        data["spec"] = TaskSpec.model_validate_json(data["spec"])
+        if "spec" in data:
+            data["spec"] = TaskSpec.model_validate_json(data["spec"])
         for internal in ("team_status", "active", "active_sk"):
             data.pop(internal, None)
         return Job.model_validate(data)
@@ -344,3 +346,56 @@ class DynamoJobStore:
             Limit=1,
         )
         return bool(page["Items"])
+
+
+class DynamoBootstrapCache:
+    """What bootstrap made for a provider account + region: PROVIDER#<id> / BOOTSTRAP#<region> in the state table."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    @staticmethod
+    def _key(provider_id: str, region: str) -> dict[str, str]:
+        return {"pk": f"PROVIDER#{provider_id}", "sk": f"BOOTSTRAP#{region}"}
+
+    def get(self, provider_id: str, region: str) -> BootstrapRecord | None:
+        item = self.table.get_item(Key=self._key(provider_id, region)).get("Item")
+        if not item:
+            return None
+        return BootstrapRecord.model_validate({k: v for k, v in _from_dynamo(item).items() if k not in {"pk", "sk"}})
+
+    def put(self, record: BootstrapRecord) -> None:
+        self.table.put_item(Item=_to_dynamo(record.model_dump()) | self._key(record.provider_id, record.region))
+
+    def forget(self, provider_id: str, region: str) -> None:
+        self.table.delete_item(Key=self._key(provider_id, region))
+
+
+class DynamoImageCache:
+    """The newest AMI per region and image family: IMAGE#<region> / <family>, with an expiry."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, region: str, family: str) -> CachedImage | None:
+        item = self.table.get_item(Key={"pk": f"IMAGE#{region}", "sk": family}).get("Item")
+        if not item:
+            return None
+        return CachedImage(
+            image_id=str(item["image_id"]),
+            name=str(item.get("name", "")),
+            root_device_name=str(item.get("root_device_name", "/dev/sda1")),
+            expires_at=float(item["expires_at"]),
+        )
+
+    def put(self, region: str, family: str, image: CachedImage) -> None:
+        self.table.put_item(
+            Item={
+                "pk": f"IMAGE#{region}",
+                "sk": family,
+                "image_id": image.image_id,
+                "name": image.name,
+                "root_device_name": image.root_device_name,
+                "expires_at": Decimal(str(image.expires_at)),
+            }
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from controlplane.adapters.aws import provider_client
+from controlplane.adapters import aws
 from controlplane.core.errors import InvalidCredentials, UpstreamUnavailable
 from controlplane.core.ports import CallerIdentity, ProviderCredentials
 
@@ -39,7 +39,7 @@ _BY_CODE = {
 
 class StsIdentityVerifier:
     def verify(self, credentials: ProviderCredentials, region: str) -> CallerIdentity:
-        sts = provider_client("sts", credentials, region)
+        sts = aws.provider_client("sts", credentials, region)
         try:
             identity = sts.get_caller_identity()
         except ClientError as error:
@@ -60,7 +60,7 @@ class StsIdentityVerifier:
         """GetCallerIdentity needs no permission, so it cannot tell whether the policy is attached. A DryRun of
         ec2:DescribeKeyPairs (in the seed policy, free, changes nothing) can: AWS answers DryRunOperation when
         allowed and UnauthorizedOperation when not."""
-        ec2 = provider_client("ec2", credentials, region)
+        ec2 = aws.provider_client("ec2", credentials, region)
         try:
             ec2.describe_key_pairs(DryRun=True)
         except ClientError as error:

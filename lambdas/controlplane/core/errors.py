@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -85,3 +86,49 @@ class TransitionRefused(DomainError):
         self.job_id = job_id
         self.current = current
         self.attempted = attempted
+
+
+class JobFailed(DomainError):
+    """A workflow step ended the job FAILED (already recorded); `reason` is the job's failure_reason."""
+
+    code = "JOB_FAILED"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class JobNotActive(DomainError):
+    """The job already ended (e.g. cancelled while it waited): the workflow stops without touching it."""
+
+    code = "JOB_NOT_ACTIVE"
+
+
+class InvalidSubmission(DomainError):
+    """A workflow input that names no usable team/provider/job, so no job record can be made for it."""
+
+    code = "INVALID_SUBMISSION"
+
+
+class DuplicateSubmission(DomainError):
+    """Another execution already owns this job (e.g. an event delivered twice): this one stops."""
+
+    code = "DUPLICATE_SUBMISSION"
+
+
+def describe_validation_problems(problems: Iterable[Mapping[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+    """Pydantic error dicts → one readable sentence plus per-field details. Input values are never echoed (they may
+    be secrets)."""
+    details = []
+    for problem in problems:
+        location = ".".join(str(part) for part in problem.get("loc", ()) if part not in {"body", "query", "header"})
+        message = str(problem.get("msg", "is not valid")).removeprefix("Value error, ")
+        if problem.get("type") == "extra_forbidden":
+            message = "is not a supported field (see the task spec in the README)"
+        elif problem.get("type") == "missing":
+            message = "is required"
+        elif problem.get("type") == "json_invalid":
+            message = "the request body is not valid JSON"
+        details.append({"field": location or "body", "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "the request is not valid"
+    return summary, details

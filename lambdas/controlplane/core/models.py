@@ -16,6 +16,7 @@ TEAM_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 TEAM_ID_RULE = "1-32 characters: lowercase letters, digits and '-', starting with a letter or digit"
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 _ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
+REDACTED = "<redacted>"
 
 
 def utcnow() -> dt.datetime:
@@ -64,30 +65,58 @@ class Job(BaseModel):
     provider_id: str
     region: str
     name: str | None = None
-    spec: TaskSpec
+    spec: TaskSpec | None = None  # None only for a workflow submission whose spec was invalid (FAILED/INVALID_SPEC)
     status: JobStatus = JobStatus.PENDING
     failure_reason: FailureReason | None = None
     failure_message: str | None = None
     exit_code: int | None = None
     instance_id: str | None = None
-    instance_type: str
+    instance_type: str | None = None
     instance_state: str | None = None
     hourly_price: float | None = None
+    use_spot: bool = False
+    image_id: str | None = None
+    availability_zone: str | None = None
+    ssh_host_key: str | None = None  # the public half of the job's pinned SSH host key
     notes: list[str] = Field(default_factory=list)
     source: str = "api"
     execution_arn: str | None = None
     request_hash: str | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
+    launched_at: dt.datetime | None = None
+    deadline_at: dt.datetime | None = None  # launched_at + max runtime + grace: past it the reconciler terminates
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
     version: int = 1
 
     def public(self) -> dict[str, Any]:
-        """What users see: everything except bookkeeping used for idempotency."""
+        """What users see: everything except idempotency bookkeeping. Env values are redacted (they often carry
+        tokens such as HF_TOKEN); the names stay visible."""
         body = self.model_dump(mode="json", exclude={"request_hash", "version"})
-        body["spec"] = self.spec.model_dump(mode="json", exclude_none=True)
+        if self.spec is not None:
+            spec = self.spec.model_dump(mode="json", exclude_none=True)
+            spec["envs"] = {name: REDACTED for name in self.spec.envs}
+            body["spec"] = spec
         return body
+
+
+class BootstrapRecord(BaseModel):
+    """What bootstrap created (or found) for a team in one provider account and region; cached in DynamoDB."""
+
+    model_config = ConfigDict(frozen=True)
+
+    provider_id: str
+    team_id: str
+    region: str
+    security_group_id: str
+    key_name: str | None  # None when a key pair of our name exists that we do not hold (see README)
+    instance_profile_name: str
+    instance_profile_arn: str
+    role_name: str
+    notes: list[str] = Field(default_factory=list)
+    created_at: dt.datetime
+    schema_version: int = 1
 
 
 class ProviderCreate(BaseModel):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controlplane.core.lifecycle import JobStatus
-from controlplane.core.models import Job, Provider
+from controlplane.core.models import BootstrapRecord, Job, Provider
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,50 @@ class JobStore(Protocol):
     def has_active_jobs(self, provider_id: str) -> bool: ...
 
 
+@dataclass(frozen=True)
+class TeamKey:
+    """A team's SSH login key and the seed its jobs' host keys are derived from (Secrets Manager only)."""
+
+    private_openssh: str
+    public_openssh: str
+    host_key_seed: str
+
+    def __repr__(self) -> str:
+        return f"TeamKey(public={self.public_openssh[:32]}…)"
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    image_id: str
+    name: str
+    root_device_name: str
+    expires_at: float
+
+
 class SecretStore(Protocol):
     def put_provider_credentials(self, team_id: str, provider_id: str, credentials: ProviderCredentials) -> str: ...
     def get_provider_credentials(self, secret_arn: str) -> ProviderCredentials: ...
     def delete(self, secret_arn: str) -> None: ...
+    def team_key(self, team_id: str) -> TeamKey:
+        """The team's key, created on first use (concurrent first uses agree on one key)."""
+        ...
+
+
+class BootstrapCache(Protocol):
+    def get(self, provider_id: str, region: str) -> BootstrapRecord | None: ...
+    def put(self, record: BootstrapRecord) -> None: ...
+    def forget(self, provider_id: str, region: str) -> None: ...
+
+
+class ImageCache(Protocol):
+    def get(self, region: str, family: str) -> CachedImage | None: ...
+    def put(self, region: str, family: str, image: CachedImage) -> None: ...
+
+
+class ProviderClients(Protocol):
+    """boto3 clients acting as a provider's IAM user (bounded by the seed policy)."""
+
+    def __call__(self, service: str, credentials: ProviderCredentials, region: str) -> Any: ...
 
 
 class IdentityVerifier(Protocol):

@@ -4,10 +4,14 @@ Tests replace it with `use(...)` to run handlers against fakes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from controlplane.service.jobs import JobService
 from controlplane.service.providers import ProviderService
 from controlplane.service.teams import TeamService
+
+if TYPE_CHECKING:
+    from controlplane.service.pipeline import Pipeline
 
 
 @dataclass
@@ -18,6 +22,7 @@ class Services:
 
 
 _services: Services | None = None
+_pipeline: Pipeline | None = None
 
 
 def get() -> Services:
@@ -27,10 +32,19 @@ def get() -> Services:
     return _services
 
 
-def use(services: Services | None) -> None:
+def pipeline() -> Pipeline:
+    """The launch workflow's services (built on first use: the API Lambda never pays for them)."""
+    global _pipeline
+    if _pipeline is None:
+        _pipeline = _pipeline_from_environment()
+    return _pipeline
+
+
+def use(services: Services | None, workflow: Pipeline | None = None) -> None:
     """Install (or with None, forget) the services the handlers use."""
-    global _services
+    global _services, _pipeline
     _services = services
+    _pipeline = workflow
 
 
 def _from_environment() -> Services:
@@ -56,3 +70,53 @@ def _from_environment() -> Services:
         ),
         jobs=JobService(jobs, providers, StepFunctionsStarter(aws.client("stepfunctions"), settings.state_machine_arn)),
     )
+
+
+def _pipeline_from_environment() -> Pipeline:
+    from controlplane import config
+    from controlplane.adapters import aws
+    from controlplane.adapters.dynamodb import (
+        DynamoBootstrapCache,
+        DynamoImageCache,
+        DynamoJobStore,
+        DynamoProviderStore,
+    )
+    from controlplane.adapters.secrets import SecretsManagerStore
+    from controlplane.core.ports import ProviderCredentials
+    from controlplane.service.bootstrap import BootstrapService, BootstrapSettings
+    from controlplane.service.images import ImageResolver
+    from controlplane.service.intake import IntakeService
+    from controlplane.service.launch import LaunchService, LaunchSettings
+    from controlplane.service.pipeline import Pipeline
+
+    settings = config.get()
+    dynamodb = aws.resource("dynamodb")
+    state = dynamodb.Table(settings.state_table)
+    jobs = DynamoJobStore(dynamodb.Table(settings.jobs_table))
+    providers = DynamoProviderStore(state)
+    secrets = SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix)
+
+    def clients(service: str, credentials: ProviderCredentials, region: str) -> Any:
+        return aws.provider_client(service, credentials, region)  # looked up per call (tests observe it)
+
+    bootstrap = BootstrapService(
+        DynamoBootstrapCache(state),
+        secrets,
+        clients,
+        BootstrapSettings(resource_prefix=settings.resource_prefix, ssh_ingress_cidr=settings.ssh_ingress_cidr),
+    )
+    launch = LaunchService(
+        jobs,
+        secrets,
+        clients,
+        ImageResolver(DynamoImageCache(state), settings.image_cache_seconds),
+        bootstrap,
+        LaunchSettings(
+            ssh_user=settings.ssh_user,
+            drain_timeout_seconds=settings.drain_timeout_seconds,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            boot_allowance_seconds=settings.boot_allowance_seconds,
+            profile_propagation_wait_seconds=settings.profile_propagation_wait_seconds,
+        ),
+    )
+    return Pipeline(jobs, providers, secrets, IntakeService(jobs, providers), bootstrap, launch)

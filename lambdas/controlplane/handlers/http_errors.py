@@ -34,18 +34,6 @@ def body_for(error: errors.DomainError) -> dict[str, Any]:
 
 
 def validation_body(problems: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pydantic errors → one readable message plus per-field details. Input values are never echoed (they may be
-    secrets)."""
-    details = []
-    for problem in problems:
-        location = ".".join(str(part) for part in problem.get("loc", ()) if part not in {"body", "query", "header"})
-        message = str(problem.get("msg", "is not valid")).removeprefix("Value error, ")
-        if problem.get("type") == "extra_forbidden":
-            message = "is not a supported field (see the task spec in the README)"
-        elif problem.get("type") == "missing":
-            message = "is required"
-        elif problem.get("type") == "json_invalid":
-            message = "the request body is not valid JSON"
-        details.append({"field": location or "body", "message": message})
-    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "the request is not valid"
+    """Pydantic errors → one readable message plus per-field details (values never echoed)."""
+    summary, details = errors.describe_validation_problems(problems)
     return {"code": "VALIDATION_ERROR", "message": summary, "details": details}

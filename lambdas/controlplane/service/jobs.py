@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from controlplane.core import catalog
+from controlplane.core import catalog, userdata
 from controlplane.core.errors import IdempotencyKeyReused, NotFound, TransitionRefused
 from controlplane.core.ids import job_id_for_idempotency_key, new_job_id
 from controlplane.core.lifecycle import JobStatus
@@ -49,6 +49,15 @@ class JobService:
             raise NotFound("provider", request.provider_id)
         spec = request.task_spec()
         selection = catalog.get().select(spec.resources, spec.resources.region or provider.region)
+        userdata.check_fits(
+            job_id,
+            team_id,
+            selection.instance_type,
+            dict(spec.envs),
+            spec.setup,
+            spec.run,
+            spec.max_runtime_minutes * 60,
+        )
         now = utcnow()
         job, created = self.jobs.create(
             Job(
@@ -60,6 +69,7 @@ class JobService:
                 spec=spec,
                 instance_type=selection.instance_type,
                 hourly_price=selection.hourly_price,
+                use_spot=spec.resources.use_spot,
                 notes=list(selection.notes),
                 request_hash=fingerprint,
                 created_at=now,

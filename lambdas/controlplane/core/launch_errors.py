@@ -1,0 +1,147 @@
+"""RunInstances errors → what to do next and a sentence a person can act on (pure).
+
+AWS's error codes are the contract: capacity errors name the Availability Zones that have capacity, quota errors
+are VcpuLimitExceeded / MaxSpotInstanceCountExceeded, and an instance profile that IAM has not propagated yet shows
+up as InvalidParameterValue about `iamInstanceProfile`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from controlplane.core.lifecycle import FailureReason
+
+
+class Action(StrEnum):
+    WAIT_FOR_PROFILE = "wait_for_profile"  # retry the same request after a short backoff
+    TRY_OTHER_ZONE = "try_other_zone"  # capacity: retry in the zones AWS names (or other zones)
+    SKIP_ZONE = "skip_zone"  # a zone we guessed does not exist / does not offer the type: move on
+    ALREADY_LAUNCHED = "already_launched"  # ClientToken reuse: an earlier attempt launched it
+    TRANSIENT = "transient"  # throttling / AWS internal error: let the workflow retry the step
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Classified:
+    action: Action
+    reason: FailureReason | None = None
+    message: str = ""
+    zones: tuple[str, ...] = ()
+
+
+# Service Quotas for EC2 vCPU limits, by instance family letter (public quota names and codes).
+_ON_DEMAND_QUOTAS = {
+    "p": ("Running On-Demand P instances", "L-417A185B"),
+    "g": ("Running On-Demand G and VT instances", "L-DB2E81BA"),
+    "standard": ("Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", "L-1216C47A"),
+}
+_SPOT_QUOTAS = {
+    "p": ("All P Spot Instance Requests", "L-7212CCBC"),
+    "g": ("All G and VT Spot Instance Requests", "L-3819A6DF"),
+    "standard": ("All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests", "L-34B43A08"),
+}
+AUTH_CODES = frozenset(
+    {
+        "AuthFailure",
+        "UnauthorizedOperation",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "AccessDeniedException",
+        "OptInRequired",
+        "Blocked",
+        "ExpiredToken",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "RequestTimeout",
+    }
+)
+_CAPACITY_CODES = frozenset(
+    {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "SpotMaxPriceTooLow"}
+)
+_QUOTA_CODES = frozenset({"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded"})
+_ZONE = re.compile(r"\b([a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z])\b")
+_ENCODED = re.compile(r"\s*Encoded authorization failure message:.*", re.DOTALL)
+
+
+def quota_family(instance_type: str) -> str:
+    letter = instance_type[:1].lower()
+    return letter if letter in {"p", "g"} else "standard"
+
+
+def zones_named(message: str) -> tuple[str, ...]:
+    """The zones AWS suggests ("... choosing us-east-1b, us-east-1c."), else every zone the message names."""
+    _, found, suggestion = message.partition("choosing")
+    names = _ZONE.findall(suggestion if found else message)
+    return tuple(dict.fromkeys(names))
+
+
+def is_profile_propagation(code: str, message: str) -> bool:
+    lowered = message.lower()
+    return code == "InvalidParameterValue" and ("iaminstanceprofile" in lowered or "instance profile" in lowered)
+
+
+def _clean(message: str) -> str:
+    return _ENCODED.sub("", message).strip()
+
+
+def classify(
+    code: str, message: str, *, instance_type: str, vcpus: int, region: str, spot: bool, zone: str | None = None
+) -> Classified:
+    """Decide what a RunInstances error means. `zone` is the zone the failed request pinned (None = AWS's choice)."""
+    text = _clean(message)
+    said = f" AWS said: {code}: {text}" if text else f" AWS said: {code}"
+    if is_profile_propagation(code, message):
+        return Classified(Action.WAIT_FOR_PROFILE, message=text)
+    if code == "IdempotentParameterMismatch":
+        return Classified(Action.ALREADY_LAUNCHED, message=text)
+    if code in TRANSIENT_CODES:
+        return Classified(Action.TRANSIENT, message=f"EC2 is throttling or briefly unavailable.{said}")
+    if code in _CAPACITY_CODES or (code == "Unsupported" and zone is not None):
+        return Classified(Action.TRY_OTHER_ZONE, FailureReason.CAPACITY, text, zones_named(message))
+    if zone is not None and (
+        code in {"InvalidAvailabilityZone", "InvalidParameterValue", "InvalidInput"} and "zone" in text.lower()
+    ):
+        return Classified(Action.SKIP_ZONE, message=text)
+    if code in _QUOTA_CODES:
+        quotas = _SPOT_QUOTAS if spot or code == "MaxSpotInstanceCountExceeded" else _ON_DEMAND_QUOTAS
+        name, quota_code = quotas[quota_family(instance_type)]
+        return Classified(
+            Action.FAIL,
+            FailureReason.QUOTA,
+            f"Your account's EC2 quota is too low to start {instance_type} ({vcpus} vCPUs) in {region}: raise "
+            f"'{name}' ({quota_code}) to at least {vcpus} plus what your other instances use, in Service Quotas → "
+            f"Amazon Elastic Compute Cloud (Amazon EC2) → {region}, then resubmit.{said}",
+        )
+    if code in AUTH_CODES:
+        return Classified(
+            Action.FAIL,
+            FailureReason.CREDENTIALS,
+            "The provider's AWS credentials were rejected or lack a permission from TransformerLabComputePolicy "
+            f"(check the key is active and the policy attached, README 'IAM policy for a provider').{said}",
+        )
+    return Classified(Action.FAIL, FailureReason.LAUNCH_ERROR, f"EC2 refused to launch {instance_type}.{said}")
+
+
+def capacity_exhausted(instance_type: str, region: str, tried: list[str], spot: bool, last: str) -> str:
+    where = ", ".join(tried) if tried else "AWS's choice of zone"
+    hint = (
+        "Spot capacity comes and goes: resubmit later, or use_spot: false."
+        if spot
+        else "Resubmit later, choose another region that offers it (GET /catalog), or another instance type."
+    )
+    market = "spot" if spot else "on-demand"
+    return f"AWS has no {market} capacity for {instance_type} in {region} right now (tried: {where}). {hint} " + (
+        f"AWS said: {last}" if last else ""
+    )

@@ -1,0 +1,256 @@
+"""Bootstrap: a team's security group, key pair, instance role and profile in a provider account + region.
+
+Created once and reused. Every step is "look, create if missing, treat Duplicate / EntityAlreadyExists as success",
+so two first launches of a new team racing each other both succeed and agree on the same resources. The result is
+cached (state table); later launches confirm it with one DescribeSecurityGroups call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from controlplane.adapters.ec2 import Ec2Account, error_code, error_message
+from controlplane.adapters.iam import IamAccount
+from controlplane.core import provisioning, sshkeys
+from controlplane.core.errors import JobFailed, UpstreamUnavailable
+from controlplane.core.launch_errors import AUTH_CODES, TRANSIENT_CODES
+from controlplane.core.lifecycle import FailureReason
+from controlplane.core.models import BootstrapRecord, Provider, utcnow
+from controlplane.core.ports import BootstrapCache, ProviderClients, ProviderCredentials, SecretStore, TeamKey
+
+SCHEMA_VERSION = 1
+_POLICY_HINT = (
+    "check that TransformerLabComputePolicy is attached to the provider's IAM user exactly as in the README "
+    "(and that its resource names match RESOURCE_PREFIX)"
+)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    resource_prefix: str
+    ssh_ingress_cidr: str
+
+
+class BootstrapService:
+    def __init__(
+        self, cache: BootstrapCache, secrets: SecretStore, clients: ProviderClients, settings: BootstrapSettings
+    ) -> None:
+        self.cache = cache
+        self.secrets = secrets
+        self.clients = clients
+        self.settings = settings
+
+    def ensure(self, provider: Provider, credentials: ProviderCredentials, region: str) -> BootstrapRecord:
+        """The team's resources in this account + region, creating what is missing. Raises JobFailed (with a
+        failure reason) for errors a person must fix, UpstreamUnavailable for transient ones."""
+        try:
+            ec2 = Ec2Account(self.clients("ec2", credentials, region), region)
+            cached = self.cache.get(provider.provider_id, region)
+            if (
+                cached is not None
+                and cached.schema_version == SCHEMA_VERSION
+                and ec2.security_group(cached.security_group_id) is not None
+            ):
+                return cached
+            record = self._create(provider, credentials, region, ec2)
+        except ClientError as error:
+            raise _bootstrap_failure(error, region) from None
+        except BotoCoreError as error:
+            raise UpstreamUnavailable(f"could not reach AWS in {region} ({type(error).__name__}); retrying") from None
+        self.cache.put(record)
+        return record
+
+    def forget(self, provider_id: str, region: str) -> None:
+        """Drop the cached record (something it names was deleted); the next launch bootstraps again."""
+        self.cache.forget(provider_id, region)
+
+    # -- steps ----------------------------------------------------------------------------------------------
+
+    def _create(
+        self, provider: Provider, credentials: ProviderCredentials, region: str, ec2: Ec2Account
+    ) -> BootstrapRecord:
+        names = provisioning.TeamResources(self.settings.resource_prefix, provider.team_id)
+        tags = provisioning.team_tags(provider.team_id, provider.provider_id)
+        team_key = self.secrets.team_key(provider.team_id)
+        notes: list[str] = []
+        group_id = self._security_group(ec2, names, provider.team_id, tags)
+        key_name = self._key_pair(ec2, names, team_key, tags, notes)
+        iam = IamAccount(self.clients("iam", credentials, region))
+        profile_arn = self._role_and_profile(iam, names, provider.team_id)
+        return BootstrapRecord(
+            provider_id=provider.provider_id,
+            team_id=provider.team_id,
+            region=region,
+            security_group_id=group_id,
+            key_name=key_name,
+            instance_profile_name=names.instance_profile,
+            instance_profile_arn=profile_arn,
+            role_name=names.role,
+            notes=notes,
+            created_at=utcnow(),
+            schema_version=SCHEMA_VERSION,
+        )
+
+    def _security_group(
+        self, ec2: Ec2Account, names: provisioning.TeamResources, team_id: str, tags: list[dict[str, str]]
+    ) -> str:
+        group = _prefer_ours(ec2.security_groups_named(names.security_group), team_id)
+        if group is None:
+            try:
+                group_id = ec2.create_security_group(
+                    names.security_group, f"ec2jobs job instances of team {team_id}: SSH for the log relay", tags
+                )
+                group = {"GroupId": group_id, "IpPermissions": []}
+            except ClientError as error:
+                if error_code(error) != "InvalidGroup.Duplicate":
+                    raise
+                group = _prefer_ours(ec2.security_groups_named(names.security_group), team_id)
+                if group is None:
+                    raise
+        cidr = self.settings.ssh_ingress_cidr
+        if not _allows_ssh_from(group, cidr):
+            try:
+                ec2.allow_ssh(str(group["GroupId"]), cidr, "ec2jobs log relay (SSH)")
+            except ClientError as error:
+                if error_code(error) != "InvalidPermission.Duplicate":
+                    raise
+        return str(group["GroupId"])
+
+    @staticmethod
+    def _key_pair(
+        ec2: Ec2Account,
+        names: provisioning.TeamResources,
+        team_key: TeamKey,
+        tags: list[dict[str, str]],
+        notes: list[str],
+    ) -> str | None:
+        existing = ec2.key_pair(names.key_pair)
+        if existing is None:
+            try:
+                ec2.import_key_pair(names.key_pair, team_key.public_openssh, tags)
+                return names.key_pair
+            except ClientError as error:
+                if error_code(error) != "InvalidKeyPair.Duplicate":
+                    raise
+                existing = ec2.key_pair(names.key_pair)
+        ours = sshkeys.key_blob(team_key.public_openssh)
+        theirs = str((existing or {}).get("PublicKey") or "")
+        if theirs and sshkeys.key_blob(theirs) == ours:
+            return names.key_pair
+        # A key pair of our name whose private key we do not hold: we cannot delete it (no ec2:DeleteKeyPair in the
+        # seed policy) and must not depend on it. Launch without an EC2 key pair; the job wrapper installs the
+        # team's public key for the relay itself, so nothing is lost.
+        notes.append(
+            f"EC2 key pair {names.key_pair!r} in {ec2.region} is not ec2jobs' key (its private key is not held by "
+            "the control plane), so instances start without an EC2 key pair and the job wrapper installs the "
+            "team's SSH key instead. Delete that key pair if ec2jobs should manage it."
+        )
+        return None
+
+    @staticmethod
+    def _role_and_profile(iam: IamAccount, names: provisioning.TeamResources, team_id: str) -> str:
+        role = iam.role(names.role)
+        if role is None:
+            try:
+                iam.create_role(
+                    names.role,
+                    provisioning.policy_json(provisioning.role_trust_policy()),
+                    f"ec2jobs job instances of team {team_id}: may terminate only themselves",
+                )
+            except ClientError as error:
+                if error_code(error) != "EntityAlreadyExists":
+                    raise
+        elif not _trusts_ec2(role.get("AssumeRolePolicyDocument")):
+            raise JobFailed(
+                FailureReason.LAUNCH_ERROR,
+                f"IAM role {names.role} exists but EC2 may not assume it, and ec2jobs may not change its trust "
+                "policy: delete the role (it is recreated) or let it trust ec2.amazonaws.com.",
+            )
+        desired = provisioning.self_termination_policy(team_id)
+        if iam.role_policy(names.role, provisioning.SELF_TERMINATION_POLICY_NAME) != desired:
+            iam.put_role_policy(
+                names.role, provisioning.SELF_TERMINATION_POLICY_NAME, provisioning.policy_json(desired)
+            )
+        profile = iam.instance_profile(names.instance_profile)
+        if profile is None:
+            try:
+                iam.create_instance_profile(names.instance_profile)
+            except ClientError as error:
+                if error_code(error) != "EntityAlreadyExists":
+                    raise
+            profile = iam.instance_profile(names.instance_profile)
+            if profile is None:
+                raise UpstreamUnavailable(f"instance profile {names.instance_profile} is not visible yet; retrying")
+        roles = [str(r.get("RoleName")) for r in profile.get("Roles", [])]
+        if names.role not in roles:
+            if roles:
+                raise JobFailed(
+                    FailureReason.LAUNCH_ERROR,
+                    f"instance profile {names.instance_profile} holds role {roles[0]}, not {names.role}; remove that "
+                    "role from the profile (ec2jobs may not) and resubmit.",
+                )
+            try:
+                iam.add_role_to_instance_profile(names.instance_profile, names.role)
+            except ClientError as error:
+                if error_code(error) != "LimitExceeded":  # a racing bootstrap added it first
+                    raise
+                profile = iam.instance_profile(names.instance_profile) or profile
+                if names.role not in [str(r.get("RoleName")) for r in profile.get("Roles", [])]:
+                    raise
+        return str(profile["Arn"])
+
+
+def _prefer_ours(groups: list[dict[str, Any]], team_id: str) -> dict[str, Any] | None:
+    """Several VPCs may have a group of this name: prefer the one we tagged for this team."""
+    for group in groups:
+        tags = {t.get("Key"): t.get("Value") for t in group.get("Tags", [])}
+        if tags.get(provisioning.TEAM_TAG) == team_id:
+            return group
+    return groups[0] if groups else None
+
+
+def _allows_ssh_from(group: dict[str, Any], cidr: str) -> bool:
+    for permission in group.get("IpPermissions", []):
+        protocol = str(permission.get("IpProtocol"))
+        if (
+            protocol == "-1"
+            or (protocol == "tcp" and permission.get("FromPort", 0) <= 22 <= permission.get("ToPort", 65535))
+        ) and any(r.get("CidrIp") == cidr for r in permission.get("IpRanges", [])):
+            return True
+    return False
+
+
+def _trusts_ec2(document: Any) -> bool:
+    if not isinstance(document, dict):
+        return True  # not decoded: do not second-guess
+    for statement in document.get("Statement", []):
+        principal = statement.get("Principal", {})
+        services = principal.get("Service", []) if isinstance(principal, dict) else []
+        services = [services] if isinstance(services, str) else services
+        if statement.get("Effect") == "Allow" and "ec2.amazonaws.com" in services:
+            return True
+    return False
+
+
+def _bootstrap_failure(error: ClientError, region: str) -> Exception:
+    code, message = error_code(error), error_message(error)
+    operation = str(error.operation_name)
+    if code in TRANSIENT_CODES:
+        return UpstreamUnavailable(f"AWS was busy during bootstrap ({operation}: {code}); retrying")
+    if code in AUTH_CODES:
+        return JobFailed(
+            FailureReason.CREDENTIALS,
+            f"The provider's key may not call {operation} in {region}: {_POLICY_HINT}. AWS said: {code}.",
+        )
+    if code in {"VPCIdNotSpecified", "VpcIdNotSpecified", "InvalidVpcID.NotFound"}:
+        return JobFailed(
+            FailureReason.LAUNCH_ERROR,
+            f"{region} has no default VPC, which ec2jobs launches into: create one with "
+            f"`aws ec2 create-default-vpc --region {region}` and resubmit. AWS said: {code}.",
+        )
+    return JobFailed(
+        FailureReason.LAUNCH_ERROR, f"Setting up the team's resources failed ({operation}): {code}: {message}"
+    )

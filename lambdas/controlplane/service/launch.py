@@ -1,0 +1,305 @@
+"""Launch: RunInstances for a LAUNCHING job, exactly once, with errors turned into a failure reason and a sentence.
+
+Exactly once: before launching, look for an instance tagged with the job id (a retried step finds what an earlier
+attempt launched) and send a deterministic ClientToken (real EC2 deduplicates on it; the user data is
+byte-identical on a retry because the host key is derived, not random). Fallbacks: a new instance profile that
+IAM has not propagated yet is retried with backoff (bounded); a capacity error is retried in the zones AWS names,
+then in the region's other zones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from controlplane.adapters.ec2 import LIVE_STATES, Ec2Account, error_code, error_message
+from controlplane.core import catalog, images, provisioning, sshkeys, userdata
+from controlplane.core.errors import JobFailed, JobNotActive, TransitionRefused, UpstreamUnavailable
+from controlplane.core.launch_errors import Action, capacity_exhausted, classify
+from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.models import BootstrapRecord, Job, utcnow
+from controlplane.core.ports import JobStore, ProviderClients, ProviderCredentials, SecretStore
+from controlplane.service.bootstrap import BootstrapService
+from controlplane.service.images import ImageResolver
+
+MAX_ZONE_ATTEMPTS = 6
+_GUESSED_ZONE_LETTERS = "abcdef"  # no ec2:DescribeAvailabilityZones in the seed policy: try the usual names
+_VANISHED = {"InvalidKeyPair.NotFound", "InvalidGroup.NotFound", "InvalidGroupId.NotFound"}
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    ssh_user: str
+    drain_timeout_seconds: int
+    shutdown_grace_seconds: int
+    boot_allowance_seconds: int
+    profile_propagation_wait_seconds: float
+
+
+def client_token(job_id: str, zone: str | None) -> str:
+    """Deterministic per (job, zone attempt); at most 64 ASCII characters as EC2 requires."""
+    token = f"{job_id}@{zone}" if zone else job_id
+    return token if len(token) <= 64 else hashlib.sha256(token.encode()).hexdigest()
+
+
+class LaunchService:
+    def __init__(
+        self,
+        jobs: JobStore,
+        secrets: SecretStore,
+        clients: ProviderClients,
+        resolver: ImageResolver,
+        bootstrap: BootstrapService,
+        settings: LaunchSettings,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.jobs = jobs
+        self.secrets = secrets
+        self.clients = clients
+        self.resolver = resolver
+        self.bootstrap = bootstrap
+        self.settings = settings
+        self.sleep = sleep
+
+    def launch(self, job: Job, credentials: ProviderCredentials, record: BootstrapRecord) -> Job:
+        """Start the job's instance (or find the one an earlier attempt started) and move the job to PROVISIONING."""
+        if job.status != JobStatus.LAUNCHING:
+            if job.instance_id:  # a retried step after the job was recorded: nothing to do
+                return job
+            raise JobNotActive(f"job {job.job_id} is {job.status}, not LAUNCHING")
+        spec = job.spec
+        if spec is None or job.instance_type is None:
+            raise JobFailed(FailureReason.INVALID_SPEC, "the job has no valid task spec")
+        ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
+        team_key = self.secrets.team_key(job.team_id)
+        host_key = sshkeys.derive_host_key(team_key.host_key_seed, job.job_id)
+        try:
+            instance = self._existing(ec2, job.job_id)
+            if instance is None:
+                family = images.family_for(catalog.get().instances[job.instance_type].gpu_count)
+                image = self.resolver.resolve(ec2, family)
+                user_data = userdata.render(
+                    userdata.WrapperConfig(
+                        job_id=job.job_id,
+                        team_id=job.team_id,
+                        instance_type=job.instance_type,
+                        envs=dict(spec.envs),
+                        setup=spec.setup,
+                        run=spec.run,
+                        max_runtime_seconds=spec.max_runtime_minutes * 60,
+                        shutdown_grace_seconds=self.settings.shutdown_grace_seconds,
+                        drain_timeout_seconds=self.settings.drain_timeout_seconds,
+                        ssh_user=self.settings.ssh_user,
+                        ssh_authorized_key=team_key.public_openssh,
+                        host_private_key=host_key.private_openssh,
+                        host_public_key=host_key.public_openssh,
+                    )
+                )
+                request = self._request(job, record, image.image_id, image.root_device_name, user_data)
+                instance = self._run(ec2, job, request, record)
+        except ClientError as error:
+            raise self._unexpected(error, job) from None
+        except BotoCoreError as error:
+            raise UpstreamUnavailable(
+                f"could not reach EC2 in {job.region} ({type(error).__name__}); retrying"
+            ) from None
+        return self._record(job, ec2, instance, host_key.public_openssh, record)
+
+    # -- finding and launching ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _existing(ec2: Ec2Account, job_id: str) -> dict[str, Any] | None:
+        """The instance an earlier attempt launched for this job. If somehow several are alive, keep the first
+        and terminate the others: one job, one instance, always."""
+        found = ec2.instances_of_job(job_id)
+        live = [i for i in found if i.get("State", {}).get("Name") in LIVE_STATES]
+        if len(live) > 1:
+            ec2.terminate([str(i["InstanceId"]) for i in live[1:]])
+        if live:
+            return live[0]
+        return found[0] if found else None
+
+    def _request(
+        self, job: Job, record: BootstrapRecord, image_id: str, root_device: str, user_data: bytes
+    ) -> dict[str, Any]:
+        assert job.spec is not None
+        assert job.instance_type is not None
+        tags = provisioning.instance_tags(job.team_id, job.provider_id, job.job_id, job.name)
+        request: dict[str, Any] = {
+            "ImageId": image_id,
+            "InstanceType": job.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "SecurityGroupIds": [record.security_group_id],
+            "IamInstanceProfile": {"Arn": record.instance_profile_arn},
+            "UserData": user_data,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "MetadataOptions": {
+                "HttpTokens": "required",  # IMDSv2 only
+                "HttpEndpoint": "enabled",
+                "HttpPutResponseHopLimit": 2,  # containers on the instance can reach IMDS through one hop
+            },
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": root_device,
+                    "Ebs": {
+                        "VolumeSize": job.spec.resources.disk_size,
+                        "VolumeType": "gp3",
+                        "Encrypted": True,
+                        "DeleteOnTermination": True,
+                    },
+                }
+            ],
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": tags},
+                {"ResourceType": "volume", "Tags": tags},
+            ],
+        }
+        if record.key_name:
+            request["KeyName"] = record.key_name
+        if job.spec.resources.use_spot:
+            request["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+        return request
+
+    def _run(self, ec2: Ec2Account, job: Job, request: dict[str, Any], record: BootstrapRecord) -> dict[str, Any]:
+        assert job.instance_type is not None
+        instance = catalog.get().instances[job.instance_type]
+        spot = bool(request.get("InstanceMarketOptions"))
+        zone: str | None = None
+        queue: list[str] = []
+        tried: list[str] = []
+        guessed = False
+        waited = 0.0
+        backoff = 2.0
+        last_capacity = ""
+        while True:
+            attempt = dict(request, ClientToken=client_token(job.job_id, zone))
+            if zone:
+                attempt["Placement"] = {"AvailabilityZone": zone}
+            try:
+                return ec2.run_instance(attempt)
+            except ClientError as error:
+                code, message = error_code(error), error_message(error)
+                verdict = classify(
+                    code,
+                    message,
+                    instance_type=instance.name,
+                    vcpus=instance.vcpus,
+                    region=job.region,
+                    spot=spot,
+                    zone=zone,
+                )
+            if verdict.action == Action.WAIT_FOR_PROFILE:
+                limit = self.settings.profile_propagation_wait_seconds
+                if waited < limit:
+                    pause = min(backoff, limit - waited)
+                    self.sleep(pause)
+                    waited += pause
+                    backoff *= 2
+                    continue
+                self.bootstrap.forget(job.provider_id, job.region)
+                raise JobFailed(
+                    FailureReason.LAUNCH_ERROR,
+                    f"EC2 still did not accept instance profile {record.instance_profile_name} after "
+                    f"{waited:.0f} s (IAM propagation, or the profile was deleted; the next job re-creates it). "
+                    f"AWS said: {code}: {verdict.message}",
+                )
+            if verdict.action == Action.ALREADY_LAUNCHED:
+                found = self._await_tagged(ec2, job.job_id)
+                if found is not None:
+                    return found
+                raise UpstreamUnavailable(
+                    "EC2 reports this launch request was already made, but the instance is not visible yet; retrying"
+                )
+            if verdict.action in {Action.TRY_OTHER_ZONE, Action.SKIP_ZONE}:
+                if verdict.action == Action.TRY_OTHER_ZONE:
+                    tried.append(zone or "AWS's choice")
+                    last_capacity = f"{code}: {verdict.message}"
+                    queue += [z for z in verdict.zones if z not in tried and z not in queue and z != zone]
+                if not queue and not guessed:
+                    guessed = True
+                    queue += [
+                        f"{job.region}{letter}"
+                        for letter in _GUESSED_ZONE_LETTERS
+                        if f"{job.region}{letter}" not in tried and f"{job.region}{letter}" != zone
+                    ]
+                if not queue or len(tried) >= MAX_ZONE_ATTEMPTS:
+                    raise JobFailed(
+                        FailureReason.CAPACITY,
+                        capacity_exhausted(instance.name, job.region, tried, spot, last_capacity),
+                    )
+                zone = queue.pop(0)
+                continue
+            if verdict.action == Action.TRANSIENT:
+                raise UpstreamUnavailable(verdict.message)
+            if code in _VANISHED:
+                self.bootstrap.forget(job.provider_id, job.region)
+            raise JobFailed(verdict.reason or FailureReason.LAUNCH_ERROR, verdict.message)
+
+    def _await_tagged(self, ec2: Ec2Account, job_id: str) -> dict[str, Any] | None:
+        for pause in (1.0, 2.0, 4.0, 8.0):
+            found = self._existing(ec2, job_id)
+            if found is not None:
+                return found
+            self.sleep(pause)
+        return self._existing(ec2, job_id)
+
+    def _unexpected(self, error: ClientError, job: Job) -> Exception:
+        """A ClientError outside RunInstances (describe calls): classify it the same way."""
+        code, message = error_code(error), error_message(error)
+        verdict = classify(code, message, instance_type=job.instance_type or "", vcpus=0, region=job.region, spot=False)
+        if verdict.action == Action.TRANSIENT:
+            return UpstreamUnavailable(verdict.message)
+        reason = verdict.reason or FailureReason.LAUNCH_ERROR
+        if reason == FailureReason.LAUNCH_ERROR:
+            return JobFailed(reason, f"Launching failed ({error.operation_name}): {code}: {message}")
+        return JobFailed(reason, verdict.message)
+
+    # -- recording ------------------------------------------------------------------------------------------
+
+    def _record(
+        self, job: Job, ec2: Ec2Account, instance: dict[str, Any], host_public_key: str, record: BootstrapRecord
+    ) -> Job:
+        assert job.spec is not None
+        now = utcnow()
+        launched = instance.get("LaunchTime")
+        launched_at = launched if isinstance(launched, dt.datetime) else now
+        deadline = launched_at + dt.timedelta(
+            seconds=job.spec.max_runtime_minutes * 60
+            + self.settings.shutdown_grace_seconds
+            + self.settings.boot_allowance_seconds
+        )
+        instance_id = str(instance["InstanceId"])
+        fields: dict[str, Any] = {
+            "instance_id": instance_id,
+            "instance_state": str(instance.get("State", {}).get("Name", "pending")),
+            "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
+            "image_id": instance.get("ImageId"),
+            "use_spot": job.spec.resources.use_spot,
+            "ssh_host_key": host_public_key,
+            "launched_at": launched_at,
+            "deadline_at": deadline,
+            "notes": list(dict.fromkeys([*job.notes, *record.notes])),
+        }
+        try:
+            return self.jobs.transition(job.job_id, JobStatus.PROVISIONING, expected=JobStatus.LAUNCHING, fields=fields)
+        except TransitionRefused:
+            current = self.jobs.get(job.job_id)
+            if current is not None and current.instance_id == instance_id:
+                return current  # a concurrent attempt recorded the same instance
+            if current is None or current.status.terminal:
+                # Cancelled (or failed) while we launched: the instance must not keep billing.
+                ec2.terminate([instance_id])
+                raise JobNotActive(
+                    f"job {job.job_id} ended while its instance started; instance {instance_id} was terminated"
+                ) from None
+            raise

@@ -1,0 +1,139 @@
+"""The launch workflow's steps (Validate → Bootstrap → Launch, and the failure catcher), job-scoped.
+
+A step that decides the job cannot run raises JobFailed / InvalidSpec; here, in one place, that becomes a FAILED
+record (conditional, so a job that ended meanwhile keeps its state) before the error goes back to Step Functions,
+whose execution then fails with the same reason and sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from controlplane.core.errors import InvalidSpec, JobFailed, JobNotActive
+from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.models import BootstrapRecord, Job, Provider
+from controlplane.core.ports import JobStore, ProviderCredentials, ProviderStore, SecretStore
+from controlplane.service.bootstrap import BootstrapService
+from controlplane.service.failures import fail_job
+from controlplane.service.intake import IntakeService
+from controlplane.service.launch import LaunchService
+
+
+class Pipeline:
+    def __init__(
+        self,
+        jobs: JobStore,
+        providers: ProviderStore,
+        secrets: SecretStore,
+        intake: IntakeService,
+        bootstrap: BootstrapService,
+        launch: LaunchService,
+    ) -> None:
+        self.jobs = jobs
+        self.providers = providers
+        self.secrets = secrets
+        self.intake = intake
+        self.bootstrapper = bootstrap
+        self.launcher = launch
+
+    def validate(self, raw: Any, execution_name: str | None, execution_arn: str | None) -> dict[str, Any]:
+        return self.intake.validate(raw, execution_name, execution_arn).as_state()
+
+    def bootstrap(self, state: dict[str, Any]) -> dict[str, Any]:
+        job_id = _job_id(state)
+        with self._failing(job_id):
+            job = self._active(job_id)
+            provider, credentials = self._provider(job)
+            record = self.bootstrapper.ensure(provider, credentials, job.region)
+        return state | {"bootstrap": record.model_dump(mode="json")}
+
+    def launch(self, state: dict[str, Any]) -> dict[str, Any]:
+        job_id = _job_id(state)
+        with self._failing(job_id):
+            job = self.jobs.get(job_id)
+            if job is None:
+                raise JobNotActive(f"job {job_id} does not exist")
+            if job.status.terminal:
+                raise JobNotActive(f"job {job_id} is already {job.status}")
+            _, credentials = self._provider(job)
+            record = BootstrapRecord.model_validate(state["bootstrap"])
+            job = self.launcher.launch(job, credentials, record)
+        return state | {"instance_id": job.instance_id, "status": str(job.status)}
+
+    def record_failure(self, state: dict[str, Any], error: dict[str, Any] | None) -> dict[str, str]:
+        """The workflow's catch-all: make sure the job ends FAILED and give the execution a readable Error/Cause
+        (the job's failure_reason and failure_message)."""
+        error = error or {}
+        name = str(error.get("Error") or "States.Runtime")
+        cause = _cause_text(error.get("Cause"))
+        job_id = state.get("job_id") if isinstance(state, dict) else None
+        if not job_id:
+            return {"Error": name, "Cause": cause}
+        job = self.jobs.get(str(job_id))
+        if job is not None and not job.status.terminal and name not in {"JobNotActive", "DuplicateSubmission"}:
+            reason = FailureReason.INVALID_SPEC if name == "InvalidSpec" else FailureReason.LAUNCH_ERROR
+            job = fail_job(self.jobs, job.job_id, reason, f"The launch workflow failed ({name}): {cause}") or job
+        if job is not None and job.status == JobStatus.FAILED:
+            return {"Error": str(job.failure_reason or name), "Cause": job.failure_message or cause}
+        return {"Error": name, "Cause": cause}
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _failing(self, job_id: str) -> Iterator[None]:
+        try:
+            yield
+        except JobFailed as failure:
+            fail_job(self.jobs, job_id, failure.reason, failure.message)
+            raise
+        except InvalidSpec as failure:
+            fail_job(self.jobs, job_id, FailureReason.INVALID_SPEC, failure.message)
+            raise
+
+    def _active(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None or job.status.terminal:
+            raise JobNotActive(f"job {job_id} is {job.status if job else 'missing'}; nothing to do")
+        return job
+
+    def _provider(self, job: Job) -> tuple[Provider, ProviderCredentials]:
+        provider = self.providers.get(job.team_id, job.provider_id)
+        if provider is None:
+            raise JobFailed(FailureReason.CREDENTIALS, f"provider {job.provider_id} was deleted")
+        try:
+            credentials = self.secrets.get_provider_credentials(provider.secret_arn)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in {"ResourceNotFoundException", "InvalidRequestException"}:
+                raise JobFailed(
+                    FailureReason.CREDENTIALS,
+                    f"the stored key of provider {provider.provider_id} is gone ({code}); add the provider again",
+                ) from None
+            raise
+        return provider, credentials
+
+
+def _job_id(state: dict[str, Any]) -> str:
+    job_id = state.get("job_id") if isinstance(state, dict) else None
+    if not isinstance(job_id, str) or not job_id:
+        raise JobNotActive("the step input carries no job_id")
+    return job_id
+
+
+def _cause_text(cause: Any) -> str:
+    """A Lambda error's Cause is JSON {"errorMessage", "errorType", "stackTrace"}: keep the message only."""
+    import json
+
+    if isinstance(cause, str):
+        try:
+            parsed = json.loads(cause)
+        except ValueError:
+            return cause[:2000]
+        if isinstance(parsed, dict) and "errorMessage" in parsed:
+            return str(parsed["errorMessage"])[:2000]
+        return cause[:2000]
+    return "" if cause is None else str(cause)[:2000]

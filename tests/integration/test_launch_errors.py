@@ -1,0 +1,166 @@
+"""Launch errors, injected into the provider's EC2 calls: each ends in the right failure_reason with a sentence a
+person can act on, or in a bounded retry that succeeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.core import provisioning
+from controlplane.core.errors import JobFailed, UpstreamUnavailable
+from tests.integration.conftest import ControlPlane, ProviderCalls, Tenant, Workflow
+
+G4DN_JOB = {"resources": {"accelerators": "T4"}, "run": "python train.py"}
+PROFILE_NOT_READY = "Value (transformerlab-ec2-profile-x) for parameter iamInstanceProfile.name is invalid."
+
+
+def capacity_message(zone: str, alternatives: str) -> str:
+    return (
+        f"We currently do not have sufficient g4dn.xlarge capacity in the Availability Zone you requested ({zone}). "
+        "Our system will be working on provisioning additional capacity. You can currently get g4dn.xlarge "
+        f"capacity by not specifying an Availability Zone in your request or choosing {alternatives}."
+    )
+
+
+def launch_state(cp: ControlPlane, tenant: Tenant, workflow: Workflow, body: dict[str, Any]) -> dict[str, Any]:
+    response = cp.call("POST", "/jobs", tenant.token, body=body | {"provider_id": tenant.provider_id})
+    assert response.status == 202, response.body
+    job_id = response.json()["job_id"]
+    return dict(workflow.bootstrap(workflow.validate(workflow.api_input(job_id, tenant.team_id), job_id)))
+
+
+def job(cp: ControlPlane, tenant: Tenant, job_id: str) -> dict[str, Any]:
+    return dict(cp.call("GET", f"/jobs/{job_id}", tenant.token).json())
+
+
+def instances_of(cp: ControlPlane, job_id: str) -> list[dict[str, Any]]:
+    reservations = cp.admin("ec2").describe_instances(
+        Filters=[{"Name": f"tag:{provisioning.JOB_TAG}", "Values": [job_id]}]
+    )["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+def run_calls(calls: ProviderCalls) -> int:
+    return [operation for _, operation in calls.calls].count("RunInstances")
+
+
+def test_given_no_capacity_in_the_first_zone_then_the_zones_aws_names_are_tried(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    provider_calls.fail(
+        "RunInstances", "InsufficientInstanceCapacity", capacity_message("us-east-1a", "us-east-1c, us-east-1d")
+    )
+
+    result = workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert record["status"] == "PROVISIONING"
+    assert record["availability_zone"] == "us-east-1c"
+    assert [i["InstanceId"] for i in instances_of(control_plane, state["job_id"])] == [result["instance_id"]]
+    assert run_calls(provider_calls) == 2
+
+
+def test_given_no_capacity_anywhere_then_capacity_with_the_zones_tried(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    provider_calls.fail(
+        "RunInstances", "InsufficientInstanceCapacity", capacity_message("us-east-1a", "us-east-1b"), times=None
+    )
+
+    with pytest.raises(JobFailed):
+        workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert record["status"] == "FAILED"
+    assert record["failure_reason"] == "CAPACITY"
+    assert "g4dn.xlarge" in record["failure_message"]
+    assert "us-east-1b" in record["failure_message"]
+    assert "Resubmit later" in record["failure_message"]
+    assert 2 <= run_calls(provider_calls) <= 6
+    assert instances_of(control_plane, state["job_id"]) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "reason", "says"),
+    [
+        ("VcpuLimitExceeded", G4DN_JOB, "QUOTA", "Running On-Demand G and VT instances"),
+        (
+            "MaxSpotInstanceCountExceeded",
+            {"resources": {"accelerators": "T4", "use_spot": True}, "run": "x"},
+            "QUOTA",
+            "All G and VT Spot Instance Requests",
+        ),
+        ("UnauthorizedOperation", G4DN_JOB, "CREDENTIALS", "TransformerLabComputePolicy"),
+        ("AuthFailure", G4DN_JOB, "CREDENTIALS", "credentials were rejected"),
+        ("InvalidParameterCombination", G4DN_JOB, "LAUNCH_ERROR", "the AWS text"),
+    ],
+)
+def test_given_a_launch_error_then_its_failure_reason_and_an_actionable_message(
+    control_plane: ControlPlane,
+    tenant: Tenant,
+    workflow: Workflow,
+    provider_calls: ProviderCalls,
+    code: str,
+    body: dict[str, Any],
+    reason: str,
+    says: str,
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, body)
+    provider_calls.fail("RunInstances", code, "the AWS text")
+
+    with pytest.raises(JobFailed) as failure:
+        workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["failure_reason"]) == ("FAILED", reason)
+    assert says in record["failure_message"]
+    assert code in record["failure_message"]
+    assert failure.value.reason == reason
+    # ...and the workflow's catch-all gives the execution the same Error / Cause.
+    caught = {"Error": "JobFailed", "Cause": '{"errorMessage": "x", "errorType": "JobFailed"}'}
+    assert workflow.record_failure(state, caught) == {"Error": reason, "Cause": record["failure_message"]}
+
+
+def test_given_a_new_profile_not_yet_propagated_then_launch_retries_with_bounded_backoff(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    provider_calls.fail("RunInstances", "InvalidParameterValue", PROFILE_NOT_READY, times=3)
+
+    result = workflow.launch(state)
+
+    assert result["status"] == "PROVISIONING"
+    assert workflow.sleeps == [2.0, 4.0, 8.0]  # type: ignore[attr-defined]
+    assert len(instances_of(control_plane, state["job_id"])) == 1
+
+
+def test_given_a_profile_that_never_propagates_then_launch_error_within_60_seconds(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    provider_calls.fail("RunInstances", "InvalidParameterValue", PROFILE_NOT_READY, times=None)
+
+    with pytest.raises(JobFailed):
+        workflow.launch(state)
+
+    assert sum(workflow.sleeps) <= 60  # type: ignore[attr-defined]
+    record = job(control_plane, tenant, state["job_id"])
+    assert record["failure_reason"] == "LAUNCH_ERROR"
+    assert "instance profile" in record["failure_message"]
+
+
+def test_given_throttling_then_the_step_fails_retryably_and_the_job_waits(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    provider_calls.fail("RunInstances", "RequestLimitExceeded", "Request limit exceeded.")
+
+    with pytest.raises(UpstreamUnavailable):
+        workflow.launch(state)
+    assert job(control_plane, tenant, state["job_id"])["status"] == "LAUNCHING"
+
+    assert workflow.launch(state)["status"] == "PROVISIONING"  # Step Functions' retry
+    assert len(instances_of(control_plane, state["job_id"])) == 1

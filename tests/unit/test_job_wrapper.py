@@ -1,0 +1,503 @@
+"""The job wrapper script, run for real by bash in a sandbox: EC2JOBS_ROOT points every path into tmp_path and
+shim executables stand in for shutdown, aws, systemctl and curl (IMDS).
+
+PATH holds only the shims and a directory of links to the ordinary tools the script and the test jobs use, so the
+real aws CLI, curl and shutdown can never be reached, whatever is installed on the machine running the tests.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from controlplane.core.userdata import WrapperConfig, decode, render
+
+BASH = shutil.which("bash") or "/bin/bash"
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+TOOLS = (
+    "bash",
+    "cat",
+    "chmod",
+    "chown",
+    "cut",
+    "date",
+    "env",
+    "find",
+    "getent",
+    "grep",
+    "head",
+    "id",
+    "kill",
+    "ls",
+    "mkdir",
+    "mktemp",
+    "mv",
+    "readlink",
+    "rm",
+    "runuser",
+    "sleep",
+    "stdbuf",
+    "tail",
+    "timeout",
+    "touch",
+)
+INSTANCE_ID = "i-0123456789abcdef0"
+TOKEN = "imds-token-abc123"  # a fake IMDS session token
+IMDS = "http://127.0.0.1:9"
+TERMINATE = f"ec2 terminate-instances --region us-east-1 --instance-ids {INSTANCE_ID}"
+
+_KEY = Ed25519PrivateKey.generate()
+HOST_PRIVATE = _KEY.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
+HOST_PUBLIC = _KEY.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() + " ec2jobs-host"
+RELAY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ec2jobs-relay"
+
+CURL_SHIM = r"""
+method=GET url= headers=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    -X) method=$2; shift 2 ;;
+    -H) headers+=("$2"); shift 2 ;;
+    --max-time) shift 2 ;;
+    -*) shift ;;
+    *) url=$1; shift ;;
+  esac
+done
+printf '%s %s\n' "$method" "$url" >>"$LOGS/imds.log"
+has() { local h; for h in "${headers[@]}"; do [ "$h" = "$1" ] && return 0; done; return 1; }
+case "$method $url" in
+  "PUT $IMDS/latest/api/token")
+    has "X-aws-ec2-metadata-token-ttl-seconds: 300" || { echo NO_TTL_HEADER >>"$LOGS/imds.log"; exit 22; }
+    printf '%s' "$TOKEN" ;;
+  "GET $IMDS/latest/meta-data/instance-id")
+    has "X-aws-ec2-metadata-token: $TOKEN" || { echo NO_TOKEN >>"$LOGS/imds.log"; exit 22; }
+    printf '%s' "$INSTANCE_ID" ;;
+  "GET $IMDS/latest/meta-data/placement/region")
+    has "X-aws-ec2-metadata-token: $TOKEN" || { echo NO_TOKEN >>"$LOGS/imds.log"; exit 22; }
+    printf 'us-east-1' ;;
+  *) exit 22 ;;
+esac
+"""
+
+
+@dataclass
+class Outcome:
+    process: subprocess.CompletedProcess[str]
+    elapsed: float
+    sandbox: Sandbox
+
+    def result(self) -> dict[str, str]:
+        text = (self.sandbox.state / "result").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+    def output(self) -> str:
+        return (self.sandbox.state / "output.log").read_text(encoding="utf-8")
+
+
+class Sandbox:
+    """An instance in a directory: EC2JOBS_ROOT, shims on PATH, and a log of every shim call in order."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "root"
+        self.state = self.root / "var/lib/ec2jobs"
+        self.workspace = self.root / "workspace"
+        self.logs = base / "logs"
+        self.shims = base / "shims"
+        self.tools = base / "tools"
+        for directory in (self.root, self.logs, self.shims, self.tools):
+            directory.mkdir(parents=True)
+        for tool in TOOLS:
+            found = shutil.which(tool, path=SYSTEM_PATH)
+            if found:
+                (self.tools / tool).symlink_to(found)
+        self.write_shim("shutdown", "")
+        self.write_shim("systemctl", "")
+        self.write_shim("curl", CURL_SHIM)
+        self.aws("succeeds")
+
+    def write_shim(self, name: str, body: str) -> None:
+        shim = self.shims / name
+        shim.write_text(
+            f"#!{BASH}\n"
+            f"LOGS={self.logs}\nIMDS={IMDS}\nTOKEN={TOKEN}\nINSTANCE_ID={INSTANCE_ID}\n"
+            f'printf "%s\\n" "{name} $*" >>"$LOGS/calls.log"\n'
+            f'printf "%s\\n" "$*" >>"$LOGS/{name}.log"\n' + body
+        )
+        shim.chmod(0o755)
+
+    def aws(self, behaviour: str) -> None:
+        """`succeeds`, `fails` or `missing` (no aws anywhere on PATH)."""
+        (self.shims / "aws").unlink(missing_ok=True)
+        if behaviour != "missing":
+            self.write_shim(
+                "aws", "exit 0\n" if behaviour == "succeeds" else "echo 'UnauthorizedOperation' >&2\nexit 1\n"
+            )
+
+    def calls(self, name: str = "calls") -> list[str]:
+        log = self.logs / f"{name}.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def environment(self) -> dict[str, str]:
+        return {"PATH": f"{self.shims}:{self.tools}", "EC2JOBS_ROOT": str(self.root), "EC2JOBS_IMDS_ENDPOINT": IMDS}
+
+    def script(self, config: WrapperConfig) -> Path:
+        path = self.base / "user-data.sh"
+        path.write_text(decode(render(config)), encoding="utf-8")
+        return path
+
+    def run(self, config: WrapperConfig, timeout: float = 30) -> Outcome:
+        script = self.script(config)
+        started = time.monotonic()
+        process = subprocess.run(
+            [BASH, str(script)], env=self.environment(), capture_output=True, text=True, timeout=timeout, check=False
+        )
+        return Outcome(process, time.monotonic() - started, self)
+
+
+def make_config(**overrides: Any) -> WrapperConfig:
+    values: dict[str, Any] = {
+        "job_id": "job-0123456789abcdef0123",
+        "team_id": "team-42",
+        "instance_type": "g5.xlarge",
+        "envs": {},
+        "setup": None,
+        "run": "echo hello",
+        "max_runtime_seconds": 60,
+        "drain_timeout_seconds": 0,
+        "ssh_user": getpass.getuser(),
+        "ssh_authorized_key": RELAY_KEY,
+        "host_private_key": HOST_PRIVATE,
+        "host_public_key": HOST_PUBLIC,
+    }
+    return WrapperConfig(**(values | overrides))
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return Sandbox(tmp_path)
+
+
+TRICKY = {
+    "QUOTES": "it's \"quoted\" and 'single'",
+    "DOLLAR": "$HOME ${PATH} $(id) `id` \\n",
+    "MULTILINE": "first line\nEOF\n  indented\n",
+    "UNICODE": "ünïcødé ✓ 日本語",
+    "EMPTY": "",
+}
+
+
+# -- outcomes ----------------------------------------------------------------------------------------------------
+
+
+def test_success_runs_setup_then_run_in_the_workspace_with_the_envs(sandbox: Sandbox) -> None:
+    """Given a job whose setup and run both print to stdout and stderr and dump their envs,
+    When the wrapper runs it,
+    Then output.log holds both phases' output in order, the result is SUCCEEDED, and both phases saw the exact
+    env values, the EC2JOBS_ variables and PYTHONUNBUFFERED=1, with the workspace as cwd."""
+    dump = "".join(f'printf %s "${name}" >"$1.{name}"\n' for name in TRICKY)
+    setup = f"echo setup-out; echo setup-err >&2\nset -- setup\n{dump}pwd >setup.cwd\n"
+    run = (
+        f"echo run-out; echo run-err >&2\nset -- run\n{dump}pwd >run.cwd\n"
+        'printf "%s|%s|%s|%s" "$EC2JOBS_JOB_ID" "$EC2JOBS_TEAM_ID" "$EC2JOBS_INSTANCE_TYPE" "$PYTHONUNBUFFERED" >ids\n'
+    )
+    outcome = sandbox.run(make_config(envs=TRICKY, setup=setup, run=run))
+
+    assert outcome.process.returncode == 0, outcome.process.stderr
+    assert outcome.output() == "setup-out\nsetup-err\nrun-out\nrun-err\n"
+    assert outcome.result() == {
+        "phase": "run",
+        "exit_code": "0",
+        "reason": "SUCCEEDED",
+        "finished_at": outcome.result()["finished_at"],
+    }
+    assert abs(int(outcome.result()["finished_at"]) - time.time()) < 60
+    assert (sandbox.state / "phase").read_text() == "run\n"
+    for phase in ("setup", "run"):
+        for name, value in TRICKY.items():
+            assert (sandbox.workspace / f"{phase}.{name}").read_text(encoding="utf-8") == value, (phase, name)
+        assert Path((sandbox.workspace / f"{phase}.cwd").read_text().strip()).resolve() == sandbox.workspace.resolve()
+    assert (sandbox.workspace / "ids").read_text() == "job-0123456789abcdef0123|team-42|g5.xlarge|1"
+
+
+def test_the_users_pythonunbuffered_wins(sandbox: Sandbox) -> None:
+    outcome = sandbox.run(make_config(envs={"PYTHONUNBUFFERED": ""}, run='echo "[$PYTHONUNBUFFERED]"'))
+    assert outcome.output() == "[]\n"
+
+
+def test_the_jobs_envs_win_over_the_login_profile(sandbox: Sandbox) -> None:
+    """Given a job that sets PATH (which Debian's /etc/profile resets in the login shell the wrapper starts first,
+    so the AMI's /etc/profile.d applies), Then the job still sees its own PATH: the env file is read after."""
+    path = "/opt/custom/bin:" + os.environ.get("PATH", "/usr/bin:/bin")
+    sandbox.run(make_config(envs={"PATH": path}, run='printf "%s" "$PATH" >path.seen'))
+    assert (sandbox.workspace / "path.seen").read_text() == path
+
+
+def test_setup_failure_is_recorded_and_run_never_starts(sandbox: Sandbox) -> None:
+    """Given a setup that exits 3, Then the result names setup and its code, and run never started."""
+    outcome = sandbox.run(make_config(setup="echo preparing\nexit 3", run="touch run-started"))
+    assert outcome.result() | {"finished_at": ""} == {
+        "phase": "setup",
+        "exit_code": "3",
+        "reason": "SETUP_FAILED",
+        "finished_at": "",
+    }
+    assert not (sandbox.workspace / "run-started").exists()
+    assert (sandbox.state / "phase").read_text() == "setup\n"
+    assert outcome.output() == "preparing\n"
+    assert sandbox.calls("aws") == [TERMINATE]
+
+
+def test_run_failure_is_recorded(sandbox: Sandbox) -> None:
+    outcome = sandbox.run(make_config(setup="true", run="echo failing >&2; exit 7"))
+    assert (outcome.result()["phase"], outcome.result()["exit_code"], outcome.result()["reason"]) == (
+        "run",
+        "7",
+        "EXIT_NONZERO",
+    )
+    assert outcome.output() == "failing\n"
+
+
+def test_user_exit_124_before_the_deadline_is_an_ordinary_failure(sandbox: Sandbox) -> None:
+    outcome = sandbox.run(make_config(run="exit 124"))
+    assert outcome.result()["reason"] == "EXIT_NONZERO"
+
+
+def test_max_runtime_kills_run(sandbox: Sandbox) -> None:
+    """Given max_runtime_seconds=2 and a run that sleeps 30 s, Then the run is killed at the deadline
+    (MAX_RUNTIME, timeout's 124) and the wrapper finishes long before 30 s."""
+    outcome = sandbox.run(make_config(max_runtime_seconds=2, setup="echo ready", run="echo start; sleep 30"))
+    assert outcome.elapsed < 10
+    assert outcome.result() | {"finished_at": ""} == {
+        "phase": "run",
+        "exit_code": "124",
+        "reason": "MAX_RUNTIME",
+        "finished_at": "",
+    }
+    assert outcome.output() == "ready\nstart\n"
+    assert sandbox.calls("aws") == [TERMINATE]
+
+
+def test_max_runtime_covers_setup_too(sandbox: Sandbox) -> None:
+    """Given a setup that outlives the shared deadline, Then the result names setup and run never starts."""
+    outcome = sandbox.run(make_config(max_runtime_seconds=2, setup="sleep 30", run="touch run-started"))
+    assert outcome.elapsed < 10
+    assert (outcome.result()["phase"], outcome.result()["reason"]) == ("setup", "MAX_RUNTIME")
+    assert not (sandbox.workspace / "run-started").exists()
+
+
+def test_background_processes_are_stopped_before_the_result(sandbox: Sandbox) -> None:
+    """Given a run that leaves a process behind holding output.log, Then that process is gone once the result
+    exists (the relay's output is final), and the wrapper does not wait for it."""
+    outcome = sandbox.run(make_config(run="sleep 300 &\necho $! >bg.pid\necho started"))
+    assert outcome.elapsed < 10
+    assert outcome.result()["reason"] == "SUCCEEDED"
+    pid = int((sandbox.workspace / "bg.pid").read_text())
+    status = Path(f"/proc/{pid}/status")
+    for _ in range(50):  # an orphan is reaped by init asynchronously
+        if not status.exists() or "State:\tZ" in status.read_text():
+            break
+        time.sleep(0.02)
+    assert not status.exists() or "State:\tZ" in status.read_text()
+    assert "stopping leftover job processes" in (sandbox.state / "wrapper.log").read_text()
+
+
+# -- deadline and termination ------------------------------------------------------------------------------------
+
+
+def test_deadline_shutdown_is_scheduled_first(sandbox: Sandbox) -> None:
+    """Given max_runtime 125 s and grace 600 s, Then before anything else the wrapper ran `shutdown -h +13`
+    (ceil(725 / 60)), the last-resort kill switch."""
+    sandbox.run(make_config(max_runtime_seconds=125, shutdown_grace_seconds=600))
+    assert sandbox.calls()[0] == "shutdown -h +13"
+    assert sandbox.calls("shutdown") == ["-h +13"]
+    assert "deadline scheduled: shutdown -h +13" in (sandbox.state / "wrapper.log").read_text()
+
+
+def test_drained_marker_ends_the_wait_and_the_instance_terminates_itself(sandbox: Sandbox) -> None:
+    """Given a relay that creates `drained` as soon as `result` appears (checking the output is complete then),
+    When the drain timeout is long (60 s),
+    Then the wrapper terminates through the EC2 API within a few seconds (IMDSv2 for id and region) and does
+    not shut down."""
+    seen: dict[str, str] = {}
+
+    def relay() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if (sandbox.state / "result").exists():
+                seen["output"] = (sandbox.state / "output.log").read_text()
+                (sandbox.state / "drained").touch()
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    outcome = sandbox.run(make_config(drain_timeout_seconds=60, run="echo one; sleep 0.3; echo two"))
+    thread.join(timeout=5)
+
+    assert outcome.elapsed < 8
+    assert seen["output"] == "one\ntwo\n"
+    assert sandbox.calls("aws") == [TERMINATE]
+    assert sandbox.calls("shutdown") == ["-h +11"]  # only the deadline: no `shutdown -h now`
+    assert "NO_TOKEN" not in sandbox.calls("imds")
+    assert sandbox.calls("imds")[0] == f"PUT {IMDS}/latest/api/token"
+    wrapper_log = (sandbox.state / "wrapper.log").read_text()
+    assert "drained marker found" in wrapper_log
+    assert "terminate-instances" in wrapper_log
+
+
+def test_without_the_marker_the_wrapper_waits_the_drain_timeout_then_terminates(sandbox: Sandbox) -> None:
+    outcome = sandbox.run(make_config(drain_timeout_seconds=2))
+    assert 1.5 < outcome.elapsed < 8
+    assert sandbox.calls("aws") == [TERMINATE]
+    assert "no drained marker after 2s" in (sandbox.state / "wrapper.log").read_text()
+
+
+@pytest.mark.parametrize("failure", ["aws missing", "aws fails", "imds down"])
+def test_falls_back_to_shutdown_when_the_api_path_fails(sandbox: Sandbox, failure: str) -> None:
+    """Given no aws CLI, a failing terminate-instances call, or no IMDS, Then the wrapper shuts the instance down
+    (the instance's shutdown behaviour is terminate)."""
+    if failure == "aws missing":
+        sandbox.aws("missing")
+    elif failure == "aws fails":
+        sandbox.aws("fails")
+    else:
+        sandbox.write_shim("curl", "exit 7\n")
+    outcome = sandbox.run(make_config())
+    assert outcome.result()["reason"] == "SUCCEEDED"
+    assert sandbox.calls("shutdown") == ["-h +11", "-h now"]
+    assert sandbox.calls("aws") == ([TERMINATE] if failure == "aws fails" else [])
+    assert "terminating: shutdown -h now" in (sandbox.state / "wrapper.log").read_text()
+
+
+def test_a_wrapper_killed_midway_still_terminates_once(sandbox: Sandbox) -> None:
+    """Given the wrapper receives SIGTERM while the job runs, Then the EXIT trap terminates the instance
+    (exactly once) even though no result was written."""
+    script = sandbox.script(make_config(run="touch started; sleep 1"))
+    process = subprocess.Popen(
+        [BASH, str(script)], env=sandbox.environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(200):
+            if (sandbox.workspace / "started").exists():
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 143
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert sandbox.calls("aws") == [TERMINATE]
+    assert sandbox.calls("shutdown") == ["-h +11"]
+    assert not (sandbox.state / "result").exists()
+    assert "stopped unexpectedly" in (sandbox.state / "wrapper.log").read_text()
+
+
+# -- SSH keys and verbatim commands ------------------------------------------------------------------------------
+
+
+def test_ssh_host_key_and_relay_key_are_installed(sandbox: Sandbox) -> None:
+    """Given a fresh instance whose authorized_keys already has a line without a final newline, Then the pinned
+    host key pair is installed (600/644), sshd reload is attempted, the relay key is appended exactly once,
+    and the private key appears in no log."""
+    ssh_dir = sandbox.root / "home" / getpass.getuser() / ".ssh"
+    ssh_dir.mkdir(parents=True)
+    (ssh_dir / "authorized_keys").write_text("ssh-rsa AAAAexisting launch-key")
+    outcome = sandbox.run(make_config())
+
+    key = sandbox.root / "etc/ssh/ssh_host_ed25519_key"
+    assert key.read_text() == HOST_PRIVATE
+    assert (key.stat().st_mode & 0o777) == 0o600
+    public = sandbox.root / "etc/ssh/ssh_host_ed25519_key.pub"
+    assert public.read_text() == HOST_PUBLIC + "\n"
+    assert (public.stat().st_mode & 0o777) == 0o644
+    assert any("ssh" in call for call in sandbox.calls("systemctl"))
+    authorized = ssh_dir / "authorized_keys"
+    assert authorized.read_text() == f"ssh-rsa AAAAexisting launch-key\n{RELAY_KEY}\n"
+    assert (authorized.stat().st_mode & 0o777) == 0o600
+    assert (ssh_dir.stat().st_mode & 0o777) == 0o700
+
+    secret_line = HOST_PRIVATE.splitlines()[2]
+    logs = [outcome.process.stdout, outcome.process.stderr, (sandbox.state / "wrapper.log").read_text()]
+    assert not any(secret_line in text for text in logs)
+
+    sandbox.run(make_config())  # idempotent: the key is not appended twice
+    assert authorized.read_text().count(RELAY_KEY) == 1
+
+
+def test_state_files_are_readable_and_the_state_dir_is_writable_by_the_relay(sandbox: Sandbox) -> None:
+    sandbox.run(make_config())
+    for name in ("output.log", "result", "phase", "wrapper.log"):
+        assert (sandbox.state / name).stat().st_mode & 0o444 == 0o444, name
+    assert (sandbox.state.stat().st_mode & 0o777) == 0o755
+    assert sandbox.state.stat().st_uid == os.geteuid()
+
+
+HEREDOC_LOOKALIKES = """echo "start $# args"
+cat <<EOF
+EOF
+cat <<'EOF'
+$HOME `id` $(id)
+EOF
+EC2JOBS_EOF_
+echo 'single' "double" \\$ `echo back` $((1 + 2)) "@@JOB_ID@@ ; & | > <"
+printf '%s\\n' "tab\there" 'ünïcødé'
+"""
+
+
+def test_commands_that_look_like_heredoc_delimiters_run_verbatim(sandbox: Sandbox) -> None:
+    """Given setup/run text with lines equal to naive heredoc delimiters and shell metacharacters everywhere,
+    Then the phase scripts on the instance are exactly the submitted text and bash runs them as written."""
+    setup = "EC2JOBS_EOF_() { :; }\nEOF() { echo EOF-function; }\nEOF\n"
+    outcome = sandbox.run(make_config(setup=setup, run=HEREDOC_LOOKALIKES))
+    assert (sandbox.state / "setup.sh").read_text(encoding="utf-8") == setup
+    assert (sandbox.state / "run.sh").read_text(encoding="utf-8") == HEREDOC_LOOKALIKES
+    assert outcome.result()["reason"] == "SUCCEEDED"
+    lines = outcome.output().splitlines()
+    assert lines[:3] == ["EOF-function", "start 0 args", "$HOME `id` $(id)"]
+    assert lines[3].endswith("line 7: EC2JOBS_EOF_: command not found")  # a line of its own: run as a command
+    assert lines[4:] == ["single double $ back 3 @@JOB_ID@@ ; & | > <", "tab\there", "ünïcødé"]
+
+
+# -- the job user ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_sandbox() -> Iterator[Sandbox]:
+    """A sandbox another user can traverse (pytest's tmp_path is private to us)."""
+    base = Path(tempfile.mkdtemp(prefix="ec2jobs-wrapper-"))
+    base.chmod(0o755)
+    try:
+        yield Sandbox(base / "instance")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser", path=SYSTEM_PATH) is None, reason="needs root")
+def test_as_root_the_job_runs_as_the_ssh_user(open_sandbox: Sandbox) -> None:
+    """Given the wrapper runs as root and ssh_user is an existing unprivileged user (nobody),
+    Then setup and run execute as that user with its HOME, and it owns the state dir and workspace."""
+    try:
+        nobody = subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True, check=True).stdout.strip()
+    except subprocess.CalledProcessError:
+        pytest.skip("no user 'nobody'")
+    for path in (open_sandbox.base, open_sandbox.tools, open_sandbox.shims):
+        path.chmod(0o755)
+    outcome = open_sandbox.run(make_config(ssh_user="nobody", setup="id -un", run='id -un; echo "$HOME"; touch mine'))
+    assert outcome.result()["reason"] == "SUCCEEDED", outcome.output()
+    assert outcome.output() == f"nobody\nnobody\n{open_sandbox.root}/home/nobody\n"
+    assert str(open_sandbox.state.stat().st_uid) == nobody
+    assert str((open_sandbox.workspace / "mine").stat().st_uid) == nobody

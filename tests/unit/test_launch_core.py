@@ -1,0 +1,205 @@
+"""Pure launch logic: error classification, image choice, team resource names/policies, SSH key derivation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controlplane.core import images, provisioning, sshkeys
+from controlplane.core.launch_errors import Action, classify, quota_family, zones_named
+from controlplane.core.lifecycle import FailureReason
+from controlplane.service.launch import client_token
+from local.moto_patches import iam_request_resource
+
+CAPACITY_MESSAGE = (
+    "We currently do not have sufficient p4d.24xlarge capacity in the Availability Zone you requested (us-east-1a). "
+    "Our system will be working on provisioning additional capacity. You can currently get p4d.24xlarge capacity by "
+    "not specifying an Availability Zone in your request or choosing us-east-1b, us-east-1c."
+)
+
+
+def _classify(code: str, message: str = "", **kwargs: object) -> object:
+    defaults: dict[str, object] = {"instance_type": "g5.xlarge", "vcpus": 4, "region": "us-east-1", "spot": False}
+    return classify(code, message, **(defaults | kwargs))  # type: ignore[arg-type]
+
+
+class TestClassify:
+    def test_capacity_error_names_the_zones_to_try(self) -> None:
+        verdict = _classify("InsufficientInstanceCapacity", CAPACITY_MESSAGE, instance_type="p4d.24xlarge")
+        assert verdict.action == Action.TRY_OTHER_ZONE
+        assert verdict.reason == FailureReason.CAPACITY
+        assert verdict.zones == ("us-east-1b", "us-east-1c")
+
+    def test_zones_named_without_a_suggestion_lists_every_zone(self) -> None:
+        assert zones_named("no capacity in us-west-2a or us-west-2d") == ("us-west-2a", "us-west-2d")
+
+    @pytest.mark.parametrize(
+        ("instance_type", "spot", "quota"),
+        [
+            ("g5.xlarge", False, "Running On-Demand G and VT instances"),
+            ("p4d.24xlarge", False, "Running On-Demand P instances"),
+            ("m7i.large", False, "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+            ("g6.xlarge", True, "All G and VT Spot Instance Requests"),
+            ("p5.48xlarge", True, "All P Spot Instance Requests"),
+        ],
+    )
+    def test_vcpu_limit_says_which_quota_to_raise(self, instance_type: str, spot: bool, quota: str) -> None:
+        verdict = _classify(
+            "VcpuLimitExceeded", "You have requested more vCPU capacity", instance_type=instance_type, spot=spot
+        )
+        assert verdict.action == Action.FAIL
+        assert verdict.reason == FailureReason.QUOTA
+        assert quota in verdict.message
+        assert "Service Quotas" in verdict.message
+
+    def test_spot_count_limit_is_a_spot_quota(self) -> None:
+        verdict = _classify("MaxSpotInstanceCountExceeded", "Max spot instance count exceeded", spot=True)
+        assert verdict.reason == FailureReason.QUOTA
+        assert "Spot Instance Requests" in verdict.message
+
+    def test_profile_propagation_is_waited_for(self) -> None:
+        message = "Value (transformerlab-ec2-profile-t1) for parameter iamInstanceProfile.name is invalid."
+        assert _classify("InvalidParameterValue", message).action == Action.WAIT_FOR_PROFILE
+
+    @pytest.mark.parametrize("code", ["AuthFailure", "UnauthorizedOperation", "OptInRequired"])
+    def test_auth_failures_are_credentials(self, code: str) -> None:
+        verdict = _classify(code, "You are not authorized. Encoded authorization failure message: AAAA-secret-ish")
+        assert verdict.reason == FailureReason.CREDENTIALS
+        assert "Encoded authorization failure message" not in verdict.message
+
+    @pytest.mark.parametrize("code", ["RequestLimitExceeded", "InternalError", "Unavailable"])
+    def test_throttling_is_transient(self, code: str) -> None:
+        assert _classify(code).action == Action.TRANSIENT
+
+    def test_anything_else_is_a_launch_error_with_aws_text(self) -> None:
+        verdict = _classify("InvalidParameterCombination", "The parameter iops is not supported for gp2 volumes.")
+        assert verdict.reason == FailureReason.LAUNCH_ERROR
+        assert "iops is not supported" in verdict.message
+        assert "InvalidParameterCombination" in verdict.message
+
+    def test_a_guessed_zone_that_does_not_exist_is_skipped(self) -> None:
+        verdict = _classify("InvalidParameterValue", "Invalid availability zone: [us-east-1f]", zone="us-east-1f")
+        assert verdict.action == Action.SKIP_ZONE
+
+    def test_token_reuse_means_an_earlier_attempt_launched(self) -> None:
+        assert _classify("IdempotentParameterMismatch").action == Action.ALREADY_LAUNCHED
+
+    def test_quota_family(self) -> None:
+        assert [quota_family(t) for t in ("p5.48xlarge", "g4dn.xlarge", "c7i.large")] == ["p", "g", "standard"]
+
+
+class TestClientToken:
+    def test_deterministic_and_at_most_64_characters(self) -> None:
+        assert client_token("job-1", None) == "job-1"
+        assert client_token("job-1", "us-east-1b") == "job-1@us-east-1b"
+        long = client_token("j" * 64, "us-east-1b")
+        assert len(long) <= 64
+        assert long == client_token("j" * 64, "us-east-1b")
+
+
+class TestImages:
+    def _image(self, name: str, date: str, **extra: str) -> dict[str, str]:
+        base = {"ImageId": f"ami-{date}", "Name": name, "CreationDate": date, "OwnerId": images.AMAZON_DLAMI_OWNER}
+        return base | extra
+
+    def test_newest_available_x86_image_of_the_preferred_os(self) -> None:
+        dl = "Deep Learning Base OSS Nvidia Driver GPU AMI"
+        candidates = [
+            self._image(f"{dl} (Ubuntu 22.04) 2", "2025-12-01"),  # newer, but the older OS
+            self._image(f"{dl} (Ubuntu 24.04) 1", "2025-10-01"),
+            self._image(f"{dl} (Ubuntu 24.04) 2", "2025-11-01"),
+            self._image(f"{dl} (Ubuntu 24.04) 3", "2025-11-20", Architecture="arm64"),
+            self._image(f"{dl} (Ubuntu 24.04) 4", "2025-11-21", State="deprecated"),
+            self._image(f"{dl} (Ubuntu 24.04) 5", "2025-11-22", OwnerId="111111111111"),  # an impostor
+        ]
+        chosen = images.choose(images.QUERIES[images.ImageFamily.GPU], candidates)
+        assert chosen is not None
+        assert chosen["Name"].endswith("(Ubuntu 24.04) 2")
+
+    def test_falls_back_to_the_next_pattern_then_none(self) -> None:
+        query = images.QUERIES[images.ImageFamily.GPU]
+        only_jammy = [self._image("Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) x", "2025-01-01")]
+        assert images.choose(query, only_jammy) is not None
+        assert images.choose(query, []) is None
+
+    def test_family_follows_gpu_count(self) -> None:
+        assert images.family_for(0) == images.ImageFamily.CPU
+        assert images.family_for(8) == images.ImageFamily.GPU
+
+
+class TestProvisioning:
+    def test_names_follow_the_seed(self) -> None:
+        names = provisioning.TeamResources("transformerlab", "team-a")
+        assert (names.security_group, names.key_pair, names.role, names.instance_profile) == (
+            "transformerlab-compute-team-a",
+            "transformerlab-team-a",
+            "transformerlab-ec2-role-team-a",
+            "transformerlab-ec2-profile-team-a",
+        )
+
+    def test_longest_team_id_fits_iam_name_limit(self) -> None:
+        names = provisioning.TeamResources("transformerlab", "t" * 32)
+        assert len(names.instance_profile) <= 128
+        assert len(names.role) <= 64
+
+    def test_instance_role_may_only_terminate_itself_within_the_team(self) -> None:
+        policy = provisioning.self_termination_policy("team-a")
+        (statement,) = policy["Statement"]
+        assert statement["Action"] == "ec2:TerminateInstances"
+        assert statement["Effect"] == "Allow"
+        conditions = statement["Condition"]["StringEquals"]
+        assert conditions["aws:ARN"] == "${ec2:SourceInstanceARN}"
+        assert conditions[f"ec2:ResourceTag/{provisioning.TEAM_TAG}"] == "team-a"
+        assert json.loads(provisioning.policy_json(policy)) == policy
+
+    def test_only_ec2_may_assume_the_role(self) -> None:
+        (statement,) = provisioning.role_trust_policy()["Statement"]
+        assert statement["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+class TestSshKeys:
+    def test_host_key_is_derived_deterministically_per_job(self) -> None:
+        seed = sshkeys.new_seed()
+        first, again = sshkeys.derive_host_key(seed, "job-1"), sshkeys.derive_host_key(seed, "job-1")
+        other_job, other_seed = (
+            sshkeys.derive_host_key(seed, "job-2"),
+            sshkeys.derive_host_key(sshkeys.new_seed(), "job-1"),
+        )
+        assert first == again
+        assert len({first.public_openssh, other_job.public_openssh, other_seed.public_openssh}) == 3
+        assert first.public_openssh.startswith("ssh-ed25519 ")
+        assert first.private_openssh.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+        sshkeys.load_public(first.public_openssh)
+
+    def test_derived_private_key_is_a_valid_openssh_key_for_its_public_half(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        pair = sshkeys.derive_host_key(sshkeys.new_seed(), "job-x")
+        loaded = serialization.load_ssh_private_key(pair.private_openssh.encode(), password=None)
+        assert isinstance(loaded, Ed25519PrivateKey)
+        public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        assert sshkeys.key_blob(pair.public_openssh) == sshkeys.key_blob(public.decode())
+
+    def test_repr_never_shows_the_private_key(self) -> None:
+        pair = sshkeys.generate("c")
+        assert "PRIVATE" not in repr(pair)
+        assert pair.private_openssh not in repr(pair)
+
+    def test_fingerprint_matches_openssh_format(self) -> None:
+        pair = sshkeys.generate()
+        assert pair.fingerprint.startswith("SHA256:")
+        assert "=" not in pair.fingerprint
+
+
+class TestMotoIamResource:
+    def test_role_and_profile_requests_resolve_to_their_arns(self) -> None:
+        account = "123456789012"
+        assert iam_request_resource(account, {"RoleName": ["r1"]}, None) == f"arn:aws:iam::{account}:role/r1"
+        assert iam_request_resource(account, {"RoleName": ["r1"]}, "arn:aws:iam::1:role/p/r1") == (
+            "arn:aws:iam::1:role/p/r1"
+        )
+        both = {"RoleName": ["r1"], "InstanceProfileName": ["p1"]}
+        assert iam_request_resource(account, both, None) == f"arn:aws:iam::{account}:instance-profile/p1"
+        assert iam_request_resource(account, {}, None) == "*"
