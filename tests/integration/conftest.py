@@ -206,7 +206,7 @@ class Workflow:
     def launch(self, state: dict[str, Any]) -> Any:
         from controlplane.handlers import workflow
 
-        return workflow.launch(state, self.context("launch"))
+        return workflow.launch(state, self.context("launch", timeout_seconds=180))  # the deployed timeout
 
     def record_failure(self, state: dict[str, Any], error: dict[str, Any]) -> Any:
         from controlplane.handlers import workflow
@@ -247,6 +247,7 @@ class ProviderCalls:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.params: list[tuple[str, dict[str, Any]]] = []  # (operation, API parameters) in call order
         self._failures: dict[str, list[_Injected]] = {}
         self._after: dict[str, list[Callable[[], None]]] = {}
 
@@ -258,8 +259,8 @@ class ProviderCalls:
         """Run `action` once right after `operation` succeeded (e.g. simulate a crash)."""
         self._after.setdefault(operation, []).append(action)
 
-    def actions(self) -> set[str]:
-        return {f"{'iam' if service == 'iam' else service}:{operation}" for service, operation in self.calls}
+    def requests(self, operation: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.params if name == operation]
 
     def _before(self, service: str, operation: str) -> Any:
         import types
@@ -295,6 +296,10 @@ class ProviderCalls:
             def after(model: Any, **_: Any) -> None:
                 self._after_call(model.name)
 
+            def parameters(params: dict[str, Any], model: Any, **_: Any) -> None:
+                self.params.append((model.name, dict(params)))
+
+            client.meta.events.register("before-parameter-build.*.*", parameters)
             client.meta.events.register("before-call.*.*", before)
             client.meta.events.register("after-call.*.*", after)
             return client

@@ -164,3 +164,95 @@ def test_given_throttling_then_the_step_fails_retryably_and_the_job_waits(
 
     assert workflow.launch(state)["status"] == "PROVISIONING"  # Step Functions' retry
     assert len(instances_of(control_plane, state["job_id"])) == 1
+
+
+def test_given_a_retried_step_after_a_zone_switch_then_it_resumes_with_the_same_zone_and_token(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    """Retrying must repeat the very request that may already have succeeded (same zone, same ClientToken), not
+    start the zone walk again with a new token while DescribeInstances lags behind RunInstances."""
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    provider_calls.fail("RunInstances", "InsufficientInstanceCapacity", capacity_message("us-east-1a", "us-east-1d"))
+    provider_calls.fail("RunInstances", "RequestLimitExceeded", "Request limit exceeded.")
+    with pytest.raises(UpstreamUnavailable):
+        workflow.launch(state)
+
+    workflow.launch(state)
+
+    first, pinned, retried = provider_calls.requests("RunInstances")
+    assert "Placement" not in first
+    assert pinned["Placement"] == retried["Placement"] == {"AvailabilityZone": "us-east-1d"}
+    assert pinned["ClientToken"] == retried["ClientToken"] != first["ClientToken"]
+    assert job(control_plane, tenant, state["job_id"])["availability_zone"] == "us-east-1d"
+
+
+def test_given_the_workflow_fails_after_launch_then_the_instance_is_terminated(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    state = workflow.launch(launch_state(control_plane, tenant, workflow, G4DN_JOB))
+
+    result = workflow.record_failure(state, {"Error": "States.Timeout", "Cause": "the relay step timed out"})
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["failure_reason"]) == ("FAILED", "LAUNCH_ERROR")
+    assert result == {"Error": "LAUNCH_ERROR", "Cause": record["failure_message"]}
+    (instance,) = instances_of(control_plane, state["job_id"])
+    assert instance["State"]["Name"] in {"shutting-down", "terminated"}
+
+
+def test_given_a_job_cancelled_before_a_retried_launch_then_the_earlier_instance_is_terminated(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    from controlplane.core.errors import JobNotActive
+    from controlplane.core.lifecycle import JobStatus
+    from controlplane.handlers import container
+
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+
+    def crash() -> None:
+        raise TimeoutError("Lambda timed out right after RunInstances returned")
+
+    provider_calls.after("RunInstances", crash)
+    with pytest.raises(TimeoutError):
+        workflow.launch(state)
+    container.pipeline().jobs.transition(state["job_id"], JobStatus.CANCELLED)
+
+    with pytest.raises(JobNotActive):
+        workflow.launch(state)
+
+    (instance,) = instances_of(control_plane, state["job_id"])
+    assert instance["State"]["Name"] in {"shutting-down", "terminated"}
+
+
+def test_given_another_attempt_recorded_a_different_instance_then_ours_is_terminated(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    from controlplane.core.lifecycle import JobStatus
+    from controlplane.handlers import container
+
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    jobs = container.pipeline().jobs
+    provider_calls.after(
+        "RunInstances",
+        lambda: jobs.transition(state["job_id"], JobStatus.PROVISIONING, fields={"instance_id": "i-0winner"}),
+    )
+
+    result = workflow.launch(state)
+
+    assert result["instance_id"] == "i-0winner"
+    (ours,) = instances_of(control_plane, state["job_id"])
+    assert ours["State"]["Name"] in {"shutting-down", "terminated"}
+
+
+def test_given_little_lambda_time_left_then_launch_hands_over_to_the_workflow_retry(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    from controlplane.handlers import container
+
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+
+    with pytest.raises(UpstreamUnavailable):
+        container.pipeline().launch(state, time_left=lambda: 5.0)
+
+    assert run_calls(provider_calls) == 0
+    assert job(control_plane, tenant, state["job_id"])["status"] == "LAUNCHING"

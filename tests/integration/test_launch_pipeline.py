@@ -23,6 +23,7 @@ GPU_JOB: dict[str, Any] = {
 CPU_JOB: dict[str, Any] = {"resources": {"cpus": "2", "memory": "512MB"}, "run": "echo hello"}
 NEWEST_DLAMI_24_04 = "ami-00000000000000014"  # local/data/amis.json: newest available x86_64 Ubuntu 24.04 DLAMI
 NEWEST_UBUNTU_24_04 = "ami-00000000000000022"
+PROPRIETARY_DLAMI = "ami-00000000000000017"  # V100 (Volta) is not driven by NVIDIA's open kernel modules
 
 
 def submit(cp: ControlPlane, tenant: Tenant, body: dict[str, Any], **headers: str) -> str:
@@ -134,6 +135,28 @@ def test_given_a_cpu_job_then_it_boots_canonical_ubuntu(
     (reservation,) = control_plane.admin("ec2").describe_instances(InstanceIds=[state["instance_id"]])["Reservations"]
     assert reservation["Instances"][0]["ImageId"] == NEWEST_UBUNTU_24_04
     assert state["image_family"] == "cpu"
+
+
+def test_given_a_v100_job_then_it_boots_the_proprietary_driver_dlami(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    job_id = submit(control_plane, tenant, {"resources": {"accelerators": "V100:8"}, "run": "nvidia-smi"})
+    state = workflow.run(job_id, tenant.team_id)
+    (reservation,) = control_plane.admin("ec2").describe_instances(InstanceIds=[state["instance_id"]])["Reservations"]
+    assert reservation["Instances"][0]["InstanceType"] == "p3dn.24xlarge"
+    assert reservation["Instances"][0]["ImageId"] == PROPRIETARY_DLAMI
+
+
+def test_given_a_disk_smaller_than_the_image_then_it_is_raised_with_a_note(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    job_id = submit(control_plane, tenant, {"resources": {"disk_size": 8}, "run": "df -h"})
+    state = workflow.run(job_id, tenant.team_id)
+    ec2 = control_plane.admin("ec2")
+    (reservation,) = ec2.describe_instances(InstanceIds=[state["instance_id"]])["Reservations"]
+    volume_id = reservation["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["Size"] == 15  # the emulator's snapshot size
+    assert any("disk_size raised from 8 to 15 GiB" in note for note in job(control_plane, tenant, job_id)["notes"])
 
 
 def test_given_a_spot_job_then_spot_market_options_are_sent(

@@ -49,6 +49,7 @@ TOOLS = (
     "readlink",
     "rm",
     "runuser",
+    "sed",
     "sleep",
     "stdbuf",
     "tail",
@@ -313,6 +314,45 @@ def test_background_processes_are_stopped_before_the_result(sandbox: Sandbox) ->
         time.sleep(0.02)
     assert not status.exists() or "State:\tZ" in status.read_text()
     assert "stopping leftover job processes" in (sandbox.state / "wrapper.log").read_text()
+
+
+def test_readers_of_the_output_such_as_the_relay_are_left_alone(sandbox: Sandbox) -> None:
+    """Given a reader of output.log outside the job (the relay's SSH read) and a leftover writer inside it,
+    Then only the writer is stopped before the result is written."""
+    sandbox.state.mkdir(parents=True)
+    (sandbox.state / "output.log").touch()
+    reader = subprocess.Popen(["tail", "-f", str(sandbox.state / "output.log")], stdout=subprocess.DEVNULL)
+    try:
+        outcome = sandbox.run(make_config(run="sleep 300 &\necho $! >bg.pid"))
+        assert outcome.result()["reason"] == "SUCCEEDED"
+        assert reader.poll() is None, "the reader was killed"
+        writer = Path(f"/proc/{int((sandbox.workspace / 'bg.pid').read_text())}/status")
+        for _ in range(50):
+            if not writer.exists() or "State:\tZ" in writer.read_text():
+                break
+            time.sleep(0.02)
+        assert not writer.exists() or "State:\tZ" in writer.read_text()
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def test_a_reboot_guard_terminates_the_instance_on_any_later_boot(sandbox: Sandbox) -> None:
+    """Given the wrapper ran, Then cloud-init's per-boot directory holds a guard that does nothing during this boot
+    and shuts the instance down (terminates it) on any later boot: a rebooted job can never keep billing."""
+    sandbox.run(make_config())
+    guard = sandbox.root / "var/lib/cloud/scripts/per-boot/ec2jobs-reboot-guard.sh"
+    assert guard.read_text().startswith("#!/bin/bash\n")
+    assert os.access(guard, os.X_OK)
+    shutdowns = len(sandbox.calls("shutdown"))
+
+    subprocess.run([BASH, str(guard)], env=sandbox.environment(), check=True, timeout=10)
+    assert len(sandbox.calls("shutdown")) == shutdowns  # same boot: nothing
+
+    (sandbox.state / "boot_id").write_text("an-earlier-boot\n")
+    subprocess.run([BASH, str(guard)], env=sandbox.environment(), check=True, timeout=10)
+    assert sandbox.calls("shutdown")[-1] == "-h now"
+    assert "rebooted" in (sandbox.state / "wrapper.log").read_text()
 
 
 # -- deadline and termination ------------------------------------------------------------------------------------

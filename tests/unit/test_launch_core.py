@@ -7,7 +7,14 @@ import json
 import pytest
 
 from controlplane.core import images, provisioning, sshkeys
-from controlplane.core.launch_errors import Action, classify, quota_family, zones_named
+from controlplane.core.launch_errors import (
+    Action,
+    capacity_exhausted,
+    classify,
+    quota_family,
+    requested_zones,
+    zones_named,
+)
 from controlplane.core.lifecycle import FailureReason
 from controlplane.service.launch import client_token
 from local.moto_patches import iam_request_resource
@@ -30,6 +37,22 @@ class TestClassify:
         assert verdict.action == Action.TRY_OTHER_ZONE
         assert verdict.reason == FailureReason.CAPACITY
         assert verdict.zones == ("us-east-1b", "us-east-1c")
+
+    def test_the_zone_that_was_requested_is_recognised(self) -> None:
+        assert requested_zones(CAPACITY_MESSAGE) == ("us-east-1a",)
+
+    def test_unsupported_in_a_zone_tries_the_zones_aws_names(self) -> None:
+        message = (
+            "Your requested instance type (p5.48xlarge) is not supported in your requested Availability Zone "
+            "(us-east-1e). Please retry your request by not specifying an Availability Zone or choosing us-east-1a, "
+            "us-east-1b."
+        )
+        verdict = _classify("Unsupported", message, instance_type="p5.48xlarge")
+        assert verdict.action == Action.TRY_OTHER_ZONE
+        assert verdict.zones == ("us-east-1a", "us-east-1b")
+        assert "does not offer" in capacity_exhausted(
+            "p5.48xlarge", "us-east-1", ["us-east-1e"], False, "Unsupported: x"
+        )
 
     def test_zones_named_without_a_suggestion_lists_every_zone(self) -> None:
         assert zones_named("no capacity in us-west-2a or us-west-2d") == ("us-west-2a", "us-west-2d")
@@ -90,12 +113,16 @@ class TestClassify:
 
 
 class TestClientToken:
-    def test_deterministic_and_at_most_64_characters(self) -> None:
-        assert client_token("job-1", None) == "job-1"
-        assert client_token("job-1", "us-east-1b") == "job-1@us-east-1b"
-        long = client_token("j" * 64, "us-east-1b")
-        assert len(long) <= 64
-        assert long == client_token("j" * 64, "us-east-1b")
+    def test_deterministic_distinct_and_at_most_64_characters(self) -> None:
+        tokens = {
+            client_token("t1", "job-1", None),
+            client_token("t1", "job-1", "us-east-1b"),
+            client_token("t2", "job-1", None),
+            client_token("t1", "j" * 64, "us-east-1b"),
+        }
+        assert len(tokens) == 4
+        assert all(len(token) <= 64 and token.isascii() for token in tokens)
+        assert client_token("t1", "job-1", "us-east-1b") == client_token("t1", "job-1", "us-east-1b")
 
 
 class TestImages:

@@ -386,6 +386,7 @@ class DynamoImageCache:
             name=str(item.get("name", "")),
             root_device_name=str(item.get("root_device_name", "/dev/sda1")),
             expires_at=float(item["expires_at"]),
+            min_disk_gib=int(item.get("min_disk_gib", 0)),
         )
 
     def put(self, region: str, family: str, image: CachedImage) -> None:
@@ -396,6 +397,7 @@ class DynamoImageCache:
                 "image_id": image.image_id,
                 "name": image.name,
                 "root_device_name": image.root_device_name,
+                "min_disk_gib": image.min_disk_gib,
                 "expires_at": Decimal(str(image.expires_at)),
             }
         )

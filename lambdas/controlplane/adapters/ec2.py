@@ -10,10 +10,34 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from controlplane.core.provisioning import JOB_TAG
+from controlplane.core.provisioning import JOB_TAG, MANAGED_BY_TAG, TEAM_TAG
 
 # Instance states in which an instance still exists for our purposes (a terminated one is gone).
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+# Every operation made with a provider's keys (the seed policy's actions). An error from any other operation came
+# from the control plane's own account (DynamoDB, Secrets Manager) and must never be blamed on the provider.
+PROVIDER_OPERATIONS = frozenset(
+    {
+        "GetCallerIdentity",
+        "DescribeSecurityGroups",
+        "CreateSecurityGroup",
+        "AuthorizeSecurityGroupIngress",
+        "DescribeKeyPairs",
+        "ImportKeyPair",
+        "DescribeImages",
+        "RunInstances",
+        "DescribeInstances",
+        "TerminateInstances",
+        "CreateTags",
+        "GetRole",
+        "CreateRole",
+        "PutRolePolicy",
+        "GetRolePolicy",
+        "GetInstanceProfile",
+        "CreateInstanceProfile",
+        "AddRoleToInstanceProfile",
+    }
+)
 
 
 def error_code(error: ClientError) -> str:
@@ -90,11 +114,16 @@ class Ec2Account:
 
     # -- instances ------------------------------------------------------------------------------------------
 
-    def instances_of_job(self, job_id: str) -> list[dict[str, Any]]:
-        """Instances tagged with the job id, any state, oldest launch first."""
+    def instances_of_job(self, team_id: str, job_id: str) -> list[dict[str, Any]]:
+        """Instances ec2jobs launched for this team's job, any state, oldest launch first."""
         found: list[dict[str, Any]] = []
         paginator = self.client.get_paginator("describe_instances")
-        for page in paginator.paginate(Filters=[{"Name": f"tag:{JOB_TAG}", "Values": [job_id]}]):
+        filters = [
+            {"Name": f"tag:{JOB_TAG}", "Values": [job_id]},
+            {"Name": f"tag:{TEAM_TAG}", "Values": [team_id]},
+            {"Name": f"tag:{MANAGED_BY_TAG}", "Values": ["ec2jobs"]},
+        ]
+        for page in paginator.paginate(Filters=filters):
             for reservation in page.get("Reservations", []):
                 found += reservation.get("Instances", [])
         return sorted(found, key=lambda instance: (str(instance.get("LaunchTime", "")), instance["InstanceId"]))

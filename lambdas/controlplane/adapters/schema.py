@@ -1,7 +1,8 @@
 """DynamoDB table shapes: the single source read by the emulator (local/) and the CDK stack (stacks/).
 
 state  pk/sk single table: TEAM#<id>/TEAM, TOKEN#<sha256>/TOKEN, TEAM#<id>/PROVIDER#<id>,
-       TEAM#<id>/PROVIDERNAME#<name> (uniqueness lock), PROVIDER#<id>/BOOTSTRAP#<region>.
+       TEAM#<id>/PROVIDERNAME#<name> (uniqueness lock), PROVIDER#<id>/BOOTSTRAP#<region>,
+       IMAGE#<region>/<gpu|cpu> (AMI cache).
 jobs   one item per job; GSIs: jobs of a team newest first, jobs of a team in one status, the sparse index of
        active jobs ordered by provider/region, and the job that owns an instance.
 logs   one item per chunk keyed by the byte offset where it starts; TTL removes old chunks.

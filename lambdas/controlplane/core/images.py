@@ -1,14 +1,19 @@
 """Which machine image a job boots (pure): the image family for an instance type and how to find its newest AMI.
 
-GPU types boot the NVIDIA Deep Learning Base AMI (Ubuntu; driver, CUDA and the aws CLI preinstalled); CPU types
-boot Canonical's Ubuntu LTS. Both are looked up by owner + name pattern, `state=available`, x86_64, newest first.
+GPU types boot the NVIDIA Deep Learning Base AMI (Ubuntu; driver, CUDA and the aws CLI preinstalled) — the OSS
+(open kernel module) driver variant, which supports Turing and newer GPUs, and the proprietary-driver variant for
+Volta (V100: p3dn), which the open modules do not support. CPU types boot Canonical's Ubuntu LTS. All are looked up
+by owner + name pattern, `state=available`, x86_64, newest first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controlplane.core.catalog import InstanceType
 
 AMAZON_DLAMI_OWNER = "898082745236"
 CANONICAL_OWNER = "099720109477"
@@ -16,7 +21,12 @@ CANONICAL_OWNER = "099720109477"
 
 class ImageFamily(StrEnum):
     GPU = "gpu"
+    GPU_PROPRIETARY_DRIVER = "gpu-proprietary"
     CPU = "cpu"
+
+
+# GPUs older than Turing: NVIDIA's open kernel modules do not drive them.
+PRE_TURING_GPUS = frozenset({"V100", "K80", "M60"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,15 @@ QUERIES: dict[ImageFamily, ImageQuery] = {
         ),
         description="NVIDIA Deep Learning Base AMI (Ubuntu)",
     ),
+    ImageFamily.GPU_PROPRIETARY_DRIVER: ImageQuery(
+        family=ImageFamily.GPU_PROPRIETARY_DRIVER,
+        owners=(AMAZON_DLAMI_OWNER,),
+        name_patterns=(
+            "Deep Learning Base Proprietary Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+            "Deep Learning Base Proprietary Nvidia Driver GPU AMI (Ubuntu 20.04) *",
+        ),
+        description="NVIDIA Deep Learning Base AMI with the proprietary driver (Ubuntu)",
+    ),
     ImageFamily.CPU: ImageQuery(
         family=ImageFamily.CPU,
         owners=(CANONICAL_OWNER,),
@@ -57,8 +76,23 @@ QUERIES: dict[ImageFamily, ImageQuery] = {
 }
 
 
-def family_for(gpu_count: int) -> ImageFamily:
-    return ImageFamily.GPU if gpu_count > 0 else ImageFamily.CPU
+def family_for(gpu_count: int, gpu: str | None = None) -> ImageFamily:
+    if gpu_count <= 0:
+        return ImageFamily.CPU
+    return ImageFamily.GPU_PROPRIETARY_DRIVER if gpu in PRE_TURING_GPUS else ImageFamily.GPU
+
+
+def family_for_instance(instance: InstanceType) -> ImageFamily:
+    return family_for(instance.gpu_count, instance.gpu)
+
+
+def root_volume_gib(image: dict[str, Any]) -> int:
+    """The size of the image's root snapshot: the smallest root volume it can boot with (0 if unknown)."""
+    root = image.get("RootDeviceName")
+    for mapping in image.get("BlockDeviceMappings", []):
+        if mapping.get("DeviceName") == root and "Ebs" in mapping:
+            return int(mapping["Ebs"].get("VolumeSize") or 0)
+    return 0
 
 
 def _matches(name: str, pattern: str) -> bool:

@@ -87,6 +87,14 @@ def zones_named(message: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def requested_zones(message: str) -> tuple[str, ...]:
+    """The zone a capacity/unsupported error says was requested ("...the Availability Zone you requested
+    (us-east-1a)"), so it is not tried again."""
+    before, found, _ = message.partition("choosing")
+    head = before if found else message
+    return tuple(dict.fromkeys(re.findall(r"requested \(([a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z])\)", head)))
+
+
 def is_profile_propagation(code: str, message: str) -> bool:
     lowered = message.lower()
     return code == "InvalidParameterValue" and ("iaminstanceprofile" in lowered or "instance profile" in lowered)
@@ -108,7 +116,7 @@ def classify(
         return Classified(Action.ALREADY_LAUNCHED, message=text)
     if code in TRANSIENT_CODES:
         return Classified(Action.TRANSIENT, message=f"EC2 is throttling or briefly unavailable.{said}")
-    if code in _CAPACITY_CODES or (code == "Unsupported" and zone is not None):
+    if code in _CAPACITY_CODES or (code == "Unsupported" and (zone is not None or zones_named(message))):
         return Classified(Action.TRY_OTHER_ZONE, FailureReason.CAPACITY, text, zones_named(message))
     if zone is not None and (
         code in {"InvalidAvailabilityZone", "InvalidParameterValue", "InvalidInput"} and "zone" in text.lower()
@@ -142,6 +150,11 @@ def capacity_exhausted(instance_type: str, region: str, tried: list[str], spot: 
         else "Resubmit later, choose another region that offers it (GET /catalog), or another instance type."
     )
     market = "spot" if spot else "on-demand"
+    if last.startswith("Unsupported"):
+        return (
+            f"AWS does not offer {instance_type} in the {region} zones tried ({where}). Choose another region that "
+            f"offers it (GET /catalog) or another instance type. AWS said: {last}"
+        )
     return f"AWS has no {market} capacity for {instance_type} in {region} right now (tried: {where}). {hint} " + (
         f"AWS said: {last}" if last else ""
     )

@@ -77,6 +77,7 @@ class Job(BaseModel):
     use_spot: bool = False
     image_id: str | None = None
     availability_zone: str | None = None
+    launch_zone: str | None = None  # the zone Launch is trying (a retried step resumes there)
     ssh_host_key: str | None = None  # the public half of the job's pinned SSH host key
     notes: list[str] = Field(default_factory=list)
     source: str = "api"

@@ -77,6 +77,7 @@ class CachedImage:
     name: str
     root_device_name: str
     expires_at: float
+    min_disk_gib: int = 0  # the root snapshot's size
 
 
 class SecretStore(Protocol):

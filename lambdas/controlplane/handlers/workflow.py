@@ -57,7 +57,7 @@ def bootstrap(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @logger.inject_lambda_context
 def launch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
-        state = container.pipeline().launch(event)
+        state = container.pipeline().launch(event, lambda: context.get_remaining_time_in_millis() / 1000)
     except DomainError as error:
         _logged("launch", event.get("job_id"), error)
         raise

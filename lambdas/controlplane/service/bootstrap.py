@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from controlplane.adapters.ec2 import Ec2Account, error_code, error_message
+from controlplane.adapters.ec2 import PROVIDER_OPERATIONS, Ec2Account, error_code, error_message
 from controlplane.adapters.iam import IamAccount
 from controlplane.core import provisioning, sshkeys
 from controlplane.core.errors import JobFailed, UpstreamUnavailable
@@ -45,17 +45,19 @@ class BootstrapService:
 
     def ensure(self, provider: Provider, credentials: ProviderCredentials, region: str) -> BootstrapRecord:
         """The team's resources in this account + region, creating what is missing. Raises JobFailed (with a
-        failure reason) for errors a person must fix, UpstreamUnavailable for transient ones."""
+        failure reason) for errors a person must fix, UpstreamUnavailable for transient ones (and for anything the
+        control plane's own services answer: never the provider's fault)."""
+        cached = self.cache.get(provider.provider_id, region)
         try:
             ec2 = Ec2Account(self.clients("ec2", credentials, region), region)
-            cached = self.cache.get(provider.provider_id, region)
             if (
                 cached is not None
                 and cached.schema_version == SCHEMA_VERSION
                 and ec2.security_group(cached.security_group_id) is not None
             ):
                 return cached
-            record = self._create(provider, credentials, region, ec2)
+            team_key = self.secrets.team_key(provider.team_id)
+            record = self._create(provider, credentials, region, ec2, team_key)
         except ClientError as error:
             raise _bootstrap_failure(error, region) from None
         except BotoCoreError as error:
@@ -70,11 +72,10 @@ class BootstrapService:
     # -- steps ----------------------------------------------------------------------------------------------
 
     def _create(
-        self, provider: Provider, credentials: ProviderCredentials, region: str, ec2: Ec2Account
+        self, provider: Provider, credentials: ProviderCredentials, region: str, ec2: Ec2Account, team_key: TeamKey
     ) -> BootstrapRecord:
         names = provisioning.TeamResources(self.settings.resource_prefix, provider.team_id)
         tags = provisioning.team_tags(provider.team_id, provider.provider_id)
-        team_key = self.secrets.team_key(provider.team_id)
         notes: list[str] = []
         group_id = self._security_group(ec2, names, provider.team_id, tags)
         key_name = self._key_pair(ec2, names, team_key, tags, notes)
@@ -108,13 +109,15 @@ class BootstrapService:
                 if error_code(error) != "InvalidGroup.Duplicate":
                     raise
                 group = _prefer_ours(ec2.security_groups_named(names.security_group), team_id)
-                if group is None:
-                    raise
+                if group is None:  # created by a racing launch, not visible yet (eventual consistency)
+                    raise _not_visible_yet(f"security group {names.security_group}") from None
         cidr = self.settings.ssh_ingress_cidr
         if not _allows_ssh_from(group, cidr):
             try:
                 ec2.allow_ssh(str(group["GroupId"]), cidr, "ec2jobs log relay (SSH)")
             except ClientError as error:
+                if error_code(error) in {"InvalidGroup.NotFound", "InvalidGroupId.NotFound"}:
+                    raise _not_visible_yet(f"security group {names.security_group}") from None
                 if error_code(error) != "InvalidPermission.Duplicate":
                     raise
         return str(group["GroupId"])
@@ -136,6 +139,8 @@ class BootstrapService:
                 if error_code(error) != "InvalidKeyPair.Duplicate":
                     raise
                 existing = ec2.key_pair(names.key_pair)
+                if existing is None:  # imported by a racing launch, not visible yet: never cache a guess
+                    raise _not_visible_yet(f"key pair {names.key_pair}") from None
         ours = sshkeys.key_blob(team_key.public_openssh)
         theirs = str((existing or {}).get("PublicKey") or "")
         if theirs and sshkeys.key_blob(theirs) == ours:
@@ -170,10 +175,15 @@ class BootstrapService:
                 "policy: delete the role (it is recreated) or let it trust ec2.amazonaws.com.",
             )
         desired = provisioning.self_termination_policy(team_id)
-        if iam.role_policy(names.role, provisioning.SELF_TERMINATION_POLICY_NAME) != desired:
-            iam.put_role_policy(
-                names.role, provisioning.SELF_TERMINATION_POLICY_NAME, provisioning.policy_json(desired)
-            )
+        try:
+            if iam.role_policy(names.role, provisioning.SELF_TERMINATION_POLICY_NAME) != desired:
+                iam.put_role_policy(
+                    names.role, provisioning.SELF_TERMINATION_POLICY_NAME, provisioning.policy_json(desired)
+                )
+        except ClientError as error:
+            if error_code(error) == "NoSuchEntity":  # the role was just created and IAM has not caught up
+                raise _not_visible_yet(f"IAM role {names.role}") from None
+            raise
         profile = iam.instance_profile(names.instance_profile)
         if profile is None:
             try:
@@ -183,7 +193,7 @@ class BootstrapService:
                     raise
             profile = iam.instance_profile(names.instance_profile)
             if profile is None:
-                raise UpstreamUnavailable(f"instance profile {names.instance_profile} is not visible yet; retrying")
+                raise _not_visible_yet(f"instance profile {names.instance_profile}")
         roles = [str(r.get("RoleName")) for r in profile.get("Roles", [])]
         if names.role not in roles:
             if roles:
@@ -195,11 +205,13 @@ class BootstrapService:
             try:
                 iam.add_role_to_instance_profile(names.instance_profile, names.role)
             except ClientError as error:
+                if error_code(error) == "NoSuchEntity":
+                    raise _not_visible_yet(f"IAM role {names.role} or profile {names.instance_profile}") from None
                 if error_code(error) != "LimitExceeded":  # a racing bootstrap added it first
                     raise
                 profile = iam.instance_profile(names.instance_profile) or profile
                 if names.role not in [str(r.get("RoleName")) for r in profile.get("Roles", [])]:
-                    raise
+                    raise _not_visible_yet(f"the role in instance profile {names.instance_profile}") from None
         return str(profile["Arn"])
 
 
@@ -235,9 +247,16 @@ def _trusts_ec2(document: Any) -> bool:
     return False
 
 
+def _not_visible_yet(what: str) -> UpstreamUnavailable:
+    """Right after a create (ours or a racing launch's), AWS reads can lag: the workflow retries the step."""
+    return UpstreamUnavailable(f"{what} was just created and is not visible yet (AWS eventual consistency); retrying")
+
+
 def _bootstrap_failure(error: ClientError, region: str) -> Exception:
     code, message = error_code(error), error_message(error)
     operation = str(error.operation_name)
+    if operation not in PROVIDER_OPERATIONS:  # the control plane's own Secrets Manager / DynamoDB
+        return UpstreamUnavailable(f"the control plane's {operation} call failed ({code}); retrying")
     if code in TRANSIENT_CODES:
         return UpstreamUnavailable(f"AWS was busy during bootstrap ({operation}: {code}); retrying")
     if code in AUTH_CODES:

@@ -43,6 +43,7 @@ class ImageResolver:
             name=str(chosen.get("Name", "")),
             root_device_name=str(chosen.get("RootDeviceName") or "/dev/sda1"),
             expires_at=now + self.ttl_seconds,
+            min_disk_gib=images.root_volume_gib(chosen),
         )
         self.cache.put(ec2.region, str(family), image)
         self._memory[key] = image

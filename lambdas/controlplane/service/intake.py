@@ -28,7 +28,7 @@ from controlplane.core.errors import (
     describe_validation_problems,
 )
 from controlplane.core.ids import job_id_for_idempotency_key
-from controlplane.core.images import family_for
+from controlplane.core.images import ImageFamily, family_for_instance
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, Provider, check_team_id, utcnow
 from controlplane.core.ports import JobStore, ProviderStore
@@ -233,6 +233,6 @@ class IntakeService:
             provider_id=job.provider_id,
             region=job.region,
             instance_type=job.instance_type,
-            image_family=str(family_for(instance.gpu_count if instance else 0)),
+            image_family=str(family_for_instance(instance) if instance else ImageFamily.CPU),
             use_spot=job.spec.resources.use_spot,
         )

@@ -2,9 +2,12 @@
 
 Exactly once: before launching, look for an instance tagged with the job id (a retried step finds what an earlier
 attempt launched) and send a deterministic ClientToken (real EC2 deduplicates on it; the user data is
-byte-identical on a retry because the host key is derived, not random). Fallbacks: a new instance profile that
-IAM has not propagated yet is retried with backoff (bounded); a capacity error is retried in the zones AWS names,
-then in the region's other zones.
+byte-identical on a retry because the host key is derived, not random). Before trying another zone the job records
+it, so a retried step resumes with the very request (zone, token) that may already have succeeded, instead of
+taking a new path with a new token while DescribeInstances lags. Fallbacks: a new instance profile that IAM has not
+propagated yet is retried with backoff (bounded); a capacity error is retried in the zones AWS names, then in the
+region's other zones. The step never runs into its Lambda timeout: when time runs short it hands over to the
+workflow's retry (UpstreamUnavailable).
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from controlplane.adapters.ec2 import LIVE_STATES, Ec2Account, error_code, error_message
+from controlplane.adapters.ec2 import LIVE_STATES, PROVIDER_OPERATIONS, Ec2Account, error_code, error_message
 from controlplane.core import catalog, images, provisioning, sshkeys, userdata
 from controlplane.core.errors import JobFailed, JobNotActive, TransitionRefused, UpstreamUnavailable
-from controlplane.core.launch_errors import Action, capacity_exhausted, classify
+from controlplane.core.launch_errors import Action, capacity_exhausted, classify, requested_zones
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import BootstrapRecord, Job, utcnow
 from controlplane.core.ports import JobStore, ProviderClients, ProviderCredentials, SecretStore
 from controlplane.service.bootstrap import BootstrapService
 from controlplane.service.images import ImageResolver
 
-MAX_ZONE_ATTEMPTS = 6
+MAX_ZONE_ATTEMPTS = 7  # AWS's own choice, then up to six pinned zones
+TIME_RESERVE_SECONDS = 20.0  # stop starting new work when the Lambda has less than this left
 _GUESSED_ZONE_LETTERS = "abcdef"  # no ec2:DescribeAvailabilityZones in the seed policy: try the usual names
 _VANISHED = {"InvalidKeyPair.NotFound", "InvalidGroup.NotFound", "InvalidGroupId.NotFound"}
 
@@ -42,10 +46,15 @@ class LaunchSettings:
     profile_propagation_wait_seconds: float
 
 
-def client_token(job_id: str, zone: str | None) -> str:
-    """Deterministic per (job, zone attempt); at most 64 ASCII characters as EC2 requires."""
-    token = f"{job_id}@{zone}" if zone else job_id
-    return token if len(token) <= 64 else hashlib.sha256(token.encode()).hexdigest()
+def client_token(team_id: str, job_id: str, zone: str | None) -> str:
+    """Deterministic per (team, job, zone attempt); 56 ASCII characters (EC2 allows 64). Hashed so that job ids
+    users choose cannot collide with another team's or another tool's tokens in the same account."""
+    digest = hashlib.sha256(f"{team_id}\x00{job_id}\x00{zone or ''}".encode()).hexdigest()
+    return f"ec2jobs-{digest[:48]}"
+
+
+def _no_deadline() -> float:
+    return float("inf")
 
 
 class LaunchService:
@@ -67,22 +76,33 @@ class LaunchService:
         self.settings = settings
         self.sleep = sleep
 
-    def launch(self, job: Job, credentials: ProviderCredentials, record: BootstrapRecord) -> Job:
-        """Start the job's instance (or find the one an earlier attempt started) and move the job to PROVISIONING."""
+    def launch(
+        self,
+        job: Job,
+        credentials: ProviderCredentials,
+        record: BootstrapRecord,
+        time_left: Callable[[], float] = _no_deadline,
+    ) -> Job:
+        """Start the job's instance (or find the one an earlier attempt started) and move the job to PROVISIONING.
+        `time_left` returns the seconds the Lambda has left."""
+        ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
+        if job.status.terminal:
+            self.reap(job, credentials)
+            raise JobNotActive(f"job {job.job_id} is already {job.status}")
         if job.status != JobStatus.LAUNCHING:
             if job.instance_id:  # a retried step after the job was recorded: nothing to do
                 return job
-            raise JobNotActive(f"job {job.job_id} is {job.status}, not LAUNCHING")
+            raise JobFailed(FailureReason.LAUNCH_ERROR, f"the launch step ran for a {job.status} job (not validated)")
         spec = job.spec
         if spec is None or job.instance_type is None:
             raise JobFailed(FailureReason.INVALID_SPEC, "the job has no valid task spec")
-        ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
         team_key = self.secrets.team_key(job.team_id)
         host_key = sshkeys.derive_host_key(team_key.host_key_seed, job.job_id)
+        notes: list[str] = []
         try:
-            instance = self._existing(ec2, job.job_id)
+            instance = self._existing(ec2, job)
             if instance is None:
-                family = images.family_for(catalog.get().instances[job.instance_type].gpu_count)
+                family = images.family_for_instance(catalog.get().instances[job.instance_type])
                 image = self.resolver.resolve(ec2, family)
                 user_data = userdata.render(
                     userdata.WrapperConfig(
@@ -101,23 +121,47 @@ class LaunchService:
                         host_public_key=host_key.public_openssh,
                     )
                 )
-                request = self._request(job, record, image.image_id, image.root_device_name, user_data)
-                instance = self._run(ec2, job, request, record)
+                disk = spec.resources.disk_size
+                if image.min_disk_gib > disk:
+                    notes.append(
+                        f"disk_size raised from {disk} to {image.min_disk_gib} GiB, the smallest root volume the "
+                        f"image {image.name or image.image_id} allows"
+                    )
+                    disk = image.min_disk_gib
+                request = self._request(job, record, image.image_id, image.root_device_name, disk, user_data)
+                instance = self._run(ec2, job, request, record, time_left)
         except ClientError as error:
             raise self._unexpected(error, job) from None
         except BotoCoreError as error:
             raise UpstreamUnavailable(
                 f"could not reach EC2 in {job.region} ({type(error).__name__}); retrying"
             ) from None
-        return self._record(job, ec2, instance, host_key.public_openssh, record)
+        return self._record(job, ec2, instance, host_key.public_openssh, record, notes)
+
+    def reap(self, job: Job, credentials: ProviderCredentials) -> list[str]:
+        """Terminate every live instance launched for this job (it ended: nothing may keep billing)."""
+        ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
+        try:
+            live = [
+                str(i["InstanceId"])
+                for i in ec2.instances_of_job(job.team_id, job.job_id)
+                if i.get("State", {}).get("Name") in LIVE_STATES and i.get("State", {}).get("Name") != "shutting-down"
+            ]
+            if live:
+                ec2.terminate(live)
+        except (ClientError, BotoCoreError) as error:
+            raise UpstreamUnavailable(
+                f"could not terminate the instances of ended job {job.job_id} ({type(error).__name__}); retrying"
+            ) from None
+        return live
 
     # -- finding and launching ------------------------------------------------------------------------------
 
     @staticmethod
-    def _existing(ec2: Ec2Account, job_id: str) -> dict[str, Any] | None:
+    def _existing(ec2: Ec2Account, job: Job) -> dict[str, Any] | None:
         """The instance an earlier attempt launched for this job. If somehow several are alive, keep the first
         and terminate the others: one job, one instance, always."""
-        found = ec2.instances_of_job(job_id)
+        found = ec2.instances_of_job(job.team_id, job.job_id)
         live = [i for i in found if i.get("State", {}).get("Name") in LIVE_STATES]
         if len(live) > 1:
             ec2.terminate([str(i["InstanceId"]) for i in live[1:]])
@@ -126,7 +170,7 @@ class LaunchService:
         return found[0] if found else None
 
     def _request(
-        self, job: Job, record: BootstrapRecord, image_id: str, root_device: str, user_data: bytes
+        self, job: Job, record: BootstrapRecord, image_id: str, root_device: str, disk_gib: int, user_data: bytes
     ) -> dict[str, Any]:
         assert job.spec is not None
         assert job.instance_type is not None
@@ -149,7 +193,7 @@ class LaunchService:
                 {
                     "DeviceName": root_device,
                     "Ebs": {
-                        "VolumeSize": job.spec.resources.disk_size,
+                        "VolumeSize": disk_gib,
                         "VolumeType": "gp3",
                         "Encrypted": True,
                         "DeleteOnTermination": True,
@@ -170,11 +214,18 @@ class LaunchService:
             }
         return request
 
-    def _run(self, ec2: Ec2Account, job: Job, request: dict[str, Any], record: BootstrapRecord) -> dict[str, Any]:
+    def _run(
+        self,
+        ec2: Ec2Account,
+        job: Job,
+        request: dict[str, Any],
+        record: BootstrapRecord,
+        time_left: Callable[[], float],
+    ) -> dict[str, Any]:
         assert job.instance_type is not None
         instance = catalog.get().instances[job.instance_type]
         spot = bool(request.get("InstanceMarketOptions"))
-        zone: str | None = None
+        zone: str | None = job.launch_zone  # a retried step resumes with the request that may have succeeded
         queue: list[str] = []
         tried: list[str] = []
         guessed = False
@@ -182,7 +233,9 @@ class LaunchService:
         backoff = 2.0
         last_capacity = ""
         while True:
-            attempt = dict(request, ClientToken=client_token(job.job_id, zone))
+            if time_left() < TIME_RESERVE_SECONDS:
+                raise UpstreamUnavailable("the launch step is running out of time; the workflow retries it")
+            attempt = dict(request, ClientToken=client_token(job.team_id, job.job_id, zone))
             if zone:
                 attempt["Placement"] = {"AvailabilityZone": zone}
             try:
@@ -202,6 +255,8 @@ class LaunchService:
                 limit = self.settings.profile_propagation_wait_seconds
                 if waited < limit:
                     pause = min(backoff, limit - waited)
+                    if time_left() - pause < TIME_RESERVE_SECONDS:
+                        raise UpstreamUnavailable("the new instance profile is still propagating; retrying")
                     self.sleep(pause)
                     waited += pause
                     backoff *= 2
@@ -214,30 +269,29 @@ class LaunchService:
                     f"AWS said: {code}: {verdict.message}",
                 )
             if verdict.action == Action.ALREADY_LAUNCHED:
-                found = self._await_tagged(ec2, job.job_id)
+                found = self._await_tagged(ec2, job, time_left)
                 if found is not None:
                     return found
                 raise UpstreamUnavailable(
                     "EC2 reports this launch request was already made, but the instance is not visible yet; retrying"
                 )
             if verdict.action in {Action.TRY_OTHER_ZONE, Action.SKIP_ZONE}:
+                tried.append(zone or "AWS's choice")
+                tried += [z for z in requested_zones(message) if z not in tried]
                 if verdict.action == Action.TRY_OTHER_ZONE:
-                    tried.append(zone or "AWS's choice")
                     last_capacity = f"{code}: {verdict.message}"
-                    queue += [z for z in verdict.zones if z not in tried and z not in queue and z != zone]
+                    queue += [z for z in verdict.zones if z not in tried and z not in queue]
                 if not queue and not guessed:
                     guessed = True
-                    queue += [
-                        f"{job.region}{letter}"
-                        for letter in _GUESSED_ZONE_LETTERS
-                        if f"{job.region}{letter}" not in tried and f"{job.region}{letter}" != zone
-                    ]
+                    queue += [f"{job.region}{letter}" for letter in _GUESSED_ZONE_LETTERS]
+                    queue = [z for z in queue if z not in tried]
                 if not queue or len(tried) >= MAX_ZONE_ATTEMPTS:
                     raise JobFailed(
                         FailureReason.CAPACITY,
                         capacity_exhausted(instance.name, job.region, tried, spot, last_capacity),
                     )
                 zone = queue.pop(0)
+                self._remember_zone(job, zone)
                 continue
             if verdict.action == Action.TRANSIENT:
                 raise UpstreamUnavailable(verdict.message)
@@ -245,17 +299,26 @@ class LaunchService:
                 self.bootstrap.forget(job.provider_id, job.region)
             raise JobFailed(verdict.reason or FailureReason.LAUNCH_ERROR, verdict.message)
 
-    def _await_tagged(self, ec2: Ec2Account, job_id: str) -> dict[str, Any] | None:
+    def _remember_zone(self, job: Job, zone: str) -> None:
+        try:
+            self.jobs.update(job.job_id, {"launch_zone": zone}, expected=JobStatus.LAUNCHING)
+        except TransitionRefused:
+            raise JobNotActive(f"job {job.job_id} stopped launching (cancelled?)") from None
+
+    def _await_tagged(self, ec2: Ec2Account, job: Job, time_left: Callable[[], float]) -> dict[str, Any] | None:
         for pause in (1.0, 2.0, 4.0, 8.0):
-            found = self._existing(ec2, job_id)
-            if found is not None:
+            found = self._existing(ec2, job)
+            if found is not None or time_left() - pause < TIME_RESERVE_SECONDS:
                 return found
             self.sleep(pause)
-        return self._existing(ec2, job_id)
+        return self._existing(ec2, job)
 
     def _unexpected(self, error: ClientError, job: Job) -> Exception:
-        """A ClientError outside RunInstances (describe calls): classify it the same way."""
+        """A ClientError outside RunInstances. The provider's describe calls are classified like RunInstances; the
+        control plane's own calls (DynamoDB caches) are never the provider's fault: retry them."""
         code, message = error_code(error), error_message(error)
+        if error.operation_name not in PROVIDER_OPERATIONS:
+            return UpstreamUnavailable(f"the control plane's {error.operation_name} call failed ({code}); retrying")
         verdict = classify(code, message, instance_type=job.instance_type or "", vcpus=0, region=job.region, spot=False)
         if verdict.action == Action.TRANSIENT:
             return UpstreamUnavailable(verdict.message)
@@ -267,7 +330,13 @@ class LaunchService:
     # -- recording ------------------------------------------------------------------------------------------
 
     def _record(
-        self, job: Job, ec2: Ec2Account, instance: dict[str, Any], host_public_key: str, record: BootstrapRecord
+        self,
+        job: Job,
+        ec2: Ec2Account,
+        instance: dict[str, Any],
+        host_public_key: str,
+        record: BootstrapRecord,
+        notes: list[str],
     ) -> Job:
         assert job.spec is not None
         now = utcnow()
@@ -288,18 +357,19 @@ class LaunchService:
             "ssh_host_key": host_public_key,
             "launched_at": launched_at,
             "deadline_at": deadline,
-            "notes": list(dict.fromkeys([*job.notes, *record.notes])),
+            "notes": list(dict.fromkeys([*job.notes, *record.notes, *notes])),
         }
         try:
             return self.jobs.transition(job.job_id, JobStatus.PROVISIONING, expected=JobStatus.LAUNCHING, fields=fields)
         except TransitionRefused:
             current = self.jobs.get(job.job_id)
-            if current is not None and current.instance_id == instance_id:
-                return current  # a concurrent attempt recorded the same instance
-            if current is None or current.status.terminal:
-                # Cancelled (or failed) while we launched: the instance must not keep billing.
-                ec2.terminate([instance_id])
-                raise JobNotActive(
-                    f"job {job.job_id} ended while its instance started; instance {instance_id} was terminated"
-                ) from None
-            raise
+        if current is not None and current.instance_id == instance_id:
+            return current  # a concurrent attempt recorded the same instance
+        # Cancelled or failed while we launched, or another attempt recorded another instance: ours must not bill.
+        try:
+            ec2.terminate([instance_id])
+        except (ClientError, BotoCoreError):
+            raise UpstreamUnavailable(f"could not terminate surplus instance {instance_id}; retrying") from None
+        if current is not None and not current.status.terminal:
+            return current
+        raise JobNotActive(f"job {job.job_id} ended while its instance started; instance {instance_id} was terminated")

@@ -7,13 +7,13 @@ whose execution then fails with the same reason and sentence.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from controlplane.core.errors import InvalidSpec, JobFailed, JobNotActive
+from controlplane.core.errors import DomainError, InvalidSpec, JobFailed, JobNotActive
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import BootstrapRecord, Job, Provider
 from controlplane.core.ports import JobStore, ProviderCredentials, ProviderStore, SecretStore
@@ -51,35 +51,46 @@ class Pipeline:
             record = self.bootstrapper.ensure(provider, credentials, job.region)
         return state | {"bootstrap": record.model_dump(mode="json")}
 
-    def launch(self, state: dict[str, Any]) -> dict[str, Any]:
+    def launch(self, state: dict[str, Any], time_left: Callable[[], float] | None = None) -> dict[str, Any]:
         job_id = _job_id(state)
         with self._failing(job_id):
             job = self.jobs.get(job_id)
             if job is None:
                 raise JobNotActive(f"job {job_id} does not exist")
-            if job.status.terminal:
-                raise JobNotActive(f"job {job_id} is already {job.status}")
             _, credentials = self._provider(job)
             record = BootstrapRecord.model_validate(state["bootstrap"])
-            job = self.launcher.launch(job, credentials, record)
+            if time_left is None:
+                job = self.launcher.launch(job, credentials, record)
+            else:
+                job = self.launcher.launch(job, credentials, record, time_left)
         return state | {"instance_id": job.instance_id, "status": str(job.status)}
 
     def record_failure(self, state: dict[str, Any], error: dict[str, Any] | None) -> dict[str, str]:
-        """The workflow's catch-all: make sure the job ends FAILED and give the execution a readable Error/Cause
-        (the job's failure_reason and failure_message)."""
+        """The workflow's catch-all: make sure the job ends FAILED, that no instance launched for it keeps running,
+        and give the execution a readable Error/Cause (the job's failure_reason and failure_message)."""
         error = error or {}
         name = str(error.get("Error") or "States.Runtime")
         cause = _cause_text(error.get("Cause"))
         job_id = state.get("job_id") if isinstance(state, dict) else None
-        if not job_id:
+        job = self.jobs.get(str(job_id)) if job_id else None
+        if job is None:
             return {"Error": name, "Cause": cause}
-        job = self.jobs.get(str(job_id))
-        if job is not None and not job.status.terminal and name not in {"JobNotActive", "DuplicateSubmission"}:
+        if not job.status.terminal and name not in {"JobNotActive", "DuplicateSubmission"}:
             reason = FailureReason.INVALID_SPEC if name == "InvalidSpec" else FailureReason.LAUNCH_ERROR
             job = fail_job(self.jobs, job.job_id, reason, f"The launch workflow failed ({name}): {cause}") or job
-        if job is not None and job.status == JobStatus.FAILED:
+        if job.status.terminal:
+            self._reap(job)
+        if job.status == JobStatus.FAILED:
             return {"Error": str(job.failure_reason or name), "Cause": job.failure_message or cause}
         return {"Error": name, "Cause": cause}
+
+    def _reap(self, job: Job) -> None:
+        """Best effort: the reconciler (issue 7) sweeps whatever this cannot reach."""
+        try:
+            _, credentials = self._provider(job)
+            self.launcher.reap(job, credentials)
+        except (DomainError, ClientError, BotoCoreError):
+            return
 
     # -- helpers --------------------------------------------------------------------------------------------
 

@@ -194,18 +194,21 @@ run_job() {
   run_phase run
 }
 
-# PIDs (other than ours) holding $1 open.
+# PIDs (other than ours) holding $1 open for writing.
 holders() {
-  local link dir pid found=" "
-  while IFS=$'\t' read -r link dir; do
+  local link dir pid found=" " fd flags
+  while IFS=$'\t' read -r link dir fd; do
     [ "$link" = "$1" ] || continue
     pid=${dir#/proc/}
     pid=${pid%/fd}
     if [ "$pid" = "$$" ] || [ "$pid" = "$BASHPID" ]; then
       continue
     fi
+    # Writers only (access mode O_WRONLY or O_RDWR): a reader such as the relay's SSH read must be left alone.
+    flags=$(sed -n 's/^flags:[[:space:]]*//p' "/proc/$pid/fdinfo/$fd" 2>/dev/null)
+    [ -n "$flags" ] && (((8#$flags & 3) == 0)) && continue
     case $found in *" $pid "*) ;; *) found+="$pid " ;; esac
-  done < <(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -type l -printf '%l\t%h\n' 2>/dev/null)
+  done < <(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -type l -printf '%l\t%h\t%f\n' 2>/dev/null)
   found=${found# }
   printf '%s' "${found% }"
 }
@@ -285,6 +288,25 @@ terminate_self() {
   shutdown -h now
 }
 
+# A reboot ends the job (cloud-init runs this wrapper once, and a scheduled shutdown does not survive it): a
+# per-boot script terminates the instance on any later boot, so a rebooted instance can never keep billing.
+install_reboot_guard() {
+  local dir=$ROOT/var/lib/cloud/scripts/per-boot
+  cat /proc/sys/kernel/random/boot_id 2>/dev/null | put_file "$STATE/boot_id" 644 || log "warning: no boot id"
+  mkdir -p "$dir" || { log "ERROR: could not install the reboot guard"; return; }
+  {
+    printf '#!/bin/bash\n'
+    cat <<'EC2JOBS_GUARD_EOF'
+STATE=${EC2JOBS_ROOT:-}/var/lib/ec2jobs
+[ "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)" = "$(cat "$STATE/boot_id" 2>/dev/null)" ] && exit 0
+printf '%s the instance rebooted: its job ended with the reboot; shutting down (terminates the instance)\n' \
+  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$STATE/wrapper.log"
+shutdown -h now
+EC2JOBS_GUARD_EOF
+  } | put_file "$dir/ec2jobs-reboot-guard.sh" 755 && log "installed the reboot guard" ||
+    log "ERROR: could not install the reboot guard"
+}
+
 on_exit() {
   local rc=$?
   if [ -z "$TERMINATING" ]; then
@@ -306,6 +328,7 @@ main() {
   else
     log "ERROR: scheduling the deadline shutdown failed (status $DEADLINE_RC)"
   fi
+  install_reboot_guard
   install_ssh_keys
   write_inputs
   run_job
