@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR):$(CURDIR)/lambdas
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 
-.PHONY: install test lint typecheck unit integration catalog demo clean
+.PHONY: install sshd test lint typecheck unit integration catalog bench demo clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,25 +17,39 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
+# The log relay is tested against a real OpenSSH sshd on loopback; install it when missing (root: apt-get).
+sshd:
+	@if ! test -x /usr/sbin/sshd; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing openssh-server (for the relay tests)"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null 2>&1 || \
+	     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null)); \
+	  else echo "OpenSSH sshd is missing: sudo apt-get install openssh-server" >&2; exit 1; fi; \
+	fi
+
 lint: install
-	$(VENV)/bin/ruff check lambdas local scripts tests
-	$(VENV)/bin/ruff format --check lambdas local scripts tests
+	$(VENV)/bin/ruff check lambdas local scripts tests bench
+	$(VENV)/bin/ruff format --check lambdas local scripts tests bench
 
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Benchmarks print measured figures and ratios (one run; this machine is shared and noisy). Not part of make test.
+bench: install sshd
+	$(PY) -m bench.relay
+
 catalog: install
 	$(PY) scripts/refresh_catalog.py
 
-test: install lint typecheck
+test: install sshd lint typecheck
 	$(PY) scripts/refresh_catalog.py --check
-	$(PY) -m pytest -q
+	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q
 
 unit: install
 	$(PY) -m pytest -q tests/unit
 
-integration: install
-	$(PY) -m pytest -q tests/integration
+integration: install sshd
+	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q tests/integration
 
 demo:
 	@echo "make demo (a real job end to end on the embedded control plane) is built by issue 5 and is not available yet." >&2

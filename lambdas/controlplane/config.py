@@ -61,6 +61,15 @@ class Settings(BaseModel):
         ge=0,
         description="added to a job's deadline for booting before the wrapper starts its clock",
     )
+    ssh_port: int = Field(alias="SSH_PORT", default=22, description="the instances' SSH port (the simulator's differs)")
+    relay_budget_seconds: float = Field(
+        alias="RELAY_BUDGET_SECONDS",
+        default=600.0,
+        gt=0,
+        description="how long one relay invocation streams (kept below the relay Lambda's timeout)",
+    )
+    log_flush_seconds: float = Field(alias="LOG_FLUSH_SECONDS", default=0.5, gt=0)
+    log_retention_days: int = Field(alias="LOG_RETENTION_DAYS", default=30, ge=1)
 
 
 @lru_cache(maxsize=1)

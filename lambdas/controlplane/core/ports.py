@@ -80,6 +80,12 @@ class CachedImage:
     min_disk_gib: int = 0  # the root snapshot's size
 
 
+@dataclass(frozen=True)
+class LogProgress:
+    committed: int  # every byte of output before this offset is stored
+    complete: bool  # nothing more will come (the relay drained the output, or the instance is gone)
+
+
 class SecretStore(Protocol):
     def put_provider_credentials(self, team_id: str, provider_id: str, credentials: ProviderCredentials) -> str: ...
     def get_provider_credentials(self, secret_arn: str) -> ProviderCredentials: ...

@@ -150,6 +150,16 @@ def get_job(job_id: str) -> Response[Any]:
     return _json(container.get().jobs.get(_team(), job_id).public())
 
 
+@app.get("/jobs/<job_id>/logs")
+def get_job_logs(
+    job_id: str,
+    after: Annotated[str | None, Query(description="next_cursor from the previous page (a byte offset)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1048576, description="at most this many bytes of output")] = 262144,
+) -> Response[Any]:
+    page = container.get().jobs.logs(_team(), job_id, after, limit)
+    return _json({"job_id": job_id, "text": page.text, "next_cursor": page.next_cursor, "complete": page.complete})
+
+
 # -- OpenAPI ---------------------------------------------------------------------------------------------------
 
 

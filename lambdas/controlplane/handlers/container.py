@@ -52,6 +52,7 @@ def _from_environment() -> Services:
     from controlplane.adapters import aws
     from controlplane.adapters.dynamodb import DynamoJobStore, DynamoProviderStore, DynamoTeamStore
     from controlplane.adapters.identity import StsIdentityVerifier
+    from controlplane.adapters.logs import DynamoLogStore
     from controlplane.adapters.secrets import SecretsManagerStore
     from controlplane.adapters.workflow import StepFunctionsStarter
 
@@ -68,7 +69,12 @@ def _from_environment() -> Services:
             SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix),
             StsIdentityVerifier(),
         ),
-        jobs=JobService(jobs, providers, StepFunctionsStarter(aws.client("stepfunctions"), settings.state_machine_arn)),
+        jobs=JobService(
+            jobs,
+            providers,
+            StepFunctionsStarter(aws.client("stepfunctions"), settings.state_machine_arn),
+            DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
+        ),
     )
 
 
@@ -81,13 +87,16 @@ def _pipeline_from_environment() -> Pipeline:
         DynamoJobStore,
         DynamoProviderStore,
     )
+    from controlplane.adapters.logs import DynamoLogStore
     from controlplane.adapters.secrets import SecretsManagerStore
+    from controlplane.adapters.ssh import SshConnector
     from controlplane.core.ports import ProviderCredentials
     from controlplane.service.bootstrap import BootstrapService, BootstrapSettings
     from controlplane.service.images import ImageResolver
     from controlplane.service.intake import IntakeService
     from controlplane.service.launch import LaunchService, LaunchSettings
     from controlplane.service.pipeline import Pipeline
+    from controlplane.service.relay import ProviderInstanceLocator, RelayService, RelaySettings
 
     settings = config.get()
     dynamodb = aws.resource("dynamodb")
@@ -119,4 +128,17 @@ def _pipeline_from_environment() -> Pipeline:
             profile_propagation_wait_seconds=settings.profile_propagation_wait_seconds,
         ),
     )
-    return Pipeline(jobs, providers, secrets, IntakeService(jobs, providers), bootstrap, launch)
+    relay = RelayService(
+        jobs,
+        DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
+        secrets,
+        ProviderInstanceLocator(providers, secrets, clients),
+        SshConnector(),
+        RelaySettings(
+            ssh_user=settings.ssh_user,
+            ssh_port=settings.ssh_port,
+            budget_seconds=settings.relay_budget_seconds,
+            flush_interval_seconds=settings.log_flush_seconds,
+        ),
+    )
+    return Pipeline(jobs, providers, secrets, IntakeService(jobs, providers), bootstrap, launch, relay)

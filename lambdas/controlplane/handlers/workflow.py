@@ -66,6 +66,15 @@ def launch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context
+def relay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """The relay loop's step: streams for minutes, returns `relay.finished` when the job's output is drained (or
+    the job/instance ended)."""
+    state = container.pipeline().relay(event, lambda: context.get_remaining_time_in_millis() / 1000)
+    logger.info("relay step ended", extra={"job_id": event.get("job_id"), **state["relay"]})
+    return state
+
+
+@logger.inject_lambda_context
 def record_failure(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
     """Catch target: the state with the caught error at `error` ({"Error", "Cause"})."""
     error = event.get("error") if isinstance(event.get("error"), dict) else None

@@ -6,13 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
-from controlplane.core import catalog, userdata
-from controlplane.core.errors import IdempotencyKeyReused, NotFound, TransitionRefused
+from controlplane.core import catalog, logchunks, userdata
+from controlplane.core.errors import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NotFound,
+    TransitionRefused,
+    UpstreamUnavailable,
+)
 from controlplane.core.ids import job_id_for_idempotency_key, new_job_id
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import Job, JobRequest, utcnow
-from controlplane.core.ports import JobPage, JobStore, ProviderStore, WorkflowStarter
+from controlplane.core.ports import JobPage, JobStore, LogProgress, ProviderStore, WorkflowStarter
 
 MAX_PAGE = 100
 
@@ -28,11 +35,31 @@ def request_fingerprint(request: JobRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class LogPage:
+    text: str
+    next_cursor: str
+    complete: bool
+
+
+class LogReader(Protocol):
+    def progress(self, job_id: str) -> LogProgress: ...
+    def chunks(self, job_id: str, after: int, max_bytes: int) -> list[tuple[int, bytes]]: ...
+
+
+MAX_LOG_PAGE = 1024 * 1024
+DEFAULT_LOG_PAGE = 256 * 1024
+MIN_LOG_PAGE = 1024
+
+
 class JobService:
-    def __init__(self, jobs: JobStore, providers: ProviderStore, starter: WorkflowStarter) -> None:
+    def __init__(
+        self, jobs: JobStore, providers: ProviderStore, starter: WorkflowStarter, logs: LogReader | None = None
+    ) -> None:
         self.jobs = jobs
         self.providers = providers
         self.starter = starter
+        self.log_reader = logs
 
     def submit(self, team_id: str, request: JobRequest, idempotency_key: str | None = None) -> Submission:
         fingerprint = request_fingerprint(request)
@@ -103,3 +130,28 @@ class JobService:
 
     def list(self, team_id: str, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
         return self.jobs.list_for_team(team_id, status, max(1, min(limit, MAX_PAGE)), cursor)
+
+    def logs(self, team_id: str, job_id: str, after: str | None, limit: int) -> LogPage:
+        """Output from byte offset `after` (the previous page's next_cursor), at most `limit` bytes of it, as text.
+        `complete` only once the job ended and everything was relayed."""
+        job = self.get(team_id, job_id)
+        if self.log_reader is None:
+            raise UpstreamUnavailable("logs are not configured")
+        start = _parse_log_cursor(after)
+        limit = max(MIN_LOG_PAGE, min(limit, MAX_LOG_PAGE))
+        progress = self.log_reader.progress(job_id)
+        end = min(progress.committed, start + limit)
+        data = logchunks.assemble(self.log_reader.chunks(job_id, start, end - start), start, end - start)
+        everything = progress.complete and start + len(data) >= progress.committed
+        page = logchunks.decode_page(data, final=everything)
+        next_offset = start + page.consumed
+        complete = job.status.terminal and progress.complete and next_offset >= progress.committed
+        return LogPage(text=page.text, next_cursor=str(next_offset), complete=complete)
+
+
+def _parse_log_cursor(cursor: str | None) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    if not cursor.isdigit() or len(cursor) > 15:
+        raise InvalidRequest("after must be a next_cursor value from an earlier page (a byte offset)")
+    return int(cursor)

@@ -21,6 +21,7 @@ from controlplane.service.bootstrap import BootstrapService
 from controlplane.service.failures import fail_job
 from controlplane.service.intake import IntakeService
 from controlplane.service.launch import LaunchService
+from controlplane.service.relay import RelayService
 
 
 class Pipeline:
@@ -32,6 +33,7 @@ class Pipeline:
         intake: IntakeService,
         bootstrap: BootstrapService,
         launch: LaunchService,
+        relay: RelayService,
     ) -> None:
         self.jobs = jobs
         self.providers = providers
@@ -39,6 +41,7 @@ class Pipeline:
         self.intake = intake
         self.bootstrapper = bootstrap
         self.launcher = launch
+        self.relayer = relay
 
     def validate(self, raw: Any, execution_name: str | None, execution_arn: str | None) -> dict[str, Any]:
         return self.intake.validate(raw, execution_name, execution_arn).as_state()
@@ -64,6 +67,12 @@ class Pipeline:
             else:
                 job = self.launcher.launch(job, credentials, record, time_left)
         return state | {"instance_id": job.instance_id, "status": str(job.status)}
+
+    def relay(self, state: dict[str, Any], time_left: Callable[[], float] | None = None) -> dict[str, Any]:
+        """One relay invocation: stream the job's output for a bounded time; `relay.finished` ends the loop."""
+        job_id = _job_id(state)
+        outcome = self.relayer.relay(job_id) if time_left is None else self.relayer.relay(job_id, time_left)
+        return state | {"relay": outcome.as_state()}
 
     def record_failure(self, state: dict[str, Any], error: dict[str, Any] | None) -> dict[str, str]:
         """The workflow's catch-all: make sure the job ends FAILED, that no instance launched for it keeps running,

@@ -1,0 +1,121 @@
+"""SSH to a job's instance (paramiko): the job's pinned host key is the only one trusted (never auto-accepted), the
+team's key authenticates. Remote paths honour EC2JOBS_ROOT (set by the local instance simulator's sshd; unset on
+EC2), like the job wrapper."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+STATE_DIR = '"${EC2JOBS_ROOT:-}/var/lib/ec2jobs"'
+
+
+class InstanceNotReady(Exception):
+    """The instance cannot be used yet (booting, sshd not up, the wrapper has not installed the keys yet, or the
+    host key is not the job's pinned one). `reason` is safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectionLost(Exception):
+    """An established session broke; resume from the committed offset."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    host: str
+    port: int
+    user: str
+
+
+class SshSession:
+    def __init__(self, client: paramiko.SSHClient) -> None:
+        self.client = client
+
+    def stream(self, offset: int, poll_seconds: float) -> Any:
+        """A channel delivering the output file from byte `offset` on, as it is written (tail -F)."""
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionLost("the SSH transport is closed")
+        try:
+            channel = transport.open_session()
+            channel.settimeout(poll_seconds)
+            channel.exec_command(f"exec tail -c +{offset + 1} -F {STATE_DIR}/output.log 2>/dev/null")
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise ConnectionLost(type(error).__name__) from None
+        return channel
+
+    def run(self, command: str, timeout: float = 15.0) -> tuple[int, bytes]:
+        try:
+            _, stdout, _ = self.client.exec_command(command, timeout=timeout)
+            output = stdout.read()
+            return stdout.channel.recv_exit_status(), output
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise ConnectionLost(type(error).__name__) from None
+
+    def status(self) -> tuple[dict[str, str] | None, int]:
+        """The wrapper's result (None until written) and the output file's size. Read in this order: the result is
+        written only after the output is complete, so a size read after seeing it is final."""
+        _, out = self.run(
+            f"S={STATE_DIR}; if [ -e $S/result ]; then cat $S/result; echo; fi; "
+            f'printf "size=%s\\n" "$(stat -c %s $S/output.log 2>/dev/null || echo 0)"'
+        )
+        values: dict[str, str] = {}
+        size = 0
+        for line in out.decode(errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            if not sep:
+                continue
+            if key == "size":
+                size = int(value) if value.isdigit() else 0
+            else:
+                values[key] = value
+        return (values if "exit_code" in values else None), size
+
+    def mark_drained(self) -> None:
+        self.run(f"touch {STATE_DIR}/drained")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SshConnector:
+    def __init__(self, connect_timeout: float = 10.0) -> None:
+        self.connect_timeout = connect_timeout
+
+    def connect(self, remote: Remote, private_key_openssh: str, host_key_openssh: str) -> SshSession:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())  # only the pinned key, ever
+        parts = host_key_openssh.split()
+        pinned = paramiko.Ed25519Key(data=base64.b64decode(parts[1]))
+        name = remote.host if remote.port == 22 else f"[{remote.host}]:{remote.port}"
+        client.get_host_keys().add(name, parts[0], pinned)
+        key = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key_openssh))
+        try:
+            client.connect(
+                remote.host,
+                port=remote.port,
+                username=remote.user,
+                pkey=key,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise InstanceNotReady("the instance's SSH host key is not the job's pinned key (yet)") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise InstanceNotReady("the instance does not accept the team's key yet") from None
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as error:
+            client.close()
+            raise InstanceNotReady(f"SSH is not reachable yet ({type(error).__name__})") from None
+        return SshSession(client)

@@ -1,0 +1,330 @@
+"""The log relay: stream a job's output over SSH into the logs table, exactly once, in order, about a second after
+it is written, and finish the job when the wrapper has recorded its outcome.
+
+One invocation streams for a bounded budget (minutes, below the Lambda timeout); the workflow calls it again until
+it reports finished. Per invocation: locate the instance; connect (backing off while it boots: the job stays
+PROVISIONING; the first successful connection moves it to RUNNING); follow the output file from the committed byte
+offset (`tail -F`), flushing chunks at least every FLUSH_INTERVAL or FLUSH_BYTES and committing the offset only
+after they are written; when the output has stopped, check the wrapper's `result`; once it exists, read through to
+the file's final size, commit the log as complete, record the outcome on the job, and write the `drained` marker the
+wrapper waits for before it terminates the instance. A dropped connection resumes from the committed offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controlplane.adapters.logs import DynamoLogStore
+from controlplane.adapters.ssh import ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
+from controlplane.core import logchunks
+from controlplane.core.errors import TransitionRefused
+from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.models import Job, utcnow
+from controlplane.core.ports import JobStore, SecretStore
+
+logger = logging.getLogger(__name__)
+
+GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
+TIME_RESERVE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    ssh_user: str = "ubuntu"
+    ssh_port: int = 22
+    budget_seconds: float = 600.0
+    flush_interval_seconds: float = 0.5
+    flush_bytes: int = 1024 * 1024
+    chunk_bytes: int = logchunks.MAX_CHUNK_BYTES
+    recv_bytes: int = 256 * 1024
+    status_poll_seconds: float = 1.0
+    idle_before_status_seconds: float = 0.3
+    max_backoff_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Located:
+    host: str | None  # None while the instance has no address yet
+    state: str  # the EC2 instance state name
+
+
+@dataclass(frozen=True)
+class RelayOutcome:
+    finished: bool
+    detail: str
+    relayed_bytes: int = 0
+    connections: int = 0
+
+    def as_state(self) -> dict[str, Any]:
+        return {
+            "finished": self.finished,
+            "detail": self.detail,
+            "relayed_bytes": self.relayed_bytes,
+            "connections": self.connections,
+        }
+
+
+class InstanceLocator(Protocol):
+    def locate(self, job: Job) -> Located: ...
+
+
+def _no_deadline() -> float:
+    return float("inf")
+
+
+class RelayService:
+    def __init__(
+        self,
+        jobs: JobStore,
+        logs: DynamoLogStore,
+        secrets: SecretStore,
+        locator: InstanceLocator,
+        connector: SshConnector,
+        settings: RelaySettings,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.jobs = jobs
+        self.logs = logs
+        self.secrets = secrets
+        self.locator = locator
+        self.connector = connector
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+
+    def relay(self, job_id: str, time_left: Callable[[], float] = _no_deadline) -> RelayOutcome:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return RelayOutcome(True, "the job does not exist")
+        if job.status.terminal:
+            progress = self.logs.progress(job_id)
+            if not progress.complete:
+                self.logs.commit(job_id, progress.committed, complete=True)
+            return RelayOutcome(True, f"the job is {job.status}")
+        if job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING} or not job.ssh_host_key:
+            return RelayOutcome(False, f"the job is {job.status}: no instance to relay from yet")
+        budget = min(self.settings.budget_seconds, time_left() - TIME_RESERVE_SECONDS)
+        deadline = self.clock() + max(0.0, budget)
+        team_key = self.secrets.team_key(job.team_id)
+        backoff = 1.0
+        relayed = 0
+        connections = 0
+        last_reason = "not connected yet"
+        while self.clock() < deadline:
+            located = self.locator.locate(job)
+            if located.state in GONE_STATES:
+                progress = self.logs.progress(job_id)
+                self.logs.commit(job_id, progress.committed, complete=True)
+                return RelayOutcome(True, f"the instance is {located.state}", relayed, connections)
+            if located.host is None:
+                last_reason = f"the instance is {located.state} and has no address yet"
+            else:
+                try:
+                    session = self.connector.connect(
+                        Remote(located.host, self.settings.ssh_port, self.settings.ssh_user),
+                        team_key.private_openssh,
+                        job.ssh_host_key,
+                    )
+                except InstanceNotReady as not_ready:
+                    last_reason = not_ready.reason
+                else:
+                    backoff = 1.0
+                    connections += 1
+                    try:
+                        job = self._running(job)
+                        if job.status.terminal:
+                            return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
+                        outcome = self._stream(session, job, deadline)
+                        relayed += outcome.relayed_bytes
+                        if outcome.finished:
+                            return RelayOutcome(True, outcome.detail, relayed, connections)
+                        if self.clock() >= deadline:
+                            break
+                        last_reason = outcome.detail
+                    except ConnectionLost as lost:
+                        last_reason = f"the connection dropped ({lost}); resuming from the committed offset"
+                        logger.info("relay reconnecting", extra={"job_id": job_id, "reason": last_reason})
+                        backoff = 0.25  # reconnect promptly; backs off again if the instance stops answering
+                    finally:
+                        session.close()
+            pause = min(backoff, max(0.0, deadline - self.clock()))
+            if pause <= 0:
+                break
+            self.sleep(pause)
+            backoff = min(backoff * 2, self.settings.max_backoff_seconds)
+        return RelayOutcome(False, f"budget used; {last_reason}", relayed, connections)
+
+    def _running(self, job: Job) -> Job:
+        """The first successful connection means the wrapper is up: PROVISIONING → RUNNING."""
+        if job.status != JobStatus.PROVISIONING:
+            return job
+        try:
+            return self.jobs.transition(
+                job.job_id, JobStatus.RUNNING, expected=JobStatus.PROVISIONING, fields={"started_at": utcnow()}
+            )
+        except TransitionRefused:
+            return self.jobs.get(job.job_id) or job
+
+    def _stream(self, session: SshSession, job: Job, deadline: float) -> RelayOutcome:
+        """Follow the output from the committed offset. Writing to DynamoDB overlaps reading the next bytes (one
+        write in flight at a time, so commits stay in order); every exit waits for that write first."""
+        settings = self.settings
+        offset = self.logs.progress(job.job_id).committed  # bytes handed to the writer (committed once written)
+        start = offset
+        channel = session.stream(offset, poll_seconds=min(0.1, settings.flush_interval_seconds))
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-write")
+        in_flight: Future[None] | None = None
+        pending = bytearray()
+        pending_since = 0.0
+        last_data = self.clock()
+        last_status = 0.0
+        final_size: int | None = None
+        result: dict[str, str] | None = None
+
+        def settle() -> None:
+            nonlocal in_flight
+            if in_flight is not None:
+                done, in_flight = in_flight, None
+                done.result()  # re-raises a failed write here
+
+        def flush(final: bool) -> None:
+            nonlocal offset, in_flight
+            ready = logchunks.ready_bytes(pending, final)
+            if ready <= 0:
+                return
+            data = bytes(pending[:ready])
+            del pending[:ready]
+            settle()
+            in_flight = writer.submit(self._store, job.job_id, offset, data)
+            offset += ready
+
+        try:
+            while True:
+                if in_flight is not None and in_flight.done():
+                    settle()  # a failed write surfaces now, not at the next flush
+                now = self.clock()
+                if now >= deadline:
+                    flush(final=False)
+                    settle()
+                    return RelayOutcome(False, "budget used while streaming", offset - start)
+                try:
+                    data = channel.recv(settings.recv_bytes)
+                except TimeoutError:
+                    data = None
+                except OSError as error:
+                    flush(final=False)
+                    settle()
+                    raise ConnectionLost(type(error).__name__) from None
+                if data == b"":
+                    flush(final=False)
+                    settle()
+                    raise ConnectionLost("the output stream ended")
+                now = self.clock()
+                if data:
+                    if not pending:
+                        pending_since = now
+                    pending += data
+                    last_data = now
+                if pending and (
+                    len(pending) >= settings.flush_bytes or now - pending_since >= settings.flush_interval_seconds
+                ):
+                    flush(final=False)
+                    pending_since = now
+                quiet = now - last_data >= settings.idle_before_status_seconds
+                if final_size is None and quiet and now - last_status >= settings.status_poll_seconds:
+                    last_status = now
+                    result, size = session.status()
+                    if result is not None:
+                        final_size = size
+                if final_size is not None and offset + len(pending) >= final_size:
+                    flush(final=True)
+                    settle()
+                    self.logs.commit(job.job_id, offset, complete=True)
+                    self._finish(job, result or {})
+                    try:
+                        session.mark_drained()
+                    except ConnectionLost:
+                        logger.warning("could not write the drained marker", extra={"job_id": job.job_id})
+                    return RelayOutcome(True, "the output is drained", offset - start)
+        finally:
+            channel.close()
+            if in_flight is not None:
+                in_flight.cancel()
+                wait([in_flight])
+            writer.shutdown(wait=True)
+
+    def _store(self, job_id: str, offset: int, data: bytes) -> None:
+        """Write the chunks, then (only then) commit the offset after them."""
+        self.logs.write(job_id, logchunks.cut(offset, data, self.settings.chunk_bytes))
+        self.logs.commit(job_id, offset + len(data))
+
+    def _finish(self, job: Job, result: dict[str, str]) -> None:
+        """Record the wrapper's outcome: SUCCEEDED, or FAILED with the reason and exit code."""
+        reason = result.get("reason", "")
+        code_text = result.get("exit_code", "")
+        exit_code = int(code_text) if code_text.lstrip("-").isdigit() else None
+        phase = result.get("phase", "run")
+        fields: dict[str, Any] = {"exit_code": exit_code}
+        if reason == "SUCCEEDED" and exit_code == 0:
+            target = JobStatus.SUCCEEDED
+        else:
+            target = JobStatus.FAILED
+            spec_minutes = job.spec.max_runtime_minutes if job.spec else None
+            if reason == "SETUP_FAILED":
+                fields["failure_reason"] = FailureReason.SETUP_FAILED
+                fields["failure_message"] = f"setup exited with code {exit_code}; run never started"
+            elif reason == "MAX_RUNTIME":
+                fields["failure_reason"] = FailureReason.MAX_RUNTIME
+                fields["failure_message"] = (
+                    f"the job exceeded max_runtime_minutes ({spec_minutes}) during {phase} and was stopped"
+                )
+            else:
+                fields["failure_reason"] = FailureReason.EXIT_NONZERO
+                fields["failure_message"] = f"run exited with code {exit_code}"
+        try:
+            self.jobs.transition(job.job_id, target, fields=fields)
+        except TransitionRefused:
+            logger.info("job already ended; outcome not recorded", extra={"job_id": job.job_id})
+
+
+class ProviderInstanceLocator:
+    """Where the job's instance is, from the provider's EC2 (DescribeInstances, in the seed policy). The relay runs
+    outside any VPC, so it connects to the public address."""
+
+    def __init__(self, providers: Any, secrets: SecretStore, clients: Any) -> None:
+        self.providers = providers
+        self.secrets = secrets
+        self.clients = clients
+        self._credentials: dict[str, Any] = {}
+
+    def locate(self, job: Job) -> Located:
+        from botocore.exceptions import ClientError
+
+        from controlplane.adapters.ec2 import Ec2Account, error_code
+
+        if not job.instance_id:
+            return Located(None, "pending")
+        credentials = self._credentials.get(job.provider_id)
+        if credentials is None:
+            provider = self.providers.get(job.team_id, job.provider_id)
+            if provider is None:
+                return Located(None, "unknown")
+            credentials = self.secrets.get_provider_credentials(provider.secret_arn)
+            self._credentials[job.provider_id] = credentials
+        ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
+        try:
+            found = ec2.describe_instances([job.instance_id])
+        except ClientError as error:
+            if error_code(error) == "InvalidInstanceID.NotFound":
+                return Located(None, "terminated")  # gone long enough to have dropped out of DescribeInstances
+            raise
+        if not found:
+            return Located(None, "terminated")
+        instance = found[0]
+        return Located(instance.get("PublicIpAddress"), str(instance.get("State", {}).get("Name", "pending")))

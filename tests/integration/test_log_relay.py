@@ -1,0 +1,372 @@
+"""The log relay against a real OpenSSH sshd on loopback and the emulator's DynamoDB: every byte the job writes is
+stored once, in order; the end is drained; the logs API pages through it."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from controlplane.adapters.logs import DynamoLogStore
+from controlplane.adapters.ssh import SshConnector
+from controlplane.core import logchunks, sshkeys
+from controlplane.core.models import Job
+from controlplane.service.relay import Located, RelayService, RelaySettings
+from local import sshd
+from tests.integration.conftest import ControlPlane, Tenant, Workflow
+
+_HAVE_SSHD = any(os.access(path, os.X_OK) for path in sshd.SSHD_CANDIDATES)
+if not _HAVE_SSHD and os.environ.get("EC2JOBS_REQUIRE_SSHD") == "1":  # `make test` installs it: never skip there
+    raise RuntimeError("OpenSSH sshd is required (apt-get install openssh-server); make test installs it")
+pytestmark = pytest.mark.skipif(not _HAVE_SSHD, reason="OpenSSH sshd is not installed (make test installs it)")
+
+
+class FixedLocator:
+    def __init__(self, host: str | None = "127.0.0.1", state: str = "running") -> None:
+        self.host = host
+        self.state = state
+
+    def locate(self, job: Job) -> Located:
+        return Located(self.host, self.state)
+
+
+@dataclass
+class Instance:
+    """A launched job whose "instance" is a sandbox directory served by a real sshd."""
+
+    cp: ControlPlane
+    tenant: Tenant
+    job_id: str
+    root: Path
+    server: sshd.SshServer
+    logs: DynamoLogStore
+    locator: FixedLocator = field(default_factory=FixedLocator)
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var/lib/ec2jobs"
+
+    @property
+    def output(self) -> Path:
+        return self.state / "output.log"
+
+    def relay_service(self, **settings: Any) -> RelayService:
+        from controlplane.handlers import container
+
+        pipeline = container.pipeline()
+        values: dict[str, Any] = {
+            "ssh_user": getpass.getuser(),
+            "ssh_port": self.server.port,
+            "budget_seconds": 60,
+            "flush_interval_seconds": 0.2,
+            "status_poll_seconds": 0.2,
+            "idle_before_status_seconds": 0.2,
+        }
+        return RelayService(
+            pipeline.jobs,
+            self.logs,
+            pipeline.secrets,
+            self.locator,
+            SshConnector(connect_timeout=5),
+            RelaySettings(**(values | settings)),
+        )
+
+    def write(self, data: bytes) -> None:
+        with self.output.open("ab") as sink:
+            sink.write(data)
+            sink.flush()
+
+    def finish(self, phase: str = "run", code: int = 0, reason: str = "SUCCEEDED") -> None:
+        tmp = self.state / "result.tmp"
+        tmp.write_text(f"phase={phase}\nexit_code={code}\nreason={reason}\nfinished_at={int(time.time())}\n")
+        tmp.rename(self.state / "result")
+
+    def relayed(self) -> bytes:
+        return logchunks.assemble(self.logs.chunks(self.job_id, 0, 1 << 40), 0, 1 << 40)
+
+    def job(self) -> dict[str, Any]:
+        return dict(self.cp.call("GET", f"/jobs/{self.job_id}", self.tenant.token).json())
+
+
+def _install_keys(root: Path, host_private: str, authorized: str) -> None:
+    ssh_dir = root / "etc/ssh"
+    ssh_dir.mkdir(parents=True, exist_ok=True)
+    key = ssh_dir / "ssh_host_ed25519_key"
+    key.write_text(host_private)
+    key.chmod(0o600)
+    home = root / "home" / getpass.getuser() / ".ssh"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "authorized_keys").write_text(authorized + "\n")
+
+
+@pytest.fixture
+def instance(control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, tmp_path: Path) -> Iterator[Instance]:
+    from controlplane.handlers import container
+
+    response = control_plane.call(
+        "POST", "/jobs", tenant.token, body={"provider_id": tenant.provider_id, "run": "python train.py"}
+    )
+    job_id = response.json()["job_id"]
+    workflow.run(job_id, tenant.team_id)
+    team_key = container.pipeline().secrets.team_key(tenant.team_id)
+    root = tmp_path / "instance"
+    (root / "var/lib/ec2jobs").mkdir(parents=True)
+    _install_keys(
+        root, sshkeys.derive_host_key(team_key.host_key_seed, job_id).private_openssh, team_key.public_openssh
+    )
+    server = sshd.start(root)
+    logs = DynamoLogStore(boto3.resource("dynamodb").Table(control_plane.names.table("logs")))
+    try:
+        yield Instance(control_plane, tenant, job_id, root, server, logs)
+    finally:
+        server.stop()
+
+
+def run_job(instance: Instance, job: Callable[[], None], relay: RelayService | None = None) -> Any:
+    """Run `job` (the writer) in a thread while the relay streams; returns the relay's outcome."""
+    failures: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            job()
+        except BaseException as error:  # surfaced below
+            failures.append(error)
+
+    writer = threading.Thread(target=target)
+    writer.start()
+    outcome = (relay or instance.relay_service()).relay(instance.job_id)
+    writer.join(30)
+    assert failures == []
+    return outcome
+
+
+# -- byte for byte -----------------------------------------------------------------------------------------------
+
+
+def test_100k_short_lines_arrive_exactly_once_in_order(instance: Instance) -> None:
+    lines = b"".join(b"step %06d loss=%.4f\n" % (i, 1 / (i + 1)) for i in range(100_000))
+
+    def job() -> None:
+        for start in range(0, len(lines), 64 * 1024):
+            instance.write(lines[start : start + 64 * 1024])
+        instance.finish()
+
+    outcome = run_job(instance, job)
+
+    assert outcome.finished
+    assert instance.relayed() == lines
+    record = instance.job()
+    assert (record["status"], record["exit_code"]) == ("SUCCEEDED", 0)
+    assert record["started_at"] is not None
+    assert (instance.state / "drained").exists()
+
+
+def test_a_1mb_line_without_newline(instance: Instance) -> None:
+    blob = (b"0123456789abcdef" * 65536)[: 1024 * 1024]
+
+    def job() -> None:
+        instance.write(blob)
+        instance.finish()
+
+    run_job(instance, job)
+    assert instance.relayed() == blob
+
+
+def test_invalid_utf8_and_a_character_split_across_a_flush_are_kept(instance: Instance) -> None:
+    euro = "€".encode()
+    data = b"bad \xff\xfe bytes\n" + b"price: " + euro[:2]
+
+    def job() -> None:
+        instance.write(data)
+        time.sleep(0.8)  # several flush intervals: the relay must not cut the euro sign
+        instance.write(euro[2:] + b" done\r\n")
+        instance.finish()
+
+    run_job(instance, job)
+    expected = data + euro[2:] + b" done\r\n"
+    assert instance.relayed() == expected
+    chunks = instance.logs.chunks(instance.job_id, 0, 1 << 30)
+    assert all(chunk.decode("utf-8", errors="replace").count("\ufffd") <= 2 for _, chunk in chunks)
+    text = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()["text"]
+    assert text == "bad \ufffd\ufffd bytes\nprice: € done\r\n"
+
+
+def test_crlf_output_is_byte_exact(instance: Instance) -> None:
+    data = b"".join(b"progress %d%%\r" % i for i in range(100)) + b"\r\nend\r\n"
+
+    def job() -> None:
+        instance.write(data)
+        instance.finish()
+
+    run_job(instance, job)
+    assert instance.relayed() == data
+
+
+def test_output_continues_while_the_relay_reconnects_after_the_connection_is_killed(instance: Instance) -> None:
+    parts = [b"part %04d " % i + b"x" * 2000 + b"\n" for i in range(400)]
+
+    def job() -> None:
+        for i, part in enumerate(parts):
+            instance.write(part)
+            if i in (100, 250):
+                instance.server.drop_sessions()  # the SSH connection dies mid-stream
+            time.sleep(0.002)
+        instance.finish()
+
+    outcome = run_job(instance, job)
+    assert outcome.finished
+    assert outcome.connections >= 2  # it really reconnected
+    assert instance.relayed() == b"".join(parts)
+
+
+def test_a_crash_between_writing_a_chunk_and_committing_loses_and_duplicates_nothing(instance: Instance) -> None:
+    first = b"".join(b"line %d\n" % i for i in range(5000))
+    second = b"".join(b"after %d\n" % i for i in range(5000))
+    instance.write(first)
+
+    class Crash(Exception):
+        pass
+
+    class CrashingLogs:
+        """The real store, except that the first commit dies after its chunks were written."""
+
+        def __init__(self, real: DynamoLogStore) -> None:
+            self.real = real
+            self.write = real.write
+            self.progress = real.progress
+            self.crashed = False
+
+        def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None:
+            if not self.crashed:
+                self.crashed = True
+                raise Crash("Lambda killed between the chunk write and the commit")
+            self.real.commit(job_id, committed, complete=complete)
+
+    crashing = instance.relay_service(chunk_bytes=1000)
+    crashing.logs = CrashingLogs(instance.logs)  # type: ignore[assignment]
+    with pytest.raises(Crash):
+        crashing.relay(instance.job_id)
+    assert instance.logs.progress(instance.job_id).committed == 0
+    assert len(instance.logs.chunks(instance.job_id, 0, 1 << 30)) > 1  # written, not committed
+
+    def job() -> None:
+        instance.write(second)
+        instance.finish()
+
+    run_job(instance, job, instance.relay_service(chunk_bytes=1536))  # other chunk boundaries on the retry
+    assert instance.relayed() == first + second
+    stored = instance.logs.chunks(instance.job_id, 0, 1 << 30)
+    starts = {offset for offset, _ in stored}
+    assert any(offset % 1000 == 0 and offset % 1536 != 0 for offset in starts)  # stale chunks really overlap
+
+
+def test_output_written_in_the_last_moments_before_the_exit_code_is_not_lost(instance: Instance) -> None:
+    def job() -> None:
+        instance.write(b"training...\n")
+        time.sleep(1.0)  # quiet: the relay has polled for a result and found none
+        instance.write(b"final metrics: acc=0.93\n" * 50)
+        instance.finish(code=3, reason="EXIT_NONZERO")  # immediately after the last bytes
+
+    run_job(instance, job)
+    assert instance.relayed() == b"training...\n" + b"final metrics: acc=0.93\n" * 50
+    record = instance.job()
+    assert (record["status"], record["failure_reason"], record["exit_code"]) == ("FAILED", "EXIT_NONZERO", 3)
+    assert (instance.state / "drained").exists()
+
+
+def test_a_setup_failure_is_recorded(instance: Instance) -> None:
+    def job() -> None:
+        instance.write(b"pip: error\n")
+        instance.finish(phase="setup", code=2, reason="SETUP_FAILED")
+
+    run_job(instance, job)
+    record = instance.job()
+    assert (record["status"], record["failure_reason"], record["exit_code"]) == ("FAILED", "SETUP_FAILED", 2)
+    assert "run never started" in record["failure_message"]
+
+
+# -- not reachable / refused -------------------------------------------------------------------------------------
+
+
+def test_an_unknown_host_key_is_refused(instance: Instance) -> None:
+    impostor = sshkeys.generate("impostor")
+    (instance.root / "etc/ssh/ssh_host_ed25519_key").write_text(impostor.private_openssh)
+    instance.server.reload()
+    instance.write(b"secret training output\n")
+    instance.finish()
+
+    outcome = instance.relay_service(budget_seconds=3).relay(instance.job_id)
+
+    assert not outcome.finished
+    assert "pinned" in outcome.detail
+    assert instance.job()["status"] == "PROVISIONING"
+    assert instance.relayed() == b""
+    assert not (instance.state / "drained").exists()
+
+
+def test_while_the_instance_boots_the_relay_backs_off_and_the_job_stays_provisioning(instance: Instance) -> None:
+    instance.locator.host = None
+    instance.locator.state = "pending"
+    sleeps: list[float] = []
+    relay = instance.relay_service(budget_seconds=2)
+    relay.sleep = lambda seconds: (sleeps.append(seconds), time.sleep(seconds))  # type: ignore[assignment]
+
+    outcome = relay.relay(instance.job_id)
+
+    assert not outcome.finished
+    assert instance.job()["status"] == "PROVISIONING"
+    assert sleeps
+    assert sleeps[0] == 1.0  # backing off from one second
+
+
+def test_when_the_instance_is_gone_the_relay_finishes_and_the_log_is_complete(instance: Instance) -> None:
+    instance.locator.state = "terminated"
+    outcome = instance.relay_service().relay(instance.job_id)
+    assert outcome.finished
+    assert instance.logs.progress(instance.job_id).complete
+
+
+# -- the logs API ------------------------------------------------------------------------------------------------
+
+
+def test_the_logs_api_pages_through_a_large_log_and_reports_complete(instance: Instance) -> None:
+    text = "".join(f"epoch {i}: loss {1 / (i + 1):.6f} ✓\n" for i in range(40_000))
+    data = text.encode()
+
+    def job() -> None:
+        instance.write(data)
+        instance.finish()
+
+    instance.write(b"")
+    partial = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
+    assert partial == {"job_id": instance.job_id, "text": "", "next_cursor": "0", "complete": False}
+    run_job(instance, job)
+
+    pages: list[str] = []
+    cursor = None
+    for _ in range(1000):
+        query = {"limit": "65536"} | ({"after": cursor} if cursor else {})
+        body = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token, query=query).json()
+        pages.append(body["text"])
+        if body["complete"]:
+            break
+        assert body["next_cursor"] != cursor, "no progress"
+        cursor = body["next_cursor"]
+    assert "".join(pages) == text
+    assert len(pages) > 10
+    assert body["next_cursor"] == str(len(data))
+
+
+def test_logs_of_another_teams_job_are_not_found(instance: Instance, new_team: Callable[[], str]) -> None:
+    other = new_team()
+    assert instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", other).status == 404
+    bad = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token, query={"after": "-1"})
+    assert bad.status == 400
