@@ -113,6 +113,24 @@ def test_given_an_input_without_a_usable_owner_then_the_execution_fails_clearly(
     assert says in failure.value.message
 
 
+def test_given_a_console_input_naming_another_teams_job_then_record_failure_leaves_that_job_alone(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_keys: Any
+) -> None:
+    from controlplane.handlers import container
+
+    victim = workflow.validate(TASK | {"team_id": tenant.team_id, "provider_id": tenant.provider_id}, "v", arn("v"))
+    other_team = f"t-{uuid.uuid4().hex[:8]}"
+    container.get().teams.issue_token(other_team)
+    raw = {"team_id": other_team, "provider_id": tenant.provider_id, "job_id": victim["job_id"], "run": "x"}
+    with pytest.raises(InvalidSubmission) as refused:
+        workflow.validate(raw, "attack", arn("attack"))
+
+    result = workflow.record_failure(raw, {"Error": "InvalidSubmission", "Cause": refused.value.message})
+
+    assert result["Error"] == "InvalidSubmission"
+    assert record(control_plane, tenant, victim["job_id"])["status"] == "LAUNCHING"
+
+
 # -- automation events -------------------------------------------------------------------------------------------
 
 

@@ -82,7 +82,8 @@ class Pipeline:
         cause = _cause_text(error.get("Cause"))
         job_id = state.get("job_id") if isinstance(state, dict) else None
         job = self.jobs.get(str(job_id)) if job_id else None
-        if job is None:
+        if job is None or job.team_id != state.get("team_id"):
+            # No job, or a raw input naming someone else's job id (Validate refused it): touch nothing.
             return {"Error": name, "Cause": cause}
         if not job.status.terminal and name not in {"JobNotActive", "DuplicateSubmission"}:
             reason = FailureReason.INVALID_SPEC if name == "InvalidSpec" else FailureReason.LAUNCH_ERROR

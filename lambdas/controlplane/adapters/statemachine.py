@@ -1,0 +1,105 @@
+"""The job workflow's state machine (Amazon States Language): the single definition the CDK stack deploys and the
+local runtime runs, given the ARNs of the step Lambdas.
+
+Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. Transient errors (`UpstreamUnavailable`,
+Lambda service hiccups) are retried with backoff; `JobNotActive` / `DuplicateSubmission` end quietly (the job
+already ended, or another execution owns it); anything else goes to RecordFailure, which makes sure the job ends
+FAILED with no instance left running, and the execution fails with the job's failure reason as Error and its
+failure message as Cause. The relay never fails a running job: if it keeps failing, the execution ends and the
+instance's own end (instance events, reconciler) settles the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Step name → the Lambda handler (module.function inside the single asset).
+HANDLERS: dict[str, str] = {
+    "validate": "controlplane.handlers.workflow.validate",
+    "bootstrap": "controlplane.handlers.workflow.bootstrap",
+    "launch": "controlplane.handlers.workflow.launch",
+    "relay": "controlplane.handlers.workflow.relay",
+    "record_failure": "controlplane.handlers.workflow.record_failure",
+}
+# Timeouts (seconds) the deployed functions need: launch may wait up to 60 s for IAM propagation; the relay streams
+# for RELAY_BUDGET_SECONDS (600) and stops itself before this.
+TIMEOUTS: dict[str, int] = {"validate": 30, "bootstrap": 120, "launch": 180, "relay": 900, "record_failure": 60}
+
+_LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException"]
+_QUIET_END = ["JobNotActive", "DuplicateSubmission"]
+
+
+def _retry_transient(interval: int, attempts: int) -> list[dict[str, Any]]:
+    upstream = {"ErrorEquals": ["UpstreamUnavailable"], "IntervalSeconds": interval, "MaxAttempts": attempts}
+    service = {"ErrorEquals": [*_LAMBDA_TRANSIENT, "Lambda.TooManyRequestsException"], "IntervalSeconds": 2}
+    return [upstream | {"BackoffRate": 2}, service | {"MaxAttempts": 6, "BackoffRate": 2}]
+
+
+def _catch(failure_state: str = "RecordFailure") -> list[dict[str, Any]]:
+    return [
+        {"ErrorEquals": _QUIET_END, "ResultPath": "$.stopped", "Next": "Done"},
+        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failure_state},
+    ]
+
+
+def definition(functions: Mapping[str, str]) -> dict[str, Any]:
+    """The state machine for these Lambda ARNs (keys: HANDLERS' step names)."""
+    missing = set(HANDLERS) - set(functions)
+    if missing:
+        raise ValueError(f"no function ARN for steps: {sorted(missing)}")
+    return {
+        "Comment": "ec2jobs: validate, bootstrap, launch, then relay the job's output until it is drained",
+        "StartAt": "Validate",
+        "States": {
+            "Validate": {
+                "Type": "Task",
+                "Resource": functions["validate"],
+                "Parameters": {
+                    "input.$": "$",
+                    "execution_name.$": "$$.Execution.Name",
+                    "execution_arn.$": "$$.Execution.Id",
+                },
+                "Retry": _retry_transient(2, 3),
+                "Catch": _catch(),
+                "Next": "Bootstrap",
+            },
+            "Bootstrap": {
+                "Type": "Task",
+                "Resource": functions["bootstrap"],
+                "Retry": _retry_transient(3, 5),
+                "Catch": _catch(),
+                "Next": "Launch",
+            },
+            "Launch": {
+                "Type": "Task",
+                "Resource": functions["launch"],
+                "Retry": _retry_transient(5, 6),
+                "Catch": _catch(),
+                "Next": "Relay",
+            },
+            "Relay": {
+                "Type": "Task",
+                "Resource": functions["relay"],
+                "Retry": [
+                    *_retry_transient(5, 5),
+                    {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 10, "MaxAttempts": 8, "BackoffRate": 2},
+                ],
+                "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.relay_error", "Next": "Done"}],
+                "Next": "Drained?",
+            },
+            "Drained?": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.relay.finished", "BooleanEquals": True, "Next": "Done"}],
+                "Default": "Relay",
+            },
+            "Done": {"Type": "Succeed"},
+            "RecordFailure": {
+                "Type": "Task",
+                "Resource": functions["record_failure"],
+                "Retry": _retry_transient(2, 3),
+                "Next": "Failed",
+            },
+            "Failed": {"Type": "Fail", "ErrorPath": "$.Error", "CausePath": "$.Cause"},
+        },
+    }

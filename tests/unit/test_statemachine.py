@@ -1,0 +1,52 @@
+"""The workflow definition: valid ASL (moto's parser, the same grammar the local runtime executes), every step
+reachable, the relay loops until finished, failures end in RecordFailure → Fail with the job's reason."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+from controlplane.adapters.statemachine import HANDLERS, definition
+
+ARNS = {step: f"arn:aws:lambda:us-east-1:123456789012:function:ec2jobs-{step}" for step in HANDLERS}
+
+
+def test_it_parses_as_amazon_states_language() -> None:
+    AmazonStateLanguageParser.parse(json.dumps(definition(ARNS)))
+
+
+def test_every_handler_exists() -> None:
+    for handler in HANDLERS.values():
+        module, _, function = handler.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_the_relay_loops_until_finished_and_failures_reach_record_failure() -> None:
+    states = definition(ARNS)["States"]
+    assert states["Relay"]["Next"] == "Drained?"
+    (finished,) = states["Drained?"]["Choices"]
+    assert (finished["Variable"], finished["Next"], states["Drained?"]["Default"]) == (
+        "$.relay.finished",
+        "Done",
+        "Relay",
+    )
+    for step in ("Validate", "Bootstrap", "Launch"):
+        catches = {tuple(c["ErrorEquals"]): c["Next"] for c in states[step]["Catch"]}
+        assert catches[("States.ALL",)] == "RecordFailure"
+        assert catches[("JobNotActive", "DuplicateSubmission")] == "Done"
+        assert any("UpstreamUnavailable" in r["ErrorEquals"] for r in states[step]["Retry"])
+    assert states["RecordFailure"]["Next"] == "Failed"
+    assert (states["Failed"]["ErrorPath"], states["Failed"]["CausePath"]) == ("$.Error", "$.Cause")
+
+
+def test_validate_receives_the_execution_name_and_arn() -> None:
+    parameters = definition(ARNS)["States"]["Validate"]["Parameters"]
+    assert parameters == {"input.$": "$", "execution_name.$": "$$.Execution.Name", "execution_arn.$": "$$.Execution.Id"}
+
+
+def test_a_missing_function_is_an_error() -> None:
+    with pytest.raises(ValueError, match="relay"):
+        definition({k: v for k, v in ARNS.items() if k != "relay"})
