@@ -118,7 +118,7 @@ def write_result(state: Path) -> None:
 
 
 def reset(state: Path) -> None:
-    for name in ("output.log", "result", "drained"):
+    for name in ("output.log", "result", "relay/drained"):
         (state / name).unlink(missing_ok=True)
 
 
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, logs: CountingLogs) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         state = root / "var/lib/ec2jobs"
-        state.mkdir(parents=True)
+        (state / "relay").mkdir(parents=True)
         (root / "etc/ssh").mkdir(parents=True)
         (root / "etc/ssh/ssh_host_ed25519_key").write_text(host.private_openssh)
         (root / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)

@@ -119,6 +119,8 @@ def test_given_a_launch_error_then_its_failure_reason_and_an_actionable_message(
     assert says in record["failure_message"]
     assert code in record["failure_message"]
     assert failure.value.reason == reason
+    logs = control_plane.call("GET", f"/jobs/{state['job_id']}/logs", tenant.token).json()
+    assert (logs["text"], logs["complete"]) == ("", True)  # it never ran: its (empty) log is complete
     # ...and the workflow's catch-all gives the execution the same Error / Cause.
     caught = {"Error": "JobFailed", "Cause": '{"errorMessage": "x", "errorType": "JobFailed"}'}
     assert workflow.record_failure(state, caught) == {"Error": reason, "Cause": record["failure_message"]}

@@ -4,6 +4,7 @@ stored once, in order; the end is drained; the logs API pages through it."""
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
 import threading
 import time
@@ -33,9 +34,10 @@ class FixedLocator:
     def __init__(self, host: str | None = "127.0.0.1", state: str = "running") -> None:
         self.host = host
         self.state = state
+        self.state_reason = ""
 
     def locate(self, job: Job) -> Located:
-        return Located(self.host, self.state)
+        return Located(self.host, self.state, self.state_reason)
 
 
 @dataclass
@@ -118,7 +120,7 @@ def instance(control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, tm
     workflow.run(job_id, tenant.team_id)
     team_key = container.pipeline().secrets.team_key(tenant.team_id)
     root = tmp_path / "instance"
-    (root / "var/lib/ec2jobs").mkdir(parents=True)
+    (root / "var/lib/ec2jobs/relay").mkdir(parents=True)
     _install_keys(
         root, sshkeys.derive_host_key(team_key.host_key_seed, job_id).private_openssh, team_key.public_openssh
     )
@@ -166,7 +168,7 @@ def test_100k_short_lines_arrive_exactly_once_in_order(instance: Instance) -> No
     record = instance.job()
     assert (record["status"], record["exit_code"]) == ("SUCCEEDED", 0)
     assert record["started_at"] is not None
-    assert (instance.state / "drained").exists()
+    assert (instance.state / "relay" / "drained").exists()
 
 
 def test_a_1mb_line_without_newline(instance: Instance) -> None:
@@ -242,6 +244,7 @@ def test_a_crash_between_writing_a_chunk_and_committing_loses_and_duplicates_not
             self.real = real
             self.write = real.write
             self.progress = real.progress
+            self.discard_after = real.discard_after
             self.crashed = False
 
         def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None:
@@ -263,9 +266,16 @@ def test_a_crash_between_writing_a_chunk_and_committing_loses_and_duplicates_not
 
     run_job(instance, job, instance.relay_service(chunk_bytes=1536))  # other chunk boundaries on the retry
     assert instance.relayed() == first + second
+    # The leftovers were removed before resuming: the stored chunks are one contiguous sequence, so a reader
+    # can start anywhere (no stale chunk hides the bytes that follow it).
     stored = instance.logs.chunks(instance.job_id, 0, 1 << 30)
-    starts = {offset for offset, _ in stored}
-    assert any(offset % 1000 == 0 and offset % 1536 != 0 for offset in starts)  # stale chunks really overlap
+    assert all(a + len(data) == b for (a, data), (b, _) in itertools.pairwise(stored))
+    whole = first + second
+    for cursor in (0, 999, 1000, 1001, 1535, 4321, len(first) - 1, len(whole) - 10):
+        page = instance.cp.call(
+            "GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token, query={"after": str(cursor)}
+        ).json()
+        assert page["text"].encode() == whole[cursor : cursor + 256 * 1024], cursor
 
 
 def test_output_written_in_the_last_moments_before_the_exit_code_is_not_lost(instance: Instance) -> None:
@@ -279,7 +289,7 @@ def test_output_written_in_the_last_moments_before_the_exit_code_is_not_lost(ins
     assert instance.relayed() == b"training...\n" + b"final metrics: acc=0.93\n" * 50
     record = instance.job()
     assert (record["status"], record["failure_reason"], record["exit_code"]) == ("FAILED", "EXIT_NONZERO", 3)
-    assert (instance.state / "drained").exists()
+    assert (instance.state / "relay" / "drained").exists()
 
 
 def test_a_setup_failure_is_recorded(instance: Instance) -> None:
@@ -309,7 +319,7 @@ def test_an_unknown_host_key_is_refused(instance: Instance) -> None:
     assert "pinned" in outcome.detail
     assert instance.job()["status"] == "PROVISIONING"
     assert instance.relayed() == b""
-    assert not (instance.state / "drained").exists()
+    assert not (instance.state / "relay" / "drained").exists()
 
 
 def test_while_the_instance_boots_the_relay_backs_off_and_the_job_stays_provisioning(instance: Instance) -> None:
@@ -327,11 +337,22 @@ def test_while_the_instance_boots_the_relay_backs_off_and_the_job_stays_provisio
     assert sleeps[0] == 1.0  # backing off from one second
 
 
-def test_when_the_instance_is_gone_the_relay_finishes_and_the_log_is_complete(instance: Instance) -> None:
+def test_when_the_instance_is_gone_the_relay_finishes_and_the_job_is_lost(instance: Instance) -> None:
     instance.locator.state = "terminated"
     outcome = instance.relay_service().relay(instance.job_id)
     assert outcome.finished
     assert instance.logs.progress(instance.job_id).complete
+    record = instance.job()
+    assert (record["status"], record["failure_reason"]) == ("FAILED", "INSTANCE_LOST")
+    body = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
+    assert body["complete"] is True
+
+
+def test_when_a_spot_instance_is_reclaimed_the_job_says_so(instance: Instance) -> None:
+    instance.locator.state = "terminated"
+    instance.locator.state_reason = "Server.SpotInstanceTermination"
+    instance.relay_service().relay(instance.job_id)
+    assert instance.job()["failure_reason"] == "SPOT_INTERRUPTED"
 
 
 # -- the logs API ------------------------------------------------------------------------------------------------
@@ -365,8 +386,11 @@ def test_the_logs_api_pages_through_a_large_log_and_reports_complete(instance: I
     assert body["next_cursor"] == str(len(data))
 
 
-def test_logs_of_another_teams_job_are_not_found(instance: Instance, new_team: Callable[[], str]) -> None:
+def test_logs_of_another_teams_job_are_not_found_and_foreign_cursors_are_refused(
+    instance: Instance, new_team: Callable[[], str]
+) -> None:
     other = new_team()
     assert instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", other).status == 404
-    bad = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token, query={"after": "-1"})
-    assert bad.status == 400
+    for cursor in ("-1", "abc", "999999"):  # 999999: beyond what was relayed
+        bad = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token, query={"after": cursor})
+        assert bad.status == 400, cursor

@@ -379,7 +379,7 @@ def test_drained_marker_ends_the_wait_and_the_instance_terminates_itself(sandbox
         while time.monotonic() < deadline:
             if (sandbox.state / "result").exists():
                 seen["output"] = (sandbox.state / "output.log").read_text()
-                (sandbox.state / "drained").touch()
+                (sandbox.state / "relay" / "drained").touch()
                 return
             time.sleep(0.05)
 
@@ -478,12 +478,12 @@ def test_ssh_host_key_and_relay_key_are_installed(sandbox: Sandbox) -> None:
     assert authorized.read_text().count(RELAY_KEY) == 1
 
 
-def test_state_files_are_readable_and_the_state_dir_is_writable_by_the_relay(sandbox: Sandbox) -> None:
+def test_state_files_are_readable_and_only_the_relay_dir_is_writable_by_the_relay(sandbox: Sandbox) -> None:
     sandbox.run(make_config())
     for name in ("output.log", "result", "phase", "wrapper.log"):
         assert (sandbox.state / name).stat().st_mode & 0o444 == 0o444, name
     assert (sandbox.state.stat().st_mode & 0o777) == 0o755
-    assert sandbox.state.stat().st_uid == os.geteuid()
+    assert ((sandbox.state / "relay").stat().st_mode & 0o777) == 0o755
 
 
 HEREDOC_LOOKALIKES = """echo "start $# args"
@@ -529,7 +529,8 @@ def open_sandbox() -> Iterator[Sandbox]:
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser", path=SYSTEM_PATH) is None, reason="needs root")
 def test_as_root_the_job_runs_as_the_ssh_user(open_sandbox: Sandbox) -> None:
     """Given the wrapper runs as root and ssh_user is an existing unprivileged user (nobody),
-    Then setup and run execute as that user with its HOME, and it owns the state dir and workspace."""
+    Then setup and run execute as that user with its HOME; it owns the workspace and the relay's marker directory,
+    but not the state directory, the output or the result (so the job cannot rewrite what the relay reads)."""
     try:
         nobody = subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True, check=True).stdout.strip()
     except subprocess.CalledProcessError:
@@ -539,5 +540,8 @@ def test_as_root_the_job_runs_as_the_ssh_user(open_sandbox: Sandbox) -> None:
     outcome = open_sandbox.run(make_config(ssh_user="nobody", setup="id -un", run='id -un; echo "$HOME"; touch mine'))
     assert outcome.result()["reason"] == "SUCCEEDED", outcome.output()
     assert outcome.output() == f"nobody\nnobody\n{open_sandbox.root}/home/nobody\n"
-    assert str(open_sandbox.state.stat().st_uid) == nobody
+    assert open_sandbox.state.stat().st_uid == 0
+    assert (open_sandbox.state / "output.log").stat().st_uid == 0
+    assert (open_sandbox.state / "result").stat().st_uid == 0
+    assert str((open_sandbox.state / "relay").stat().st_uid) == nobody
     assert str((open_sandbox.workspace / "mine").stat().st_uid) == nobody

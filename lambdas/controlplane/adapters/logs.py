@@ -37,11 +37,13 @@ class DynamoLogStore:
                 )
 
     def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None:
-        """Advance the committed offset (never backwards: a stale writer's commit is ignored)."""
+        """Advance the committed offset (never backwards: a stale writer's commit is ignored). `complete`, once
+        set, stays set."""
+        sets = ["#c = :c", "expires_at = :exp", "#done = :done" if complete else "#done = if_not_exists(#done, :done)"]
         try:
             self.table.update_item(
                 Key={"job_id": job_id, "offset": PROGRESS_OFFSET},
-                UpdateExpression="SET #c = :c, #done = :done, expires_at = :exp",
+                UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression="attribute_not_exists(#c) OR #c <= :c",
                 ExpressionAttributeNames={"#c": "committed", "#done": "complete"},
                 ExpressionAttributeValues={
@@ -53,6 +55,28 @@ class DynamoLogStore:
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
+
+    def discard_after(self, job_id: str, committed: int) -> int:
+        """Delete chunks at or beyond the committed offset: leftovers of a relay that died between writing and
+        committing. Resuming writes new chunks there with other boundaries; removing the old ones first keeps the
+        committed region one clean, contiguous sequence. Returns how many were removed."""
+        offsets: list[int] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("job_id").eq(job_id) & Key("offset").gte(committed),
+            "ProjectionExpression": "#o",
+            "ExpressionAttributeNames": {"#o": "offset"},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.table.query(**kwargs)
+            offsets += [int(item["offset"]) for item in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        with self.table.batch_writer() as batch:
+            for offset in offsets:
+                batch.delete_item(Key={"job_id": job_id, "offset": offset})
+        return len(offsets)
 
     def progress(self, job_id: str) -> LogProgress:
         item = self.table.get_item(Key={"job_id": job_id, "offset": PROGRESS_OFFSET}, ConsistentRead=True).get("Item")
@@ -74,7 +98,6 @@ class DynamoLogStore:
         kwargs: dict[str, Any] = {
             "KeyConditionExpression": Key("job_id").eq(job_id) & Key("offset").gt(after),
             "ConsistentRead": True,
-            "Limit": 25,
         }
         total = sum(len(data) for _, data in found)
         while total < max_bytes:

@@ -78,8 +78,9 @@ class SshSession:
                 values[key] = value
         return (values if "exit_code" in values else None), size
 
-    def mark_drained(self) -> None:
-        self.run(f"touch {STATE_DIR}/drained")
+    def mark_drained(self) -> bool:
+        rc, _ = self.run(f"touch {STATE_DIR}/relay/drained")
+        return rc == 0
 
     def close(self) -> None:
         self.client.close()

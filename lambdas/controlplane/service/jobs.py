@@ -140,12 +140,19 @@ class JobService:
         start = _parse_log_cursor(after)
         limit = max(MIN_LOG_PAGE, min(limit, MAX_LOG_PAGE))
         progress = self.log_reader.progress(job_id)
+        if start > progress.committed:
+            raise InvalidRequest("after is beyond the relayed output: pass a next_cursor value from an earlier page")
         end = min(progress.committed, start + limit)
-        data = logchunks.assemble(self.log_reader.chunks(job_id, start, end - start), start, end - start)
-        everything = progress.complete and start + len(data) >= progress.committed
+        data = b""
+        if end > start:
+            data = logchunks.assemble(self.log_reader.chunks(job_id, start, end - start), start, end - start)
+        # Nothing more will be relayed once the relay drained the output, or when the job ended without ever
+        # having an instance (e.g. a launch failure).
+        finished = progress.complete or (job.status.terminal and job.instance_id is None)
+        everything = finished and start + len(data) >= progress.committed
         page = logchunks.decode_page(data, final=everything)
         next_offset = start + page.consumed
-        complete = job.status.terminal and progress.complete and next_offset >= progress.committed
+        complete = job.status.terminal and finished and next_offset >= progress.committed
         return LogPage(text=page.text, next_cursor=str(next_offset), complete=complete)
 
 

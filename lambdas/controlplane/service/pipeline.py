@@ -90,6 +90,8 @@ class Pipeline:
             job = fail_job(self.jobs, job.job_id, reason, f"The launch workflow failed ({name}): {cause}") or job
         if job.status.terminal:
             self._reap(job)
+            progress = self.relayer.logs.progress(job.job_id)  # nothing more will be relayed
+            self.relayer.logs.commit(job.job_id, progress.committed, complete=True)
         if job.status == JobStatus.FAILED:
             return {"Error": str(job.failure_reason or name), "Cause": job.failure_message or cause}
         return {"Error": name, "Cause": cause}

@@ -12,6 +12,8 @@ wrapper waits for before it terminates the instance. A dropped connection resume
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 TIME_RESERVE_SECONDS = 15.0
+NOT_FOUND_GRACE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,11 @@ class RelaySettings:
     ssh_port: int = 22
     budget_seconds: float = 600.0
     flush_interval_seconds: float = 0.5
-    flush_bytes: int = 1024 * 1024
+    flush_bytes: int = 4 * 1024 * 1024
     chunk_bytes: int = logchunks.MAX_CHUNK_BYTES
     recv_bytes: int = 256 * 1024
     status_poll_seconds: float = 1.0
+    stall_seconds: float = 20.0  # the job ended but the stream delivers nothing: reconnect
     idle_before_status_seconds: float = 0.3
     max_backoff_seconds: float = 10.0
 
@@ -51,6 +55,18 @@ class RelaySettings:
 class Located:
     host: str | None  # None while the instance has no address yet
     state: str  # the EC2 instance state name
+    state_reason: str = ""  # EC2's StateReason code, e.g. Server.SpotInstanceTermination
+
+
+def lost_instance_reason(job: Job, state_reason: str, now: dt.datetime) -> tuple[FailureReason, str]:
+    """Why a job whose instance ended without a relayed exit status failed."""
+    if state_reason == "Server.SpotInstanceTermination":
+        return FailureReason.SPOT_INTERRUPTED, "AWS reclaimed the spot instance before the job finished"
+    if job.deadline_at is not None and now >= job.deadline_at:
+        minutes = job.spec.max_runtime_minutes if job.spec else "?"
+        return FailureReason.MAX_RUNTIME, f"the instance reached the job's deadline (max_runtime_minutes {minutes})"
+    detail = f" ({state_reason})" if state_reason else ""
+    return FailureReason.INSTANCE_LOST, f"the instance ended{detail} before the job's exit status was relayed"
 
 
 @dataclass(frozen=True)
@@ -108,19 +124,21 @@ class RelayService:
                 self.logs.commit(job_id, progress.committed, complete=True)
             return RelayOutcome(True, f"the job is {job.status}")
         if job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING} or not job.ssh_host_key:
-            return RelayOutcome(False, f"the job is {job.status}: no instance to relay from yet")
+            # Only reachable if the relay ran before Launch recorded an instance: nothing to wait for here, and
+            # returning "not finished" would make the workflow loop without pause.
+            return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
         budget = min(self.settings.budget_seconds, time_left() - TIME_RESERVE_SECONDS)
         deadline = self.clock() + max(0.0, budget)
         team_key = self.secrets.team_key(job.team_id)
         backoff = 1.0
+        drops = 0
         relayed = 0
         connections = 0
         last_reason = "not connected yet"
         while self.clock() < deadline:
             located = self.locator.locate(job)
             if located.state in GONE_STATES:
-                progress = self.logs.progress(job_id)
-                self.logs.commit(job_id, progress.committed, complete=True)
+                self._instance_gone(job, located)
                 return RelayOutcome(True, f"the instance is {located.state}", relayed, connections)
             if located.host is None:
                 last_reason = f"the instance is {located.state} and has no address yet"
@@ -134,7 +152,6 @@ class RelayService:
                 except InstanceNotReady as not_ready:
                     last_reason = not_ready.reason
                 else:
-                    backoff = 1.0
                     connections += 1
                     try:
                         job = self._running(job)
@@ -142,6 +159,8 @@ class RelayService:
                             return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
                         outcome = self._stream(session, job, deadline)
                         relayed += outcome.relayed_bytes
+                        drops = 0
+                        backoff = 1.0
                         if outcome.finished:
                             return RelayOutcome(True, outcome.detail, relayed, connections)
                         if self.clock() >= deadline:
@@ -150,7 +169,9 @@ class RelayService:
                     except ConnectionLost as lost:
                         last_reason = f"the connection dropped ({lost}); resuming from the committed offset"
                         logger.info("relay reconnecting", extra={"job_id": job_id, "reason": last_reason})
-                        backoff = 0.25  # reconnect promptly; backs off again if the instance stops answering
+                        # Reconnect promptly after a blip; repeated drops back off like an unreachable instance.
+                        backoff = min(0.25 * 2**drops, self.settings.max_backoff_seconds)
+                        drops += 1
                     finally:
                         session.close()
             pause = min(backoff, max(0.0, deadline - self.clock()))
@@ -159,6 +180,18 @@ class RelayService:
             self.sleep(pause)
             backoff = min(backoff * 2, self.settings.max_backoff_seconds)
         return RelayOutcome(False, f"budget used; {last_reason}", relayed, connections)
+
+    def _instance_gone(self, job: Job, located: Located) -> None:
+        """The instance ended before its output was drained: nothing more can be relayed. Mark the log complete
+        and end the job with the reason the instance's end implies (it never recorded an exit status here)."""
+        progress = self.logs.progress(job.job_id)
+        self.logs.commit(job.job_id, progress.committed, complete=True)
+        reason, message = lost_instance_reason(job, located.state_reason, utcnow())
+        # It may have ended already (cancelled, or another attempt recorded the result): then this is refused.
+        with contextlib.suppress(TransitionRefused):
+            self.jobs.transition(
+                job.job_id, JobStatus.FAILED, fields={"failure_reason": reason, "failure_message": message}
+            )
 
     def _running(self, job: Job) -> Job:
         """The first successful connection means the wrapper is up: PROVISIONING → RUNNING."""
@@ -176,6 +209,7 @@ class RelayService:
         write in flight at a time, so commits stay in order); every exit waits for that write first."""
         settings = self.settings
         offset = self.logs.progress(job.job_id).committed  # bytes handed to the writer (committed once written)
+        self.logs.discard_after(job.job_id, offset)  # leftovers of a relay that died before committing them
         start = offset
         channel = session.stream(offset, poll_seconds=min(0.1, settings.flush_interval_seconds))
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-write")
@@ -204,6 +238,11 @@ class RelayService:
             in_flight = writer.submit(self._store, job.job_id, offset, data)
             offset += ready
 
+        def lost(reason: str) -> ConnectionLost:
+            flush(final=False)
+            settle()
+            return ConnectionLost(reason)
+
         try:
             while True:
                 if in_flight is not None and in_flight.done():
@@ -218,13 +257,8 @@ class RelayService:
                 except TimeoutError:
                     data = None
                 except OSError as error:
-                    flush(final=False)
-                    settle()
-                    raise ConnectionLost(type(error).__name__) from None
-                if data == b"":
-                    flush(final=False)
-                    settle()
-                    raise ConnectionLost("the output stream ended")
+                    raise lost(type(error).__name__) from None
+                ended = data == b""
                 now = self.clock()
                 if data:
                     if not pending:
@@ -237,7 +271,7 @@ class RelayService:
                     flush(final=False)
                     pending_since = now
                 quiet = now - last_data >= settings.idle_before_status_seconds
-                if final_size is None and quiet and now - last_status >= settings.status_poll_seconds:
+                if final_size is None and (ended or (quiet and now - last_status >= settings.status_poll_seconds)):
                     last_status = now
                     result, size = session.status()
                     if result is not None:
@@ -247,17 +281,30 @@ class RelayService:
                     settle()
                     self.logs.commit(job.job_id, offset, complete=True)
                     self._finish(job, result or {})
-                    try:
-                        session.mark_drained()
-                    except ConnectionLost:
-                        logger.warning("could not write the drained marker", extra={"job_id": job.job_id})
+                    self._mark_drained(session, job)
                     return RelayOutcome(True, "the output is drained", offset - start)
+                if ended:
+                    raise lost("the output stream ended")
+                if final_size is not None and now - last_data > settings.stall_seconds:
+                    raise lost(f"no output for {settings.stall_seconds:.0f} s although the job has ended")
         finally:
             channel.close()
             if in_flight is not None:
                 in_flight.cancel()
                 wait([in_flight])
             writer.shutdown(wait=True)
+
+    def _mark_drained(self, session: SshSession, job: Job) -> None:
+        """Tell the wrapper it may terminate the instance now (else it waits out DRAIN_TIMEOUT_SECONDS, billing)."""
+        for attempt in range(3):
+            try:
+                if session.mark_drained():
+                    return
+            except ConnectionLost:
+                pass
+            self.sleep(0.5 * (attempt + 1))
+        logger.warning("could not write the drained marker; the instance stops after its drain timeout",
+                       extra={"job_id": job.job_id})  # fmt: skip
 
     def _store(self, job_id: str, offset: int, data: bytes) -> None:
         """Write the chunks, then (only then) commit the offset after them."""
@@ -301,7 +348,7 @@ class ProviderInstanceLocator:
         self.providers = providers
         self.secrets = secrets
         self.clients = clients
-        self._credentials: dict[str, Any] = {}
+        self._credentials: dict[str, tuple[float, Any]] = {}  # provider → (read at, credentials)
 
     def locate(self, job: Job) -> Located:
         from botocore.exceptions import ClientError
@@ -310,21 +357,31 @@ class ProviderInstanceLocator:
 
         if not job.instance_id:
             return Located(None, "pending")
-        credentials = self._credentials.get(job.provider_id)
-        if credentials is None:
+        cached = self._credentials.get(job.provider_id)
+        if cached is not None and time.monotonic() - cached[0] < 300:
+            credentials = cached[1]
+        else:
             provider = self.providers.get(job.team_id, job.provider_id)
             if provider is None:
                 return Located(None, "unknown")
             credentials = self.secrets.get_provider_credentials(provider.secret_arn)
-            self._credentials[job.provider_id] = credentials
+            self._credentials[job.provider_id] = (time.monotonic(), credentials)
         ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
         try:
             found = ec2.describe_instances([job.instance_id])
         except ClientError as error:
-            if error_code(error) == "InvalidInstanceID.NotFound":
-                return Located(None, "terminated")  # gone long enough to have dropped out of DescribeInstances
-            raise
+            if error_code(error) != "InvalidInstanceID.NotFound":
+                raise
+            found = []
         if not found:
-            return Located(None, "terminated")
+            # Right after RunInstances, DescribeInstances may not know the instance yet (eventual consistency);
+            # much later, a terminated instance drops out of it.
+            launched = job.launched_at or job.created_at
+            fresh = (utcnow() - launched).total_seconds() < NOT_FOUND_GRACE_SECONDS
+            return Located(None, "pending" if fresh else "terminated")
         instance = found[0]
-        return Located(instance.get("PublicIpAddress"), str(instance.get("State", {}).get("Name", "pending")))
+        return Located(
+            instance.get("PublicIpAddress"),
+            str(instance.get("State", {}).get("Name", "pending")),
+            str(instance.get("StateReason", {}).get("Code", "")),
+        )

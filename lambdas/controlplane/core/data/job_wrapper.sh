@@ -139,7 +139,8 @@ write_inputs() {
   [ $? = 0 ] || log "ERROR: could not write run.sh"
   give "$STATE/env.sh" "$STATE/setup.sh" "$STATE/run.sh"
   : >>"$OUTPUT" && chmod 644 "$OUTPUT"
-  give "$OUTPUT"
+  # output.log stays root's (the job writes it through the descriptor the wrapper opened, never by path), so the
+  # job cannot truncate or replace what the relay reads by offset; the same for result.
 }
 
 # job_command PHASE SECONDS: the phase as the job user, killed (with its process group) at the deadline.
@@ -245,12 +246,12 @@ write_result() {
   log "result: phase=$PHASE exit_code=$CODE reason=$REASON"
 }
 
-# Step 7: the relay creates $STATE/drained once it has read the whole output.
+# Step 7: the relay creates $STATE/relay/drained once it has read the whole output.
 wait_drained() {
   local end=$((EPOCHSECONDS + DRAIN_TIMEOUT))
   log "waiting up to ${DRAIN_TIMEOUT}s for the log relay to drain the output"
   while :; do
-    if [ -e "$STATE/drained" ]; then
+    if [ -e "$STATE/relay/drained" ]; then
       log "drained marker found"
       return 0
     fi
@@ -316,9 +317,9 @@ on_exit() {
 }
 
 main() {
-  mkdir -p "$STATE" && chmod 755 "$STATE"
+  mkdir -p "$STATE/relay" && chmod 755 "$STATE" "$STATE/relay"
   identify_user
-  give "$STATE"
+  give "$STATE/relay"  # the one place the relay (logged in as the job user) writes: its drained marker
   log "ec2jobs wrapper for job $JOB_ID on $INSTANCE_TYPE: max runtime ${MAX_RUNTIME}s, user $JOB_USER"
   if [ "$IS_ROOT" = 1 ] && [ "$USER_EXISTS" = 0 ]; then
     log "warning: user $JOB_USER does not exist; the job runs as root"
