@@ -134,3 +134,60 @@ def _allows(policy: dict[str, Any], method_arn: str) -> bool:
                 return False
             allowed = allowed or statement.get("Effect") == "Allow"
     return allowed
+
+
+class LocalHttpApi:
+    """The local API front: an HTTP server on loopback feeding LocalApiGateway (what the CLI and curl talk to)."""
+
+    def __init__(self, gateway: LocalApiGateway, host: str = "127.0.0.1", port: int = 0) -> None:
+        import http.server
+        import threading
+        from urllib.parse import parse_qsl, urlsplit
+
+        from local.guard import is_loopback_host
+
+        if not is_loopback_host(host):
+            raise ValueError("the local API listens on loopback only")
+        front = self
+
+        class RequestHandler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                url = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode("utf-8", errors="replace") if length else None
+                headers = {key: value for key, value in self.headers.items()}
+                query = dict(parse_qsl(url.query, keep_blank_values=True))
+                response = front.gateway.request(self.command, url.path, headers=headers, query=query, body=body)
+                payload = response.body.encode("utf-8")
+                self.send_response(response.status)
+                for key, value in response.headers.items():
+                    if key.lower() not in {"content-length", "connection"}:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.gateway = gateway
+        self.server = http.server.ThreadingHTTPServer((host, port), RequestHandler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="local-api")
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> LocalHttpApi:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -56,16 +56,30 @@ class EmulatorProcess:
                 self.process.wait()
 
 
-def start(*, enforce_iam: bool = False, port: int = 0, timeout: float = 60.0) -> EmulatorProcess:
+def start(
+    *,
+    enforce_iam: bool = False,
+    port: int = 0,
+    timeout: float = 60.0,
+    simulate_instances: bool = False,
+    sandbox_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    log_file: Path | None = None,
+) -> EmulatorProcess:
     """Start the emulator in a subprocess and wait until it is serving."""
     command = [sys.executable, "-m", "local.emulator", "--port", str(port)]
     if enforce_iam:
         command.append("--enforce-iam")
-    env = dict(os.environ)
+    if simulate_instances:
+        command.append("--simulate-instances")
+    if sandbox_dir is not None:
+        command += ["--sandbox-dir", str(sandbox_dir)]
+    env = dict(os.environ) | (env or {})
     env["MOTO_AMIS_PATH"] = str(AMIS_FILE)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "lambdas"), env.get("PYTHONPATH")]))
+    stderr = log_file.open("ab") if log_file is not None else None
     process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
     )
     ready: dict[str, Any] = {}
 
@@ -110,12 +124,13 @@ def enable_iam_enforcement() -> None:
     ActionAuthenticatorMixin.request_count = 0
 
 
-def serve(port: int, enforce_iam: bool) -> None:
+def serve(port: int, enforce_iam: bool, simulate_instances: bool = False, sandbox_dir: str | None = None) -> None:
     install_network_guard()
     os.environ.setdefault("MOTO_AMIS_PATH", str(AMIS_FILE))  # read when moto's EC2 models are imported
     from local import moto_patches
 
     moto_patches.apply()
+    moto_patches.execute_state_machines()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
@@ -123,10 +138,20 @@ def serve(port: int, enforce_iam: bool) -> None:
     server.start()
     host, bound_port = server.get_host_and_port()
     endpoint = assert_loopback_url(f"http://{host}:{bound_port}")
+    # What runs inside this process (in-process Lambdas, Step Functions' own Lambda client, the instance
+    # simulator) reaches the emulator here.
+    os.environ["MOTO_PORT"] = str(bound_port)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
     key_id, secret = FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
     if enforce_iam:
         key_id, secret = _bootstrap_admin(endpoint)
         enable_iam_enforcement()
+    simulator = None
+    if simulate_instances:
+        from local.simulator import InstanceSimulator
+
+        simulator = InstanceSimulator(endpoint, Path(sandbox_dir or REPO / ".ec2jobs" / "instances"))
+        simulator.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -134,6 +159,8 @@ def serve(port: int, enforce_iam: bool) -> None:
     print(json.dumps(info), flush=True)
     while not stop.is_set():
         time.sleep(0.2)
+    if simulator is not None:
+        simulator.stop()
     server.stop()
 
 
@@ -141,8 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the ec2jobs AWS emulator (moto) on loopback.")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--enforce-iam", action="store_true", help="authenticate and authorise every call")
+    parser.add_argument(
+        "--simulate-instances", action="store_true", help="run every launched instance as a local sandbox"
+    )
+    parser.add_argument("--sandbox-dir", help="where instance sandboxes live (default .ec2jobs/instances)")
     args = parser.parse_args(argv)
-    serve(args.port, args.enforce_iam)
+    serve(args.port, args.enforce_iam, args.simulate_instances, args.sandbox_dir)
 
 
 if __name__ == "__main__":

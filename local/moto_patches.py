@@ -5,13 +5,28 @@ when a moto upgrade moves what these patch). Applied inside the emulator process
   does not exist yet, and ignores instance profiles entirely. Real IAM authorises CreateRole/GetRole/... against
   `arn:aws:iam::<account>:role/<name>` and the instance-profile actions against
   `arn:aws:iam::<account>:instance-profile/<name>`, which is what the seed policy's resource patterns name.
+- Lambda invocation: moto runs functions in Docker. Here a function's handler (`module.function` of the single
+  Lambda asset, importable in this process) is called in-process with the function's environment variables and a
+  Lambda-like context; an exception becomes the Lambda error payload {errorMessage, errorType}, so Step Functions
+  sees the exception class as the error name, as on AWS.
+- EventBridge targets: moto raises NotImplementedError for Lambda and Step Functions targets. Here a rule invokes
+  a Lambda target asynchronously (a thread, like EventBridge) and starts an execution of a state machine target
+  with the event (or the target's Input / InputPath) as input.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
+import os
+import threading
+import uuid
 from typing import Any
 
 _APPLIED: set[str] = set()
+_ENV_LOCK = threading.Lock()
+logger = logging.getLogger("ec2jobs.emulator")
 
 
 def iam_request_resource(account_id: str, data: dict[str, Any], existing_role_arn: str | None) -> str:
@@ -47,8 +62,123 @@ def _patch_iam_resource() -> None:
     IamResponse._determine_resource = determine_resource  # type: ignore[method-assign]
 
 
+def call_handler(handler: str, event: Any, environment: dict[str, str], function_name: str, timeout: float) -> Any:
+    """Run a Lambda handler in this process, as the Lambda runtime would (pure enough to unit-test)."""
+    from local.lambda_context import LocalLambdaContext
+
+    with _ENV_LOCK:
+        changed = any(os.environ.get(name) != value for name, value in environment.items())
+        os.environ.update(environment)
+        if changed:  # the handlers read typed config once per process: re-read it when it changed
+            from controlplane import config
+
+            config.get.cache_clear()
+    module_name, _, function = handler.rpartition(".")
+    target = getattr(importlib.import_module(module_name), function)
+    return target(event, LocalLambdaContext(function_name=function_name, timeout_seconds=timeout))
+
+
+def error_payload(error: BaseException) -> dict[str, Any]:
+    return {"errorMessage": str(error), "errorType": type(error).__name__, "stackTrace": []}
+
+
+def _patch_lambda_in_process() -> None:
+    from moto.awslambda.models import LambdaFunction
+
+    def invoke_in_process(self: Any, event: Any = None) -> tuple[str, bool, str]:
+        payload = {} if event is None else event
+        try:
+            result = call_handler(
+                str(self.handler),
+                payload,
+                {str(k): str(v) for k, v in dict(self.environment_vars or {}).items()},
+                str(self.function_name),
+                float(self.timeout or 30),
+            )
+        except Exception as error:  # noqa: BLE001 - the Lambda runtime turns any exception into an error payload
+            logger.info("function %s raised %s: %s", self.function_name, type(error).__name__, error)
+            return json.dumps(error_payload(error)), True, ""
+        return json.dumps(result), False, ""
+
+    LambdaFunction._invoke_lambda = invoke_in_process  # type: ignore[method-assign]
+
+
+def target_input(target: dict[str, Any], event: dict[str, Any]) -> Any:
+    """What a rule hands its target: the target's constant Input, the InputPath part ($.detail), or the event."""
+    if "Input" in target:
+        return json.loads(str(target["Input"]))
+    path = str(target.get("InputPath") or "$")
+    value: Any = event
+    for part in [p for p in path.removeprefix("$").split(".") if p]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _patch_event_targets() -> None:
+    from moto.events.models import Rule
+    from moto.utilities.arns import parse_arn
+
+    original = Rule.send_to_targets
+    lock = threading.Lock()
+
+    def send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
+        if not self.event_pattern.matches_event(original_event):
+            return
+        ours = [t for t in self.targets if parse_arn(t["Arn"]).service in {"lambda", "states"}]
+        others = [t for t in self.targets if t not in ours]
+        for target in ours:
+            arn = parse_arn(target["Arn"])
+            payload = target_input(target, dict(original_event))
+            if arn.service == "lambda":
+                threading.Thread(
+                    target=_invoke_function, args=(arn.account, arn.region, target["Arn"], payload), daemon=True
+                ).start()
+            else:
+                _start_execution(arn.account, arn.region, target["Arn"], payload)
+        if others:
+            with lock:
+                saved, self.targets = self.targets, others
+                try:
+                    original(self, original_event, transform_input)
+                finally:
+                    self.targets = saved
+
+    Rule.send_to_targets = send_to_targets  # type: ignore[method-assign]
+
+
+def _invoke_function(account: str, region: str, arn: str, payload: Any) -> None:
+    from moto.awslambda.utils import get_backend
+
+    try:
+        get_backend(account, region).invoke(
+            function_name=arn, qualifier=None, body=json.dumps(payload), headers={}, response_headers={}
+        )
+    except Exception:
+        logger.exception("event target %s failed", arn)
+
+
+def _start_execution(account: str, region: str, arn: str, payload: Any) -> None:
+    from moto.stepfunctions.responses import get_backend
+
+    get_backend(account, region).start_execution(
+        state_machine_arn=arn, name=str(uuid.uuid4()), execution_input=json.dumps(payload)
+    )
+
+
+def execute_state_machines() -> None:
+    """Make Step Functions run definitions (moto only records executions by default)."""
+    from moto.core.config import default_user_config
+
+    default_user_config.setdefault("stepfunctions", {})["execute_state_machine"] = True
+
+
 def apply() -> None:
     """Apply every patch once (idempotent)."""
-    if "iam_resource" not in _APPLIED:
-        _patch_iam_resource()
-        _APPLIED.add("iam_resource")
+    for name, patch in (
+        ("iam_resource", _patch_iam_resource),
+        ("lambda_in_process", _patch_lambda_in_process),
+        ("event_targets", _patch_event_targets),
+    ):
+        if name not in _APPLIED:
+            patch()
+            _APPLIED.add(name)

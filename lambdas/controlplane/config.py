@@ -70,6 +70,9 @@ class Settings(BaseModel):
     )
     log_flush_seconds: float = Field(alias="LOG_FLUSH_SECONDS", default=0.5, gt=0)
     log_retention_days: int = Field(alias="LOG_RETENTION_DAYS", default=30, ge=1)
+    event_bus_name: str | None = Field(
+        alias="EVENT_BUS_NAME", default=None, description="the custom bus Job State Change events go to"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -183,9 +184,17 @@ def _provider(item: dict[str, Any]) -> Provider:
     return Provider.model_validate({k: v for k, v in _from_dynamo(item).items() if k not in {"pk", "sk"}})
 
 
+JobListener = Callable[[Job | None, Job], None]  # (before, after) of every created job and state change
+
+
 class DynamoJobStore:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, listener: JobListener | None = None) -> None:
         self.table = table
+        self.listener = listener
+
+    def _notify(self, before: Job | None, after: Job) -> None:
+        if self.listener is not None:
+            self.listener(before, after)
 
     # -- items ----------------------------------------------------------------------------------------------
 
@@ -215,6 +224,7 @@ class DynamoJobStore:
         """Insert a new job; if the id exists already (an idempotent retry) return the stored one instead."""
         try:
             self.table.put_item(Item=self._item(job), ConditionExpression=Attr("job_id").not_exists())
+            self._notify(None, job)
             return job, True
         except ClientError as error:
             if not _is_condition_failure(error):
@@ -253,7 +263,27 @@ class DynamoJobStore:
             removes = ["active", "active_sk"]
         values: dict[str, Any] = {f":from{i}": str(state) for i, state in enumerate(allowed)}
         condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
-        return self._update(job_id, updates, removes, condition, values, str(target))
+        changed = self._update(job_id, updates, removes, condition, values, str(target))
+        self._notify(current, changed)
+        return changed
+
+    def set_instance_state(self, job_id: str, state: str) -> None:
+        """Record the instance's EC2 state (also on an ended job: its status stays, only this observation changes)."""
+        self.table.update_item(
+            Key={"job_id": job_id},
+            UpdateExpression="SET instance_state = :s",
+            ConditionExpression="attribute_exists(job_id)",
+            ExpressionAttributeValues={":s": state},
+        )
+
+    def by_instance(self, instance_id: str) -> Job | None:
+        """The job an instance was launched for (the by_instance index), if any."""
+        page = self.table.query(
+            IndexName=schema.JOBS_BY_INSTANCE, KeyConditionExpression=Key("instance_id").eq(instance_id), Limit=1
+        )
+        if not page["Items"]:
+            return None
+        return self.get(str(page["Items"][0]["job_id"]))
 
     def update(self, job_id: str, fields: dict[str, Any], *, expected: JobStatus | None = None) -> Job:
         """Change non-status fields; refuses terminal jobs (their record is final) and, if given, other states."""

@@ -11,6 +11,8 @@ from controlplane.service.providers import ProviderService
 from controlplane.service.teams import TeamService
 
 if TYPE_CHECKING:
+    from controlplane.adapters.dynamodb import DynamoJobStore
+    from controlplane.service.instance_events import InstanceEventsService
     from controlplane.service.pipeline import Pipeline
 
 
@@ -23,6 +25,33 @@ class Services:
 
 _services: Services | None = None
 _pipeline: Pipeline | None = None
+_instance_events: InstanceEventsService | None = None
+
+
+def job_store() -> DynamoJobStore:
+    """The jobs table, publishing a Job State Change event for every state change when EVENT_BUS_NAME is set."""
+    from controlplane import config
+    from controlplane.adapters import aws
+    from controlplane.adapters.dynamodb import DynamoJobStore
+    from controlplane.adapters.events import JobEventPublisher
+
+    settings = config.get()
+    publisher = JobEventPublisher(aws.client("events"), settings.event_bus_name) if settings.event_bus_name else None
+    return DynamoJobStore(aws.resource("dynamodb").Table(settings.jobs_table), publisher)
+
+
+def instance_events() -> InstanceEventsService:
+    global _instance_events
+    if _instance_events is None:
+        from controlplane import config
+        from controlplane.adapters import aws
+        from controlplane.adapters.logs import DynamoLogStore
+        from controlplane.service.instance_events import InstanceEventsService
+
+        settings = config.get()
+        logs = DynamoLogStore(aws.resource("dynamodb").Table(settings.logs_table), settings.log_retention_days)
+        _instance_events = InstanceEventsService(job_store(), logs)
+    return _instance_events
 
 
 def get() -> Services:
@@ -42,15 +71,16 @@ def pipeline() -> Pipeline:
 
 def use(services: Services | None, workflow: Pipeline | None = None) -> None:
     """Install (or with None, forget) the services the handlers use."""
-    global _services, _pipeline
+    global _services, _pipeline, _instance_events
     _services = services
     _pipeline = workflow
+    _instance_events = None
 
 
 def _from_environment() -> Services:
     from controlplane import config
     from controlplane.adapters import aws
-    from controlplane.adapters.dynamodb import DynamoJobStore, DynamoProviderStore, DynamoTeamStore
+    from controlplane.adapters.dynamodb import DynamoProviderStore, DynamoTeamStore
     from controlplane.adapters.identity import StsIdentityVerifier
     from controlplane.adapters.logs import DynamoLogStore
     from controlplane.adapters.secrets import SecretsManagerStore
@@ -59,7 +89,7 @@ def _from_environment() -> Services:
     settings = config.get()
     dynamodb = aws.resource("dynamodb")
     state = dynamodb.Table(settings.state_table)
-    jobs = DynamoJobStore(dynamodb.Table(settings.jobs_table))
+    jobs = job_store()
     providers = DynamoProviderStore(state)
     return Services(
         teams=TeamService(DynamoTeamStore(state)),
@@ -84,7 +114,6 @@ def _pipeline_from_environment() -> Pipeline:
     from controlplane.adapters.dynamodb import (
         DynamoBootstrapCache,
         DynamoImageCache,
-        DynamoJobStore,
         DynamoProviderStore,
     )
     from controlplane.adapters.logs import DynamoLogStore
@@ -101,7 +130,7 @@ def _pipeline_from_environment() -> Pipeline:
     settings = config.get()
     dynamodb = aws.resource("dynamodb")
     state = dynamodb.Table(settings.state_table)
-    jobs = DynamoJobStore(dynamodb.Table(settings.jobs_table))
+    jobs = job_store()
     providers = DynamoProviderStore(state)
     secrets = SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix)
 

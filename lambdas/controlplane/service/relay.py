@@ -13,7 +13,6 @@ wrapper waits for before it terminates the instance. A dropped connection resume
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -23,9 +22,9 @@ from typing import Any, Protocol
 
 from controlplane.adapters.logs import DynamoLogStore
 from controlplane.adapters.ssh import ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
-from controlplane.core import logchunks
+from controlplane.core import logchunks, outcomes
 from controlplane.core.errors import TransitionRefused
-from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStore, SecretStore
 
@@ -56,17 +55,6 @@ class Located:
     host: str | None  # None while the instance has no address yet
     state: str  # the EC2 instance state name
     state_reason: str = ""  # EC2's StateReason code, e.g. Server.SpotInstanceTermination
-
-
-def lost_instance_reason(job: Job, state_reason: str, now: dt.datetime) -> tuple[FailureReason, str]:
-    """Why a job whose instance ended without a relayed exit status failed."""
-    if state_reason == "Server.SpotInstanceTermination":
-        return FailureReason.SPOT_INTERRUPTED, "AWS reclaimed the spot instance before the job finished"
-    if job.deadline_at is not None and now >= job.deadline_at:
-        minutes = job.spec.max_runtime_minutes if job.spec else "?"
-        return FailureReason.MAX_RUNTIME, f"the instance reached the job's deadline (max_runtime_minutes {minutes})"
-    detail = f" ({state_reason})" if state_reason else ""
-    return FailureReason.INSTANCE_LOST, f"the instance ended{detail} before the job's exit status was relayed"
 
 
 @dataclass(frozen=True)
@@ -186,7 +174,7 @@ class RelayService:
         and end the job with the reason the instance's end implies (it never recorded an exit status here)."""
         progress = self.logs.progress(job.job_id)
         self.logs.commit(job.job_id, progress.committed, complete=True)
-        reason, message = lost_instance_reason(job, located.state_reason, utcnow())
+        reason, message = outcomes.lost_instance(job, located.state_reason, utcnow())
         # It may have ended already (cancelled, or another attempt recorded the result): then this is refused.
         with contextlib.suppress(TransitionRefused):
             self.jobs.transition(
@@ -313,27 +301,7 @@ class RelayService:
 
     def _finish(self, job: Job, result: dict[str, str]) -> None:
         """Record the wrapper's outcome: SUCCEEDED, or FAILED with the reason and exit code."""
-        reason = result.get("reason", "")
-        code_text = result.get("exit_code", "")
-        exit_code = int(code_text) if code_text.lstrip("-").isdigit() else None
-        phase = result.get("phase", "run")
-        fields: dict[str, Any] = {"exit_code": exit_code}
-        if reason == "SUCCEEDED" and exit_code == 0:
-            target = JobStatus.SUCCEEDED
-        else:
-            target = JobStatus.FAILED
-            spec_minutes = job.spec.max_runtime_minutes if job.spec else None
-            if reason == "SETUP_FAILED":
-                fields["failure_reason"] = FailureReason.SETUP_FAILED
-                fields["failure_message"] = f"setup exited with code {exit_code}; run never started"
-            elif reason == "MAX_RUNTIME":
-                fields["failure_reason"] = FailureReason.MAX_RUNTIME
-                fields["failure_message"] = (
-                    f"the job exceeded max_runtime_minutes ({spec_minutes}) during {phase} and was stopped"
-                )
-            else:
-                fields["failure_reason"] = FailureReason.EXIT_NONZERO
-                fields["failure_message"] = f"run exited with code {exit_code}"
+        target, fields = outcomes.from_result(job, result)
         try:
             self.jobs.transition(job.job_id, target, fields=fields)
         except TransitionRefused:

@@ -1,0 +1,67 @@
+"""EC2 instance state changes → jobs. Every state is recorded on the job (`instance_state`); when an instance ends
+(shutting-down / terminated) while its job is still active, the job ends too: the relay normally finished it
+already (SUCCEEDED, or FAILED with the wrapper's reason) once the output was drained, so reaching this point means
+no exit status was relayed — FAILED with MAX_RUNTIME (past its deadline) or INSTANCE_LOST."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controlplane.core import outcomes
+from controlplane.core.errors import TransitionRefused
+from controlplane.core.lifecycle import JobStatus
+from controlplane.core.models import Job, utcnow
+from controlplane.core.ports import LogProgress
+
+ENDED_STATES = frozenset({"shutting-down", "terminated"})
+logger = logging.getLogger(__name__)
+
+
+class InstanceJobs(Protocol):
+    def by_instance(self, instance_id: str) -> Job | None: ...
+    def set_instance_state(self, job_id: str, state: str) -> None: ...
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        expected: JobStatus | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> Job: ...
+
+
+class LogProgressStore(Protocol):
+    def progress(self, job_id: str) -> LogProgress: ...
+    def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class Handled:
+    job_id: str | None
+    action: str
+
+
+class InstanceEventsService:
+    def __init__(self, jobs: InstanceJobs, logs: LogProgressStore) -> None:
+        self.jobs = jobs
+        self.logs = logs
+
+    def handle(self, instance_id: str, state: str, state_reason: str = "") -> Handled:
+        job = self.jobs.by_instance(instance_id)
+        if job is None:
+            return Handled(None, "not an ec2jobs instance")
+        self.jobs.set_instance_state(job.job_id, state)
+        if state not in ENDED_STATES or job.status.terminal:
+            return Handled(job.job_id, f"recorded {state}")
+        reason, message = outcomes.lost_instance(job, state_reason, utcnow())
+        with contextlib.suppress(TransitionRefused):  # the relay finished it meanwhile: keep that
+            self.jobs.transition(
+                job.job_id, JobStatus.FAILED, fields={"failure_reason": reason, "failure_message": message}
+            )
+        progress = self.logs.progress(job.job_id)
+        self.logs.commit(job.job_id, progress.committed, complete=True)  # nothing more can be relayed
+        logger.info("job ended with its instance", extra={"job_id": job.job_id, "reason": str(reason)})
+        return Handled(job.job_id, f"ended {reason}")

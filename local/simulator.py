@@ -1,0 +1,147 @@
+"""The instance simulator (runs inside the emulator process, next to moto's backends): every instance the launch
+step creates becomes a local sandbox (local/sandbox.py) that boots the real user data, reachable over real SSH at
+its own loopback address; EC2 state changes are published as real "EC2 Instance State-change Notification" events
+on the default bus, so the control plane's rule delivers them exactly as on AWS.
+
+pending (sandbox booting) → running (sshd up, the user data started) → shutting-down → terminated (after
+TerminateInstances from anyone: the wrapper's aws shim, its `shutdown`, the control plane).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from controlplane.core.provisioning import MANAGED_BY_TAG
+from local.sandbox import InstanceSandbox, SandboxConfig
+
+logger = logging.getLogger("ec2jobs.simulator")
+EC2_STATE_CHANGE = "EC2 Instance State-change Notification"
+_STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48}
+
+
+def _ec2_backends() -> Any:
+    from moto.ec2.models import ec2_backends
+
+    return ec2_backends
+
+
+def publish_state(account: str, region: str, instance_id: str, state: str) -> None:
+    """An EC2 state-change event on the default bus, shaped like AWS's."""
+    from moto.events.models import events_backends
+
+    events_backends[account][region].put_events(
+        [
+            {
+                "Source": "aws.ec2",
+                "DetailType": EC2_STATE_CHANGE,
+                "Detail": json.dumps({"instance-id": instance_id, "state": state}),
+                "Resources": [f"arn:aws:ec2:{region}:{account}:instance/{instance_id}"],
+            }
+        ]
+    )
+
+
+def _set_state(instance: Any, state: str) -> None:
+    from moto.ec2.models.instances import InstanceState
+
+    instance._state = InstanceState(state, _STATE_CODES[state])
+
+
+class InstanceSimulator:
+    def __init__(self, endpoint: str, base_dir: Path, poll_seconds: float = 0.2) -> None:
+        self.endpoint = endpoint
+        self.base_dir = base_dir
+        self.poll_seconds = poll_seconds
+        self.sandboxes: dict[str, InstanceSandbox] = {}
+        self.ended: set[str] = set()
+        self._free = [f"127.0.0.{n}" for n in range(10, 251)]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="instance-simulator")
+
+    def start(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sandbox in list(self.sandboxes.values()):
+            sandbox.shutdown()
+
+    # -- the watch loop -----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:
+                logger.exception("instance simulator tick failed")
+            time.sleep(self.poll_seconds)
+
+    def _tick(self) -> None:
+        for account, regions in list(_ec2_backends().items()):
+            for region, backend in list(regions.items()):
+                for instance in list(backend.all_instances()):
+                    self._observe(account, region, instance)
+
+    def _observe(self, account: str, region: str, instance: Any) -> None:
+        instance_id = str(instance.id)
+        state = str(instance._state.name)
+        if instance_id in self.ended:
+            return
+        if instance_id not in self.sandboxes:
+            tags = {tag["key"]: tag["value"] for tag in instance.get_tags()} if hasattr(instance, "get_tags") else {}
+            if state in {"terminated", "shutting-down"} or tags.get(MANAGED_BY_TAG) != "ec2jobs":
+                return
+            self._launch(account, region, instance)
+        elif state in {"terminated", "shutting-down", "stopped"}:
+            self._end(account, region, instance)
+
+    def _launch(self, account: str, region: str, instance: Any) -> None:
+        with self._lock:
+            address = self._free.pop(0)
+        _set_state(instance, "pending")
+        instance.nics[0].public_ip = address
+        raw = base64.b64decode(str(instance.user_data)) if instance.user_data else b""
+        sandbox = InstanceSandbox(
+            SandboxConfig(
+                instance_id=str(instance.id),
+                region=region,
+                address=address,
+                user_data=raw,
+                endpoint_url=self.endpoint,
+                base_dir=self.base_dir,
+            )
+        )
+        self.sandboxes[str(instance.id)] = sandbox
+        publish_state(account, region, str(instance.id), "pending")
+        threading.Thread(
+            target=self._boot, args=(account, region, instance, sandbox), daemon=True, name=f"boot-{instance.id}"
+        ).start()
+
+    def _boot(self, account: str, region: str, instance: Any, sandbox: InstanceSandbox) -> None:
+        try:
+            sandbox.boot()
+        except Exception:
+            logger.exception("instance %s failed to boot", instance.id)
+            instance.terminate()
+            return
+        if instance._state.name == "pending":
+            _set_state(instance, "running")
+            publish_state(account, region, str(instance.id), "running")
+
+    def _end(self, account: str, region: str, instance: Any) -> None:
+        instance_id = str(instance.id)
+        self.ended.add(instance_id)
+        final = "terminated" if instance._state.name != "stopped" else "stopped"
+        publish_state(account, region, instance_id, "shutting-down")
+        sandbox = self.sandboxes.pop(instance_id)
+        sandbox.shutdown()
+        publish_state(account, region, instance_id, final)
