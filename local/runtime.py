@@ -35,7 +35,7 @@ LOCAL_SETTINGS = {
     "RELAY_BUDGET_SECONDS": "30",
     "DRAIN_TIMEOUT_SECONDS": "60",
     "LOG_FLUSH_SECONDS": "0.5",
-    "SSH_PORT": "22",
+    "SSH_PORT": "22" if os.geteuid() == 0 else "2222",  # sandboxes' sshd: port 22 like EC2 needs root
     "POWERTOOLS_LOG_LEVEL": "WARNING",
     "POWERTOOLS_METRICS_DISABLED": "true",
 }
@@ -164,7 +164,10 @@ def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: 
     workdir.mkdir(parents=True, exist_ok=True)
     guard.apply_isolated_environment("http://127.0.0.1:9")  # fake keys for the emulator process too
     process = emulator.start(
-        simulate_instances=True, sandbox_dir=workdir / "instances", log_file=workdir / "emulator.log"
+        simulate_instances=True,
+        sandbox_dir=workdir / "instances",
+        log_file=workdir / "emulator.log",
+        env={"EC2JOBS_SANDBOX_SSH_PORT": LOCAL_SETTINGS["SSH_PORT"]},
     )
     try:
         endpoint = process.info.endpoint

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -118,6 +119,9 @@ class InstanceSimulator:
                 user_data=raw,
                 endpoint_url=self.endpoint,
                 base_dir=self.base_dir,
+                ssh_port=int(os.environ.get("EC2JOBS_SANDBOX_SSH_PORT", "22")),
+                instance_type=str(instance.instance_type),
+                availability_zone=str(getattr(instance._placement, "zone", "") or ""),
             )
         )
         self.sandboxes[str(instance.id)] = sandbox
