@@ -75,7 +75,8 @@ class Local:
     def state_changes(self, job_id: str, until: str, timeout: float = 30) -> list[tuple[str | None, str]]:
         """(previous_status, status) of the job's Job State Change events, from the test rule's queue."""
         sqs = boto3.client("sqs")
-        seen: list[dict[str, Any]] = []
+        seen: list[dict[str, Any]] = list(_STASH)  # events of this job read while waiting for another one
+        _STASH.clear()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             for message in sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", []):
@@ -168,6 +169,10 @@ def test_a_nonzero_exit_fails_with_its_code(local: Local) -> None:
     job = local.wait(local.submit({"run": "echo about to fail; exit 3"}))
     assert (job["status"], job["failure_reason"], job["exit_code"]) == ("FAILED", "EXIT_NONZERO", 3)
     assert local.logs(job["job_id"]) == ("about to fail\n", True)
+    changes = local.state_changes(job["job_id"], until="FAILED")
+    assert changes[0] == (None, "PENDING")
+    assert changes[-1] == ("RUNNING", "FAILED")
+    assert len(changes) == 5
 
 
 def test_a_setup_failure_never_runs_the_job(local: Local) -> None:

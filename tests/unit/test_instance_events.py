@@ -1,0 +1,96 @@
+"""Instance state changes → jobs, with fakes (ports and adapters): the state is always recorded; an instance that
+ends while its job is active (no exit status relayed) ends the job with the reason its end implies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from controlplane.core.errors import TransitionRefused
+from controlplane.core.lifecycle import JobStatus
+from controlplane.core.models import Job
+from controlplane.core.ports import LogProgress
+from controlplane.core.spec import TaskSpec
+from controlplane.service.instance_events import InstanceEventsService
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+class FakeJobs:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.states: list[str] = []
+
+    def by_instance(self, instance_id: str) -> Job | None:
+        return self.job if instance_id == self.job.instance_id else None
+
+    def set_instance_state(self, job_id: str, state: str) -> None:
+        self.states.append(state)
+
+    def transition(
+        self, job_id: str, target: JobStatus, *, expected: JobStatus | None = None, fields: dict[str, Any] | None = None
+    ) -> Job:
+        if self.job.status.terminal:
+            raise TransitionRefused(job_id, self.job.status, target)
+        self.job = self.job.model_copy(update=(fields or {}) | {"status": target})
+        return self.job
+
+
+class FakeLogs:
+    def __init__(self) -> None:
+        self.completed = False
+
+    def progress(self, job_id: str) -> LogProgress:
+        return LogProgress(committed=42, complete=self.completed)
+
+    def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None:
+        self.completed = self.completed or complete
+
+
+def job(status: JobStatus, deadline: dt.datetime | None = None) -> Job:
+    return Job(
+        job_id="job-1",
+        team_id="t",
+        provider_id="p",
+        region="us-east-1",
+        spec=TaskSpec(run="x", max_runtime_minutes=30),
+        status=status,
+        instance_type="g5.xlarge",
+        instance_id="i-1",
+        deadline_at=deadline,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def test_given_a_running_instance_then_its_state_is_recorded_and_the_job_untouched() -> None:
+    jobs, logs = FakeJobs(job(JobStatus.PROVISIONING)), FakeLogs()
+    handled = InstanceEventsService(jobs, logs).handle("i-1", "running")
+    assert (jobs.states, jobs.job.status, handled.job_id) == (["running"], JobStatus.PROVISIONING, "job-1")
+    assert not logs.completed
+
+
+def test_given_an_instance_that_ends_while_its_job_runs_then_the_job_is_lost_and_its_log_complete() -> None:
+    jobs, logs = FakeJobs(job(JobStatus.RUNNING, deadline=NOW + dt.timedelta(hours=1))), FakeLogs()
+    InstanceEventsService(jobs, logs).handle("i-1", "shutting-down")
+    assert (jobs.job.status, jobs.job.failure_reason) == (JobStatus.FAILED, "INSTANCE_LOST")
+    assert logs.completed
+
+
+def test_given_an_instance_past_the_deadline_then_max_runtime() -> None:
+    jobs = FakeJobs(job(JobStatus.RUNNING, deadline=NOW - dt.timedelta(minutes=1)))
+    InstanceEventsService(jobs, FakeLogs()).handle("i-1", "terminated")
+    assert jobs.job.failure_reason == "MAX_RUNTIME"
+    assert "30" in (jobs.job.failure_message or "")
+
+
+def test_given_a_job_the_relay_already_finished_then_only_the_instance_state_changes() -> None:
+    jobs = FakeJobs(job(JobStatus.SUCCEEDED))
+    InstanceEventsService(jobs, FakeLogs()).handle("i-1", "terminated")
+    assert (jobs.states, jobs.job.status) == (["terminated"], JobStatus.SUCCEEDED)
+
+
+def test_given_an_instance_that_is_not_ours_then_nothing_happens() -> None:
+    jobs = FakeJobs(job(JobStatus.RUNNING))
+    handled = InstanceEventsService(jobs, FakeLogs()).handle("i-other", "terminated")
+    assert (handled.job_id, jobs.states) == (None, [])
