@@ -14,6 +14,7 @@ import io
 import json
 import os
 import threading
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,8 @@ def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: 
     """Start the emulator (with the instance simulator), create the control plane in it, serve the API."""
     guard.check_environment()
     guard.install_network_guard()
+    # The API's Powertools Metrics warns on every request that published no metric; locally that is noise.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     guard.apply_isolated_environment("http://127.0.0.1:9")  # fake keys for the emulator process too
