@@ -241,3 +241,40 @@ def _wait_execution(arn: str, expected: str, timeout: float = 60) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"execution still running: {arn}")
+
+
+def test_cancelling_a_running_job_terminates_its_instance_and_completes_its_log(local: Local) -> None:
+    job_id = local.submit({"run": "echo started; for i in $(seq 1 300); do echo tick $i; sleep 1; done"})
+    for _ in range(120):
+        _, job = local.call("GET", f"/jobs/{job_id}")
+        text, _ = local.logs(job_id)
+        if job["status"] == "RUNNING" and "started" in text:
+            break
+        time.sleep(0.5)
+
+    status, cancelled = local.call("POST", f"/jobs/{job_id}/cancel")
+
+    assert status == 200, cancelled
+    assert cancelled["status"] == "CANCELLED"
+    assert cancelled["terminated_instances"] == [cancelled["instance_id"]]
+    job = local.wait(job_id)  # terminal and its instance terminated
+    assert job["status"] == "CANCELLED"
+    text, complete = local.logs(job_id)
+    assert complete
+    assert text.startswith("started\n")
+    assert local.call("POST", f"/jobs/{job_id}/cancel")[0] == 409
+
+
+def test_a_job_cancelled_right_after_submission_is_left_with_no_running_instance(local: Local) -> None:
+    """Cancelled while the workflow starts: Validate/Launch see CANCELLED (and Launch terminates an instance that
+    started meanwhile), so nothing of it keeps running."""
+    job_id = local.submit({"run": "echo never"})
+    status, _ = local.call("POST", f"/jobs/{job_id}/cancel")
+    assert status == 200
+    time.sleep(3)  # let the workflow run its course
+    _, job = local.call("GET", f"/jobs/{job_id}")
+    assert job["status"] == "CANCELLED"
+    ec2 = boto3.client("ec2")
+    tagged = ec2.describe_instances(Filters=[{"Name": "tag:ec2jobs:job-id", "Values": [job_id]}])["Reservations"]
+    live = [i for r in tagged for i in r["Instances"] if i["State"]["Name"] not in {"shutting-down", "terminated"}]
+    assert live == []

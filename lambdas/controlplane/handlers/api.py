@@ -150,6 +150,13 @@ def get_job(job_id: str) -> Response[Any]:
     return _json(container.get().jobs.get(_team(), job_id).public())
 
 
+@app.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response[Any]:
+    job, terminated = container.cancel().cancel(_team(), job_id)
+    logger.info("job cancelled", extra={"job_id": job_id, "terminated": terminated})
+    return _json(job.public() | {"terminated_instances": terminated}, 200)
+
+
 @app.get("/jobs/<job_id>/logs")
 def get_job_logs(
     job_id: str,

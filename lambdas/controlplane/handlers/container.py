@@ -12,6 +12,7 @@ from controlplane.service.teams import TeamService
 
 if TYPE_CHECKING:
     from controlplane.adapters.dynamodb import DynamoJobStore
+    from controlplane.service.cancel import CancelService
     from controlplane.service.instance_events import InstanceEventsService
     from controlplane.service.pipeline import Pipeline
 
@@ -26,6 +27,31 @@ class Services:
 _services: Services | None = None
 _pipeline: Pipeline | None = None
 _instance_events: InstanceEventsService | None = None
+_cancel: CancelService | None = None
+
+
+def cancel() -> CancelService:
+    global _cancel
+    if _cancel is None:
+        from controlplane import config
+        from controlplane.adapters import aws
+        from controlplane.adapters.dynamodb import DynamoProviderStore
+        from controlplane.adapters.secrets import SecretsManagerStore
+        from controlplane.core.ports import ProviderCredentials
+        from controlplane.service.cancel import CancelService
+
+        settings = config.get()
+
+        def clients(service: str, credentials: ProviderCredentials, region: str) -> Any:
+            return aws.provider_client(service, credentials, region)
+
+        _cancel = CancelService(
+            job_store(),
+            DynamoProviderStore(aws.resource("dynamodb").Table(settings.state_table)),
+            SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix),
+            clients,
+        )
+    return _cancel
 
 
 def job_store() -> DynamoJobStore:
@@ -71,10 +97,11 @@ def pipeline() -> Pipeline:
 
 def use(services: Services | None, workflow: Pipeline | None = None) -> None:
     """Install (or with None, forget) the services the handlers use."""
-    global _services, _pipeline, _instance_events
+    global _services, _pipeline, _instance_events, _cancel
     _services = services
     _pipeline = workflow
     _instance_events = None
+    _cancel = None
 
 
 def _from_environment() -> Services:
