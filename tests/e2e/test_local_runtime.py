@@ -152,6 +152,8 @@ def test_a_gpu_job_succeeds_with_every_log_line_and_its_instance_terminated(loca
 
     assert (job["status"], job["exit_code"], job["instance_state"]) == ("SUCCEEDED", 0, "terminated")
     assert job["instance_type"] == "g5.xlarge"
+    assert job["billed_seconds"] >= 60  # EC2's minimum
+    assert job["cost_estimate"] == round(job["hourly_price"] * job["billed_seconds"] / 3600, 4)
     text, complete = local.logs(job_id)
     assert complete
     assert text == "setup: hello from ec2jobs\n" + "".join(line + "\n" for line in lines)

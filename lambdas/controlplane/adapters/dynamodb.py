@@ -15,6 +15,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from controlplane.adapters import schema
+from controlplane.core import outcomes
 from controlplane.core.errors import Conflict, InvalidRequest, TransitionRefused
 from controlplane.core.lifecycle import ACTIVE, JobStatus, predecessors
 from controlplane.core.models import BootstrapRecord, Job, Provider, utcnow
@@ -261,6 +262,8 @@ class DynamoJobStore:
         if target.terminal:
             updates.setdefault("ended_at", now)
             removes = ["active", "active_sk"]
+            for name, value in outcomes.billing(current, updates["ended_at"]).items():
+                updates.setdefault(name, value)
         values: dict[str, Any] = {f":from{i}": str(state) for i, state in enumerate(allowed)}
         condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
         changed = self._update(job_id, updates, removes, condition, values, str(target))

@@ -73,7 +73,9 @@ class Job(BaseModel):
     instance_id: str | None = None
     instance_type: str | None = None
     instance_state: str | None = None
-    hourly_price: float | None = None
+    hourly_price: float | None = None  # on-demand list price recorded when the job was priced
+    billed_seconds: int | None = None  # set when the job ends: launch → end, at least EC2's one-minute minimum
+    cost_estimate: float | None = None  # billed_seconds at hourly_price (USD)
     use_spot: bool = False
     image_id: str | None = None
     availability_zone: str | None = None

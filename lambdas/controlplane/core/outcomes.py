@@ -43,3 +43,18 @@ def lost_instance(job: Job, state_reason: str, now: dt.datetime) -> tuple[Failur
         return FailureReason.MAX_RUNTIME, f"the instance reached the job's deadline (max_runtime_minutes {minutes})"
     detail = f" ({state_reason})" if state_reason else ""
     return FailureReason.INSTANCE_LOST, f"the instance ended{detail} before the job's exit status was relayed"
+
+
+MINIMUM_BILLED_SECONDS = 60  # EC2 Linux per-second billing has a one-minute minimum
+
+
+def billing(job: Job, ended_at: dt.datetime) -> dict[str, Any]:
+    """The billed duration (launch → end, at least a minute) and its cost estimate at the recorded hourly price;
+    empty for a job that never had an instance."""
+    if job.launched_at is None:
+        return {}
+    seconds = max(MINIMUM_BILLED_SECONDS, int((ended_at - job.launched_at).total_seconds()))
+    fields: dict[str, Any] = {"billed_seconds": seconds}
+    if job.hourly_price is not None:
+        fields["cost_estimate"] = round(job.hourly_price * seconds / 3600, 4)
+    return fields
