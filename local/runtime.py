@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import io
 import json
+import logging
 import os
 import threading
 import warnings
@@ -31,6 +32,8 @@ SEED_POLICY_FILE = REPO / "policy" / "provider-policy.json"
 PREFIX = "ec2jobs"
 REGION = "us-east-1"
 INSTANCE_EVENTS_HANDLER = "controlplane.handlers.events.instance_state"
+RECONCILE_HANDLER = "controlplane.handlers.reconcile.handler"
+RECONCILE_EVERY_SECONDS = 60.0  # the deployed schedule: rate(1 minute)
 # Local tuning: short relay invocations so the workflow loops often, and a short drain wait.
 LOCAL_SETTINGS = {
     "RELAY_BUDGET_SECONDS": "30",
@@ -54,7 +57,22 @@ class LocalControlPlane:
     event_bus_name: str
     _emulator: emulator.EmulatorProcess
     _api: LocalHttpApi
+    reconcile_function: str = ""
     _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start_schedule(self, every: float = RECONCILE_EVERY_SECONDS) -> None:
+        """What EventBridge's rate(1 minute) rule does when deployed: invoke the reconcile function (moto has no
+        scheduler)."""
+
+        def tick() -> None:
+            client = boto3.client("lambda")
+            while not self._stopped.wait(every):
+                try:
+                    client.invoke(FunctionName=self.reconcile_function, Payload=b"{}")
+                except Exception:
+                    logging.getLogger("ec2jobs.local").warning("reconcile tick failed", exc_info=True)
+
+        threading.Thread(target=tick, daemon=True, name="reconcile-schedule").start()
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -96,6 +114,11 @@ def _zip() -> bytes:
 
 def create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dict[str, str]]:
     """Tables, functions, state machine, event bus and rules in the emulator. Returns (state machine ARN, env)."""
+    state_machine_arn, env, _ = _create_resources(names, endpoint)
+    return state_machine_arn, env
+
+
+def _create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dict[str, str], dict[str, str]]:
     from controlplane.adapters import events, statemachine
 
     create_tables(boto3.client("dynamodb"), names)
@@ -122,7 +145,10 @@ def create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dict
     base_env.pop("STATE_MACHINE_ARN", None)
     code = _zip()
     arns: dict[str, str] = {}
-    handlers = dict(statemachine.HANDLERS) | {"instance_events": INSTANCE_EVENTS_HANDLER}
+    handlers = dict(statemachine.HANDLERS) | {
+        "instance_events": INSTANCE_EVENTS_HANDLER,
+        "reconcile": RECONCILE_HANDLER,
+    }
     for step, handler in handlers.items():
         arns[step] = lambdas.create_function(
             FunctionName=f"{names.prefix}-{step.replace('_', '-')}",
@@ -154,7 +180,7 @@ def create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dict
     eventbridge.put_targets(
         Rule=f"{names.prefix}-instance-states", Targets=[{"Id": "instance-events", "Arn": arns["instance_events"]}]
     )
-    return state_machine_arn, control_plane_environment(names, endpoint, state_machine_arn)
+    return state_machine_arn, control_plane_environment(names, endpoint, state_machine_arn), arns
 
 
 def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: int = 0) -> LocalControlPlane:
@@ -177,7 +203,7 @@ def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: 
         guard.apply_isolated_environment(endpoint, REGION)
         boto3.setup_default_session()
         names = ControlPlaneNames(PREFIX)
-        state_machine_arn, env = create_resources(names, endpoint)
+        state_machine_arn, env, arns = _create_resources(names, endpoint)
         os.environ.update(env)  # the API handlers run in this process
         from controlplane import config
         from controlplane.adapters import aws
@@ -202,7 +228,7 @@ def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: 
         "AWS_SECRET_ACCESS_KEY": guard.FAKE_SECRET_ACCESS_KEY,
         "EC2JOBS_STATE_MACHINE_ARN": state_machine_arn,
     }
-    return LocalControlPlane(
+    plane = LocalControlPlane(
         api_url=front.url,
         token=token,
         endpoint=endpoint,
@@ -213,7 +239,10 @@ def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: 
         event_bus_name=env["EVENT_BUS_NAME"],
         _emulator=process,
         _api=front,
+        reconcile_function=arns["reconcile"],
     )
+    plane.start_schedule()
+    return plane
 
 
 # -- helpers for the CLI, against a running local control plane (.ec2jobs/local.env) ----------------------------

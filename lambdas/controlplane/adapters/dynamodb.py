@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from controlplane.core.ports import CachedImage, JobPage
 from controlplane.core.spec import TaskSpec
 
 ACTIVE_PARTITION = "ACTIVE"
+PROVIDER_REGISTRY = "PROVIDERS"
 _BAD_CURSOR = "cursor is not valid: pass back the next_cursor value from the previous page"
 _IMMUTABLE = frozenset({"job_id", "team_id", "status", "team_status", "active", "active_sk", "version", "created_at"})
 
@@ -122,6 +124,12 @@ class DynamoProviderStore:
             "sk": f"PROVIDERNAME#{provider.name.lower()}",
             "provider_id": provider.provider_id,
         }
+        registered = {  # the registry the reconciler walks (every provider, without a Scan)
+            "pk": PROVIDER_REGISTRY,
+            "sk": provider.provider_id,
+            "team_id": provider.team_id,
+            "region": provider.region,
+        }
         try:
             self.client.transact_write_items(
                 TransactItems=[
@@ -139,6 +147,7 @@ class DynamoProviderStore:
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     },
+                    {"Put": {"TableName": self.table.name, "Item": registered}},
                 ]
             )
         except ClientError as error:
@@ -177,8 +186,25 @@ class DynamoProviderStore:
                         "Key": {"pk": f"TEAM#{provider.team_id}", "sk": f"PROVIDERNAME#{provider.name.lower()}"},
                     }
                 },
+                {
+                    "Delete": {
+                        "TableName": self.table.name,
+                        "Key": {"pk": PROVIDER_REGISTRY, "sk": provider.provider_id},
+                    }
+                },
             ]
         )
+
+    def registered(self) -> builtins.list[tuple[str, str]]:
+        """(team_id, provider_id) of every provider, from the registry partition (a Query, not a Scan)."""
+        found: builtins.list[tuple[str, str]] = []
+        kwargs: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(PROVIDER_REGISTRY)}
+        while True:
+            page = self.table.query(**kwargs)
+            found += [(str(item["team_id"]), str(item["sk"])) for item in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def _provider(item: dict[str, Any]) -> Provider:
@@ -372,6 +398,20 @@ class DynamoJobStore:
             jobs=[self._job(item) for item in page["Items"]], next_cursor=encode_cursor(last) if last else None
         )
 
+    def active_jobs(self) -> list[Job]:
+        """Every non-terminal job (the sparse `active` index, ordered by provider and region)."""
+        jobs: list[Job] = []
+        kwargs: dict[str, Any] = {
+            "IndexName": schema.JOBS_ACTIVE,
+            "KeyConditionExpression": Key("active").eq(ACTIVE_PARTITION),
+        }
+        while True:
+            page = self.table.query(**kwargs)
+            jobs += [self._job(item) for item in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                return jobs
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def has_active_jobs(self, provider_id: str) -> bool:
         page = self.table.query(
             IndexName=schema.JOBS_ACTIVE,
@@ -402,6 +442,13 @@ class DynamoBootstrapCache:
 
     def forget(self, provider_id: str, region: str) -> None:
         self.table.delete_item(Key=self._key(provider_id, region))
+
+    def regions(self, provider_id: str) -> list[str]:
+        """The regions this provider's team was bootstrapped in (where its instances can be)."""
+        page = self.table.query(
+            KeyConditionExpression=Key("pk").eq(f"PROVIDER#{provider_id}") & Key("sk").begins_with("BOOTSTRAP#")
+        )
+        return [str(item["sk"]).removeprefix("BOOTSTRAP#") for item in page["Items"]]
 
 
 class DynamoImageCache:

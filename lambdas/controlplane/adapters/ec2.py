@@ -128,6 +128,18 @@ class Ec2Account:
                 found += reservation.get("Instances", [])
         return sorted(found, key=lambda instance: (str(instance.get("LaunchTime", "")), instance["InstanceId"]))
 
+    def instances_of_team(self, team_id: str) -> list[dict[str, Any]]:
+        """Every instance ec2jobs launched for this team here (one paginated DescribeInstances), any state."""
+        found: list[dict[str, Any]] = []
+        filters = [
+            {"Name": f"tag:{TEAM_TAG}", "Values": [team_id]},
+            {"Name": f"tag:{MANAGED_BY_TAG}", "Values": ["ec2jobs"]},
+        ]
+        for page in self.client.get_paginator("describe_instances").paginate(Filters=filters):
+            for reservation in page.get("Reservations", []):
+                found += reservation.get("Instances", [])
+        return found
+
     def describe_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for page in self.client.get_paginator("describe_instances").paginate(InstanceIds=instance_ids):

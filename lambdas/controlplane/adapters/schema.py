@@ -2,7 +2,7 @@
 
 state  pk/sk single table: TEAM#<id>/TEAM, TOKEN#<sha256>/TOKEN, TEAM#<id>/PROVIDER#<id>,
        TEAM#<id>/PROVIDERNAME#<name> (uniqueness lock), PROVIDER#<id>/BOOTSTRAP#<region>,
-       IMAGE#<region>/<gpu|cpu> (AMI cache).
+       IMAGE#<region>/<gpu|cpu> (AMI cache), PROVIDERS/<provider id> (the registry the reconciler walks).
 jobs   one item per job; GSIs: jobs of a team newest first, jobs of a team in one status, the sparse index of
        active jobs ordered by provider/region, and the job that owns an instance.
 logs   one item per chunk keyed by the byte offset where it starts; TTL removes old chunks.

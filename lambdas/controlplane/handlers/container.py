@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from controlplane.service.cancel import CancelService
     from controlplane.service.instance_events import InstanceEventsService
     from controlplane.service.pipeline import Pipeline
+    from controlplane.service.reconcile import Reconciler
 
 
 @dataclass
@@ -28,6 +29,37 @@ _services: Services | None = None
 _pipeline: Pipeline | None = None
 _instance_events: InstanceEventsService | None = None
 _cancel: CancelService | None = None
+_reconciler: Reconciler | None = None
+
+
+def reconciler() -> Reconciler:
+    global _reconciler
+    if _reconciler is None:
+        from controlplane import config
+        from controlplane.adapters import aws
+        from controlplane.adapters.dynamodb import DynamoBootstrapCache, DynamoProviderStore
+        from controlplane.adapters.logs import DynamoLogStore
+        from controlplane.adapters.secrets import SecretsManagerStore
+        from controlplane.core.ports import ProviderCredentials
+        from controlplane.service.reconcile import Reconciler, ReconcileSettings
+
+        settings = config.get()
+        dynamodb = aws.resource("dynamodb")
+        state = dynamodb.Table(settings.state_table)
+
+        def clients(service: str, credentials: ProviderCredentials, region: str) -> Any:
+            return aws.provider_client(service, credentials, region)
+
+        _reconciler = Reconciler(
+            job_store(),
+            DynamoProviderStore(state),
+            DynamoBootstrapCache(state),
+            SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix),
+            clients,
+            DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
+            ReconcileSettings(),
+        )
+    return _reconciler
 
 
 def cancel() -> CancelService:
@@ -97,11 +129,12 @@ def pipeline() -> Pipeline:
 
 def use(services: Services | None, workflow: Pipeline | None = None) -> None:
     """Install (or with None, forget) the services the handlers use."""
-    global _services, _pipeline, _instance_events, _cancel
+    global _services, _pipeline, _instance_events, _cancel, _reconciler
     _services = services
     _pipeline = workflow
     _instance_events = None
     _cancel = None
+    _reconciler = None
 
 
 def _from_environment() -> Services:
