@@ -180,6 +180,12 @@ def _create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dic
     eventbridge.put_targets(
         Rule=f"{names.prefix}-instance-states", Targets=[{"Id": "instance-events", "Arn": arns["instance_events"]}]
     )
+    eventbridge.put_rule(
+        Name=f"{names.prefix}-spot-interruptions", EventPattern=json.dumps(events.SPOT_INTERRUPTION_PATTERN)
+    )
+    eventbridge.put_targets(
+        Rule=f"{names.prefix}-spot-interruptions", Targets=[{"Id": "instance-events", "Arn": arns["instance_events"]}]
+    )
     return state_machine_arn, control_plane_environment(names, endpoint, state_machine_arn), arns
 
 

@@ -280,3 +280,27 @@ def test_a_job_cancelled_right_after_submission_is_left_with_no_running_instance
     tagged = ec2.describe_instances(Filters=[{"Name": "tag:ec2jobs:job-id", "Values": [job_id]}])["Reservations"]
     live = [i for r in tagged for i in r["Instances"] if i["State"]["Name"] not in {"shutting-down", "terminated"}]
     assert live == []
+
+
+def test_a_spot_interruption_warning_ends_the_job_spot_interrupted(local: Local) -> None:
+    job_id = local.submit({"resources": {"accelerators": "T4", "use_spot": True}, "run": "sleep 300"})
+    for _ in range(120):
+        _, job = local.call("GET", f"/jobs/{job_id}")
+        if job["status"] == "RUNNING":
+            break
+        time.sleep(0.5)
+    detail = {"instance-id": job["instance_id"], "instance-action": "terminate"}
+
+    boto3.client("events").put_events(
+        Entries=[
+            {"Source": "aws.ec2", "DetailType": "EC2 Spot Instance Interruption Warning", "Detail": json.dumps(detail)}
+        ]
+    )
+    for _ in range(60):
+        _, job = local.call("GET", f"/jobs/{job_id}")
+        if job["status"] == "FAILED":
+            break
+        time.sleep(0.2)
+    assert (job["status"], job["failure_reason"]) == ("FAILED", "SPOT_INTERRUPTED")
+    boto3.client("ec2").terminate_instances(InstanceIds=[job["instance_id"]])  # AWS reclaims it two minutes later
+    assert local.wait(job_id)["instance_state"] == "terminated"

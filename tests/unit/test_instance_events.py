@@ -94,3 +94,10 @@ def test_given_an_instance_that_is_not_ours_then_nothing_happens() -> None:
     jobs = FakeJobs(job(JobStatus.RUNNING))
     handled = InstanceEventsService(jobs, FakeLogs()).handle("i-other", "terminated")
     assert (handled.job_id, jobs.states) == (None, [])
+
+
+def test_given_a_spot_interruption_warning_then_the_job_fails_spot_interrupted() -> None:
+    jobs = FakeJobs(job(JobStatus.RUNNING))
+    handled = InstanceEventsService(jobs, FakeLogs()).spot_interruption("i-1")
+    assert (handled.job_id, jobs.job.status, jobs.job.failure_reason) == ("job-1", JobStatus.FAILED, "SPOT_INTERRUPTED")
+    assert InstanceEventsService(jobs, FakeLogs()).spot_interruption("i-other").job_id is None

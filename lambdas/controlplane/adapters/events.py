@@ -2,8 +2,8 @@
 "Job State Change" events on the control plane's custom bus.
 
 Events in:  detail-type "Job Submission" on the custom bus → the job workflow (any source; detail = the task spec
-            plus team_id and provider_id); EC2 "Instance State-change Notification" on the default bus → the
-            instance-events function.
+            plus team_id and provider_id); EC2 "Instance State-change Notification" and "Spot Instance
+            Interruption Warning" on the default bus → the instance-events function.
 Events out: detail-type "Job State Change", source "ec2jobs", on the custom bus, for every job state change.
 """
 
@@ -20,6 +20,7 @@ SOURCE = "ec2jobs"
 JOB_STATE_CHANGE = "Job State Change"
 JOB_SUBMISSION = "Job Submission"
 EC2_STATE_CHANGE = "EC2 Instance State-change Notification"
+SPOT_INTERRUPTION = "EC2 Spot Instance Interruption Warning"
 
 SUBMISSION_PATTERN: dict[str, Any] = {"detail-type": [JOB_SUBMISSION]}
 EC2_STATE_PATTERN: dict[str, Any] = {
@@ -27,6 +28,7 @@ EC2_STATE_PATTERN: dict[str, Any] = {
     "detail-type": [EC2_STATE_CHANGE],
     "detail": {"state": ["running", "shutting-down", "terminated", "stopping", "stopped"]},
 }
+SPOT_INTERRUPTION_PATTERN: dict[str, Any] = {"source": ["aws.ec2"], "detail-type": [SPOT_INTERRUPTION]}
 
 logger = logging.getLogger(__name__)
 

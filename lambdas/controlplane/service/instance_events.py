@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from controlplane.core import outcomes
 from controlplane.core.errors import TransitionRefused
-from controlplane.core.lifecycle import JobStatus
+from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import LogProgress
 
@@ -48,6 +48,25 @@ class InstanceEventsService:
     def __init__(self, jobs: InstanceJobs, logs: LogProgressStore) -> None:
         self.jobs = jobs
         self.logs = logs
+
+    def spot_interruption(self, instance_id: str) -> Handled:
+        """AWS reclaims the spot instance in two minutes: the job cannot finish. It ends FAILED / SPOT_INTERRUPTED
+        now (the relay keeps streaming what the instance still writes until it is gone)."""
+        job = self.jobs.by_instance(instance_id)
+        if job is None:
+            return Handled(None, "not an ec2jobs instance")
+        if job.status.terminal:
+            return Handled(job.job_id, f"already {job.status}")
+        with contextlib.suppress(TransitionRefused):
+            self.jobs.transition(
+                job.job_id,
+                JobStatus.FAILED,
+                fields={
+                    "failure_reason": FailureReason.SPOT_INTERRUPTED,
+                    "failure_message": "AWS is reclaiming the spot instance (a 2-minute interruption warning)",
+                },
+            )
+        return Handled(job.job_id, "ended SPOT_INTERRUPTED")
 
     def handle(self, instance_id: str, state: str, state_reason: str = "") -> Handled:
         job = self.jobs.by_instance(instance_id)
