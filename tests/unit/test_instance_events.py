@@ -26,6 +26,7 @@ class FakeJobs:
 
     def set_instance_state(self, job_id: str, state: str) -> None:
         self.states.append(state)
+        self.job = self.job.model_copy(update={"instance_state": state})
 
     def transition(
         self, job_id: str, target: JobStatus, *, expected: JobStatus | None = None, fields: dict[str, Any] | None = None
@@ -101,3 +102,15 @@ def test_given_a_spot_interruption_warning_then_the_job_fails_spot_interrupted()
     handled = InstanceEventsService(jobs, FakeLogs()).spot_interruption("i-1")
     assert (handled.job_id, jobs.job.status, jobs.job.failure_reason) == ("job-1", JobStatus.FAILED, "SPOT_INTERRUPTED")
     assert InstanceEventsService(jobs, FakeLogs()).spot_interruption("i-other").job_id is None
+
+
+def test_duplicate_and_out_of_order_events_change_nothing_twice() -> None:
+    jobs, logs = FakeJobs(job(JobStatus.RUNNING, deadline=NOW + dt.timedelta(hours=1))), FakeLogs()
+    service = InstanceEventsService(jobs, logs)
+    service.handle("i-1", "terminated")
+    ended = jobs.job
+    service.handle("i-1", "terminated")  # delivered twice
+    late = service.handle("i-1", "running")  # delivered late
+    assert "out of order" in late.action
+    assert jobs.job == ended
+    assert (jobs.job.status, jobs.job.instance_state) == (JobStatus.FAILED, "terminated")

@@ -17,6 +17,8 @@ from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import LogProgress
 
 ENDED_STATES = frozenset({"shutting-down", "terminated"})
+# EC2's states in lifecycle order: a late event never moves the recorded state backwards.
+STATE_ORDER = {"pending": 0, "running": 1, "stopping": 2, "stopped": 3, "shutting-down": 4, "terminated": 5}
 logger = logging.getLogger(__name__)
 
 
@@ -72,6 +74,8 @@ class InstanceEventsService:
         job = self.jobs.by_instance(instance_id)
         if job is None:
             return Handled(None, "not an ec2jobs instance")
+        if STATE_ORDER.get(state, -1) < STATE_ORDER.get(job.instance_state or "", -1):
+            return Handled(job.job_id, f"ignored {state}: already {job.instance_state} (an event out of order)")
         self.jobs.set_instance_state(job.job_id, state)
         if state not in ENDED_STATES or job.status.terminal:
             return Handled(job.job_id, f"recorded {state}")
