@@ -29,8 +29,8 @@ sshd:
 	fi
 
 lint: install
-	$(VENV)/bin/ruff check lambdas local scripts tests bench ec2jobs
-	$(VENV)/bin/ruff format --check lambdas local scripts tests bench ec2jobs
+	$(VENV)/bin/ruff check lambdas local scripts tests bench ec2jobs stacks app.py
+	$(VENV)/bin/ruff format --check lambdas local scripts tests bench ec2jobs stacks app.py
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -56,5 +56,21 @@ integration: install sshd
 demo: install sshd
 	$(PY) -m local.demo
 
+# The Lambdas' dependency layer, built locally without Docker: manylinux x86_64 wheels for CPython 3.12 into
+# build/layer/python (scripts/build_layer.py; a stamp skips the rebuild while requirements.txt is unchanged).
+layer: install
+	@$(PY) scripts/build_layer.py
+
+# The deployable template in cdk.out/, with no CDK CLI, no AWS credentials and no Docker: the layer, the CDK app
+# (cdk-nag's AwsSolutions pack and CDK's template validation run inside it and fail it on any error), then cfn-lint
+# (0 errors required; W3005 is CDK's DependsOn on a function's role next to its GetAtt, harmless).
+synth: layer
+	@rm -rf cdk.out
+	@$(PY) app.py
+	@$(VENV)/bin/cfn-lint --non-zero-exit-code error --ignore-checks W3005 -- cdk.out/*.template.json
+	@echo "cfn-lint: 0 errors"
+
+.PHONY: layer synth
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis cdk.out
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis cdk.out build

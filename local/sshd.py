@@ -5,6 +5,7 @@ sessions with SetEnv). Used by the relay tests and the instance simulator."""
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -109,7 +110,9 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None) -> SshSe
                 "MaxSessions 50",
                 "PrintMotd no",
                 "LogLevel ERROR",
-                f"SetEnv EC2JOBS_ROOT={root}",
+                # Sessions get the sandbox's home: the host user's own dotfiles (~/.bashrc, which bash reads for
+                # every SSH command) are not the instance's, and can be slow or take locks (pyenv rehash).
+                f"SetEnv EC2JOBS_ROOT={root} HOME={root}/home/{getpass.getuser()}",
                 "",
             ]
         )

@@ -26,6 +26,10 @@ HANDLERS: dict[str, str] = {
 # for RELAY_BUDGET_SECONDS (600) and stops itself before this.
 TIMEOUTS: dict[str, int] = {"validate": 30, "bootstrap": 120, "launch": 180, "relay": 900, "record_failure": 60}
 
+# The execution's own deadline: the longest job (7 days of max_runtime_minutes) plus a day for boot, the relay's
+# drain and its retries. Past it Step Functions ends the execution; the reconciler settles the job.
+EXECUTION_TIMEOUT_SECONDS = (7 * 24 + 24) * 3600
+
 _LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException"]
 _QUIET_END = ["JobNotActive", "DuplicateSubmission"]
 
@@ -50,6 +54,7 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
         raise ValueError(f"no function ARN for steps: {sorted(missing)}")
     return {
         "Comment": "ec2jobs: validate, bootstrap, launch, then relay the job's output until it is drained",
+        "TimeoutSeconds": EXECUTION_TIMEOUT_SECONDS,
         "StartAt": "Validate",
         "States": {
             "Validate": {

@@ -1,0 +1,133 @@
+"""Least privilege: each function's role grants exactly what its code calls (written out here independently of
+stacks/functions.py's access table), on named resources; `*` only for actions AWS cannot scope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from controlplane.adapters.statemachine import HANDLERS
+from tests.infra.conftest import Synth
+
+READ = {"dynamodb:GetItem", "dynamodb:Query"}
+WRITE = READ | {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
+GET = {"secretsmanager:GetSecretValue"}
+CREATE = {"secretsmanager:CreateSecret", "secretsmanager:TagResource"}  # created with tags
+DELETE = {"secretsmanager:DeleteSecret"}
+PROVIDER_KEYS = "secret:ec2jobs/teams/*/providers/*"
+TEAM_SSH_KEY = "secret:ec2jobs/teams/*/ssh-key*"
+# Actions without resource-level permissions in IAM: the only ones that may (and must) name "*".
+UNSCOPABLE = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
+
+
+@dataclass(frozen=True)
+class Uses:
+    tables: dict[str, set[str]]
+    secrets: dict[str, set[str]] = field(default_factory=dict)
+    publishes: bool = True  # its job store puts Job State Change events
+    starts_workflow: bool = False
+
+
+USES: dict[str, Uses] = {
+    # providers (state), job submission and cancel (jobs), logs pages; provider keys stored, deleted, read to cancel
+    "controlplane.handlers.api.handler": Uses(
+        {"state": WRITE, "jobs": WRITE, "logs": READ}, {PROVIDER_KEYS: GET | CREATE | DELETE}, starts_workflow=True
+    ),
+    "controlplane.handlers.authorizer.handler": Uses({"state": READ}, publishes=False),  # token hash → team
+    HANDLERS["validate"]: Uses({"jobs": WRITE, "state": READ}),
+    HANDLERS["bootstrap"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
+    HANDLERS["launch"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
+    HANDLERS["relay"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET}),
+    HANDLERS["record_failure"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}),
+    "controlplane.handlers.events.instance_state": Uses({"jobs": WRITE, "logs": WRITE}),
+    "controlplane.handlers.reconcile.handler": Uses(
+        {"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}
+    ),
+}
+
+
+def expected(handler: str, uses: Uses) -> set[tuple[str, str]]:
+    pairs = {(action, f"table:{table}") for table, actions in uses.tables.items() for action in actions}
+    pairs |= {(action, "table:jobs/index/*") for action in uses.tables.get("jobs", set())}  # the GSIs it queries
+    pairs |= {(action, secret) for secret, actions in uses.secrets.items() for action in actions}
+    if uses.publishes:
+        pairs.add(("events:PutEvents", "bus"))
+    if uses.starts_workflow:
+        pairs.add(("states:StartExecution", "state-machine"))
+    pairs |= {("logs:CreateLogStream", f"log-group:{handler}"), ("logs:PutLogEvents", f"log-group:{handler}")}
+    return pairs | {("xray:PutTraceSegments", "*"), ("xray:PutTelemetryRecords", "*")}
+
+
+def _role(synth: Synth, handler: str) -> str:
+    _, function = synth.function(handler)
+    return str(function["Role"]["Fn::GetAtt"][0])
+
+
+def test_every_function_is_accounted_for(synth: Synth) -> None:
+    deployed = {p["Properties"]["Handler"] for p in synth.of_type("AWS::Lambda::Function").values()}
+    assert deployed == set(USES)
+
+
+@pytest.mark.parametrize("handler", sorted(USES))
+def test_each_function_role_grants_exactly_what_its_code_calls(synth: Synth, handler: str) -> None:
+    assert synth.permissions(_role(synth, handler)) == expected(handler, USES[handler])
+
+
+def test_each_function_has_its_own_role_trusted_by_lambda_only_without_managed_policies(synth: Synth) -> None:
+    roles = [_role(synth, handler) for handler in USES]
+    assert len(set(roles)) == len(roles)
+    for logical_id in roles:
+        role = synth.resources[logical_id]["Properties"]
+        (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
+        assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
+        assert statement["Action"] == "sts:AssumeRole"
+        assert "ManagedPolicyArns" not in role  # no AWSLambdaBasicExecutionRole: logs go to the own group only
+        assert "Policies" not in role
+
+
+def test_no_statement_uses_star_for_anything_that_could_be_scoped(synth: Synth) -> None:
+    documents = [p["Properties"]["PolicyDocument"] for p in synth.of_type("AWS::IAM::Policy").values()]
+    for role in synth.of_type("AWS::IAM::Role").values():
+        documents += [p["PolicyDocument"] for p in role["Properties"].get("Policies", [])]
+    assert documents
+    for document in documents:
+        for statement in document["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            assert not [a for a in actions if "*" in a], f"wildcard action in {statement}"
+            if "*" in resources:
+                assert set(actions) <= UNSCOPABLE, f"* for scopable actions: {sorted(set(actions) - UNSCOPABLE)}"
+            assert "dynamodb:Scan" not in actions  # every read is a GetItem or a Query
+            assert not [a for a in actions if a.split(":")[0] in {"ec2", "iam"}]  # providers' own keys do that
+
+
+def test_the_workflow_may_invoke_exactly_its_step_functions(synth: Synth) -> None:
+    role = synth.logical_id(synth.stack.workflow.state_machine.role)
+    invoked = {resource for action, resource in synth.permissions(role) if action == "lambda:InvokeFunction"}
+    assert invoked == {f"function:{handler}" for handler in HANDLERS.values()}
+    assert {action for action, resource in synth.permissions(role) if resource != "*"} == {"lambda:InvokeFunction"}
+
+
+def test_the_submission_rule_may_start_the_workflow_and_nothing_else(synth: Synth) -> None:
+    (rule,) = [
+        r["Properties"]
+        for r in synth.of_type("AWS::Events::Rule").values()
+        if r["Properties"].get("EventBusName") is not None
+    ]
+    (target,) = rule["Targets"]
+    role = target["RoleArn"]["Fn::GetAtt"][0]
+    assert synth.permissions(role) == {("states:StartExecution", "state-machine")}

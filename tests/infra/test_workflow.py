@@ -1,0 +1,85 @@
+"""The job workflow as deployed: a Standard state machine whose definition is controlplane.adapters.statemachine's,
+with each Task on the right function, plus logging, tracing and a timeout."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from controlplane.adapters import statemachine
+from controlplane.core.spec import MAX_RUNTIME_LIMIT_MINUTES
+from tests.infra.conftest import Synth
+
+PLACEHOLDER = re.compile(r"^\$\{(\w+)\}$")
+
+
+def _state_machine(synth: Synth) -> dict[str, Any]:
+    (machine,) = synth.of_type("AWS::StepFunctions::StateMachine").values()
+    return dict(machine["Properties"])
+
+
+def substituted(definition: Any, substitutions: dict[str, Any]) -> Any:
+    """The definition with every "${key}" string replaced by its substitution (what Step Functions does)."""
+    if isinstance(definition, dict):
+        return {k: substituted(v, substitutions) for k, v in definition.items()}
+    if isinstance(definition, list):
+        return [substituted(v, substitutions) for v in definition]
+    if isinstance(definition, str) and (match := PLACEHOLDER.match(definition)):
+        return substitutions[match.group(1)]
+    return definition
+
+
+def deployed_definition(synth: Synth) -> dict[str, Any]:
+    machine = _state_machine(synth)
+    assert isinstance(machine["DefinitionString"], str)  # a literal document, nothing spliced in by CloudFormation
+    result: dict[str, Any] = substituted(json.loads(machine["DefinitionString"]), machine["DefinitionSubstitutions"])
+    return result
+
+
+def step_arns(synth: Synth) -> dict[str, Any]:
+    """Each step's function ARN, found by the function's handler (not by CDK's names)."""
+    return {
+        step: {"Fn::GetAtt": [synth.function(handler)[0], "Arn"]} for step, handler in statemachine.HANDLERS.items()
+    }
+
+
+def test_the_definition_is_the_single_source_with_the_right_function_per_step(synth: Synth) -> None:
+    definition = deployed_definition(synth)
+    assert definition == statemachine.definition(step_arns(synth))
+    timeout = definition["TimeoutSeconds"]
+    # The longest job (7 days of max_runtime_minutes) with boot, drain and relay retries must fit.
+    assert timeout >= MAX_RUNTIME_LIMIT_MINUTES * 60 + 6 * 3600
+
+
+def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
+    states = deployed_definition(synth)["States"]
+    arns = step_arns(synth)
+    assert list(states) == ["Validate", "Bootstrap", "Launch", "Relay", "Drained?", "Done", "RecordFailure", "Failed"]
+    order = {"Validate": "Bootstrap", "Bootstrap": "Launch", "Launch": "Relay", "Relay": "Drained?"}
+    step_of = {"Validate": "validate", "Bootstrap": "bootstrap", "Launch": "launch", "Relay": "relay"}
+    for name, step in step_of.items():
+        state = states[name]
+        assert (state["Type"], state["Resource"], state["Next"]) == ("Task", arns[step], order[name])
+        assert any("UpstreamUnavailable" in retry["ErrorEquals"] for retry in state["Retry"])
+        assert any("Lambda.ServiceException" in retry["ErrorEquals"] for retry in state["Retry"])
+    for name in ("Validate", "Bootstrap", "Launch"):
+        catches = {tuple(c["ErrorEquals"]): c["Next"] for c in states[name]["Catch"]}
+        assert catches == {("JobNotActive", "DuplicateSubmission"): "Done", ("States.ALL",): "RecordFailure"}
+    assert [c["Next"] for c in states["Relay"]["Catch"]] == ["Done"]  # the relay never fails a running job
+    assert states["Drained?"]["Default"] == "Relay"
+    assert states["RecordFailure"]["Resource"] == arns["record_failure"]
+    assert states["RecordFailure"]["Next"] == "Failed"
+    assert states["Failed"] == {"Type": "Fail", "ErrorPath": "$.Error", "CausePath": "$.Cause"}
+
+
+def test_standard_with_logging_without_execution_data_and_tracing(synth: Synth) -> None:
+    machine = _state_machine(synth)
+    assert machine["StateMachineType"] == "STANDARD"
+    logging = machine["LoggingConfiguration"]
+    assert logging["Level"] == "ALL"
+    assert logging["IncludeExecutionData"] is False  # task specs' envs often carry tokens
+    (destination,) = logging["Destinations"]
+    group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+    assert synth.resources[group]["Properties"]["RetentionInDays"] == 90
+    assert machine["TracingConfiguration"] == {"Enabled": True}
