@@ -133,20 +133,20 @@ def team_with_provider(
     control_plane: ControlPlane, new_team: Callable[[], str], provider_keys: Callable[..., Keys]
 ) -> tuple[str, str]:
     token = new_team()
-    keys = provider_keys()
-    response = control_plane.call(
-        "POST",
-        "/providers",
-        token,
-        body={
-            "name": "main",
-            "region": "us-east-1",
-            "access_key_id": keys.access_key_id,
-            "secret_access_key": keys.secret_access_key,
-        },
-    )
+    return token, register_provider(control_plane, token, provider_keys())
+
+
+def register_provider(control_plane: ControlPlane, token: str, keys: Keys, name: str = "main") -> str:
+    """POST /providers with these keys (us-east-1); returns the provider id."""
+    body = {
+        "name": name,
+        "region": "us-east-1",
+        "access_key_id": keys.access_key_id,
+        "secret_access_key": keys.secret_access_key,
+    }
+    response = control_plane.call("POST", "/providers", token, body=body)
     assert response.status == 201, response.body
-    return token, response.json()["provider_id"]
+    return str(response.json()["provider_id"])
 
 
 # -- the launch workflow ------------------------------------------------------------------------------------------
@@ -169,19 +169,7 @@ def tenant(control_plane: ControlPlane, provider_keys: Callable[..., Keys]) -> T
     team_id = f"t-{uuid.uuid4().hex[:10]}"
     token = container.get().teams.issue_token(team_id)
     keys = provider_keys()
-    response = control_plane.call(
-        "POST",
-        "/providers",
-        token,
-        body={
-            "name": "main",
-            "region": "us-east-1",
-            "access_key_id": keys.access_key_id,
-            "secret_access_key": keys.secret_access_key,
-        },
-    )
-    assert response.status == 201, response.body
-    return Tenant(token, team_id, response.json()["provider_id"], keys)
+    return Tenant(token, team_id, register_provider(control_plane, token, keys), keys)
 
 
 class Workflow:

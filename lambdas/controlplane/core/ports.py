@@ -86,6 +86,20 @@ class LogProgress:
     complete: bool  # nothing more will come (the relay drained the output, or the instance is gone)
 
 
+class JobStateWriter(Protocol):
+    """What the event handlers and the reconciler change on jobs: the instance's state and the job's status."""
+
+    def set_instance_state(self, job_id: str, state: str) -> None: ...
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        expected: JobStatus | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> Job: ...
+
+
 class SecretStore(Protocol):
     def put_provider_credentials(self, team_id: str, provider_id: str, credentials: ProviderCredentials) -> str: ...
     def get_provider_credentials(self, secret_arn: str) -> ProviderCredentials: ...

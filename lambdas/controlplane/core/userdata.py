@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from controlplane.core.errors import InvalidSpec
+from controlplane.core.spec import TaskSpec
 
 USER_DATA_LIMIT = 16384  # bytes, before base64 (EC2's limit)
 TEMPLATE_FILE = Path(__file__).parent / "data" / "job_wrapper.sh"
@@ -291,3 +292,8 @@ def check_fits(
     compressed = _compress(script)
     if len(compressed) > USER_DATA_LIMIT - FIT_MARGIN_BYTES:
         raise _too_large(config, len(compressed))
+
+
+def check_spec_fits(job_id: str, team_id: str, instance_type: str, spec: TaskSpec) -> None:
+    """check_fits for a task spec (what submission and the workflow's Validate step both check)."""
+    check_fits(job_id, team_id, instance_type, dict(spec.envs), spec.setup, spec.run, spec.max_runtime_minutes * 60)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from controlplane.core import outcomes
 from controlplane.core.errors import TransitionRefused
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
-from controlplane.core.ports import LogProgress
+from controlplane.core.ports import JobStateWriter, LogProgress
 
 ENDED_STATES = frozenset({"shutting-down", "terminated"})
 # EC2's states in lifecycle order: a late event never moves the recorded state backwards.
@@ -22,17 +22,8 @@ STATE_ORDER = {"pending": 0, "running": 1, "stopping": 2, "stopped": 3, "shuttin
 logger = logging.getLogger(__name__)
 
 
-class InstanceJobs(Protocol):
+class InstanceJobs(JobStateWriter, Protocol):
     def by_instance(self, instance_id: str) -> Job | None: ...
-    def set_instance_state(self, job_id: str, state: str) -> None: ...
-    def transition(
-        self,
-        job_id: str,
-        target: JobStatus,
-        *,
-        expected: JobStatus | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> Job: ...
 
 
 class LogProgressStore(Protocol):

@@ -127,15 +127,7 @@ class IntakeService:
         region = spec.resources.region or provider.region
         try:
             selection = catalog.get().select(spec.resources, region)
-            userdata.check_fits(
-                job_id,
-                team_id,
-                selection.instance_type,
-                dict(spec.envs),
-                spec.setup,
-                spec.run,
-                spec.max_runtime_minutes * 60,
-            )
+            userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
         except InvalidSpec as error:
             self._record_invalid(
                 Job.model_validate(base | {"spec": spec, "name": spec.name, "region": region}), error.message
@@ -210,15 +202,7 @@ class IntakeService:
                 raise InvalidSubmission(message)
             try:
                 spec = job.spec
-                userdata.check_fits(
-                    job.job_id,
-                    job.team_id,
-                    job.instance_type,
-                    dict(spec.envs),
-                    spec.setup,
-                    spec.run,
-                    spec.max_runtime_minutes * 60,
-                )
+                userdata.check_spec_fits(job.job_id, job.team_id, job.instance_type, spec)
             except InvalidSpec as error:
                 fail_job(self.jobs, job.job_id, FailureReason.INVALID_SPEC, error.message)
                 raise

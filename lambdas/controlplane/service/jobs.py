@@ -76,15 +76,7 @@ class JobService:
             raise NotFound("provider", request.provider_id)
         spec = request.task_spec()
         selection = catalog.get().select(spec.resources, spec.resources.region or provider.region)
-        userdata.check_fits(
-            job_id,
-            team_id,
-            selection.instance_type,
-            dict(spec.envs),
-            spec.setup,
-            spec.run,
-            spec.max_runtime_minutes * 60,
-        )
+        userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
         now = utcnow()
         job, created = self.jobs.create(
             Job(

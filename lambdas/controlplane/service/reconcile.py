@@ -27,25 +27,16 @@ from controlplane.core import outcomes
 from controlplane.core.errors import TransitionRefused
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
-from controlplane.core.ports import LogProgress, ProviderClients, SecretStore
+from controlplane.core.ports import JobStateWriter, LogProgress, ProviderClients, SecretStore
 from controlplane.core.provisioning import JOB_TAG
 
 logger = logging.getLogger(__name__)
 GONE = frozenset({"shutting-down", "terminated"})
 
 
-class ReconcileJobs(Protocol):
+class ReconcileJobs(JobStateWriter, Protocol):
     def active_jobs(self) -> list[Job]: ...
     def get(self, job_id: str) -> Job | None: ...
-    def set_instance_state(self, job_id: str, state: str) -> None: ...
-    def transition(
-        self,
-        job_id: str,
-        target: JobStatus,
-        *,
-        expected: JobStatus | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> Job: ...
 
 
 class ReconcileProviders(Protocol):
