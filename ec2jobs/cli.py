@@ -130,6 +130,123 @@ def _price(value: Any) -> str:
     return "n/a"
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _duration(seconds: float) -> str:
+    """`45s`, `12m 05s`, `3h 04m`, `2d 03h`."""
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _market(job: Mapping[str, Any]) -> str:
+    """The market the job runs in (recorded at launch), else the one it asked for."""
+    if job.get("market"):
+        return str(job["market"])
+    use_spot = job.get("use_spot")
+    if use_spot == "auto":
+        return "auto"
+    return "spot" if use_spot is True else "on-demand"
+
+
+def _hourly(job: Mapping[str, Any]) -> str:
+    """The hourly price with its market; on spot no price is recorded, only its ceiling (the on-demand price)."""
+    price, ceiling, market = _number(job.get("hourly_price")), _number(job.get("on_demand_price")), _market(job)
+    if price is not None:
+        return f"{_price(price)} on-demand" if market == "on-demand" else _price(price)
+    bound = f"; at most {_price(ceiling)}, the on-demand price" if ceiling is not None else ""
+    if market == "spot":
+        return f"n/a on spot (no spot price is recorded{bound})"
+    if market == "auto":
+        fallback = f" at {_price(ceiling)}" if ceiling is not None else ""
+        return f"n/a until launch (use_spot: auto: spot, else on-demand{fallback})"
+    return "n/a (no price recorded)"
+
+
+def _market_detail(job: Mapping[str, Any]) -> str:
+    """The detail view's market: what it runs in, saying when `use_spot: auto` chose it."""
+    if job.get("use_spot") != "auto":
+        return _market(job)
+    return f"{job['market']} (use_spot: auto)" if job.get("market") else "auto: spot, else on-demand (at launch)"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a job cost (terminal) or has cost so far (running), as far as the recorded data tells."""
+
+    seconds: float | None  # billed (terminal) or since launch (running); None: nothing launched
+    amount: float | None  # USD at the recorded hourly price; None: no price recorded (spot)
+    ceiling: float | None  # USD at the on-demand price: what a spot job cost at most
+    running: bool
+
+
+def job_cost(job: Mapping[str, Any], now: dt.datetime) -> Cost:
+    """The job's cost: `billed_seconds`/`cost_estimate` once it ended; while it runs, launch → now (at least
+    EC2's one-minute minimum) at the recorded hourly price. Never a price the API did not record."""
+    terminal = job.get("status") in TERMINAL_STATUSES
+    seconds = _number(job.get("billed_seconds"))
+    if not terminal and seconds is None and isinstance(job.get("launched_at"), str):
+        with contextlib.suppress(ValueError):
+            launched = dt.datetime.fromisoformat(job["launched_at"])
+            if launched.tzinfo is None:
+                launched = launched.replace(tzinfo=dt.UTC)
+            seconds = max(60.0, (now - launched).total_seconds())
+    if seconds is None:
+        return Cost(None, None, None, running=not terminal)
+    price, ceiling = _number(job.get("hourly_price")), _number(job.get("on_demand_price"))
+    amount = _number(job.get("cost_estimate")) if terminal else None
+    if amount is None and price is not None:
+        amount = round(price * seconds / 3600, 4)
+    bound = round(ceiling * seconds / 3600, 4) if ceiling is not None else None
+    return Cost(seconds, amount, bound, running=not terminal)
+
+
+def _cost_cell(cost: Cost) -> str:
+    """The jobs table's COST: `0.1060`, `~0.0123` so far while running, `<=0.1060` on spot (at most), `-` none."""
+    if cost.seconds is None:
+        return "-"
+    if cost.amount is not None:
+        return ("~" if cost.running else "") + _price(cost.amount)
+    if cost.ceiling is not None:
+        return "<=" + _price(cost.ceiling)
+    return "n/a"
+
+
+def _cost_fields(job: Mapping[str, Any], now: dt.datetime) -> list[tuple[str, Any]]:
+    """The detail view's duration and cost lines (none before launch)."""
+    cost = job_cost(job, now)
+    if cost.seconds is None:
+        return []
+    if cost.running:
+        pairs: list[tuple[str, Any]] = [("instance up", f"{_duration(cost.seconds)} (since launch)")]
+        label, about = "cost so far", "about "
+    else:
+        pairs = [("billed", f"{_duration(cost.seconds)} (launch to end, at least a minute)")]
+        label, about = "cost", ""
+    if cost.amount is not None:
+        rate = f" at {_price(job.get('hourly_price'))} $/h" if _number(job.get("hourly_price")) is not None else ""
+        pairs.append((label, f"{about}${_price(cost.amount)} (estimate{rate} {_market(job)})"))
+    elif cost.ceiling is not None:
+        pairs.append((label, f"n/a on spot (no spot price is recorded); at most ${_price(cost.ceiling)}"))
+    else:
+        pairs.append((label, "n/a (no price recorded)"))
+    return pairs
+
+
 def _dash(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
@@ -532,10 +649,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # While following, stdout carries the job's output only; ec2jobs's own lines go to stderr.
     say = _err if args.follow else _out
     say(f"submitted job {job_id} ({job.get('status')})")
-    say(
-        f"  instance type: {_dash(job.get('instance_type'))} in {_dash(job.get('region'))}, "
-        f"${_price(job.get('hourly_price'))}/h"
-    )
+    say(f"  instance type: {_dash(job.get('instance_type'))} in {_dash(job.get('region'))}, $/h {_hourly(job)}")
     for note in job.get("notes") or []:
         say(f"  note: {note}")
     if not args.follow:
@@ -569,6 +683,15 @@ def _final_line(job: Mapping[str, Any]) -> str:
         line += ": " + ", ".join(parts)
     if job.get("failure_message"):
         line += f" - {_one_line(str(job['failure_message']))}"
+    cost = job_cost(job, _now())
+    if status in TERMINAL_STATUSES and cost.seconds is not None:
+        if cost.amount is not None:
+            spent = f"about ${_price(cost.amount)}"
+        elif cost.ceiling is not None:
+            spent = f"at most ${_price(cost.ceiling)} on spot"
+        else:
+            spent = "cost n/a"
+        line += f" (billed {_duration(cost.seconds)}, {spent})"
     return line
 
 
@@ -660,20 +783,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not jobs:
         _out("no jobs" + (f" with status {args.status}" if args.status else ""))
         return EXIT_OK
+    now = _now()
+    costs = [_cost_cell(job_cost(j, now)) for j in jobs]
     _table(
-        ["JOB ID", "NAME", "STATUS", "INSTANCE TYPE", "$/H", "CREATED"],
+        ["JOB ID", "NAME", "STATUS", "INSTANCE TYPE", "MARKET", "$/H", "COST", "CREATED"],
         [
             [
                 j.get("job_id"),
                 _dash(j.get("name")),
                 j.get("status"),
                 _dash(j.get("instance_type")),
+                _market(j),
                 _price(j.get("hourly_price")),
+                cost,
                 _timestamp(j.get("created_at")),
             ]
-            for j in jobs
+            for j, cost in zip(jobs, costs, strict=True)
         ],
     )
+    if any(cost[:1] in {"~", "<"} for cost in costs):
+        _err("(COST: ~ so far, the job still runs; <= at most, on spot: no spot price is recorded)")
     if body["next_cursor"]:
         _err(f"(the newest {len(jobs)} shown; pass --limit for more)")
     return EXIT_OK
@@ -684,7 +813,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(job)
         return EXIT_OK
-    spot = job.get("use_spot")
     pairs: list[tuple[str, Any]] = [
         ("job id", job.get("job_id")),
         ("name", job.get("name")),
@@ -697,7 +825,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("provider", job.get("provider_id")),
         ("region", job.get("region")),
         ("instance type", job.get("instance_type")),
-        ("$/h", _price(job.get("hourly_price")) + (" (spot)" if spot else "")),
+        ("market", _market_detail(job)),
+        ("$/h", _hourly(job)),
+        *_cost_fields(job, _now()),
         ("instance id", job.get("instance_id")),
         ("instance state", job.get("instance_state")),
         ("zone", job.get("availability_zone")),

@@ -228,6 +228,7 @@ class _Injected:
     code: str
     message: str
     times: int | None
+    when: Callable[[dict[str, Any]], bool] | None = None  # only calls whose API parameters match
 
 
 class ProviderCalls:
@@ -239,9 +240,17 @@ class ProviderCalls:
         self._failures: dict[str, list[_Injected]] = {}
         self._after: dict[str, list[Callable[[], None]]] = {}
 
-    def fail(self, operation: str, code: str, message: str = "", times: int | None = 1) -> None:
-        """Make the next `times` calls of `operation` (e.g. "RunInstances") fail with this AWS error (None: all)."""
-        self._failures.setdefault(operation, []).append(_Injected(code, message, times))
+    def fail(
+        self,
+        operation: str,
+        code: str,
+        message: str = "",
+        times: int | None = 1,
+        when: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """Make the next `times` calls of `operation` (e.g. "RunInstances") fail with this AWS error (None: all);
+        with `when`, only the calls whose API parameters it accepts (e.g. spot requests)."""
+        self._failures.setdefault(operation, []).append(_Injected(code, message, times, when))
 
     def after(self, operation: str, action: Callable[[], None]) -> None:
         """Run `action` once right after `operation` succeeded (e.g. simulate a crash)."""
@@ -254,14 +263,15 @@ class ProviderCalls:
         import types
 
         self.calls.append((service, operation))
+        params = self.params[-1][1] if self.params and self.params[-1][0] == operation else {}
         queue = self._failures.get(operation, [])
-        if not queue:
+        injected = next((i for i in queue if i.when is None or i.when(params)), None)
+        if injected is None:
             return None
-        injected = queue[0]
         if injected.times is not None:
             injected.times -= 1
             if injected.times <= 0:
-                queue.pop(0)
+                queue.remove(injected)
         parsed = {
             "Error": {"Code": injected.code, "Message": injected.message},
             "ResponseMetadata": {"HTTPStatusCode": 400},

@@ -280,6 +280,34 @@ def test_given_an_invalid_spec_when_submitting_then_422_says_what_is_wrong_and_a
     assert not_json.status == 422
 
 
+def test_given_use_spot_auto_when_submitting_then_accepted_and_no_price_is_guessed_before_launch(
+    control_plane: ControlPlane, team_with_provider: tuple[str, str]
+) -> None:
+    token, provider_id = team_with_provider
+    body = {"provider_id": provider_id, "resources": {"accelerators": "A10G:1", "use_spot": "auto"}, "run": "x"}
+    response = control_plane.call("POST", "/jobs", token, body=body)
+    assert response.status == 202, response.body
+    created = response.json()
+    # The market is decided at launch: until then the hourly price is unknown, the on-demand price its ceiling.
+    assert (created["use_spot"], created["hourly_price"], created["on_demand_price"]) == ("auto", None, 1.006)
+    assert any("no spot price is recorded" in note for note in created["notes"])
+    job = control_plane.call("GET", f"/jobs/{created['job_id']}", token).json()
+    assert (job["spec"]["resources"]["use_spot"], job["use_spot"], job["market"]) == ("auto", "auto", None)
+
+
+def test_given_a_use_spot_that_is_not_true_false_or_auto_when_submitting_then_422_says_what_is_allowed(
+    control_plane: ControlPlane, team_with_provider: tuple[str, str]
+) -> None:
+    token, provider_id = team_with_provider
+    body = {"provider_id": provider_id, "resources": {"use_spot": "sometimes"}, "run": "x"}
+    response = control_plane.call("POST", "/jobs", token, body=body)
+    assert response.status == 422
+    details = {d["field"]: d["message"] for d in response.json()["details"]}
+    assert list(details) == ["resources.use_spot"]
+    assert 'true, false or "auto"' in details["resources.use_spot"]
+    assert "falling back to on-demand" in details["resources.use_spot"]
+
+
 def test_given_an_unknown_provider_when_submitting_then_404(
     control_plane: ControlPlane, new_team: Callable[[], str]
 ) -> None:

@@ -258,3 +258,220 @@ def test_given_little_lambda_time_left_then_launch_hands_over_to_the_workflow_re
 
     assert run_calls(provider_calls) == 0
     assert job(control_plane, tenant, state["job_id"])["status"] == "LAUNCHING"
+
+
+# -- spot: use_spot auto and true ----------------------------------------------------------------------------------
+
+AUTO_JOB = {"resources": {"accelerators": "T4", "use_spot": "auto"}, "run": "python train.py"}
+SPOT_JOB = {"resources": {"accelerators": "T4", "use_spot": True}, "run": "python train.py"}
+G4DN_PRICE = 0.526  # the catalog's on-demand list price of g4dn.xlarge
+NO_SPOT_CAPACITY = "There is no Spot capacity available that matches your request."
+SPOT_ROLE_MISSING = "The provided credentials do not have permission to create the service-linked role for EC2 Spot"
+
+
+def is_spot(params: dict[str, Any]) -> bool:
+    return "InstanceMarketOptions" in params
+
+
+def is_on_demand(params: dict[str, Any]) -> bool:
+    return "InstanceMarketOptions" not in params
+
+
+def markets_requested(calls: ProviderCalls) -> list[str]:
+    return ["spot" if is_spot(r) else "on-demand" for r in calls.requests("RunInstances")]
+
+
+def test_given_use_spot_auto_and_spot_capacity_then_the_job_runs_on_spot(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, AUTO_JOB)
+
+    result = workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["use_spot"], record["market"]) == ("PROVISIONING", "auto", "spot")
+    assert record["hourly_price"] is None  # no spot price is recorded, never a guess
+    assert record["on_demand_price"] == G4DN_PRICE
+    assert any("no spot price is recorded" in note for note in record["notes"])
+    (instance,) = instances_of(control_plane, state["job_id"])
+    assert (instance["InstanceId"], instance.get("InstanceLifecycle")) == (result["instance_id"], "spot")
+    assert markets_requested(provider_calls) == ["spot"]
+
+
+def test_given_use_spot_auto_and_no_spot_capacity_in_any_zone_then_one_on_demand_instance(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, AUTO_JOB)
+    provider_calls.fail("RunInstances", "InsufficientInstanceCapacity", NO_SPOT_CAPACITY, times=None, when=is_spot)
+
+    result = workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["market"], record["launch_market"]) == ("PROVISIONING", "on-demand", "on-demand")
+    assert record["hourly_price"] == record["on_demand_price"] == G4DN_PRICE  # the price of the market it runs in
+    (note,) = [n for n in record["notes"] if n.startswith("use_spot: auto fell back to on-demand")]
+    assert "no spot capacity for g4dn.xlarge in us-east-1" in note
+    assert NO_SPOT_CAPACITY in note
+    (instance,) = instances_of(control_plane, state["job_id"])
+    assert instance["InstanceId"] == result["instance_id"]
+    assert instance.get("InstanceLifecycle") is None
+    # Spot in every zone first (AWS's choice, then the usual zone names), then on-demand from AWS's choice.
+    requests = provider_calls.requests("RunInstances")
+    assert markets_requested(provider_calls) == ["spot"] * 7 + ["on-demand"]
+    assert "Placement" not in requests[0]
+    assert "Placement" not in requests[-1]
+    assert len({r["ClientToken"] for r in requests}) == len(requests)  # a new request, a new token
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "says"),
+    [
+        ("MaxSpotInstanceCountExceeded", "Max spot instance count exceeded", "All G and VT Spot Instance Requests"),
+        ("VcpuLimitExceeded", "You have requested more vCPU capacity", "the spot quota is too low"),
+        ("AuthFailure.ServiceLinkedRoleCreationNotPermitted", SPOT_ROLE_MISSING, "AWSServiceRoleForEC2Spot"),
+    ],
+)
+def test_given_use_spot_auto_and_a_spot_quota_or_role_error_then_on_demand_at_once(
+    control_plane: ControlPlane,
+    tenant: Tenant,
+    workflow: Workflow,
+    provider_calls: ProviderCalls,
+    code: str,
+    message: str,
+    says: str,
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, AUTO_JOB)
+    provider_calls.fail("RunInstances", code, message, times=None, when=is_spot)
+
+    workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["market"], record["hourly_price"]) == ("PROVISIONING", "on-demand", G4DN_PRICE)
+    assert any(says in note and code in note for note in record["notes"])
+    assert markets_requested(provider_calls) == ["spot", "on-demand"]  # a quota is regional: no zone walk
+    assert len(instances_of(control_plane, state["job_id"])) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "reason", "says"),
+    [
+        ("InsufficientInstanceCapacity", NO_SPOT_CAPACITY, "CAPACITY", "use_spot: auto (falls back to on-demand)"),
+        ("MaxSpotInstanceCountExceeded", "Max spot instance count exceeded", "QUOTA", "All G and VT Spot"),
+        ("AuthFailure.ServiceLinkedRoleCreationNotPermitted", SPOT_ROLE_MISSING, "CREDENTIALS", "create-service"),
+    ],
+)
+def test_given_use_spot_true_and_spot_is_unavailable_then_failed_without_on_demand(
+    control_plane: ControlPlane,
+    tenant: Tenant,
+    workflow: Workflow,
+    provider_calls: ProviderCalls,
+    code: str,
+    message: str,
+    reason: str,
+    says: str,
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, SPOT_JOB)
+    provider_calls.fail("RunInstances", code, message, times=None)
+
+    with pytest.raises(JobFailed):
+        workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["failure_reason"]) == ("FAILED", reason)
+    assert says in record["failure_message"]
+    assert record["market"] is None
+    assert set(markets_requested(provider_calls)) == {"spot"}  # use_spot: true never launches on-demand
+    assert instances_of(control_plane, state["job_id"]) == []
+
+
+def test_given_use_spot_auto_and_an_on_demand_quota_error_after_spot_then_quota_not_another_round(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, AUTO_JOB)
+    provider_calls.fail("RunInstances", "MaxSpotInstanceCountExceeded", "Max spot", times=None, when=is_spot)
+    provider_calls.fail("RunInstances", "VcpuLimitExceeded", "vCPU limit", times=None, when=is_on_demand)
+
+    with pytest.raises(JobFailed) as failure:
+        workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["failure_reason"], failure.value.reason) == ("FAILED", "QUOTA", "QUOTA")
+    message = record["failure_message"]
+    assert "Running On-Demand G and VT instances" in message
+    assert "use_spot: auto tried spot first: the spot quota is too low" in message
+    assert markets_requested(provider_calls) == ["spot", "on-demand"]
+    assert instances_of(control_plane, state["job_id"]) == []
+
+
+def test_given_use_spot_auto_and_no_capacity_in_either_market_then_capacity_after_a_bounded_walk(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, AUTO_JOB)
+    provider_calls.fail("RunInstances", "InsufficientInstanceCapacity", capacity_message("us-east-1a", "us-east-1b"),
+                        times=None)  # fmt: skip
+
+    with pytest.raises(JobFailed):
+        workflow.launch(state)
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["failure_reason"]) == ("FAILED", "CAPACITY")
+    assert "AWS has no on-demand capacity" in record["failure_message"]
+    assert "use_spot: auto tried spot first: no spot capacity" in record["failure_message"]
+    requested = markets_requested(provider_calls)
+    assert requested == sorted(requested, reverse=True)  # every spot attempt before any on-demand one
+    assert 2 <= requested.count("spot") <= 7
+    assert 2 <= requested.count("on-demand") <= 7
+    assert instances_of(control_plane, state["job_id"]) == []
+
+
+def test_given_a_retried_step_after_the_fallback_then_it_resumes_on_demand_with_the_same_token(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    """A Lambda retry repeats the very on-demand request that may have succeeded (same token), instead of walking
+    the spot zones again; and that token is not the spot attempt's in the same zone (IdempotentParameterMismatch)."""
+    state = launch_state(control_plane, tenant, workflow, AUTO_JOB)
+    provider_calls.fail("RunInstances", "MaxSpotInstanceCountExceeded", "Max spot", times=None, when=is_spot)
+    provider_calls.fail("RunInstances", "RequestLimitExceeded", "Request limit exceeded.", when=is_on_demand)
+    with pytest.raises(UpstreamUnavailable):
+        workflow.launch(state)
+    assert job(control_plane, tenant, state["job_id"])["launch_market"] == "on-demand"
+
+    workflow.launch(state)
+
+    spot, on_demand, retried = provider_calls.requests("RunInstances")
+    assert (is_spot(spot), is_spot(on_demand), is_spot(retried)) == (True, False, False)
+    assert "Placement" not in spot  # both in AWS's choice of zone...
+    assert "Placement" not in on_demand
+    assert on_demand["ClientToken"] == retried["ClientToken"] != spot["ClientToken"]  # ...with different tokens
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["market"]) == ("PROVISIONING", "on-demand")
+    assert len([n for n in record["notes"] if n.startswith("use_spot: auto fell back")]) == 1
+    assert len(instances_of(control_plane, state["job_id"])) == 1
+
+
+def test_given_the_lambda_dies_after_the_fallback_launch_then_the_retry_records_the_same_instance(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    state = launch_state(control_plane, tenant, workflow, AUTO_JOB)
+    provider_calls.fail("RunInstances", "InsufficientInstanceCapacity", NO_SPOT_CAPACITY, times=None, when=is_spot)
+
+    def crash_after_on_demand() -> None:
+        if is_spot(provider_calls.requests("RunInstances")[-1]):
+            provider_calls.after("RunInstances", crash_after_on_demand)  # not yet: wait for the on-demand launch
+            return
+        raise TimeoutError("Lambda timed out right after RunInstances returned")
+
+    provider_calls.after("RunInstances", crash_after_on_demand)
+    with pytest.raises(TimeoutError):
+        workflow.launch(state)
+    (launched,) = instances_of(control_plane, state["job_id"])
+    calls_before_retry = run_calls(provider_calls)
+
+    result = workflow.launch(state)
+
+    assert result["instance_id"] == launched["InstanceId"]
+    assert run_calls(provider_calls) == calls_before_retry  # found by its tags: no second launch
+    assert len(instances_of(control_plane, state["job_id"])) == 1
+    record = job(control_plane, tenant, state["job_id"])
+    assert (record["status"], record["market"], record["hourly_price"]) == ("PROVISIONING", "on-demand", G4DN_PRICE)
+    assert any(n.startswith("use_spot: auto fell back to on-demand") for n in record["notes"])  # kept across the retry

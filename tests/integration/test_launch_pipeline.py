@@ -166,7 +166,10 @@ def test_given_a_spot_job_then_spot_market_options_are_sent(
     state = workflow.run(job_id, tenant.team_id)
     (reservation,) = control_plane.admin("ec2").describe_instances(InstanceIds=[state["instance_id"]])["Reservations"]
     assert reservation["Instances"][0].get("InstanceLifecycle") == "spot"
-    assert job(control_plane, tenant, job_id)["use_spot"] is True
+    record = job(control_plane, tenant, job_id)
+    assert (record["use_spot"], record["market"]) == (True, "spot")
+    assert record["hourly_price"] is None  # no spot price is recorded; the on-demand price bounds it
+    assert record["on_demand_price"] is not None
 
 
 def test_given_a_second_job_then_bootstrap_is_reused_with_one_describe(

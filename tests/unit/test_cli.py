@@ -4,6 +4,7 @@ arrive in pieces), and a fake `local.runtime` module. No emulator, no AWS."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -36,6 +37,8 @@ LOG_PIECES = [
 ]
 LOG = "".join(LOG_PIECES)
 CRASH_PIECES = ["starting\n", "Traceback: boom\n"]
+LAUNCHED_AT = "2026-11-24T03:01:00+00:00"
+NOW = dt.datetime(2026, 11, 24, 3, 31, tzinfo=dt.UTC)  # 30 minutes after LAUNCHED_AT
 ROUTE_MISSING = {"code": "NOT_FOUND", "message": "no such route; see GET /openapi.json"}
 CATALOG: dict[str, Any] = {
     "prices": {"region": "us-east-1", "currency": "USD", "unit": "hour", "notes": ["test prices"]},
@@ -188,7 +191,16 @@ class FakeApi:
         timeline: list[tuple[str, int, dict[str, Any]]] = [
             ("PENDING", 0, {}),
             ("LAUNCHING", 0, {}),
-            ("PROVISIONING", 0, {"instance_id": INSTANCE_ID, "instance_state": "pending"}),
+            (
+                "PROVISIONING",
+                0,
+                {
+                    "instance_id": INSTANCE_ID,
+                    "instance_state": "pending",
+                    "market": "on-demand",
+                    "launched_at": LAUNCHED_AT,
+                },
+            ),
             ("RUNNING", 0, running),
             ("RUNNING", 1, {}),
             ("RUNNING", 1, {}),  # nothing new on this poll
@@ -198,7 +210,8 @@ class FakeApi:
             reason = {"failure_reason": "EXIT_NONZERO", "exit_code": 3, "failure_message": "run exited with status 3"}
             timeline.append(("FAILED", len(pieces), reason))
         else:
-            timeline += [("RUNNING", 3, {}), ("SUCCEEDED", len(pieces), {"exit_code": 0})]
+            billed = {"exit_code": 0, "billed_seconds": 150, "cost_estimate": 0.0419}  # 150 s at 1.006 $/h
+            timeline += [("RUNNING", 3, {}), ("SUCCEEDED", len(pieces), billed)]
         record = {
             "job_id": job_id,
             "name": body.get("name"),
@@ -212,7 +225,12 @@ class FakeApi:
             "instance_type": "g5.xlarge",
             "instance_state": None,
             "hourly_price": 1.006,
+            "on_demand_price": 1.006,
             "use_spot": False,
+            "market": None,
+            "launched_at": None,
+            "billed_seconds": None,
+            "cost_estimate": None,
             "notes": ["A10 is sold by AWS as A10G"],
             "spec": {**body, "envs": dict.fromkeys(body.get("envs") or {}, "<redacted>")},
             "created_at": f"2026-11-24T03:00:{len(self.jobs):02d}+00:00",
@@ -226,7 +244,7 @@ class FakeApi:
 
     @staticmethod
     def summary(job: FakeJob) -> dict[str, Any]:
-        fields = ("job_id", "status", "instance_type", "region", "hourly_price", "notes")
+        fields = ("job_id", "status", "instance_type", "region", "hourly_price", "use_spot", "on_demand_price", "notes")
         return {name: job.record[name] for name in fields}
 
     def list_jobs(self, query: dict[str, str]) -> tuple[int, Any]:
@@ -446,7 +464,7 @@ def test_submit_follow_shows_status_changes_the_exact_log_and_the_final_line(
     lines = result.err.splitlines()
     assert lines[0] == "submitted job job-0001 (PENDING)"
     assert "g5.xlarge" in lines[1]
-    assert "$1.0060/h" in lines[1]
+    assert "$/h 1.0060 on-demand" in lines[1]
     assert "note: A10 is sold by AWS as A10G" in lines[2]
     changes = [line.split(": ", 1)[1] for line in lines if line.startswith("[")]
     assert changes == [
@@ -456,7 +474,7 @@ def test_submit_follow_shows_status_changes_the_exact_log_and_the_final_line(
         f"RUNNING (instance {INSTANCE_ID}, g5.xlarge)",
     ]
     assert lines[-2] == ""  # the output ended mid-line: the final line starts on its own
-    assert lines[-1] == "job job-0001 SUCCEEDED: exit code 0"
+    assert lines[-1] == "job job-0001 SUCCEEDED: exit code 0 (billed 2m 30s, about $0.0419)"
     assert "hf_do_not_show" not in result.out + result.err
     submitted = next(body for method, path, _, body in api.requests if method == "POST")
     assert submitted["provider_id"] == "prov-1"
@@ -603,9 +621,9 @@ def test_jobs_table_filters_pagination_and_json(api: FakeApi, run: Any, tmp_path
     table = run("jobs")
     assert table.code == 0
     lines = table.out.splitlines()
-    assert lines[0].split() == ["JOB", "ID", "NAME", "STATUS", "INSTANCE", "TYPE", "$/H", "CREATED"]
+    assert lines[0].split() == ["JOB", "ID", "NAME", "STATUS", "INSTANCE", "TYPE", "MARKET", "$/H", "COST", "CREATED"]
     assert [line.split()[0] for line in lines[1:]] == ["job-0003", "job-0002", "job-0001"]
-    assert lines[1].split()[1:6] == ["train", "PENDING", "g5.xlarge", "1.0060", "2026-11-24"]
+    assert lines[1].split()[1:8] == ["train", "PENDING", "g5.xlarge", "on-demand", "1.0060", "-", "2026-11-24"]
     limited = run("jobs", "--limit", "2")
     assert [line.split()[0] for line in limited.out.splitlines()[1:]] == ["job-0003", "job-0002"]
     assert "pass --limit for more" in limited.err
@@ -615,7 +633,8 @@ def test_jobs_table_filters_pagination_and_json(api: FakeApi, run: Any, tmp_path
     assert run("jobs", "--status", "FAILED").out.strip() == "no jobs with status FAILED"
 
 
-def test_status_table_and_json(api: FakeApi, run: Any, tmp_path: Path) -> None:
+def test_status_table_and_json(api: FakeApi, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_now", lambda: NOW)
     api.add_provider()
     run("submit", _task(tmp_path, TASK))
     run("status", "job-0001")  # PENDING
@@ -626,13 +645,126 @@ def test_status_table_and_json(api: FakeApi, run: Any, tmp_path: Path) -> None:
     assert fields["status"] == "PROVISIONING"
     assert fields["instance id"] == INSTANCE_ID
     assert fields["instance state"] == "pending"
-    assert fields["$/h"] == "1.0060"
+    assert fields["market"] == "on-demand"
+    assert fields["$/h"] == "1.0060 on-demand"
+    assert fields["instance up"] == "30m 00s (since launch)"
+    assert fields["cost so far"] == "about $0.5030 (estimate at 1.0060 $/h on-demand)"
     assert fields["note"] == "A10 is sold by AWS as A10G"
     assert fields["created"] == "2026-11-24 03:00:00Z"
     assert "failure reason" not in fields
     raw = json.loads(run("status", "job-0001", "--json").out)
     assert raw["status"] == "RUNNING"
     assert raw["spec"]["envs"] == {"HF_TOKEN": "<redacted>"}
+
+
+# -- price and cost -------------------------------------------------------------------------------------------
+
+
+def _put_job(api: FakeApi, job_id: str, status: str, **fields: Any) -> None:
+    """A job frozen in one state (every GET shows the same record)."""
+    record: dict[str, Any] = {
+        "job_id": job_id,
+        "name": None,
+        "status": status,
+        "instance_type": "g4dn.xlarge",
+        "hourly_price": None,
+        "on_demand_price": 0.526,
+        "use_spot": False,
+        "market": None,
+        "launched_at": None,
+        "billed_seconds": None,
+        "cost_estimate": None,
+        "created_at": "2026-11-24T03:00:00+00:00",
+    } | fields
+    api.jobs[job_id] = FakeJob(record, "", [(status, 0, {})], [])
+
+
+def test_given_a_job_that_ended_on_demand_then_status_shows_price_market_billed_time_and_cost(
+    api: FakeApi, run: Any
+) -> None:
+    _put_job(api, "job-od", "SUCCEEDED", market="on-demand", hourly_price=0.526, launched_at=LAUNCHED_AT,
+             billed_seconds=5430, cost_estimate=0.7934)  # fmt: skip
+
+    fields = _fields(run("status", "job-od").out)
+
+    assert fields["market"] == "on-demand"
+    assert fields["$/h"] == "0.5260 on-demand"
+    assert fields["billed"] == "1h 30m (launch to end, at least a minute)"
+    assert fields["cost"] == "$0.7934 (estimate at 0.5260 $/h on-demand)"
+    assert "cost so far" not in fields
+
+
+def test_given_a_job_that_ended_on_spot_then_no_spot_price_is_invented_only_the_on_demand_ceiling(
+    api: FakeApi, run: Any
+) -> None:
+    _put_job(api, "job-spot", "SUCCEEDED", use_spot="auto", market="spot", launched_at=LAUNCHED_AT,
+             billed_seconds=1800)  # fmt: skip
+
+    fields = _fields(run("status", "job-spot").out)
+
+    assert fields["market"] == "spot (use_spot: auto)"
+    assert fields["$/h"] == "n/a on spot (no spot price is recorded; at most 0.5260, the on-demand price)"
+    assert fields["billed"] == "30m 00s (launch to end, at least a minute)"
+    assert fields["cost"] == "n/a on spot (no spot price is recorded); at most $0.2630"
+
+
+def test_given_a_running_job_then_status_shows_time_since_launch_and_cost_so_far(
+    api: FakeApi, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_now", lambda: NOW)
+    _put_job(api, "job-run", "RUNNING", market="on-demand", hourly_price=0.526, launched_at=LAUNCHED_AT)
+    _put_job(api, "job-new", "PENDING", use_spot="auto")
+
+    running = _fields(run("status", "job-run").out)
+    pending = _fields(run("status", "job-new").out)
+
+    assert running["instance up"] == "30m 00s (since launch)"
+    assert running["cost so far"] == "about $0.2630 (estimate at 0.5260 $/h on-demand)"
+    assert pending["market"] == "auto: spot, else on-demand (at launch)"
+    assert pending["$/h"] == "n/a until launch (use_spot: auto: spot, else on-demand at 0.5260)"
+    assert "instance up" not in pending  # nothing launched, nothing billed
+    assert "cost" not in pending
+
+
+def test_given_jobs_in_each_market_and_state_then_the_jobs_table_has_a_cost_column(
+    api: FakeApi, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_now", lambda: NOW)
+    _put_job(api, "job-od", "SUCCEEDED", market="on-demand", hourly_price=0.526, launched_at=LAUNCHED_AT,
+             billed_seconds=3600, cost_estimate=0.526)  # fmt: skip
+    _put_job(api, "job-spot", "FAILED", use_spot=True, market="spot", launched_at=LAUNCHED_AT, billed_seconds=1800)
+    _put_job(api, "job-run", "RUNNING", market="on-demand", hourly_price=0.526, launched_at=LAUNCHED_AT)
+    _put_job(api, "job-new", "PENDING", use_spot="auto")
+    _put_job(api, "job-invalid", "FAILED", instance_type=None, on_demand_price=None)
+
+    table = run("jobs")
+
+    rows = {line.split()[0]: line.split()[4:7] for line in table.out.splitlines()[1:]}  # MARKET, $/H, COST
+    assert rows == {
+        "job-od": ["on-demand", "0.5260", "0.5260"],
+        "job-spot": ["spot", "n/a", "<=0.2630"],
+        "job-run": ["on-demand", "0.5260", "~0.2630"],
+        "job-new": ["auto", "n/a", "-"],
+        "job-invalid": ["on-demand", "n/a", "-"],
+    }
+    assert "~ so far" in table.err
+    assert "<= at most" in table.err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (59.9, "59s"), (60, "1m 00s"), (3599, "59m 59s"), (3600, "1h 00m"), (90_061, "1d 01h")],
+)
+def test_given_seconds_then_a_short_duration(seconds: float, text: str) -> None:
+    assert cli._duration(seconds) == text
+
+
+def test_given_a_job_launched_seconds_ago_then_its_cost_so_far_counts_ec2s_minimum_minute() -> None:
+    job = {"status": "PROVISIONING", "hourly_price": 3.6, "launched_at": "2026-11-24T03:30:50+00:00"}
+
+    cost = cli.job_cost(job, NOW)
+
+    assert (cost.seconds, cost.amount, cost.running) == (60.0, 0.06, True)
 
 
 def test_logs_prints_what_is_there_and_follows_to_the_end(api: FakeApi, run: Any, tmp_path: Path) -> None:

@@ -9,13 +9,17 @@ import pytest
 from controlplane.core import images, provisioning, sshkeys
 from controlplane.core.launch_errors import (
     Action,
+    after_spot,
     capacity_exhausted,
     classify,
+    no_spot_capacity,
     quota_family,
     requested_zones,
+    spot_fallback_note,
     zones_named,
 )
 from controlplane.core.lifecycle import FailureReason
+from controlplane.core.markets import Market, hourly_price, market_of, markets_for, submission_pricing
 from controlplane.service.launch import client_token
 from local.moto_patches import iam_request_resource
 
@@ -123,6 +127,105 @@ class TestClientToken:
         assert len(tokens) == 4
         assert all(len(token) <= 64 and token.isascii() for token in tokens)
         assert client_token("t1", "job-1", "us-east-1b") == client_token("t1", "job-1", "us-east-1b")
+
+    def test_given_spot_and_on_demand_in_the_same_zone_then_different_tokens_each_stable(self) -> None:
+        for zone in (None, "us-east-1b"):
+            spot = client_token("t1", "job-1", zone, Market.SPOT)
+            on_demand = client_token("t1", "job-1", zone, Market.ON_DEMAND)
+            assert spot != on_demand  # one token for two different requests is IdempotentParameterMismatch
+            assert spot == client_token("t1", "job-1", zone, Market.SPOT)  # a retried attempt reuses its token
+            assert len(spot) <= 64
+            assert spot.isascii()
+
+    def test_given_on_demand_then_the_token_is_the_one_earlier_releases_sent(self) -> None:
+        import hashlib
+
+        legacy = "ec2jobs-" + hashlib.sha256(b"t1\x00job-1\x00us-east-1b").hexdigest()[:48]
+        assert client_token("t1", "job-1", "us-east-1b", Market.ON_DEMAND) == legacy
+
+
+class TestSpotErrors:
+    """Which RunInstances errors mean "spot is unavailable, on-demand may work" (use_spot: auto falls back)."""
+
+    @pytest.mark.parametrize(
+        ("code", "message"),
+        [
+            ("InsufficientInstanceCapacity", "There is no Spot capacity available that matches your request."),
+            ("UnfulfillableCapacity", "There isn't enough spare capacity to fulfill your request for Spot Instances"),
+            ("SpotMaxPriceTooLow", "Your Spot request price of 0.526 is lower than the minimum required Spot price"),
+        ],
+    )
+    def test_given_a_spot_capacity_error_then_the_other_zones_are_tried_first(self, code: str, message: str) -> None:
+        verdict = _classify(code, message, spot=True)
+        assert (verdict.action, verdict.reason) == (Action.TRY_OTHER_ZONE, FailureReason.CAPACITY)
+
+    @pytest.mark.parametrize("code", ["MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "InstanceLimitExceeded"])
+    def test_given_a_quota_error_on_a_spot_request_then_only_spot_is_unavailable(self, code: str) -> None:
+        verdict = _classify(code, "limit exceeded", instance_type="g6.xlarge", spot=True)
+        assert (verdict.action, verdict.reason) == (Action.FAIL, FailureReason.QUOTA)
+        assert "All G and VT Spot Instance Requests" in verdict.message  # use_spot: true fails with this
+        assert verdict.spot_unavailable.startswith("the spot quota is too low to start g6.xlarge (4 vCPUs)")
+        assert code in verdict.spot_unavailable
+
+    def test_given_a_quota_error_on_an_on_demand_request_then_it_is_not_a_spot_fallback(self) -> None:
+        verdict = _classify("VcpuLimitExceeded", "limit exceeded", spot=False)
+        assert verdict.reason == FailureReason.QUOTA
+        assert verdict.spot_unavailable == ""
+
+    def test_given_the_spot_service_linked_role_is_missing_then_credentials_with_the_command_to_fix_it(self) -> None:
+        message = "The provided credentials do not have permission to create the service-linked role for EC2 Spot"
+        verdict = _classify("AuthFailure.ServiceLinkedRoleCreationNotPermitted", message, spot=True)
+        assert (verdict.action, verdict.reason) == (Action.FAIL, FailureReason.CREDENTIALS)
+        assert "aws iam create-service-linked-role --aws-service-name spot.amazonaws.com" in verdict.message
+        assert "AWSServiceRoleForEC2Spot" in verdict.spot_unavailable
+
+    def test_given_spot_capacity_exhausted_then_the_hint_offers_auto(self) -> None:
+        text = capacity_exhausted("g5.xlarge", "us-east-1", ["us-east-1a"], True, "InsufficientInstanceCapacity: x")
+        assert "AWS has no spot capacity" in text
+        assert "use_spot: auto (falls back to on-demand)" in text
+
+    def test_given_auto_left_spot_then_the_note_and_a_later_failure_say_why(self) -> None:
+        why = no_spot_capacity(
+            "g5.xlarge", "us-east-1", ["AWS's choice", "us-east-1b"], "InsufficientInstanceCapacity: x"
+        )
+        assert why == (
+            "no spot capacity for g5.xlarge in us-east-1 (tried: AWS's choice, us-east-1b). "
+            "AWS said: InsufficientInstanceCapacity: x"
+        )
+        assert spot_fallback_note(why) == f"use_spot: auto fell back to on-demand: {why}"
+        assert after_spot("Quota too low.", why) == f"Quota too low. (use_spot: auto tried spot first: {why})"
+        assert after_spot("Quota too low.", None).endswith("(use_spot: auto tried spot first; see the job's notes)")
+
+
+class TestMarkets:
+    @pytest.mark.parametrize(
+        ("use_spot", "markets"),
+        [(True, (Market.SPOT,)), (False, (Market.ON_DEMAND,)), ("auto", (Market.SPOT, Market.ON_DEMAND))],
+    )
+    def test_given_use_spot_then_the_markets_in_order(self, use_spot: bool | str, markets: tuple[Market]) -> None:
+        assert markets_for(use_spot) == markets  # type: ignore[arg-type]
+
+    def test_given_an_instance_then_its_market_is_what_ec2_says(self) -> None:
+        assert market_of({"InstanceId": "i-1", "InstanceLifecycle": "spot"}) == Market.SPOT
+        assert market_of({"InstanceId": "i-1"}) == Market.ON_DEMAND  # on-demand instances have no lifecycle
+
+    def test_given_a_market_then_the_recorded_price_is_never_a_guess(self) -> None:
+        assert hourly_price(Market.ON_DEMAND, 0.526) == 0.526
+        assert hourly_price(Market.SPOT, 0.526) is None  # the catalog has no spot prices
+        assert hourly_price(None, 0.526) is None  # auto before launch: the market is not known yet
+
+    def test_given_a_submission_then_only_on_demand_has_a_price_and_spot_says_why_not(self) -> None:
+        on_demand = submission_pricing(False, "g5.xlarge", 1.006)
+        assert (on_demand.hourly_price, on_demand.on_demand_price, on_demand.notes) == (1.006, 1.006, ())
+        for use_spot in (True, "auto"):
+            pricing = submission_pricing(use_spot, "g5.xlarge", 1.006)  # type: ignore[arg-type]
+            assert (pricing.hourly_price, pricing.on_demand_price) == (None, 1.006)
+            (note,) = pricing.notes
+            assert "no spot price is recorded" in note
+            assert "never pays more than the on-demand price" in note
+            assert "1.006 USD/h for g5.xlarge" in note
+        (unpriced,) = submission_pricing(True, "p5.4xlarge", None).notes
+        assert "never pays more" not in unpriced
 
 
 class TestImages:

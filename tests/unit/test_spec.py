@@ -342,10 +342,30 @@ def test_given_a_use_spot_flag_then_it_is_a_bool(raw: Any, expected: bool) -> No
     assert Resources(use_spot=raw).use_spot is expected
 
 
-@pytest.mark.parametrize("raw", ["yes", 1, 0, None])
-def test_given_a_non_boolean_use_spot_then_validation_error(raw: Any) -> None:
-    with pytest.raises(ValidationError, match="use_spot must be true or false"):
+@pytest.mark.parametrize("raw", ["auto", " AUTO ", "Auto"])
+def test_given_use_spot_auto_in_any_case_then_it_is_auto(raw: Any) -> None:
+    assert Resources(use_spot=raw).use_spot == "auto"
+
+
+@pytest.mark.parametrize(
+    ("use_spot", "markets"),
+    [(True, ["spot"]), (False, ["on-demand"]), ("auto", ["spot", "on-demand"])],
+)
+def test_given_use_spot_then_the_markets_are_tried_in_this_order(use_spot: Any, markets: list[str]) -> None:
+    assert [str(m) for m in Resources(use_spot=use_spot).markets] == markets
+
+
+@pytest.mark.parametrize("raw", ["yes", "spot", "automatic", 1, 0, None, ["auto"]])
+def test_given_a_use_spot_that_is_not_true_false_or_auto_then_validation_error(raw: Any) -> None:
+    with pytest.raises(ValidationError, match='use_spot must be true, false or "auto"'):
         Resources(use_spot=raw)
+
+
+def test_given_use_spot_auto_then_the_json_schema_describes_it() -> None:
+    schema = TaskSpec.model_json_schema()["$defs"]["Resources"]["properties"]["use_spot"]
+    assert {"type": "boolean"} in schema["anyOf"]
+    assert {"const": "auto", "type": "string"} in schema["anyOf"]
+    assert '"auto"' in schema["description"]
 
 
 def test_given_a_known_region_then_it_is_accepted_and_an_unknown_one_lists_regions() -> None:
@@ -540,6 +560,7 @@ PLAUSIBLE_STRINGS = [
     "g5.xlarge",
     "p4d.24xlarge",
     "true",
+    "auto",
     "false",
     "echo hi",
     "",

@@ -2,7 +2,9 @@
 
 AWS's error codes are the contract: capacity errors name the Availability Zones that have capacity, quota errors
 are VcpuLimitExceeded / MaxSpotInstanceCountExceeded, and an instance profile that IAM has not propagated yet shows
-up as InvalidParameterValue about `iamInstanceProfile`.
+up as InvalidParameterValue about `iamInstanceProfile`. For a spot request, a spot quota error and the missing spot
+service-linked role (AuthFailure.ServiceLinkedRoleCreationNotPermitted) are spot-only failures: `use_spot: auto`
+then tries on-demand (`Classified.spot_unavailable`); spot capacity errors walk the zones first.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Classified:
     reason: FailureReason | None = None
     message: str = ""
     zones: tuple[str, ...] = ()
+    spot_unavailable: str = ""  # set when only the spot market failed: why (an on-demand request may still work)
 
 
 # Service Quotas for EC2 vCPU limits, by instance family letter (public quota names and codes).
@@ -68,8 +71,15 @@ TRANSIENT_CODES = frozenset(
     }
 )
 _CAPACITY_CODES = frozenset(
-    {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "SpotMaxPriceTooLow"}
+    {
+        "InsufficientInstanceCapacity",  # also spot's "There is no Spot capacity available that matches your request."
+        "InsufficientCapacity",
+        "InsufficientHostCapacity",
+        "UnfulfillableCapacity",  # spot: not enough spare capacity for the request
+        "SpotMaxPriceTooLow",  # spot: the spot price is above the maximum (by default the on-demand price)
+    }
 )
+SPOT_ROLE_CODE = "AuthFailure.ServiceLinkedRoleCreationNotPermitted"  # AWSServiceRoleForEC2Spot missing, not creatable
 _QUOTA_CODES = frozenset({"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded"})
 _ZONE = re.compile(r"\b([a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z])\b")
 _ENCODED = re.compile(r"\s*Encoded authorization failure message:.*", re.DOTALL)
@@ -131,6 +141,22 @@ def classify(
             f"Your account's EC2 quota is too low to start {instance_type} ({vcpus} vCPUs) in {region}: raise "
             f"'{name}' ({quota_code}) to at least {vcpus} plus what your other instances use, in Service Quotas → "
             f"Amazon Elastic Compute Cloud (Amazon EC2) → {region}, then resubmit.{said}",
+            spot_unavailable=(
+                f"the spot quota is too low to start {instance_type} ({vcpus} vCPUs) in {region} (raise '{name}' "
+                f"({quota_code}) to use spot).{said}"
+                if spot
+                else ""
+            ),
+        )
+    if spot and code == SPOT_ROLE_CODE:
+        return Classified(
+            Action.FAIL,
+            FailureReason.CREDENTIALS,
+            "EC2 needs the service-linked role AWSServiceRoleForEC2Spot to launch spot instances, and the provider's "
+            "key may not create it (TransformerLabComputePolicy has no iam:CreateServiceLinkedRole). Create it once "
+            "in the provider's account: aws iam create-service-linked-role --aws-service-name spot.amazonaws.com, "
+            f"or use use_spot: auto or false.{said}",
+            spot_unavailable=f"the account has no spot service-linked role (AWSServiceRoleForEC2Spot).{said}",
         )
     if code in AUTH_CODES:
         return Classified(
@@ -145,7 +171,7 @@ def classify(
 def capacity_exhausted(instance_type: str, region: str, tried: list[str], spot: bool, last: str) -> str:
     where = ", ".join(tried) if tried else "AWS's choice of zone"
     hint = (
-        "Spot capacity comes and goes: resubmit later, or use_spot: false."
+        "Spot capacity comes and goes: resubmit later, or use use_spot: auto (falls back to on-demand) or false."
         if spot
         else "Resubmit later, choose another region that offers it (GET /catalog), or another instance type."
     )
@@ -158,3 +184,23 @@ def capacity_exhausted(instance_type: str, region: str, tried: list[str], spot: 
     return f"AWS has no {market} capacity for {instance_type} in {region} right now (tried: {where}). {hint} " + (
         f"AWS said: {last}" if last else ""
     )
+
+
+def no_spot_capacity(instance_type: str, region: str, tried: list[str], last: str) -> str:
+    """Why `use_spot: auto` left spot after walking the zones: the zones tried and AWS's last word."""
+    where = ", ".join(tried) if tried else "AWS's choice of zone"
+    return f"no spot capacity for {instance_type} in {region} (tried: {where})." + (
+        f" AWS said: {last}" if last else ""
+    )
+
+
+def spot_fallback_note(why: str) -> str:
+    """The note a job gets when `use_spot: auto` moves on to on-demand."""
+    return f"use_spot: auto fell back to on-demand: {why}"
+
+
+def after_spot(message: str, spot_why: str | None) -> str:
+    """A failure of the on-demand attempt of `use_spot: auto`, saying that spot was tried first and why it failed."""
+    if spot_why:
+        return f"{message} (use_spot: auto tried spot first: {spot_why})"
+    return f"{message} (use_spot: auto tried spot first; see the job's notes)"

@@ -7,6 +7,7 @@ Semantics (README "Task spec"):
 - `cpus`: `"8"` means exactly 8 vCPUs, `"8+"` at least 8 (SkyPilot).
 - `memory`: a minimum; `"32"`/`"32+"` both mean at least 32 GiB. Plain numbers are GiB; units are
   `KB MB GB TB` (decimal), `KiB MiB GiB TiB` or `K M G T` (binary). `512MB` is half a gigabyte, never 512 GB.
+- `use_spot`: `true` (spot only), `false` (on-demand only) or `"auto"` (spot, else on-demand; core/markets.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from controlplane.core import catalog
+from controlplane.core.markets import AUTO, Market, UseSpot, markets_for
 
 MAX_RUNTIME_DEFAULT_MINUTES = 720
 MAX_RUNTIME_LIMIT_MINUTES = 7 * 24 * 60
@@ -186,7 +188,11 @@ class Resources(BaseModel):
     cpus: str | None = Field(default=None, description='vCPUs: "8" exactly 8, "8+" at least 8')
     memory: str | None = Field(default=None, description="minimum memory, e.g. 32, 32+, 64GB, 512MiB")
     disk_size: int = Field(default=DISK_DEFAULT_GIB, description="root volume size in GiB (encrypted gp3)")
-    use_spot: bool = Field(default=False, description="launch as a spot instance")
+    use_spot: UseSpot = Field(
+        default=False,
+        description='true: spot; false: on-demand; "auto": spot, falling back to on-demand when AWS has no spot '
+        "capacity in any zone tried, or the spot quota is too low",
+    )
     region: str | None = Field(default=None, description="AWS region; defaults to the provider's region")
     instance_type: str | None = Field(default=None, description="pin an exact EC2 instance type")
     _requested_gpu: str | None = PrivateAttr(default=None)  # what the user typed, e.g. "a10" (for the alias note)
@@ -239,12 +245,18 @@ class Resources(BaseModel):
 
     @field_validator("use_spot", mode="before")
     @classmethod
-    def _use_spot(cls, raw: Any) -> bool:
+    def _use_spot(cls, raw: Any) -> UseSpot:
         if isinstance(raw, bool):
             return raw
-        if isinstance(raw, str) and raw.strip().lower() in {"true", "false"}:
-            return raw.strip().lower() == "true"
-        raise ValueError("use_spot must be true or false")
+        text = raw.strip().lower() if isinstance(raw, str) else None
+        if text in {"true", "false"}:
+            return text == "true"
+        if text == AUTO:
+            return AUTO
+        raise ValueError(
+            'use_spot must be true, false or "auto" (auto: spot, falling back to on-demand when AWS has no spot '
+            "capacity or the spot quota is too low)"
+        )
 
     @field_validator("region", mode="before")
     @classmethod
@@ -270,6 +282,11 @@ class Resources(BaseModel):
             return None
         parsed = parse_accelerator(self.accelerators)
         return Accelerator(parsed.name, parsed.count, self._requested_gpu or parsed.requested_as)
+
+    @property
+    def markets(self) -> tuple[Market, ...]:
+        """The EC2 markets to try, in order (auto: spot, then on-demand)."""
+        return markets_for(self.use_spot)
 
     @property
     def cpu_requirement(self) -> Amount | None:

@@ -128,6 +128,8 @@ def submit_job(body: JobRequest) -> Response[Any]:
             "instance_type": job.instance_type,
             "region": job.region,
             "hourly_price": job.hourly_price,
+            "use_spot": job.use_spot,
+            "on_demand_price": job.on_demand_price,
             "notes": job.notes,
         },
         202,

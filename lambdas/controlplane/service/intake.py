@@ -30,6 +30,7 @@ from controlplane.core.errors import (
 from controlplane.core.ids import job_id_for_idempotency_key
 from controlplane.core.images import ImageFamily, family_for_instance
 from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.markets import UseSpot, submission_pricing
 from controlplane.core.models import Job, Provider, check_team_id, utcnow
 from controlplane.core.ports import JobStore, ProviderStore
 from controlplane.core.spec import TaskSpec
@@ -50,7 +51,7 @@ class Plan:
     region: str
     instance_type: str
     image_family: str
-    use_spot: bool
+    use_spot: UseSpot
 
     def as_state(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -132,6 +133,7 @@ class IntakeService:
             self._record_invalid(
                 Job.model_validate(base | {"spec": spec, "name": spec.name, "region": region}), error.message
             )
+        pricing = submission_pricing(spec.resources.use_spot, selection.instance_type, selection.hourly_price)
         job, _ = self.jobs.create(
             Job.model_validate(
                 base
@@ -140,9 +142,10 @@ class IntakeService:
                     "name": spec.name,
                     "region": selection.region,
                     "instance_type": selection.instance_type,
-                    "hourly_price": selection.hourly_price,
+                    "hourly_price": pricing.hourly_price,
+                    "on_demand_price": pricing.on_demand_price,
                     "use_spot": spec.resources.use_spot,
-                    "notes": list(selection.notes),
+                    "notes": [*selection.notes, *pricing.notes],
                 }
             )
         )

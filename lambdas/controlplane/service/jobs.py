@@ -18,6 +18,7 @@ from controlplane.core.errors import (
 )
 from controlplane.core.ids import job_id_for_idempotency_key, new_job_id
 from controlplane.core.lifecycle import JobStatus
+from controlplane.core.markets import submission_pricing
 from controlplane.core.models import Job, JobRequest, utcnow
 from controlplane.core.ports import JobPage, JobStore, LogProgress, ProviderStore, WorkflowStarter
 
@@ -77,6 +78,7 @@ class JobService:
         spec = request.task_spec()
         selection = catalog.get().select(spec.resources, spec.resources.region or provider.region)
         userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
+        pricing = submission_pricing(spec.resources.use_spot, selection.instance_type, selection.hourly_price)
         now = utcnow()
         job, created = self.jobs.create(
             Job(
@@ -87,9 +89,10 @@ class JobService:
                 name=spec.name,
                 spec=spec,
                 instance_type=selection.instance_type,
-                hourly_price=selection.hourly_price,
+                hourly_price=pricing.hourly_price,
+                on_demand_price=pricing.on_demand_price,
                 use_spot=spec.resources.use_spot,
-                notes=list(selection.notes),
+                notes=[*selection.notes, *pricing.notes],
                 request_hash=fingerprint,
                 created_at=now,
                 updated_at=now,

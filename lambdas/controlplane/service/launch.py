@@ -6,8 +6,10 @@ byte-identical on a retry because the host key is derived, not random). Before t
 it, so a retried step resumes with the very request (zone, token) that may already have succeeded, instead of
 taking a new path with a new token while DescribeInstances lags. Fallbacks: a new instance profile that IAM has not
 propagated yet is retried with backoff (bounded); a capacity error is retried in the zones AWS names, then in the
-region's other zones. The step never runs into its Lambda timeout: when time runs short it hands over to the
-workflow's retry (UpstreamUnavailable).
+region's other zones. `use_spot: auto` walks the zones on spot first and, when no zone has spot capacity or the spot
+quota (or the spot service-linked role) is missing, records the switch and walks them again on-demand: the cheaper
+market wherever it exists before the dearer one anywhere. The step never runs into its Lambda timeout: when time
+runs short it hands over to the workflow's retry (UpstreamUnavailable).
 """
 
 from __future__ import annotations
@@ -24,8 +26,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 from controlplane.adapters.ec2 import LIVE_STATES, PROVIDER_OPERATIONS, Ec2Account, error_code, error_message
 from controlplane.core import catalog, images, provisioning, sshkeys, userdata
 from controlplane.core.errors import JobFailed, JobNotActive, TransitionRefused, UpstreamUnavailable
-from controlplane.core.launch_errors import Action, capacity_exhausted, classify, requested_zones
+from controlplane.core.launch_errors import (
+    Action,
+    Classified,
+    after_spot,
+    capacity_exhausted,
+    classify,
+    no_spot_capacity,
+    requested_zones,
+    spot_fallback_note,
+)
 from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.markets import Market, hourly_price, market_of
 from controlplane.core.models import BootstrapRecord, Job, utcnow
 from controlplane.core.ports import JobStore, ProviderClients, ProviderCredentials, SecretStore
 from controlplane.service.bootstrap import BootstrapService
@@ -35,6 +47,10 @@ MAX_ZONE_ATTEMPTS = 7  # AWS's own choice, then up to six pinned zones
 TIME_RESERVE_SECONDS = 20.0  # stop starting new work when the Lambda has less than this left
 _GUESSED_ZONE_LETTERS = "abcdef"  # no ec2:DescribeAvailabilityZones in the seed policy: try the usual names
 _VANISHED = {"InvalidKeyPair.NotFound", "InvalidGroup.NotFound", "InvalidGroupId.NotFound"}
+SPOT_OPTIONS = {
+    "MarketType": "spot",
+    "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+}  # no MaxPrice: AWS's default maximum is the on-demand price
 
 
 @dataclass(frozen=True)
@@ -46,15 +62,58 @@ class LaunchSettings:
     profile_propagation_wait_seconds: float
 
 
-def client_token(team_id: str, job_id: str, zone: str | None) -> str:
-    """Deterministic per (team, job, zone attempt); 56 ASCII characters (EC2 allows 64). Hashed so that job ids
-    users choose cannot collide with another team's or another tool's tokens in the same account."""
-    digest = hashlib.sha256(f"{team_id}\x00{job_id}\x00{zone or ''}".encode()).hexdigest()
+def client_token(team_id: str, job_id: str, zone: str | None, market: Market = Market.ON_DEMAND) -> str:
+    """Deterministic per (team, job, zone, market) attempt; 56 ASCII characters (EC2 allows 64). Hashed so that job
+    ids users choose cannot collide with another team's or another tool's tokens in the same account. A spot and an
+    on-demand request in the same zone are different requests, so they get different tokens (one token for two
+    requests is IdempotentParameterMismatch); on-demand tokens are the ones earlier releases sent."""
+    material = f"{team_id}\x00{job_id}\x00{zone or ''}" + ("\x00spot" if market == Market.SPOT else "")
+    digest = hashlib.sha256(material.encode()).hexdigest()
     return f"ec2jobs-{digest[:48]}"
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What a RunInstances walk produced: the instance and the notes it leaves on the job."""
+
+    instance: dict[str, Any]
+    notes: tuple[str, ...] = ()
 
 
 def _no_deadline() -> float:
     return float("inf")
+
+
+def _failed(reason: FailureReason, message: str, fell_back: bool, spot_why: str | None) -> JobFailed:
+    """The job's failure; after `use_spot: auto` fell back to on-demand, the message says why spot failed."""
+    return JobFailed(reason, after_spot(message, spot_why) if fell_back else message)
+
+
+class _ZoneWalk:
+    """The zones one market is tried in: AWS's choice, then the zones AWS names, then the usual zone names."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.tried: list[str] = []
+        self.queue: list[str] = []
+        self.guessed = False
+        self.last_capacity = ""
+
+    def next_zone(self, zone: str | None, code: str, message: str, verdict: Classified) -> str | None:
+        """After a capacity (or unknown-zone) error in `zone`: the zone to try next, or None when none is left."""
+        self.tried.append(zone or "AWS's choice")
+        self.tried += [z for z in requested_zones(message) if z not in self.tried]
+        if verdict.action == Action.TRY_OTHER_ZONE:
+            self.last_capacity = f"{code}: {verdict.message}"
+            self.queue += [z for z in verdict.zones if z not in self.tried and z not in self.queue]
+        if not self.queue and not self.guessed:
+            self.guessed = True
+            self.queue = [
+                z for z in (f"{self.region}{letter}" for letter in _GUESSED_ZONE_LETTERS) if z not in self.tried
+            ]
+        if not self.queue or len(self.tried) >= MAX_ZONE_ATTEMPTS:
+            return None
+        return self.queue.pop(0)
 
 
 class LaunchService:
@@ -129,7 +188,9 @@ class LaunchService:
                     )
                     disk = image.min_disk_gib
                 request = self._request(job, record, image.image_id, image.root_device_name, disk, user_data)
-                instance = self._run(ec2, job, request, record, time_left)
+                launched = self._run(ec2, job, request, record, time_left)
+                instance = launched.instance
+                notes += launched.notes
         except ClientError as error:
             raise self._unexpected(error, job) from None
         except BotoCoreError as error:
@@ -207,12 +268,7 @@ class LaunchService:
         }
         if record.key_name:
             request["KeyName"] = record.key_name
-        if job.spec.resources.use_spot:
-            request["InstanceMarketOptions"] = {
-                "MarketType": "spot",
-                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
-            }
-        return request
+        return request  # the market (InstanceMarketOptions) is per attempt: see _run
 
     def _run(
         self,
@@ -221,25 +277,31 @@ class LaunchService:
         request: dict[str, Any],
         record: BootstrapRecord,
         time_left: Callable[[], float],
-    ) -> dict[str, Any]:
+    ) -> Launched:
+        """Walk the zones in each market of the job (spot, then on-demand for `use_spot: auto`) until one launches."""
         assert job.instance_type is not None
+        assert job.spec is not None
         instance = catalog.get().instances[job.instance_type]
-        spot = bool(request.get("InstanceMarketOptions"))
-        zone: str | None = job.launch_zone  # a retried step resumes with the request that may have succeeded
-        queue: list[str] = []
-        tried: list[str] = []
-        guessed = False
+        markets = job.spec.resources.markets
+        # A retried step resumes with the request that may have succeeded: the recorded market and zone.
+        market = job.launch_market if job.launch_market in markets else markets[0]
+        zone: str | None = job.launch_zone
+        walk = _ZoneWalk(job.region)
+        notes: list[str] = []
+        spot_why: str | None = None  # why auto left spot, for the on-demand attempt's failure message
         waited = 0.0
         backoff = 2.0
-        last_capacity = ""
         while True:
             if time_left() < TIME_RESERVE_SECONDS:
                 raise UpstreamUnavailable("the launch step is running out of time; the workflow retries it")
-            attempt = dict(request, ClientToken=client_token(job.team_id, job.job_id, zone))
+            spot = market == Market.SPOT
+            attempt = dict(request, ClientToken=client_token(job.team_id, job.job_id, zone, market))
+            if spot:
+                attempt["InstanceMarketOptions"] = SPOT_OPTIONS
             if zone:
                 attempt["Placement"] = {"AvailabilityZone": zone}
             try:
-                return ec2.run_instance(attempt)
+                return Launched(ec2.run_instance(attempt), tuple(notes))
             except ClientError as error:
                 code, message = error_code(error), error_message(error)
                 verdict = classify(
@@ -251,6 +313,8 @@ class LaunchService:
                     spot=spot,
                     zone=zone,
                 )
+            fallback = markets[-1] if market != markets[-1] else None  # auto on spot: on-demand is next
+            fell_back = market != markets[0]  # auto on on-demand: failure messages say spot was tried first
             if verdict.action == Action.WAIT_FOR_PROFILE:
                 limit = self.settings.profile_propagation_wait_seconds
                 if waited < limit:
@@ -271,37 +335,41 @@ class LaunchService:
             if verdict.action == Action.ALREADY_LAUNCHED:
                 found = self._await_tagged(ec2, job, time_left)
                 if found is not None:
-                    return found
+                    return Launched(found, tuple(notes))
                 raise UpstreamUnavailable(
                     "EC2 reports this launch request was already made, but the instance is not visible yet; retrying"
                 )
-            if verdict.action in {Action.TRY_OTHER_ZONE, Action.SKIP_ZONE}:
-                tried.append(zone or "AWS's choice")
-                tried += [z for z in requested_zones(message) if z not in tried]
-                if verdict.action == Action.TRY_OTHER_ZONE:
-                    last_capacity = f"{code}: {verdict.message}"
-                    queue += [z for z in verdict.zones if z not in tried and z not in queue]
-                if not queue and not guessed:
-                    guessed = True
-                    queue += [f"{job.region}{letter}" for letter in _GUESSED_ZONE_LETTERS]
-                    queue = [z for z in queue if z not in tried]
-                if not queue or len(tried) >= MAX_ZONE_ATTEMPTS:
-                    raise JobFailed(
-                        FailureReason.CAPACITY,
-                        capacity_exhausted(instance.name, job.region, tried, spot, last_capacity),
-                    )
-                zone = queue.pop(0)
-                self._remember_zone(job, zone)
-                continue
             if verdict.action == Action.TRANSIENT:
                 raise UpstreamUnavailable(verdict.message)
-            if code in _VANISHED:
-                self.bootstrap.forget(job.provider_id, job.region)
-            raise JobFailed(verdict.reason or FailureReason.LAUNCH_ERROR, verdict.message)
+            if verdict.action in {Action.TRY_OTHER_ZONE, Action.SKIP_ZONE}:
+                next_zone = walk.next_zone(zone, code, message, verdict)
+                if next_zone is not None:
+                    zone = next_zone
+                    self._remember_attempt(job, market, zone)
+                    continue
+                if fallback is None:
+                    exhausted = capacity_exhausted(instance.name, job.region, walk.tried, spot, walk.last_capacity)
+                    raise _failed(FailureReason.CAPACITY, exhausted, fell_back, spot_why)
+                spot_why = no_spot_capacity(instance.name, job.region, walk.tried, walk.last_capacity)
+            elif fallback is not None and verdict.spot_unavailable:  # the spot quota or the spot role
+                spot_why = verdict.spot_unavailable
+            else:
+                if code in _VANISHED:
+                    self.bootstrap.forget(job.provider_id, job.region)
+                raise _failed(verdict.reason or FailureReason.LAUNCH_ERROR, verdict.message, fell_back, spot_why)
+            # use_spot: auto and spot is unavailable: on-demand, walking the zones again from AWS's choice.
+            note = spot_fallback_note(spot_why)
+            notes.append(note)
+            market, zone, walk = fallback, None, _ZoneWalk(job.region)
+            self._remember_attempt(job, market, zone, note)
 
-    def _remember_zone(self, job: Job, zone: str) -> None:
+    def _remember_attempt(self, job: Job, market: Market, zone: str | None, note: str | None = None) -> None:
+        """Record the next request (market, zone) before making it, so that a retried step repeats exactly it."""
+        fields: dict[str, Any] = {"launch_market": market, "launch_zone": zone}
+        if note is not None:
+            fields["notes"] = list(dict.fromkeys([*job.notes, note]))
         try:
-            self.jobs.update(job.job_id, {"launch_zone": zone}, expected=JobStatus.LAUNCHING)
+            self.jobs.update(job.job_id, fields, expected=JobStatus.LAUNCHING)
         except TransitionRefused:
             raise JobNotActive(f"job {job.job_id} stopped launching (cancelled?)") from None
 
@@ -348,12 +416,18 @@ class LaunchService:
             + self.settings.boot_allowance_seconds
         )
         instance_id = str(instance["InstanceId"])
+        market = market_of(instance)  # what EC2 says it launched, also for an instance an earlier attempt started
+        # A job submitted before on_demand_price existed recorded the list price as hourly_price.
+        list_price = job.on_demand_price if job.on_demand_price is not None else job.hourly_price
         fields: dict[str, Any] = {
             "instance_id": instance_id,
             "instance_state": str(instance.get("State", {}).get("Name", "pending")),
             "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
             "image_id": instance.get("ImageId"),
             "use_spot": job.spec.resources.use_spot,
+            "market": market,
+            "hourly_price": hourly_price(market, list_price),
+            "on_demand_price": list_price,
             "ssh_host_key": host_public_key,
             "launched_at": launched_at,
             "deadline_at": deadline,
