@@ -136,6 +136,10 @@ def serve(port: int, enforce_iam: bool, simulate_instances: bool = False, sandbo
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    from local import faults
+
+    if faults.install(server) is not None:  # EC2JOBS_FAULTS_FILE: the e2e fault matrix's plan
+        logging.getLogger("ec2jobs.faults").warning("fault injection is on: %s", os.environ[faults.PLAN_ENV])
     host, bound_port = server.get_host_and_port()
     endpoint = assert_loopback_url(f"http://{host}:{bound_port}")
     # What runs inside this process (in-process Lambdas, Step Functions' own Lambda client, the instance

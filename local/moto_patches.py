@@ -85,19 +85,33 @@ def error_payload(error: BaseException) -> dict[str, Any]:
 def _patch_lambda_in_process() -> None:
     from moto.awslambda.models import LambdaFunction
 
+    from local import faults
+
     def invoke_in_process(self: Any, event: Any = None) -> tuple[str, bool, str]:
         payload = {} if event is None else event
+        parsed = json.loads(payload) if isinstance(payload, str | bytes) and payload else payload
+        name = str(self.function_name)
+        refused = faults.before_invoke(name, parsed)  # the fault plan (local/faults.py), if any
+        if refused is not None:
+            return json.dumps(refused), True, ""
+        job_token, lambda_token = faults.current_job.set(faults.lambda_job(parsed)), faults.in_lambda.set(True)
         try:
             result = call_handler(
                 str(self.handler),
                 payload,
                 {str(k): str(v) for k, v in dict(self.environment_vars or {}).items()},
-                str(self.function_name),
+                name,
                 float(self.timeout or 30),
             )
         except Exception as error:  # noqa: BLE001 - the Lambda runtime turns any exception into an error payload
             logger.info("function %s raised %s: %s", self.function_name, type(error).__name__, error)
             return json.dumps(error_payload(error)), True, ""
+        finally:
+            faults.current_job.reset(job_token)
+            faults.in_lambda.reset(lambda_token)
+        lost = faults.after_invoke(name, parsed)
+        if lost is not None:
+            return json.dumps(lost), True, ""
         return json.dumps(result), False, ""
 
     LambdaFunction._invoke_lambda = invoke_in_process  # type: ignore[method-assign]
@@ -118,6 +132,8 @@ def _patch_event_targets() -> None:
     from moto.events.models import Rule
     from moto.utilities.arns import parse_arn
 
+    from local import faults
+
     original = Rule.send_to_targets
     lock = threading.Lock()
 
@@ -126,15 +142,20 @@ def _patch_event_targets() -> None:
             return
         ours = [t for t in self.targets if parse_arn(t["Arn"]).service in {"lambda", "states"}]
         others = [t for t in self.targets if t not in ours]
-        for target in ours:
-            arn = parse_arn(target["Arn"])
-            payload = target_input(target, dict(original_event))
-            if arn.service == "lambda":
-                threading.Thread(
-                    target=_invoke_function, args=(arn.account, arn.region, target["Arn"], payload), daemon=True
-                ).start()
-            else:
-                _start_execution(arn.account, arn.region, target["Arn"], payload)
+        deliveries = faults.event_deliveries(dict(original_event)) if ours else []  # the fault plan, if any
+        for delay in deliveries:
+            for target in ours:
+                arn = parse_arn(target["Arn"])
+                payload = target_input(target, dict(original_event))
+                if arn.service == "lambda":
+                    args = (arn.account, arn.region, target["Arn"], payload)
+                    threading.Timer(delay, _invoke_function, args=args).start()
+                elif delay <= 0:
+                    _start_execution(arn.account, arn.region, target["Arn"], payload)
+                else:
+                    threading.Timer(
+                        delay, _start_execution, args=(arn.account, arn.region, target["Arn"], payload)
+                    ).start()
         if others:
             with lock:
                 saved, self.targets = self.targets, others

@@ -23,7 +23,7 @@ from typing import Any
 
 import boto3
 
-from local import emulator, guard
+from local import emulator, faults, guard
 from local.apigw import LocalApiGateway, LocalHttpApi
 from local.resources import ControlPlaneNames, create_tables
 
@@ -114,11 +114,13 @@ def _zip() -> bytes:
 
 def create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dict[str, str]]:
     """Tables, functions, state machine, event bus and rules in the emulator. Returns (state machine ARN, env)."""
-    state_machine_arn, env, _ = _create_resources(names, endpoint)
+    state_machine_arn, env, _ = _create_resources(names, endpoint, {})
     return state_machine_arn, env
 
 
-def _create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dict[str, str], dict[str, str]]:
+def _create_resources(
+    names: ControlPlaneNames, endpoint: str, overrides: dict[str, str]
+) -> tuple[str, dict[str, str], dict[str, str]]:
     from controlplane.adapters import events, statemachine
 
     create_tables(boto3.client("dynamodb"), names)
@@ -141,7 +143,7 @@ def _create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dic
     lambdas = boto3.client("lambda")
     sfn = boto3.client("stepfunctions")
     # The workflow functions do not need the state machine's ARN; the API (in this process) does.
-    base_env = control_plane_environment(names, endpoint, "")
+    base_env = control_plane_environment(names, endpoint, "") | overrides
     base_env.pop("STATE_MACHINE_ARN", None)
     code = _zip()
     arns: dict[str, str] = {}
@@ -165,6 +167,11 @@ def _create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dic
         definition=json.dumps(statemachine.definition(arns)),
         roleArn=role,
     )["stateMachineArn"]
+    # The reconciler restarts dead relay loops (a relay-only execution): it needs the state machine, as deployed.
+    lambdas.update_function_configuration(
+        FunctionName=arns["reconcile"],
+        Environment={"Variables": base_env | {"STATE_MACHINE_ARN": state_machine_arn}},
+    )
     bus = base_env["EVENT_BUS_NAME"]
     eventbridge = boto3.client("events")
     eventbridge.create_event_bus(Name=bus)
@@ -186,11 +193,22 @@ def _create_resources(names: ControlPlaneNames, endpoint: str) -> tuple[str, dic
     eventbridge.put_targets(
         Rule=f"{names.prefix}-spot-interruptions", Targets=[{"Id": "instance-events", "Arn": arns["instance_events"]}]
     )
-    return state_machine_arn, control_plane_environment(names, endpoint, state_machine_arn), arns
+    return state_machine_arn, control_plane_environment(names, endpoint, state_machine_arn) | overrides, arns
 
 
-def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: int = 0) -> LocalControlPlane:
-    """Start the emulator (with the instance simulator), create the control plane in it, serve the API."""
+def start(
+    workdir: Path = Path(".ec2jobs"),
+    team_id: str = "default",
+    api_port: int = 0,
+    *,
+    settings: dict[str, str] | None = None,
+    reconcile_every: float = RECONCILE_EVERY_SECONDS,
+    fault_plan: Path | None = None,
+) -> LocalControlPlane:
+    """Start the emulator (with the instance simulator), create the control plane in it, serve the API.
+
+    `settings` override the functions' environment (e.g. shorter reconciler graces for tests); `fault_plan` turns
+    on fault injection in the emulator (local/faults.py), driven by that plan file."""
     guard.check_environment()
     guard.install_network_guard()
     # The API's Powertools Metrics warns on every request that published no metric; locally that is noise.
@@ -202,14 +220,15 @@ def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: 
         simulate_instances=True,
         sandbox_dir=workdir / "instances",
         log_file=workdir / "emulator.log",
-        env={"EC2JOBS_SANDBOX_SSH_PORT": LOCAL_SETTINGS["SSH_PORT"]},
+        env={"EC2JOBS_SANDBOX_SSH_PORT": LOCAL_SETTINGS["SSH_PORT"]}
+        | ({faults.PLAN_ENV: str(fault_plan.resolve())} if fault_plan is not None else {}),
     )
     try:
         endpoint = process.info.endpoint
         guard.apply_isolated_environment(endpoint, REGION)
         boto3.setup_default_session()
         names = ControlPlaneNames(PREFIX)
-        state_machine_arn, env, arns = _create_resources(names, endpoint)
+        state_machine_arn, env, arns = _create_resources(names, endpoint, settings or {})
         os.environ.update(env)  # the API handlers run in this process
         from controlplane import config
         from controlplane.adapters import aws
@@ -247,7 +266,7 @@ def start(workdir: Path = Path(".ec2jobs"), team_id: str = "default", api_port: 
         _api=front,
         reconcile_function=arns["reconcile"],
     )
-    plane.start_schedule()
+    plane.start_schedule(reconcile_every)
     return plane
 
 

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -106,8 +107,7 @@ class InstanceSimulator:
             self._end(account, region, instance)
 
     def _launch(self, account: str, region: str, instance: Any) -> None:
-        with self._lock:
-            address = self._free.pop(0)
+        address = self._address()
         _set_state(instance, "pending")
         instance.nics[0].public_ip = address
         raw = base64.b64decode(str(instance.user_data)) if instance.user_data else b""
@@ -129,6 +129,22 @@ class InstanceSimulator:
         threading.Thread(
             target=self._boot, args=(account, region, instance, sandbox), daemon=True, name=f"boot-{instance.id}"
         ).start()
+
+    def _address(self) -> str:
+        """The next loopback address whose SSH port is free (an sshd left over by another run may hold one)."""
+        port = int(os.environ.get("EC2JOBS_SANDBOX_SSH_PORT", "22"))
+        with self._lock:
+            while self._free:
+                address = self._free.pop(0)
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        probe.bind((address, port))
+                    except OSError:
+                        logger.warning("%s:%s is taken; skipping it", address, port)
+                        continue
+                return address
+        raise RuntimeError("no free loopback address left for another instance sandbox")
 
     def _boot(self, account: str, region: str, instance: Any, sandbox: InstanceSandbox) -> None:
         try:

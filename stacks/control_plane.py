@@ -26,7 +26,9 @@ class ControlPlaneStack(Stack):
         Tags.of(self).add("ec2jobs:managed-by", "ec2jobs")
         storage = Storage(self, "Storage")
         functions = Functions(self, "Functions", storage=storage, settings=settings)
-        workflow = Workflow(self, "Workflow", steps=functions.steps, starters=[functions.api], settings=settings)
+        workflow = Workflow(
+            self, "Workflow", steps=functions.steps, starters=[functions.api, functions.reconcile], settings=settings
+        )
         api = Api(self, "Api", handler=functions.api, authorizer=functions.authorizer, settings=settings)
         events = Events(
             self,

@@ -69,6 +69,30 @@ class Settings(BaseModel):
         description="how long one relay invocation streams (kept below the relay Lambda's timeout)",
     )
     log_flush_seconds: float = Field(alias="LOG_FLUSH_SECONDS", default=0.5, gt=0)
+    launch_timeout_seconds: float = Field(
+        alias="LAUNCH_TIMEOUT_SECONDS",
+        default=900.0,
+        gt=0,
+        description="a job still PENDING/LAUNCHING after this is failed by the reconciler (LAUNCH_ERROR)",
+    )
+    orphan_grace_seconds: float = Field(
+        alias="ORPHAN_GRACE_SECONDS",
+        default=600.0,
+        ge=0,
+        description="an instance of ours that no job owns is terminated once it is this old",
+    )
+    ended_grace_seconds: float = Field(
+        alias="ENDED_GRACE_SECONDS",
+        default=120.0,
+        ge=0,
+        description="an ended job's instance still running this long after the job ended is terminated",
+    )
+    relay_stale_seconds: float = Field(
+        alias="RELAY_STALE_SECONDS",
+        default=120.0,
+        gt=0,
+        description="a running job whose relay lease expired (or was never taken) this long ago gets a new relay",
+    )
     log_retention_days: int = Field(alias="LOG_RETENTION_DAYS", default=30, ge=1)
     event_bus_name: str | None = Field(
         alias="EVENT_BUS_NAME", default=None, description="the custom bus Job State Change events go to"

@@ -102,7 +102,8 @@ def test_environment(synth: Synth, handler: str) -> None:
     }
     if handler != "controlplane.handlers.authorizer.handler":  # everything else publishes Job State Change events
         expected["EVENT_BUS_NAME"] = {"Ref": synth.logical_id(synth.stack.events.bus)}
-    if handler == "controlplane.handlers.api.handler":  # only the API starts executions
+    # the API starts executions; the reconciler starts relay-only ones when a relay loop died
+    if handler in {"controlplane.handlers.api.handler", "controlplane.handlers.reconcile.handler"}:
         expected["STATE_MACHINE_ARN"] = {"Ref": synth.logical_id(synth.stack.workflow.state_machine)}
     assert variables == expected
     assert "PROVIDER_ENDPOINT_URL" not in variables  # providers' calls go to AWS itself

@@ -54,8 +54,9 @@ USES: dict[str, Uses] = {
     HANDLERS["relay"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET}),
     HANDLERS["record_failure"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}),
     "controlplane.handlers.events.instance_state": Uses({"jobs": WRITE, "logs": WRITE}),
+    # it restarts dead relay loops (a relay-only execution)
     "controlplane.handlers.reconcile.handler": Uses(
-        {"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}
+        {"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}, starts_workflow=True
     ),
 }
 

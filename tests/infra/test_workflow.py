@@ -55,7 +55,19 @@ def test_the_definition_is_the_single_source_with_the_right_function_per_step(sy
 def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
     states = deployed_definition(synth)["States"]
     arns = step_arns(synth)
-    assert list(states) == ["Validate", "Bootstrap", "Launch", "Relay", "Drained?", "Done", "RecordFailure", "Failed"]
+    assert list(states) == [
+        "Route",
+        "Validate",
+        "Bootstrap",
+        "Launch",
+        "Relay",
+        "Drained?",
+        "Done",
+        "RecordFailure",
+        "Failed",
+    ]
+    assert deployed_definition(synth)["StartAt"] == "Route"
+    assert states["Route"]["Default"] == "Validate"
     order = {"Validate": "Bootstrap", "Bootstrap": "Launch", "Launch": "Relay", "Relay": "Drained?"}
     step_of = {"Validate": "validate", "Bootstrap": "bootstrap", "Launch": "launch", "Relay": "relay"}
     for name, step in step_of.items():
@@ -63,6 +75,7 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
         assert (state["Type"], state["Resource"], state["Next"]) == ("Task", arns[step], order[name])
         assert any("UpstreamUnavailable" in retry["ErrorEquals"] for retry in state["Retry"])
         assert any("Lambda.ServiceException" in retry["ErrorEquals"] for retry in state["Retry"])
+        assert any("Runtime.ExitError" in retry["ErrorEquals"] for retry in state["Retry"])  # a crashed invocation
     for name in ("Validate", "Bootstrap", "Launch"):
         catches = {tuple(c["ErrorEquals"]): c["Next"] for c in states[name]["Catch"]}
         assert catches == {("JobNotActive", "DuplicateSubmission"): "Done", ("States.ALL",): "RecordFailure"}

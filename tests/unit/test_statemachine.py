@@ -47,6 +47,24 @@ def test_validate_receives_the_execution_name_and_arn() -> None:
     assert parameters == {"input.$": "$", "execution_name.$": "$$.Execution.Name", "execution_arn.$": "$$.Execution.Id"}
 
 
+def test_a_resume_relay_input_goes_straight_to_the_relay_which_knows_its_execution() -> None:
+    machine = definition(ARNS)
+    (resume,) = machine["States"]["Route"]["Choices"]
+    assert machine["StartAt"] == "Route"
+    assert (resume["Variable"], resume["IsPresent"], resume["Next"]) == ("$.resume_relay", True, "Relay")
+    assert machine["States"]["Route"]["Default"] == "Validate"
+    # the relay lease's owner is the execution: a restarted loop (another execution) is another owner
+    assert machine["States"]["Relay"]["Parameters"] == {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"}
+
+
+def test_crashed_invocations_are_retried_by_every_step() -> None:
+    states = definition(ARNS)["States"]
+    for step in ("Validate", "Bootstrap", "Launch", "Relay"):
+        crashed = [r for r in states[step]["Retry"] if "Runtime.ExitError" in r["ErrorEquals"]]
+        assert crashed, step
+        assert crashed[0]["MaxAttempts"] >= 2, step
+
+
 def test_a_missing_function_is_an_error() -> None:
     with pytest.raises(ValueError, match="relay"):
         definition({k: v for k, v in ARNS.items() if k != "relay"})

@@ -52,6 +52,11 @@ def _to_dynamo(value: Any) -> Any:
     return value
 
 
+def _instant(value: dt.datetime) -> str:
+    """A UTC instant as a fixed-width ISO string, so that DynamoDB compares instants as strings correctly."""
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
 def _from_dynamo(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
@@ -304,6 +309,68 @@ class DynamoJobStore:
             ConditionExpression="attribute_exists(job_id)",
             ExpressionAttributeValues={":s": state},
         )
+
+    # -- the relay lease: at most one relay loop streams a job's output ---------------------------------------
+
+    def claim_relay(self, job_id: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool:
+        """Hold the job's relay lease for `owner` until `until`: granted when nobody holds it, it expired, or
+        `owner` holds it already; only while the job is PROVISIONING or RUNNING. One conditional UpdateItem (not a
+        state change: the version stays). False when another relay loop holds it or the job is in another state."""
+        return self._lease_write(
+            job_id,
+            "SET relay_owner = :owner, relay_lease_until = :until",
+            "#status IN (:provisioning, :running) AND "
+            "(attribute_not_exists(relay_lease_until) OR relay_lease_until < :now OR relay_owner = :owner)",
+            {
+                ":owner": owner,
+                ":until": _instant(until),
+                ":now": _instant(now),
+                ":provisioning": str(JobStatus.PROVISIONING),
+                ":running": str(JobStatus.RUNNING),
+            },
+        )
+
+    def shorten_relay(self, job_id: str, owner: str, until: dt.datetime) -> bool:
+        """`owner` ended an invocation and expects its loop back before `until` (a dead loop is then seen soon)."""
+        return self._lease_write(
+            job_id,
+            "SET relay_lease_until = :until",
+            "relay_owner = :owner",
+            {":owner": owner, ":until": _instant(until)},
+        )
+
+    def note_relay_restart(self, job_id: str, seen_restarts: int, now: dt.datetime) -> bool:
+        """Count a relay loop restart (compare-and-set on the count, so two reconcilers cannot both restart)."""
+        return self._lease_write(
+            job_id,
+            "SET relay_restarts = :next, relay_restarted_at = :now",
+            "#status IN (:provisioning, :running) AND "
+            "(relay_restarts = :seen OR (attribute_not_exists(relay_restarts) AND :seen = :zero))",
+            {
+                ":next": seen_restarts + 1,
+                ":seen": seen_restarts,
+                ":zero": 0,
+                ":now": _instant(now),
+                ":provisioning": str(JobStatus.PROVISIONING),
+                ":running": str(JobStatus.RUNNING),
+            },
+        )
+
+    def _lease_write(self, job_id: str, expression: str, condition: str, values: dict[str, Any]) -> bool:
+        names = {"#status": "status"} if "#status" in condition else None
+        try:
+            self.table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression=expression,
+                ConditionExpression=f"attribute_exists(job_id) AND {condition}",
+                ExpressionAttributeValues=values,
+                **({"ExpressionAttributeNames": names} if names else {}),
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
 
     def by_instance(self, instance_id: str) -> Job | None:
         """The job an instance was launched for (the by_instance index), if any."""

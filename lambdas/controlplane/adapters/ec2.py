@@ -135,7 +135,11 @@ class Ec2Account:
             {"Name": f"tag:{TEAM_TAG}", "Values": [team_id]},
             {"Name": f"tag:{MANAGED_BY_TAG}", "Values": ["ec2jobs"]},
         ]
-        for page in self.client.get_paginator("describe_instances").paginate(Filters=filters):
+        pages = self.client.get_paginator("describe_instances").paginate(
+            Filters=filters,
+            PaginationConfig={"PageSize": 1000},  # EC2's largest page: ⌈n/1000⌉ calls
+        )
+        for page in pages:
             for reservation in page.get("Reservations", []):
                 found += reservation.get("Instances", [])
         return found

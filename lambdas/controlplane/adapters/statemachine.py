@@ -1,12 +1,14 @@
 """The job workflow's state machine (Amazon States Language): the single definition the CDK stack deploys and the
 local runtime runs, given the ARNs of the step Lambdas.
 
-Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. Transient errors (`UpstreamUnavailable`,
-Lambda service hiccups) are retried with backoff; `JobNotActive` / `DuplicateSubmission` end quietly (the job
-already ended, or another execution owns it); anything else goes to RecordFailure, which makes sure the job ends
-FAILED with no instance left running, and the execution fails with the job's failure reason as Error and its
-failure message as Cause. The relay never fails a running job: if it keeps failing, the execution ends and the
-instance's own end (instance events, reconciler) settles the job.
+Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. An execution whose input carries
+`resume_relay` (the reconciler starts one when a job's relay loop died) goes straight to Relay. Transient errors
+(`UpstreamUnavailable`, Lambda service hiccups) and crashed invocations (killed runtime, timeout) are retried with
+backoff: every step is idempotent (Launch's ClientToken, the relay's committed offset and lease). `JobNotActive` /
+`DuplicateSubmission` end quietly (the job already ended, or another execution owns it); anything else goes to
+RecordFailure, which makes sure the job ends FAILED with no instance left running, and the execution fails with
+the job's failure reason as Error and its failure message as Cause. The relay never fails a running job: if it
+keeps failing, the execution ends and the instance's own end (instance events, reconciler) settles the job.
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ TIMEOUTS: dict[str, int] = {"validate": 30, "bootstrap": 120, "launch": 180, "re
 EXECUTION_TIMEOUT_SECONDS = (7 * 24 + 24) * 3600
 
 _LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException"]
+# An invocation that died: its runtime exited (out of memory, killed), it timed out, or Lambda lost it.
+_CRASHED = ["Runtime.ExitError", "Lambda.Unknown", "Sandbox.Timedout", "States.Timeout"]
 _QUIET_END = ["JobNotActive", "DuplicateSubmission"]
 
 
 def _retry_transient(interval: int, attempts: int) -> list[dict[str, Any]]:
     upstream = {"ErrorEquals": ["UpstreamUnavailable"], "IntervalSeconds": interval, "MaxAttempts": attempts}
     service = {"ErrorEquals": [*_LAMBDA_TRANSIENT, "Lambda.TooManyRequestsException"], "IntervalSeconds": 2}
-    return [upstream | {"BackoffRate": 2}, service | {"MaxAttempts": 6, "BackoffRate": 2}]
+    crashed = {"ErrorEquals": _CRASHED, "IntervalSeconds": 2, "MaxAttempts": 2, "BackoffRate": 2}
+    return [upstream | {"BackoffRate": 2}, service | {"MaxAttempts": 6, "BackoffRate": 2}, crashed]
 
 
 def _catch(failure_state: str = "RecordFailure") -> list[dict[str, Any]]:
@@ -55,8 +60,13 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
     return {
         "Comment": "ec2jobs: validate, bootstrap, launch, then relay the job's output until it is drained",
         "TimeoutSeconds": EXECUTION_TIMEOUT_SECONDS,
-        "StartAt": "Validate",
+        "StartAt": "Route",
         "States": {
+            "Route": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.resume_relay", "IsPresent": True, "Next": "Relay"}],
+                "Default": "Validate",
+            },
             "Validate": {
                 "Type": "Task",
                 "Resource": functions["validate"],
@@ -86,6 +96,8 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
             "Relay": {
                 "Type": "Task",
                 "Resource": functions["relay"],
+                # The loop's identity for the relay lease: this execution.
+                "Parameters": {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"},
                 "Retry": [
                     *_retry_transient(5, 5),
                     {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 10, "MaxAttempts": 8, "BackoffRate": 2},

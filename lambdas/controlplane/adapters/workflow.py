@@ -1,4 +1,5 @@
-"""Step Functions: start the job's workflow. The execution is named after the job, so starting twice is a no-op."""
+"""Step Functions: start the job's workflow (named after the job, so starting twice is a no-op), and start a
+relay-only execution when a job's relay loop died (named after the job and the restart's number)."""
 
 from __future__ import annotations
 
@@ -35,4 +36,22 @@ class StepFunctionsStarter:
                 # Same name, different input: impossible for our deterministic input, but never start twice.
                 return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:')}:{job.job_id}"
             raise UpstreamUnavailable(f"could not start the job's workflow ({code}); retry the request") from None
+        return str(response["executionArn"])
+
+    def resume_relay(self, job: Job, attempt: int) -> str:
+        """Start an execution that only relays (the state machine routes `resume_relay` inputs to Relay)."""
+        if not self.state_machine_arn:
+            raise UpstreamUnavailable("the control plane has no STATE_MACHINE_ARN configured; relays cannot restart")
+        name = f"{job.job_id}-relay-{attempt}"
+        try:
+            response = self.client.start_execution(
+                stateMachineArn=self.state_machine_arn,
+                name=name,
+                input=json.dumps({"resume_relay": True, "job_id": job.job_id, "team_id": job.team_id}),
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == "ExecutionAlreadyExists":
+                return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+            raise UpstreamUnavailable(f"could not start a relay for job {job.job_id} ({code})") from None
         return str(response["executionArn"])

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from controlplane.core import catalog
 from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.markets import Market, UseSpot
 from controlplane.core.spec import TaskSpec
 
 TEAM_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -73,14 +74,22 @@ class Job(BaseModel):
     instance_id: str | None = None
     instance_type: str | None = None
     instance_state: str | None = None
-    hourly_price: float | None = None  # on-demand list price recorded when the job was priced
+    hourly_price: float | None = None  # USD/h of the job's market: on-demand list price; None on spot (not recorded)
     billed_seconds: int | None = None  # set when the job ends: launch → end, at least EC2's one-minute minimum
     cost_estimate: float | None = None  # billed_seconds at hourly_price (USD)
-    use_spot: bool = False
+    use_spot: UseSpot = False  # as requested: true, false or "auto"
+    market: Market | None = None  # the market the instance was launched in (set by Launch)
+    launch_market: Market | None = None  # the market Launch is trying (a retried step resumes there)
+    on_demand_price: float | None = None  # the catalog's on-demand list price: what spot costs at most
     image_id: str | None = None
     availability_zone: str | None = None
     launch_zone: str | None = None  # the zone Launch is trying (a retried step resumes there)
     ssh_host_key: str | None = None  # the public half of the job's pinned SSH host key
+    instance_address: str | None = None  # the address the relay reached it at (kept if provider keys are revoked)
+    relay_owner: str | None = None  # the relay loop (workflow execution) holding the relay lease
+    relay_lease_until: dt.datetime | None = None  # a live relay loop renews it; past it the reconciler restarts one
+    relay_restarts: int = 0  # relay loops the reconciler started after one died
+    relay_restarted_at: dt.datetime | None = None
     notes: list[str] = Field(default_factory=list)
     source: str = "api"
     execution_arn: str | None = None

@@ -40,6 +40,7 @@ def reconciler() -> Reconciler:
         from controlplane.adapters.dynamodb import DynamoBootstrapCache, DynamoProviderStore
         from controlplane.adapters.logs import DynamoLogStore
         from controlplane.adapters.secrets import SecretsManagerStore
+        from controlplane.adapters.workflow import StepFunctionsStarter
         from controlplane.core.ports import ProviderCredentials
         from controlplane.service.reconcile import Reconciler, ReconcileSettings
 
@@ -57,7 +58,15 @@ def reconciler() -> Reconciler:
             SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix),
             clients,
             DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
-            ReconcileSettings(),
+            ReconcileSettings(
+                launch_timeout_seconds=settings.launch_timeout_seconds,
+                orphan_grace_seconds=settings.orphan_grace_seconds,
+                ended_grace_seconds=settings.ended_grace_seconds,
+                relay_stale_seconds=settings.relay_stale_seconds,
+            ),
+            relays=StepFunctionsStarter(aws.client("stepfunctions"), settings.state_machine_arn)
+            if settings.state_machine_arn
+            else None,
         )
     return _reconciler
 
@@ -229,5 +238,6 @@ def _pipeline_from_environment() -> Pipeline:
             budget_seconds=settings.relay_budget_seconds,
             flush_interval_seconds=settings.log_flush_seconds,
         ),
+        lease=jobs,
     )
     return Pipeline(jobs, providers, secrets, IntakeService(jobs, providers), bootstrap, launch, relay)

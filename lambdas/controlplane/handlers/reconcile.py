@@ -19,8 +19,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         "described": report.described,
         "finalized": report.finalized,
         "terminated": report.terminated,
+        "relays_restarted": report.relays_restarted,
         "errors": report.errors,
     }
-    if report.finalized or report.terminated or report.errors:
+    if report.finalized or report.terminated or report.relays_restarted or report.errors:
         logger.info("reconciled", extra=summary)
     return summary

@@ -21,7 +21,7 @@ from controlplane.service.bootstrap import BootstrapService
 from controlplane.service.failures import fail_job
 from controlplane.service.intake import IntakeService
 from controlplane.service.launch import LaunchService
-from controlplane.service.relay import RelayService
+from controlplane.service.relay import DIRECT_OWNER, RelayService
 
 
 class Pipeline:
@@ -71,7 +71,8 @@ class Pipeline:
     def relay(self, state: dict[str, Any], time_left: Callable[[], float] | None = None) -> dict[str, Any]:
         """One relay invocation: stream the job's output for a bounded time; `relay.finished` ends the loop."""
         job_id = _job_id(state)
-        outcome = self.relayer.relay(job_id) if time_left is None else self.relayer.relay(job_id, time_left)
+        owner = str(state.get("relay_owner") or DIRECT_OWNER)  # the execution's ARN (the state machine passes it)
+        outcome = self.relayer.relay(job_id, time_left or _unbounded, owner)
         return state | {"relay": outcome.as_state()}
 
     def record_failure(self, state: dict[str, Any], error: dict[str, Any] | None) -> dict[str, str]:
@@ -138,6 +139,10 @@ class Pipeline:
                 ) from None
             raise
         return provider, credentials
+
+
+def _unbounded() -> float:
+    return float("inf")
 
 
 def _job_id(state: dict[str, Any]) -> str:

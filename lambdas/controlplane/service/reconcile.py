@@ -8,8 +8,15 @@ batched DescribeInstances of the instances ec2jobs launched for that team, then 
 - PROVISIONING / RUNNING whose instance is gone (terminated, shutting down, or dropped out of DescribeInstances) →
   FAILED with the reason its end implies (SPOT_INTERRUPTED / MAX_RUNTIME / INSTANCE_LOST), log complete;
 - a live instance past the job's deadline (max runtime + grace + boot allowance) → terminated, FAILED / MAX_RUNTIME;
+- a live instance whose relay loop died (its relay lease expired, or was never taken) → a relay-only execution
+  resumes streaming from the committed offset (the wrapper keeps the instance up until its output is drained);
 - a changed instance state → recorded (a missed event);
-and terminates orphans: live instances of ours (tagged for the team) that no active job owns, older than a grace.
+and terminates orphans: live instances of ours (tagged for the team) that no active job owns — at once when the
+job they were launched for ended more than a short grace ago (its self-termination failed), otherwise once they
+are older than the orphan grace (a launch may still be recording its instance).
+When the provider's keys are rejected (revoked mid-job), nothing can be seen or terminated there: stale launches
+and jobs past their deadline (by then the instance's own OS-level shutdown has ended it) are failed, and the error
+is reported every sweep.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controlplane.adapters.ec2 import LIVE_STATES, Ec2Account
 from controlplane.core import outcomes
-from controlplane.core.errors import TransitionRefused
+from controlplane.core.errors import TransitionRefused, UpstreamUnavailable
+from controlplane.core.launch_errors import AUTH_CODES
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStateWriter, LogProgress, ProviderClients, SecretStore
@@ -37,6 +45,11 @@ GONE = frozenset({"shutting-down", "terminated"})
 class ReconcileJobs(JobStateWriter, Protocol):
     def active_jobs(self) -> list[Job]: ...
     def get(self, job_id: str) -> Job | None: ...
+    def note_relay_restart(self, job_id: str, seen_restarts: int, now: dt.datetime) -> bool: ...
+
+
+class RelayRestarter(Protocol):
+    def resume_relay(self, job: Job, attempt: int) -> str: ...
 
 
 class ReconcileProviders(Protocol):
@@ -57,6 +70,9 @@ class LogCompletion(Protocol):
 class ReconcileSettings:
     launch_timeout_seconds: float = 900.0
     orphan_grace_seconds: float = 600.0
+    ended_grace_seconds: float = 120.0
+    relay_stale_seconds: float = 120.0
+    max_relay_restarts: int = 20
 
 
 @dataclass
@@ -64,6 +80,7 @@ class Report:
     described: int = 0
     finalized: list[str] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
+    relays_restarted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -78,7 +95,10 @@ class Reconciler:
         logs: LogCompletion,
         settings: ReconcileSettings,
         clock: Callable[[], dt.datetime] = utcnow,
+        relays: RelayRestarter | None = None,
     ) -> None:
+        self.relays = relays
+        self._active_ids: set[str] = set()
         self.jobs = jobs
         self.providers = providers
         self.regions = regions
@@ -93,6 +113,8 @@ class Reconciler:
         active: dict[tuple[str, str], list[Job]] = {}
         for job in self.jobs.active_jobs():
             active.setdefault((job.provider_id, job.region), []).append(job)
+        # Two providers may be keys to one AWS account: an instance of another provider's live job is not an orphan.
+        self._active_ids = {job.job_id for jobs in active.values() for job in jobs}
         places: dict[tuple[str, str], str] = {}  # (provider, region) → team
         for team_id, provider_id in self.providers.registered():
             for region in self.regions.regions(provider_id):
@@ -116,7 +138,17 @@ class Reconciler:
             return
         credentials = self.secrets.get_provider_credentials(provider.secret_arn)
         ec2 = Ec2Account(self.clients("ec2", credentials, region), region)
-        instances = ec2.instances_of_team(team_id)
+        try:
+            instances = ec2.instances_of_team(team_id)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code not in AUTH_CODES:
+                raise
+            report.errors.append(f"{provider_id}/{region}: the provider's credentials are rejected ({code})")
+            logger.warning("provider credentials rejected", extra={"provider_id": provider_id, "code": code})
+            for job in jobs:
+                self._blind(job, code, now, report)
+            return
         report.described += 1
         by_id = {str(i["InstanceId"]): i for i in instances}
         by_job: dict[str, list[dict[str, Any]]] = {}
@@ -127,20 +159,38 @@ class Reconciler:
         for job in jobs:
             owned |= {str(i["InstanceId"]) for i in by_job.get(job.job_id, [])}
             self._job(job, ec2, by_id, by_job.get(job.job_id, []), now, report)
-        for instance in instances:  # orphans: ours, alive, owned by no active job, older than the grace period
+        for instance in instances:  # owned by no active job: record its state on its ended job; kill orphans
             instance_id = str(instance["InstanceId"])
-            state = instance.get("State", {}).get("Name")
-            launched = instance.get("LaunchTime")
-            if instance_id in owned or state not in LIVE_STATES or state == "shutting-down":
+            if instance_id in owned:
                 continue
-            if (
-                isinstance(launched, dt.datetime)
-                and (now - launched).total_seconds() < self.settings.orphan_grace_seconds
-            ):
+            tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags", [])}
+            if tags.get(JOB_TAG) in self._active_ids:
+                continue  # a live job's, launched with another provider's keys to this account: that sweep's
+            ended = self.jobs.get(str(tags[JOB_TAG])) if tags.get(JOB_TAG) else None
+            state = str(instance.get("State", {}).get("Name"))
+            if ended is not None and ended.instance_id == instance_id and ended.instance_state != state:
+                self.jobs.set_instance_state(ended.job_id, state)  # a missed event after the job ended
+            if state not in LIVE_STATES or state == "shutting-down":
                 continue
-            ec2.terminate([instance_id])
-            report.terminated.append(instance_id)
-            logger.warning("terminated an orphan instance", extra={"instance_id": instance_id, "team_id": team_id})
+            if self._orphaned(instance, ended, now):
+                ec2.terminate([instance_id])
+                report.terminated.append(instance_id)
+                logger.warning("terminated an orphan instance", extra={"instance_id": instance_id, "team_id": team_id})
+
+    def _orphaned(self, instance: dict[str, Any], job: Job | None, now: dt.datetime) -> bool:
+        """Terminate it now? Yes once its job ended a short grace ago (the instance failed to terminate itself),
+        or, for an instance no ended job explains, once it is older than the orphan grace."""
+        if (
+            job is not None
+            and job.status.terminal
+            and job.ended_at is not None
+            and (now - job.ended_at).total_seconds() >= self.settings.ended_grace_seconds
+        ):
+            return True
+        launched = instance.get("LaunchTime")
+        if isinstance(launched, dt.datetime):
+            return (now - launched).total_seconds() >= self.settings.orphan_grace_seconds
+        return True
 
     def _job(
         self,
@@ -170,7 +220,7 @@ class Reconciler:
         if state in GONE or state in {"stopped", "stopping"}:
             reason_code = str((instance or {}).get("StateReason", {}).get("Code", ""))
             reason, message = outcomes.lost_instance(job, reason_code, now)
-            self._fail(job, reason, message, report)
+            self._fail(job, reason, message, report, instance_state=state)
             return
         if job.deadline_at is not None and now > job.deadline_at:
             ec2.terminate([str(job.instance_id)])
@@ -182,12 +232,59 @@ class Reconciler:
                 f"the job passed its deadline (max_runtime_minutes {runtime} + grace); the reconciler terminated it",
                 report,
             )
+            return
+        self._keep_relayed(job, now, report)
 
-    def _fail(self, job: Job, reason: FailureReason, message: str, report: Report) -> None:
+    def _keep_relayed(self, job: Job, now: dt.datetime, report: Report) -> None:
+        """A live job whose relay loop died (lease expired, or never taken after launch) gets a new loop."""
+        if self.relays is None or job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING}:
+            return
+        stale = self.settings.relay_stale_seconds
+        if job.relay_lease_until is not None:
+            if job.relay_lease_until > now:
+                return
+        elif (now - (job.launched_at or job.created_at)).total_seconds() < stale:
+            return
+        if job.relay_restarted_at is not None and (now - job.relay_restarted_at).total_seconds() < stale:
+            return  # the loop started last time has not claimed the lease yet
+        if job.relay_restarts >= self.settings.max_relay_restarts:
+            report.errors.append(f"{job.job_id}: relay restarted {job.relay_restarts} times; not again")
+            return
+        if not self.jobs.note_relay_restart(job.job_id, job.relay_restarts, now):
+            return  # another sweep restarted it, or the job moved on
         try:
-            self.jobs.transition(
-                job.job_id, JobStatus.FAILED, fields={"failure_reason": reason, "failure_message": message}
+            self.relays.resume_relay(job, job.relay_restarts + 1)
+        except UpstreamUnavailable as error:
+            report.errors.append(f"{job.job_id}: {error.message}")
+            return
+        report.relays_restarted.append(job.job_id)
+        restart = job.relay_restarts + 1
+        logger.warning("restarted the job's relay loop", extra={"job_id": job.job_id, "restart": restart})
+
+    def _blind(self, job: Job, code: str, now: dt.datetime, report: Report) -> None:
+        """The provider's keys are rejected: end what needs no EC2 call to end, leave the rest to the instance."""
+        age = (now - job.created_at).total_seconds()
+        if job.status in {JobStatus.PENDING, JobStatus.LAUNCHING}:
+            if age > self.settings.launch_timeout_seconds:
+                self._fail(job, FailureReason.CREDENTIALS, f"the provider's credentials are rejected ({code})", report)
+            return
+        if job.deadline_at is not None and now > job.deadline_at:
+            self._fail(
+                job,
+                FailureReason.CREDENTIALS,
+                f"the provider's credentials are rejected ({code}): ec2jobs cannot see or terminate instance "
+                f"{job.instance_id}; it passed its deadline, by which its own OS-level shutdown has ended it",
+                report,
             )
+
+    def _fail(
+        self, job: Job, reason: FailureReason, message: str, report: Report, instance_state: str | None = None
+    ) -> None:
+        fields: dict[str, Any] = {"failure_reason": reason, "failure_message": message}
+        if instance_state is not None:
+            fields["instance_state"] = instance_state
+        try:
+            self.jobs.transition(job.job_id, JobStatus.FAILED, fields=fields)
         except TransitionRefused:
             return  # it ended meanwhile: keep that
         progress = self.logs.progress(job.job_id)

@@ -8,11 +8,19 @@ offset (`tail -F`), flushing chunks at least every FLUSH_INTERVAL or FLUSH_BYTES
 after they are written; when the output has stopped, check the wrapper's `result`; once it exists, read through to
 the file's final size, commit the log as complete, record the outcome on the job, and write the `drained` marker the
 wrapper waits for before it terminates the instance. A dropped connection resumes from the committed offset.
+
+At most one relay loop streams a job: each invocation first claims the job's relay lease (a conditional write on
+the job) for as long as it can possibly run (its Lambda's remaining time, the hard kill bound), so even a loop
+killed mid-stream cannot write after its lease ends. An invocation that ends normally shortens the lease to
+LOOP_GAP_SECONDS, within which its loop comes back. A lease nobody renews means the loop died: the reconciler
+starts a relay-only execution, which claims the lease and resumes from the committed offset; a stale loop that
+comes back later finds the lease taken and stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +32,7 @@ from controlplane.adapters.logs import DynamoLogStore
 from controlplane.adapters.ssh import ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
 from controlplane.core import logchunks, outcomes
 from controlplane.core.errors import TransitionRefused
+from controlplane.core.launch_errors import AUTH_CODES
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStore, SecretStore
@@ -33,6 +42,9 @@ logger = logging.getLogger(__name__)
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 TIME_RESERVE_SECONDS = 15.0
 NOT_FOUND_GRACE_SECONDS = 600.0
+LOOP_GAP_SECONDS = 60.0  # after an invocation ends, its loop renews the lease within this (else: it died)
+LEASE_MARGIN_SECONDS = 10.0
+DIRECT_OWNER = "direct"  # invocations outside a workflow execution (tests, benchmarks, operators)
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class Located:
     host: str | None  # None while the instance has no address yet
     state: str  # the EC2 instance state name
     state_reason: str = ""  # EC2's StateReason code, e.g. Server.SpotInstanceTermination
+    unverified: str = ""  # why the address is the recorded one, not a fresh DescribeInstances answer
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,13 @@ class InstanceLocator(Protocol):
     def locate(self, job: Job) -> Located: ...
 
 
+class RelayLease(Protocol):
+    """The job's relay lease (adapters/dynamodb.py DynamoJobStore)."""
+
+    def claim_relay(self, job_id: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool: ...
+    def shorten_relay(self, job_id: str, owner: str, until: dt.datetime) -> bool: ...
+
+
 def _no_deadline() -> float:
     return float("inf")
 
@@ -92,7 +112,9 @@ class RelayService:
         settings: RelaySettings,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        lease: RelayLease | None = None,
     ) -> None:
+        self.lease = lease
         self.jobs = jobs
         self.logs = logs
         self.secrets = secrets
@@ -102,7 +124,10 @@ class RelayService:
         self.clock = clock
         self.sleep = sleep
 
-    def relay(self, job_id: str, time_left: Callable[[], float] = _no_deadline) -> RelayOutcome:
+    def relay(
+        self, job_id: str, time_left: Callable[[], float] = _no_deadline, owner: str = DIRECT_OWNER
+    ) -> RelayOutcome:
+        """One invocation of `owner`'s relay loop (the workflow passes its execution's ARN)."""
         job = self.jobs.get(job_id)
         if job is None:
             return RelayOutcome(True, "the job does not exist")
@@ -116,6 +141,28 @@ class RelayService:
             # returning "not finished" would make the workflow loop without pause.
             return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
         budget = min(self.settings.budget_seconds, time_left() - TIME_RESERVE_SECONDS)
+        if self.lease is not None:
+            # Held for as long as this invocation can possibly write: until its Lambda is killed at the latest.
+            hold = min(time_left(), self.settings.budget_seconds + 60.0) + LEASE_MARGIN_SECONDS
+            now = utcnow()
+            if not self.lease.claim_relay(job_id, owner, now + dt.timedelta(seconds=hold), now):
+                return self._not_claimed(job_id)
+        outcome = self._relay(job, budget)
+        if self.lease is not None and not outcome.finished:
+            self.lease.shorten_relay(job_id, owner, utcnow() + dt.timedelta(seconds=LOOP_GAP_SECONDS))
+        return outcome
+
+    def _not_claimed(self, job_id: str) -> RelayOutcome:
+        job = self.jobs.get(job_id)
+        if job is None or job.status.terminal:
+            return RelayOutcome(True, f"the job is {job.status if job else 'gone'}")
+        if job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING}:
+            return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
+        logger.info("another relay loop holds the lease", extra={"job_id": job_id, "owner": job.relay_owner})
+        return RelayOutcome(True, f"another relay loop streams this job's output ({job.relay_owner}); this one stops")
+
+    def _relay(self, job: Job, budget: float) -> RelayOutcome:
+        job_id, host_key = job.job_id, str(job.ssh_host_key)
         deadline = self.clock() + max(0.0, budget)
         team_key = self.secrets.team_key(job.team_id)
         backoff = 1.0
@@ -129,13 +176,14 @@ class RelayService:
                 self._instance_gone(job, located)
                 return RelayOutcome(True, f"the instance is {located.state}", relayed, connections)
             if located.host is None:
-                last_reason = f"the instance is {located.state} and has no address yet"
+                last_reason = located.unverified or f"the instance is {located.state} and has no address yet"
             else:
+                job = self._remember_address(job, located.host)
                 try:
                     session = self.connector.connect(
                         Remote(located.host, self.settings.ssh_port, self.settings.ssh_user),
                         team_key.private_openssh,
-                        job.ssh_host_key,
+                        host_key,
                     )
                 except InstanceNotReady as not_ready:
                     last_reason = not_ready.reason
@@ -169,17 +217,25 @@ class RelayService:
             backoff = min(backoff * 2, self.settings.max_backoff_seconds)
         return RelayOutcome(False, f"budget used; {last_reason}", relayed, connections)
 
+    def _remember_address(self, job: Job, host: str) -> Job:
+        """Keep the address on the job: if the provider's keys are revoked mid-job, the relay still reaches it."""
+        if job.instance_address == host:
+            return job
+        try:
+            return self.jobs.update(job.job_id, {"instance_address": host})
+        except TransitionRefused:
+            return job
+
     def _instance_gone(self, job: Job, located: Located) -> None:
         """The instance ended before its output was drained: nothing more can be relayed. Mark the log complete
         and end the job with the reason the instance's end implies (it never recorded an exit status here)."""
         progress = self.logs.progress(job.job_id)
         self.logs.commit(job.job_id, progress.committed, complete=True)
         reason, message = outcomes.lost_instance(job, located.state_reason, utcnow())
+        fields = {"failure_reason": reason, "failure_message": message, "instance_state": located.state}
         # It may have ended already (cancelled, or another attempt recorded the result): then this is refused.
         with contextlib.suppress(TransitionRefused):
-            self.jobs.transition(
-                job.job_id, JobStatus.FAILED, fields={"failure_reason": reason, "failure_message": message}
-            )
+            self.jobs.transition(job.job_id, JobStatus.FAILED, fields=fields)
 
     def _running(self, job: Job) -> Job:
         """The first successful connection means the wrapper is up: PROVISIONING → RUNNING."""
@@ -338,7 +394,15 @@ class ProviderInstanceLocator:
         try:
             found = ec2.describe_instances([job.instance_id])
         except ClientError as error:
-            if error_code(error) != "InvalidInstanceID.NotFound":
+            code = error_code(error)
+            if code in AUTH_CODES:
+                # The provider's keys were revoked (or their policy detached) while the job runs: the relay needs
+                # no AWS call to stream, so keep going to the address it reached the instance at.
+                self._credentials.pop(job.provider_id, None)
+                why = f"the provider's credentials are rejected ({code})"
+                logger.warning("relay cannot describe the instance", extra={"job_id": job.job_id, "code": code})
+                return Located(job.instance_address, "unknown", unverified=why + "; no recorded address to use")
+            if code != "InvalidInstanceID.NotFound":
                 raise
             found = []
         if not found:

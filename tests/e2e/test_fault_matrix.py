@@ -1,0 +1,431 @@
+"""The fault matrix: every job ends, every instance dies, every log line arrives exactly once — whatever breaks.
+
+One local control plane with fault injection on (local/faults.py). Phase 1 runs every row's job at once, each with
+its own fault; phase 2 stops the whole control plane for OUTAGE_SECONDS while jobs run, then starts it again. For
+every row: the job's final state and reason are right, its log is exactly what it wrote (nothing lost or doubled)
+and complete, no instance of it is left running, at most one instance was ever launched for it, and its fault
+really fired. At the end no job of ours is non-terminal and no instance of ours is running; an instance of ours
+that no job owns is terminated by the reconciler. The README's "Fault matrix" table lists these rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from controlplane.core.ids import job_id_for_idempotency_key
+from controlplane.core.provisioning import MANAGED_BY_TAG, TEAM_TAG
+from local import guard, runtime
+from local.faults import FaultPlan
+from tests.e2e.harness import (
+    NEEDS_SANDBOXES,
+    TERMINAL,
+    Local,
+    forget_process_state,
+    instances_of,
+    live_instances_of_ours,
+    start_local,
+)
+
+pytestmark = NEEDS_SANDBOXES
+TEAM = "matrix"
+NEW_TEAM = "matrix-new"  # its first job bootstraps a new instance profile (IAM propagation row)
+OUTAGE_SECONDS = float(os.environ.get("EC2JOBS_OUTAGE_SECONDS", "150"))
+README = Path(__file__).resolve().parents[2] / "README.md"
+# Short graces so the reconciler's repairs show within the test (deployed defaults: 600 s / 120 s / 120 s).
+SETTINGS = {
+    "ORPHAN_GRACE_SECONDS": "20",
+    "ENDED_GRACE_SECONDS": "5",
+    "RELAY_STALE_SECONDS": "10",
+    "DRAIN_TIMEOUT_SECONDS": "600",  # a finished job's instance waits this long for the relay (outage row)
+}
+RECONCILE_EVERY = 5.0
+LATE_SECONDS = 10.0  # how late the out-of-order events arrive
+
+
+def lines(count: int, text: str = "line") -> str:
+    return "".join(f"{text} {i}\n" for i in range(1, count + 1))
+
+
+@dataclass
+class Row:
+    """One fault: the job it hits, how it is injected, what must come out."""
+
+    name: str
+    fault: str
+    expected: tuple[str, str | None]  # (status, failure_reason)
+    task: dict[str, Any]
+    output: str  # exactly what the job's log must hold
+    instances: int = 1  # how many instances must have been launched for it
+    arrange: Callable[[Matrix, str], None] = lambda matrix, job_id: None  # rules before submitting
+    act: Callable[[Matrix, str], None] = lambda matrix, job_id: None  # what the test does while it runs
+    team: str = TEAM
+    job_id: str = ""
+    rules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Matrix:
+    local: Local
+    plan: FaultPlan
+    new_team: Local
+    revoked_provider: str
+    revoked_key: str
+
+    def rule(self, row: Row, kind: str, **match: Any) -> None:
+        row.rules.append(self.plan.add(kind, **match))
+
+    def client(self, row: Row) -> Local:
+        return self.new_team if row.team == NEW_TEAM else self.local
+
+    def job(self, row: Row) -> dict[str, Any]:
+        status, job = self.client(row).call("GET", f"/jobs/{row.job_id}")
+        assert status == 200, job
+        return dict(job)
+
+    def wait_for(self, row: Row, check: Callable[[dict[str, Any], str], bool], timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            job = self.job(row)
+            text, _ = self.client(row).logs(row.job_id)
+            if check(job, text):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{row.name}: condition not reached: {self.job(row)}")
+
+
+# -- the rows -------------------------------------------------------------------------------------------------------
+
+FAST = lines(400)
+FAST_RUN = "for i in $(seq 1 400); do echo line $i; done"
+PACED = lines(3000, "a longer line of output, numbered")
+PACED_RUN = (
+    'for i in $(seq 1 3000); do echo "a longer line of output, numbered $i"; '
+    "if [ $((i % 250)) = 0 ]; then sleep 0.4; fi; done"
+)
+STEADY_RUN = PACED_RUN.replace("sleep 0.4", "sleep 1")  # 12 s of output: the relay is surely mid-stream
+SLOW = lines(40, "tick")
+SLOW_RUN = "for i in $(seq 1 40); do echo tick $i; sleep 0.5; done"
+
+
+def _crash_after_run_instances(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["launch crashed after RunInstances"], "crash_after", service="ec2",
+           operation="RunInstances", job=job_id, times=1)  # fmt: skip
+
+
+def _launch_response_lost(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["launch step retried"], "lambda_error", function="ec2jobs-launch", when="after",
+           job=job_id, times=1)  # fmt: skip
+
+
+def _drop_events(name: str) -> Callable[[Matrix, str], None]:
+    def arrange(m: Matrix, job_id: str) -> None:
+        m.rule(ROWS_BY_NAME[name], "event", action="drop", detail_type="EC2 Instance State-change Notification",
+               job=job_id)  # fmt: skip
+
+    return arrange
+
+
+def _terminate_when_logged(m: Matrix, job_id: str) -> None:
+    row = ROWS_BY_NAME["EC2 events lost, instance killed"]
+    m.wait_for(row, lambda job, text: text == lines(50) and job["status"] == "RUNNING")
+    boto3.client("ec2").terminate_instances(InstanceIds=[m.job(row)["instance_id"]])
+
+
+def _duplicate_events(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["every event delivered twice"], "event", action="duplicate", job=job_id)
+
+
+def _delay_early_events(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["events out of order"], "event", action="delay", delay=LATE_SECONDS,
+           state=["pending", "running"], job=job_id)  # fmt: skip
+
+
+def _drop_ssh(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["SSH connection dropped mid-stream"], "ssh_drop", job=job_id, bytes=40_000, times=2)
+
+
+def _kill_relay(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["relay invocation killed mid-stream"], "crash_after", service="dynamodb",
+           operation="BatchWriteItem", job=job_id, skip=1, times=1)  # fmt: skip
+
+
+def _throttle(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["DynamoDB throttling"], "aws_error", service="dynamodb", job=job_id,
+           code="ProvisionedThroughputExceededException", message="Rate of requests exceeds the allowed throughput.",
+           status=400, every=3, times=30)  # fmt: skip
+
+
+def _profile_not_propagated(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["IAM profile propagation delay"], "aws_error", service="ec2", operation="RunInstances",
+           job=job_id, code="InvalidParameterValue", times=3,
+           message="Value (transformerlab-matrix-new) for parameter iamInstanceProfile.name is invalid. "
+           "Invalid IAM Instance Profile name")  # fmt: skip
+
+
+def _no_capacity_in_first_zones(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["InsufficientInstanceCapacity in the first AZs"], "aws_error", service="ec2",
+           operation="RunInstances", job=job_id, zone=["us-east-1a", "us-east-1b"],
+           code="InsufficientInstanceCapacity", status=500)  # fmt: skip
+
+
+def _over_quota(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["vCPU quota exceeded"], "aws_error", service="ec2", operation="RunInstances", job=job_id,
+           code="VcpuLimitExceeded", message="You have requested more vCPU capacity than your current vCPU limit of "
+           "0 allows for the instance bucket that the specified instance type belongs to. Please visit "
+           "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.")  # fmt: skip
+
+
+def _no_spot_quota(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["spot quota exceeded under use_spot: auto"], "aws_error", service="ec2",
+           operation="RunInstances", job=job_id, contains="InstanceMarketOptions", code="MaxSpotInstanceCountExceeded",
+           message="Max spot instance count exceeded")  # fmt: skip
+
+
+def _revoke_mid_job(m: Matrix, job_id: str) -> None:
+    row = ROWS_BY_NAME["provider credentials revoked mid-job"]
+    m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text.count("\n") >= 5)
+    # What EC2 answers for a deleted access key, from now on; then a dropped connection makes the relay look the
+    # instance up again (with the revoked key).
+    m.rule(row, "aws_error", access_key=m.revoked_key, code="AuthFailure", status=401,
+           message="AWS was not able to validate the provided access credentials")  # fmt: skip
+    m.rule(row, "ssh_drop", job=job_id, bytes=1, times=1)
+
+
+def _deny_self_termination(m: Matrix, job_id: str) -> None:
+    m.rule(ROWS_BY_NAME["instance self-termination fails"], "aws_error", service="ec2",
+           operation="TerminateInstances", job=job_id, access_key=guard.FAKE_ACCESS_KEY_ID,
+           code="UnauthorizedOperation", status=403,
+           message="You are not authorized to perform this operation.")  # fmt: skip
+
+
+def _interrupt_spot(m: Matrix, job_id: str) -> None:
+    row = ROWS_BY_NAME["spot interruption"]
+    m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text == "started\n")
+    instance_id = m.job(row)["instance_id"]
+    detail = {"instance-id": instance_id, "instance-action": "terminate"}
+    boto3.client("events").put_events(
+        Entries=[
+            {"Source": "aws.ec2", "DetailType": "EC2 Spot Instance Interruption Warning", "Detail": json.dumps(detail)}
+        ]
+    )
+    m.wait_for(row, lambda job, text: job["status"] == "FAILED", timeout=30)
+    boto3.client("ec2").terminate_instances(InstanceIds=[instance_id])  # AWS reclaims it (2 minutes later on AWS)
+
+
+ROWS: list[Row] = [
+    Row("launch crashed after RunInstances", "the launch Lambda dies right after RunInstances returned, before the "
+        "job record names the instance; Step Functions retries it", ("SUCCEEDED", None),
+        {"run": FAST_RUN}, FAST, arrange=_crash_after_run_instances),
+    Row("launch step retried", "the launch step completed but its response was lost (Lambda.ServiceException); "
+        "Step Functions runs it again", ("SUCCEEDED", None), {"run": FAST_RUN}, FAST, arrange=_launch_response_lost),
+    Row("EC2 events lost, instance killed", "every EC2 state-change event of the instance is lost, and the instance "
+        "is terminated from outside mid-job", ("FAILED", "INSTANCE_LOST"),
+        {"run": "for i in $(seq 1 50); do echo line $i; done; sleep 600"}, lines(50),
+        arrange=_drop_events("EC2 events lost, instance killed"), act=_terminate_when_logged),
+    Row("EC2 events lost, job succeeds", "every EC2 state-change event of the instance is lost",
+        ("SUCCEEDED", None), {"run": FAST_RUN}, FAST, arrange=_drop_events("EC2 events lost, job succeeds")),
+    Row("every event delivered twice", "EventBridge delivers every EC2 event twice", ("SUCCEEDED", None),
+        {"run": FAST_RUN}, FAST, arrange=_duplicate_events),
+    Row("events out of order", "the pending/running events arrive 10 s late, after shutting-down/terminated",
+        ("SUCCEEDED", None), {"run": FAST_RUN}, FAST, arrange=_delay_early_events),
+    Row("SSH connection dropped mid-stream", "the relay's TCP connection is cut twice, 40 KB into each stream",
+        ("SUCCEEDED", None), {"run": PACED_RUN}, PACED, arrange=_drop_ssh),
+    Row("relay invocation killed mid-stream", "the relay Lambda dies after writing its second batch of chunks, "
+        "before committing their offset", ("SUCCEEDED", None), {"run": STEADY_RUN}, PACED, arrange=_kill_relay),
+    Row("DynamoDB throttling", "every third DynamoDB request about the job is throttled "
+        "(ProvisionedThroughputExceededException)", ("SUCCEEDED", None), {"run": PACED_RUN}, PACED,
+        arrange=_throttle),
+    Row("IAM profile propagation delay", "a new team's first launch: RunInstances rejects the new instance "
+        "profile three times", ("SUCCEEDED", None), {"run": FAST_RUN}, FAST, arrange=_profile_not_propagated,
+        team=NEW_TEAM),
+    Row("InsufficientInstanceCapacity in the first AZs", "no capacity in us-east-1a and us-east-1b (HTTP 500, "
+        "as EC2 sends it)", ("SUCCEEDED", None), {"run": FAST_RUN}, FAST, arrange=_no_capacity_in_first_zones),
+    Row("vCPU quota exceeded", "RunInstances answers VcpuLimitExceeded", ("FAILED", "QUOTA"), {"run": FAST_RUN}, "",
+        instances=0, arrange=_over_quota),
+    Row("spot quota exceeded under use_spot: auto", "every spot RunInstances answers MaxSpotInstanceCountExceeded",
+        ("SUCCEEDED", None), {"resources": {"accelerators": "T4", "use_spot": "auto"}, "run": FAST_RUN}, FAST,
+        arrange=_no_spot_quota),
+    Row("provider credentials revoked mid-job", "EC2 rejects the provider's key (AuthFailure) from mid-job on, and "
+        "the relay's connection drops right then", ("SUCCEEDED", None), {"run": SLOW_RUN}, SLOW,
+        act=_revoke_mid_job),
+    Row("instance self-termination fails", "the instance's own TerminateInstances is denied (and so is its "
+        "shutdown fallback)", ("SUCCEEDED", None), {"run": FAST_RUN}, FAST, arrange=_deny_self_termination),
+    Row("setup fails", "the setup script exits 2", ("FAILED", "SETUP_FAILED"),
+        {"setup": "echo broken setup >&2; exit 2", "run": "echo never runs"}, "broken setup\n"),
+    Row("spot interruption", "an EC2 Spot Instance Interruption Warning for the instance", ("FAILED",
+        "SPOT_INTERRUPTED"), {"resources": {"accelerators": "T4", "use_spot": True}, "run": "echo started; sleep 600"},
+        "started\n", act=_interrupt_spot),
+]  # fmt: skip
+ROWS_BY_NAME = {row.name: row for row in ROWS}
+OUTAGE_ROW = "control plane stopped while jobs run"
+ORPHAN_ROW = "an instance of ours that no job owns"
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    workdir = tmp_path_factory.mktemp("matrix")
+    plan = FaultPlan(workdir / "faults.json")
+    local, saved = start_local(workdir, TEAM, settings=SETTINGS, reconcile_every=RECONCILE_EVERY, fault_plan=plan.path)
+    try:
+        new_team = Local(local.plane, "", local.queue_url, token=local.plane.issue_token(NEW_TEAM))
+        new_team.provider_id = _provider(new_team, "new team")[0]
+        revoked_provider, revoked_key = _provider(local, "revoked later")
+        yield Matrix(local, plan, new_team, revoked_provider, revoked_key)
+    finally:
+        local.plane.stop()
+        forget_process_state(saved)
+
+
+def _provider(local: Local, name: str) -> tuple[str, str]:
+    key_id, secret = runtime.create_provider_user()
+    request = {"name": name, "region": "us-east-1", "access_key_id": key_id, "secret_access_key": secret}
+    status, body = local.call("POST", "/providers", request)
+    assert status == 201, body
+    return str(body["provider_id"]), key_id
+
+
+def _submit(m: Matrix, row: Row) -> None:
+    client = m.client(row)
+    key = f"matrix-{row.name}"
+    row.job_id = job_id_for_idempotency_key(row.team, key)
+    row.arrange(m, row.job_id)
+    provider = m.revoked_provider if row.act is _revoke_mid_job else client.provider_id
+    status, body = client.call(
+        "POST", "/jobs", row.task | {"name": _slug(row.name), "provider_id": provider}, {"Idempotency-Key": key}
+    )
+    assert status == 202, body
+    assert body["job_id"] == row.job_id
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:100]
+
+
+def _check(m: Matrix, row: Row, timeout: float = 240) -> dict[str, Any]:
+    client = m.client(row)
+    job = client.wait(row.job_id, timeout=timeout)
+    outcome = (job["status"], job.get("failure_reason"))
+    assert outcome == row.expected, f"{row.name}: {outcome} ({job.get('failure_message')}; notes {job.get('notes')})"
+    text, complete = client.logs(row.job_id)
+    assert complete, row.name
+    assert text == row.output, f"{row.name}: the log differs from what the job wrote"
+    launched = instances_of(row.job_id)
+    assert len(launched) == row.instances, (row.name, [i["InstanceId"] for i in launched])
+    assert all(i["State"]["Name"] == "terminated" for i in launched), row.name
+    for rule in row.rules:
+        assert m.plan.fired(rule), f"{row.name}: its fault ({rule}) never fired"
+    return job
+
+
+def test_every_row_of_the_fault_matrix(matrix: Matrix) -> None:
+    m = matrix
+    only = [name for name in os.environ.get("EC2JOBS_MATRIX_ROWS", "").split(",") if name]  # to debug a few rows
+    rows = [row for row in ROWS if not only or row.name in only]
+    for row in rows:
+        _submit(m, row)
+    with ThreadPoolExecutor(max_workers=len(rows)) as pool:  # what the test does to running jobs, concurrently
+        for done in [pool.submit(row.act, m, row.job_id) for row in rows]:
+            done.result()
+    ended = {row.name: _check(m, row) for row in rows}
+    if only:
+        return
+
+    # Row-specific facts beyond the common checks.
+    ice = "InsufficientInstanceCapacity in the first AZs"
+    assert ended[ice]["availability_zone"] not in {"us-east-1a", "us-east-1b"}
+    assert {f.get("zone") or "us-east-1a" for f in m.plan.fired(ROWS_BY_NAME[ice].rules[0])} == {
+        "us-east-1a",
+        "us-east-1b",
+    }
+    twice = ROWS_BY_NAME["every event delivered twice"]
+    assert m.local.state_changes(twice.job_id, until="SUCCEEDED") == [
+        (None, "PENDING"),
+        ("PENDING", "LAUNCHING"),
+        ("LAUNCHING", "PROVISIONING"),
+        ("PROVISIONING", "RUNNING"),
+        ("RUNNING", "SUCCEEDED"),
+    ]
+    late = ROWS_BY_NAME["events out of order"]
+    delayed = m.plan.fired(late.rules[0])
+    assert delayed
+    time.sleep(max(0.0, max(f["at"] for f in delayed) + LATE_SECONDS + 1 - time.time()))  # they have arrived now
+    assert m.job(late)["instance_state"] == "terminated"  # a late event never moves the state backwards
+    assert "quota" in ended["vCPU quota exceeded"]["failure_message"].lower()
+    assert ended["spot quota exceeded under use_spot: auto"]["market"] == "on-demand"
+    revoked = ended["provider credentials revoked mid-job"]
+    assert revoked["instance_address"]  # the relay kept streaming to the address it had reached
+
+
+def test_the_control_plane_stopped_while_jobs_run_then_started_again(matrix: Matrix) -> None:
+    m = matrix
+    rows = [
+        Row(f"{OUTAGE_ROW} {n}", "", ("SUCCEEDED", None), {"run": "for i in $(seq 1 80); do echo tick $i; "
+            "sleep 0.5; done"}, lines(80, "tick")) for n in (1, 2)
+    ]  # fmt: skip
+    for row in rows:
+        _submit(m, row)
+    for row in rows:  # 40 s jobs: both are still running when the control plane stops
+        m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text.count("\n") >= 3)
+
+    m.plan.set_down(True)  # functions fail, invocations in flight die, executions stop, events are lost
+    time.sleep(OUTAGE_SECONDS)  # the jobs finish meanwhile; their instances wait for the relay to drain them
+    for row in rows:
+        assert m.job(row)["status"] == "RUNNING"  # nothing of the control plane ran
+    m.plan.set_down(False)
+
+    for row in rows:
+        job = _check(m, row)
+        assert job["relay_restarts"] >= 1  # the reconciler restarted its dead relay loop
+
+
+def test_an_instance_no_job_owns_is_terminated_by_the_reconciler(matrix: Matrix) -> None:
+    ec2 = boto3.client("ec2")
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    tags = [{"Key": TEAM_TAG, "Value": TEAM}, {"Key": MANAGED_BY_TAG, "Value": "ec2jobs"}]
+    orphan = ec2.run_instances(
+        ImageId=image,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"][0]["InstanceId"]
+    end = time.monotonic() + 90  # the orphan grace (20 s here) and a reconcile tick
+    state = "pending"
+    while time.monotonic() < end:
+        state = ec2.describe_instances(InstanceIds=[orphan])["Reservations"][0]["Instances"][0]["State"]["Name"]
+        if state == "terminated":
+            break
+        time.sleep(1)
+    assert state == "terminated"
+
+
+def test_nothing_is_left_running_and_no_job_is_left_unfinished(matrix: Matrix) -> None:
+    for client in (matrix.local, matrix.new_team):
+        status, page = client.call("GET", "/jobs?limit=100")
+        assert status == 200
+        assert [j["job_id"] for j in page["jobs"] if j["status"] not in TERMINAL] == []
+    assert live_instances_of_ours() == []
+
+
+def test_the_readme_lists_every_row_with_its_expected_end() -> None:
+    readme = README.read_text()
+    for row in ROWS:
+        status, reason = row.expected
+        assert f"| {row.name} |" in readme, row.name
+        assert f"{status}{' / ' + reason if reason else ''}" in readme.split(f"| {row.name} |")[1].split("\n")[0]
+    assert f"| {OUTAGE_ROW} |" in readme
+    assert f"| {ORPHAN_ROW} |" in readme

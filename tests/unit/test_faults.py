@@ -1,0 +1,85 @@
+"""The fault plan (local/faults.py) that drives the e2e fault matrix: rules match what they name, fire the number
+of times they say, and answer in each service's protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from local.faults import Faults, FaultPlan, RuntimeExit, error_response, lambda_job, request_facts
+
+
+def test_a_rule_fires_after_skip_every_nth_match_at_most_times(tmp_path: Path) -> None:
+    plan = FaultPlan(tmp_path / "plan.json")
+    rule = plan.add("crash_after", service="dynamodb", job="job-1", skip=1, every=2, times=2)
+    faults = Faults(plan.path)
+
+    fired = [faults.take("crash_after", service="dynamodb", body='{"job_id": "job-1"}') is not None for _ in range(8)]
+
+    assert fired == [False, False, True, False, True, False, False, False]
+    assert len(plan.fired(rule)) == 2
+    assert faults.take("crash_after", service="dynamodb", body='{"job_id": "job-2"}') is None  # another job
+
+
+def test_rules_match_only_what_they_name(tmp_path: Path) -> None:
+    plan = FaultPlan(tmp_path / "plan.json")
+    plan.add("aws_error", service="ec2", operation="RunInstances", zone=["us-east-1a", "us-east-1b"], job="j")
+    faults = Faults(plan.path)
+    base = {"service": "ec2", "operation": "RunInstances", "jobs": ["j"]}
+
+    assert faults.take("aws_error", **base, zone="us-east-1b") is not None
+    assert faults.take("aws_error", **base, zone=None) is not None  # AWS's choice: the rule's first zone
+    assert faults.take("aws_error", **base, zone="us-east-1c") is None
+    assert faults.take("aws_error", **(base | {"operation": "TerminateInstances"}), zone="us-east-1a") is None
+    assert faults.take("aws_error", **(base | {"jobs": ["other"]}), zone="us-east-1a") is None
+    assert faults.take("ssh_drop", job="j", bytes=10) is None  # another kind
+
+
+def test_an_ssh_drop_waits_for_its_byte_count(tmp_path: Path) -> None:
+    plan = FaultPlan(tmp_path / "plan.json")
+    plan.add("ssh_drop", job="j", bytes=1000, times=1)
+    faults = Faults(plan.path)
+
+    assert faults.take("ssh_drop", job="j", bytes=999) is None
+    assert faults.take("ssh_drop", job="j", bytes=1000) is not None
+    assert faults.take("ssh_drop", job="j", bytes=5000) is None  # fired its one time
+
+
+def test_the_plan_is_reread_when_the_test_changes_it(tmp_path: Path) -> None:
+    plan = FaultPlan(tmp_path / "plan.json")
+    faults = Faults(plan.path)
+    assert not faults.down()
+
+    plan.set_down(True)
+
+    assert faults.down()
+
+
+def test_errors_are_answered_in_each_services_protocol() -> None:
+    rule = {"id": "r", "code": "ProvisionedThroughputExceededException", "status": 400}
+    status, content_type, body = error_response("dynamodb", rule, {"body": '{"TableName": "jobs"}'})
+    assert (status, content_type) == (400, "application/x-amz-json-1.0")
+    assert json.loads(body)["__type"] == "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
+
+    ice = {"id": "r", "code": "InsufficientInstanceCapacity", "status": 500, "zone": ["us-east-1a"]}
+    status, content_type, body = error_response("ec2", ice, {"body": "Action=RunInstances", "region": "us-east-1"})
+    assert (status, content_type) == (500, "text/xml")
+    assert b"<Code>InsufficientInstanceCapacity</Code>" in body
+    assert b"(us-east-1a)" in body  # the zone AWS names, as EC2's message does
+    assert b"us-east-1b" in body  # and where to try instead
+
+
+def test_request_facts_read_service_operation_and_key() -> None:
+    environ = {
+        "HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261124/us-east-1/dynamodb/aws4_request, ...",
+        "HTTP_X_AMZ_TARGET": "DynamoDB_20120810.BatchWriteItem",
+    }
+    facts = request_facts(environ, b'{"RequestItems": {}}')
+    assert (facts["service"], facts["operation"], facts["access_key"]) == ("dynamodb", "BatchWriteItem", "AKIAEXAMPLE")
+
+
+def test_the_job_of_an_invocation_and_the_crash_name() -> None:
+    assert lambda_job({"job_id": "job-1", "relay_owner": "x"}) == "job-1"
+    assert lambda_job({"input": {"job_id": "job-2"}, "execution_name": "n"}) == "job-2"
+    assert lambda_job({"detail": {}}) is None
+    assert RuntimeExit.__name__ == "Runtime.ExitError"  # what Step Functions reports for a dead Lambda runtime
