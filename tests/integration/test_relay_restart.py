@@ -186,3 +186,21 @@ def test_revoked_keys_are_reported_and_a_job_past_its_deadline_fails_credentials
         Filters=[{"Name": f"tag:{provisioning.JOB_TAG}", "Values": [state["job_id"]]}]
     )["Reservations"]
     assert len(tagged) == 1
+
+
+def test_an_invocation_writes_nothing_once_its_lease_has_ended(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    import pytest
+
+    from controlplane.handlers import container
+    from controlplane.service.relay import LeaseExpired
+
+    job_id = launched(control_plane, tenant, workflow)["job_id"]
+    relay = container.pipeline().relayer
+
+    with pytest.raises(LeaseExpired):
+        relay._store(job_id, 0, b"late line\n", write_until=relay.clock() - 1)
+
+    assert relay.logs.progress(job_id).committed == 0
+    assert relay.logs.chunks(job_id, 0, 1 << 20) == []

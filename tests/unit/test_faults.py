@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from local.faults import Faults, FaultPlan, RuntimeExit, error_response, lambda_job, request_facts
+from local.faults import FaultPlan, Faults, RuntimeExit, error_response, lambda_job, request_facts
 
 
 def test_a_rule_fires_after_skip_every_nth_match_at_most_times(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ TIME_RESERVE_SECONDS = 15.0
 NOT_FOUND_GRACE_SECONDS = 600.0
 LOOP_GAP_SECONDS = 60.0  # after an invocation ends, its loop renews the lease within this (else: it died)
 LEASE_MARGIN_SECONDS = 10.0
+WRITE_OVERRUN_SECONDS = 120.0  # how long past its budget an invocation may still write (last flush, drain)
 DIRECT_OWNER = "direct"  # invocations outside a workflow execution (tests, benchmarks, operators)
 
 
@@ -84,6 +85,10 @@ class RelayOutcome:
             "relayed_bytes": self.relayed_bytes,
             "connections": self.connections,
         }
+
+
+class LeaseExpired(Exception):
+    """This invocation outlived its relay lease: it must not write (the workflow retries; the claim decides)."""
 
 
 class InstanceLocator(Protocol):
@@ -141,13 +146,16 @@ class RelayService:
             # returning "not finished" would make the workflow loop without pause.
             return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
         budget = min(self.settings.budget_seconds, time_left() - TIME_RESERVE_SECONDS)
+        write_until = float("inf")  # the lease's end (monotonic): this invocation writes nothing after it
         if self.lease is not None:
-            # Held for as long as this invocation can possibly write: until its Lambda is killed at the latest.
-            hold = min(time_left(), self.settings.budget_seconds + 60.0) + LEASE_MARGIN_SECONDS
+            # Held past this invocation's budget (its last flush, the drain); it never writes after the lease ends:
+            # _store checks, and the Lambda's own timeout is a hard bound too.
+            hold = min(time_left(), self.settings.budget_seconds + WRITE_OVERRUN_SECONDS)
             now = utcnow()
-            if not self.lease.claim_relay(job_id, owner, now + dt.timedelta(seconds=hold), now):
+            if not self.lease.claim_relay(job_id, owner, now + dt.timedelta(seconds=hold + LEASE_MARGIN_SECONDS), now):
                 return self._not_claimed(job_id)
-        outcome = self._relay(job, budget)
+            write_until = self.clock() + hold
+        outcome = self._relay(job, budget, write_until)
         if self.lease is not None and not outcome.finished:
             self.lease.shorten_relay(job_id, owner, utcnow() + dt.timedelta(seconds=LOOP_GAP_SECONDS))
         return outcome
@@ -161,7 +169,7 @@ class RelayService:
         logger.info("another relay loop holds the lease", extra={"job_id": job_id, "owner": job.relay_owner})
         return RelayOutcome(True, f"another relay loop streams this job's output ({job.relay_owner}); this one stops")
 
-    def _relay(self, job: Job, budget: float) -> RelayOutcome:
+    def _relay(self, job: Job, budget: float, write_until: float) -> RelayOutcome:
         job_id, host_key = job.job_id, str(job.ssh_host_key)
         deadline = self.clock() + max(0.0, budget)
         team_key = self.secrets.team_key(job.team_id)
@@ -193,7 +201,7 @@ class RelayService:
                         job = self._running(job)
                         if job.status.terminal:
                             return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
-                        outcome = self._stream(session, job, deadline)
+                        outcome = self._stream(session, job, deadline, write_until)
                         relayed += outcome.relayed_bytes
                         drops = 0
                         backoff = 1.0
@@ -248,7 +256,7 @@ class RelayService:
         except TransitionRefused:
             return self.jobs.get(job.job_id) or job
 
-    def _stream(self, session: SshSession, job: Job, deadline: float) -> RelayOutcome:
+    def _stream(self, session: SshSession, job: Job, deadline: float, write_until: float) -> RelayOutcome:
         """Follow the output from the committed offset. Writing to DynamoDB overlaps reading the next bytes (one
         write in flight at a time, so commits stay in order); every exit waits for that write first."""
         settings = self.settings
@@ -279,7 +287,7 @@ class RelayService:
             data = bytes(pending[:ready])
             del pending[:ready]
             settle()
-            in_flight = writer.submit(self._store, job.job_id, offset, data)
+            in_flight = writer.submit(self._store, job.job_id, offset, data, write_until)
             offset += ready
 
         def lost(reason: str) -> ConnectionLost:
@@ -350,8 +358,10 @@ class RelayService:
         logger.warning("could not write the drained marker; the instance stops after its drain timeout",
                        extra={"job_id": job.job_id})  # fmt: skip
 
-    def _store(self, job_id: str, offset: int, data: bytes) -> None:
-        """Write the chunks, then (only then) commit the offset after them."""
+    def _store(self, job_id: str, offset: int, data: bytes, write_until: float = float("inf")) -> None:
+        """Write the chunks, then (only then) commit the offset after them — never once the lease has ended."""
+        if self.clock() > write_until:
+            raise LeaseExpired(f"job {job_id}: this relay invocation's lease has ended; another loop may own it")
         self.logs.write(job_id, logchunks.cut(offset, data, self.settings.chunk_bytes))
         self.logs.commit(job_id, offset + len(data))
 
