@@ -41,12 +41,14 @@ class Access(Enum):
     WRITE = "write"  # read and write
 
 
-# DynamoDB actions the adapters issue: GetItem/Query to read (never Scan), Put/Update/Delete/BatchWrite to write.
+# DynamoDB actions the adapters issue: GetItem/BatchGetItem/Query to read (never Scan), Put/Update/Delete/BatchWrite
+# to write.
 # TransactWriteItems (providers) is authorised through the Put/Delete it contains.
 TABLE_ACTIONS: dict[Access, tuple[str, ...]] = {
-    Access.READ: ("dynamodb:GetItem", "dynamodb:Query"),
+    Access.READ: ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"),
     Access.WRITE: (
         "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
         "dynamodb:Query",
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",

@@ -10,7 +10,7 @@ import pytest
 from controlplane.adapters.statemachine import HANDLERS
 from tests.infra.conftest import Synth
 
-READ = {"dynamodb:GetItem", "dynamodb:Query"}
+READ = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}
 WRITE = READ | {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
 GET = {"secretsmanager:GetSecretValue"}
 CREATE = {"secretsmanager:CreateSecret", "secretsmanager:TagResource"}  # created with tags

@@ -3,10 +3,12 @@ AWS_ENDPOINT_URL variables (the emulator locally); calls made with a provider's 
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 
 from controlplane import config
@@ -32,11 +34,25 @@ def resource(service: str) -> Any:
     return boto3.session.Session().resource(service, region_name=config.get().region, config=CLIENT_CONFIG)
 
 
+_PROVIDER_SESSION_LOCK = threading.Lock()
+
+
+@cache
+def _provider_session() -> botocore.session.Session:
+    """One botocore session for every provider client: its loader reads each service model once per process (a new
+    boto3 Session per client reloads EC2's model: about half a second each). Credentials are given per client,
+    never set on the session."""
+    return botocore.session.get_session()
+
+
 def provider_client(service: str, credentials: ProviderCredentials, region: str) -> Any:
-    """A client acting as a provider's IAM user (bounded by the seed policy), never cached across keys."""
-    session = boto3.session.Session(
-        aws_access_key_id=credentials.access_key_id,
-        aws_secret_access_key=credentials.secret_access_key,
-        region_name=region,
-    )
-    return session.client(service, endpoint_url=config.get().provider_endpoint_url, config=CLIENT_CONFIG)
+    """A client acting as a provider's IAM user (bounded by the seed policy); its keys are its own."""
+    with _PROVIDER_SESSION_LOCK:  # botocore sessions are not thread-safe; the clients they make are
+        return _provider_session().create_client(
+            service,
+            region_name=region,
+            endpoint_url=config.get().provider_endpoint_url,
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+            config=CLIENT_CONFIG,
+        )

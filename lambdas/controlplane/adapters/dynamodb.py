@@ -440,6 +440,23 @@ class DynamoJobStore:
         item = self.table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
         return self._job(item) if item else None
 
+    def get_many(self, job_ids: builtins.list[str]) -> dict[str, Job]:
+        """Jobs by id, 100 per BatchGetItem (eventually consistent: for sweeps, not for decisions that race)."""
+        found: dict[str, Job] = {}
+        wanted = sorted(set(job_ids))
+        client, name = self.table.meta.client, self.table.name
+        for start in range(0, len(wanted), 100):
+            request: dict[str, Any] = {name: {"Keys": [{"job_id": job_id} for job_id in wanted[start : start + 100]]}}
+            for _ in range(8):  # unprocessed keys (throttling) are retried a few times, then left for the next sweep
+                response = client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(name, []):
+                    job = self._job(item)
+                    found[job.job_id] = job
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+        return found
+
     def list_for_team(self, team_id: str, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
         if status is None:
             index, partition = schema.JOBS_BY_TEAM, Key("team_id").eq(team_id)

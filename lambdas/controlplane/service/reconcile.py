@@ -46,6 +46,7 @@ class ReconcileJobs(JobStateWriter, Protocol):
     def active_jobs(self) -> list[Job]: ...
     def get(self, job_id: str) -> Job | None: ...
     def note_relay_restart(self, job_id: str, seen_restarts: int, now: dt.datetime) -> bool: ...
+    def get_many(self, job_ids: list[str]) -> dict[str, Job]: ...
 
 
 class RelayRestarter(Protocol):
@@ -159,14 +160,18 @@ class Reconciler:
         for job in jobs:
             owned |= {str(i["InstanceId"]) for i in by_job.get(job.job_id, [])}
             self._job(job, ec2, by_id, by_job.get(job.job_id, []), now, report)
-        for instance in instances:  # owned by no active job: record its state on its ended job; kill orphans
-            instance_id = str(instance["InstanceId"])
-            if instance_id in owned:
-                continue
+        unowned: list[tuple[dict[str, Any], str | None]] = []
+        for instance in instances:
             tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags", [])}
-            if tags.get(JOB_TAG) in self._active_ids:
-                continue  # a live job's, launched with another provider's keys to this account: that sweep's
-            ended = self.jobs.get(str(tags[JOB_TAG])) if tags.get(JOB_TAG) else None
+            job_tag = str(tags[JOB_TAG]) if tags.get(JOB_TAG) else None
+            # Owned by an active job — maybe one launched with another provider's keys to this same account, which
+            # that provider's sweep handles — or not.
+            if str(instance["InstanceId"]) not in owned and job_tag not in self._active_ids:
+                unowned.append((instance, job_tag))
+        ended_jobs = self.jobs.get_many([tag for _, tag in unowned if tag]) if unowned else {}
+        for instance, job_tag in unowned:  # record its state on its ended job; kill orphans
+            instance_id = str(instance["InstanceId"])
+            ended = ended_jobs.get(job_tag) if job_tag else None
             state = str(instance.get("State", {}).get("Name"))
             if ended is not None and ended.instance_id == instance_id and ended.instance_state != state:
                 self.jobs.set_instance_state(ended.job_id, state)  # a missed event after the job ended
