@@ -35,9 +35,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# Benchmarks print measured figures and ratios (one run; this machine is shared and noisy). Not part of make test.
+# Benchmarks (bench/): launch overhead, log relay, cold start, cost, scale, in one run (this machine is shared and
+# noisy: compare ratios within a run); prints a table and writes bench/results/latest.json. Not part of make test.
 bench: install sshd
-	$(PY) -m bench.relay
+	$(PY) -m bench
 
 catalog: install
 	$(PY) scripts/refresh_catalog.py

@@ -1,0 +1,402 @@
+"""Cost model: what the control plane consumes per job launch and per job-hour, counted on the embedded control
+plane (the emulator's request log, Step Functions' execution history, the Lambda invocations), priced with
+bench/prices.py.
+
+- Per launch: everything, from `POST /jobs` to the job's end, of a job that runs `true`: the API request (authorizer
+  and api Lambda), the workflow's state transitions and Lambda invocations (durations from the execution history),
+  the instance-events invocations (EC2 state changes, captured on their own EventBridge rule; each one's duration
+  measured by invoking it again with the same event), DynamoDB request units (from each request and the item it
+  touched), Secrets Manager calls and Job State Change events.
+- Per job-hour: a job that prints a 100-byte line every second ("typical"; then 10 per second, "busy"). The relay
+  streams the whole hour (its Lambda time, at the deployed memory and streaming budget); the AWS calls it makes
+  while streaming are counted in a window of steady output and scaled to an hour; each further relay invocation
+  of the hour is charged like a whole relay step of the short job (an upper bound); the reconciler's sweeps (one
+  a minute) are charged to the job in full (an upper bound: one job).
+
+    python -m bench.cost [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import prices
+from bench.awsops import Op
+from bench.plane import Session
+from bench.prices import Deployment, Usage
+from bench.report import Figure
+from controlplane.adapters import events as event_patterns
+from controlplane.adapters import statemachine
+from local import runtime
+
+SECTION = "4 cost"
+LAUNCH_TARGET = 0.002
+HOUR_TARGET = 0.02
+LINE = "t={t:.6f} {phase} step {n:06d} loss=0.123456 lr=0.000300 tokens/s=12345.6 grad_norm=0.98"
+COST_JOB = """python3 - <<'EOF'
+import time
+def phase(name, every, seconds):
+    end, n = time.time() + seconds, 0
+    while time.time() < end:
+        n += 1
+        print("{line}".format(t=time.time(), phase=name, n=n), flush=True)
+        time.sleep(every)
+time.sleep(3)
+phase("typical", 1.0, {seconds})
+phase("busy", 0.1, {seconds})
+EOF"""
+_ENDED = frozenset({"LambdaFunctionSucceeded", "LambdaFunctionFailed", "LambdaFunctionTimedOut"})
+
+
+@dataclass
+class Measured:
+    """One measured stretch: the control plane's requests, Lambda invocations and state transitions."""
+
+    ops: list[Op] = field(default_factory=list)
+    invocations: list[tuple[str, float]] = field(default_factory=list)  # (handler, seconds)
+    transitions: int = 0
+    api_requests: int = 0
+
+
+class Units:
+    """DynamoDB request units of recorded requests, from the request bodies and the items they touched (read
+    afterwards, so a job item is counted at its final, largest size: an upper bound)."""
+
+    def __init__(self, session: Session) -> None:
+        self.client = session.client("dynamodb")
+        self.sizes: dict[str, int] = {}
+
+    def _size(self, table: str, key: dict[str, Any]) -> int:
+        cache_key = table + json.dumps(key, sort_keys=True)
+        if cache_key not in self.sizes:
+            item = self.client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item") or {}
+            self.sizes[cache_key] = prices.item_size(item)
+        return self.sizes[cache_key]
+
+    def _query(self, params: dict[str, Any]) -> int:
+        try:
+            items = self.client.query(**params).get("Items", [])
+        except Exception:  # noqa: BLE001 - a query we cannot repeat counts its minimum
+            return 0
+        return sum(prices.item_size(item) for item in items)
+
+    def of(self, op: Op) -> tuple[float, float]:
+        """(write units, read units) of one DynamoDB request."""
+        body = op.json_body()
+        table = str(body.get("TableName", ""))
+        if op.operation == "PutItem":
+            return prices.write_units(prices.item_size(body.get("Item", {}))), 0.0
+        if op.operation in {"UpdateItem", "DeleteItem"}:
+            return prices.write_units(self._size(table, body.get("Key", {}))), 0.0
+        if op.operation == "BatchWriteItem":
+            units = 0
+            for requests in body.get("RequestItems", {}).values():
+                for request in requests:
+                    put = request.get("PutRequest", {}).get("Item")
+                    units += prices.write_units(prices.item_size(put)) if put else 1
+            return float(units), 0.0
+        if op.operation == "TransactWriteItems":
+            units = 0
+            for entry in body.get("TransactItems", []):
+                ((kind, spec),) = entry.items()
+                size = prices.item_size(spec["Item"]) if kind == "Put" else self._size(spec["TableName"], spec["Key"])
+                units += prices.write_units(size, transactional=True)
+            return float(units), 0.0
+        if op.operation == "GetItem":
+            size = self._size(table, body.get("Key", {}))
+            return 0.0, prices.read_units(size, consistent=bool(body.get("ConsistentRead")))
+        if op.operation == "Query":
+            return 0.0, prices.read_units(self._query(body), consistent=bool(body.get("ConsistentRead")))
+        return 0.0, 0.0
+
+
+def usage_of(measured: Measured, units: Units, deployment: Deployment) -> Usage:
+    usage = Usage(state_transitions=float(measured.transitions), api_requests=float(measured.api_requests))
+    for op in measured.ops:
+        if op.by_bench:
+            continue
+        if op.service == "dynamodb":
+            write, read = units.of(op)
+            usage.dynamodb_write_units += write
+            usage.dynamodb_read_units += read
+        elif op.service == "secretsmanager":
+            usage.secrets_manager_calls += 1
+        elif op.service == "events" and op.operation == "PutEvents":
+            usage.eventbridge_events += len(op.json_body().get("Entries", []))
+    for handler, seconds in measured.invocations:
+        usage.lambda_requests += 1
+        usage.lambda_gb_seconds += prices.gb_seconds(seconds, deployment.memory(handler))
+    return usage
+
+
+def _handler_of(function_name: str) -> str:
+    step = function_name.removeprefix(f"{runtime.PREFIX}-").replace("-", "_")
+    extra = {"instance_events": runtime.INSTANCE_EVENTS_HANDLER, "reconcile": runtime.RECONCILE_HANDLER}
+    return statemachine.HANDLERS.get(step) or extra.get(step, function_name)
+
+
+def workflow_of(history: list[dict[str, Any]]) -> tuple[int, list[tuple[str, float]], int]:
+    """(state transitions, [(handler, seconds)] of its Lambda tasks, relay loop iterations) from an execution's
+    history. Transitions: every state entered, plus every retried task attempt (AWS bills retries)."""
+    entered = [e for e in history if e["type"].endswith("StateEntered")]
+    scheduled = [e for e in history if e["type"] == "LambdaFunctionScheduled"]
+    task_entries = [e for e in entered if e["type"] == "TaskStateEntered"]
+    transitions = len(entered) + max(0, len(scheduled) - len(task_entries))
+    invocations: list[tuple[str, float]] = []
+    current: tuple[str, Any] | None = None
+    for event in history:
+        if event["type"] == "LambdaFunctionScheduled":
+            resource = event["lambdaFunctionScheduledEventDetails"]["resource"]
+            current = (_handler_of(resource.rsplit(":", 1)[-1]), None)
+        elif event["type"] == "LambdaFunctionStarted" and current is not None:
+            current = (current[0], event["timestamp"])
+        elif event["type"] in _ENDED and current is not None and current[1] is not None:
+            invocations.append((current[0], (event["timestamp"] - current[1]).total_seconds()))
+            current = None
+    loops = sum(1 for e in entered if e.get("stateEnteredEventDetails", {}).get("name") == "Relay")
+    return transitions, invocations, loops
+
+
+class EventCapture:
+    """The EC2 events the instance-events rule matches, also delivered to a queue (to count and replay them)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        sqs, eventbridge = session.client("sqs"), session.client("events")
+        self.queue_url = sqs.create_queue(QueueName="bench-instance-events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for name, pattern in (
+            ("bench-ec2-states", event_patterns.EC2_STATE_PATTERN),
+            ("bench-spot", event_patterns.SPOT_INTERRUPTION_PATTERN),
+        ):
+            eventbridge.put_rule(Name=name, EventPattern=json.dumps(pattern))
+            eventbridge.put_targets(Rule=name, Targets=[{"Id": "queue", "Arn": arn}])
+        self.pending: list[dict[str, Any]] = []
+
+    def drain(self) -> list[dict[str, Any]]:
+        sqs = self.session.client("sqs")
+        while True:
+            messages = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                break
+            for message in messages:
+                self.pending.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return self.pending
+
+    def take(self, instance_id: str) -> list[dict[str, Any]]:
+        events = [e for e in self.drain() if e.get("detail", {}).get("instance-id") == instance_id]
+        self.pending = [e for e in self.pending if e not in events]
+        return events
+
+
+def _measure_job(session: Session, capture: EventCapture, task: dict[str, Any]) -> tuple[Measured, str, float]:
+    """Run one job to its end; what the control plane did for it (job id, seconds from submission to end)."""
+    mark = session.recorder.mark()
+    first_invocation = len(session.invocations)
+    started = time.time()
+    status, body = session.call("POST", "/jobs", task)
+    if status != 202:
+        raise RuntimeError(f"POST /jobs answered {status}: {body}")
+    job_id = str(body["job_id"])
+    item = session.wait_done(job_id, timeout=300)
+    ended = time.time()
+    time.sleep(1.0)  # the last instance event (terminated) is delivered asynchronously
+    measured = Measured(ops=[op for op in session.recorder.since(mark) if not op.by_bench])
+    api = session.invocations[first_invocation:]
+    measured.invocations += [(i.handler, i.seconds) for i in api]
+    measured.api_requests = sum(1 for i in api if i.handler.endswith("api.handler"))
+    history = session.history(item["execution_arn"]["S"])
+    measured.transitions, workflow, _ = workflow_of(history)
+    measured.invocations += workflow
+    instance_id = item.get("instance_id", {}).get("S", "")
+    for event in capture.take(instance_id) if instance_id else []:
+        seconds, _ = session.invoke(session.function_name("instance_events"), event)
+        measured.invocations.append((runtime.INSTANCE_EVENTS_HANDLER, seconds))
+    return measured, job_id, ended - started
+
+
+def _phase_windows(session: Session, job_id: str) -> dict[str, tuple[float, float]]:
+    """The job's own line timestamps: per phase, a window of steady output (2 s in from its first line, 1 s
+    before its last)."""
+    text, cursor = "", ""
+    for _ in range(10_000):
+        status, page = session.call("GET", f"/jobs/{job_id}/logs?after={cursor}&limit=1048576")
+        if status != 200:
+            raise RuntimeError(f"GET logs answered {status}: {page}")
+        text += page["text"]
+        cursor = page["next_cursor"]
+        if page["complete"] or not page["text"]:
+            break
+    stamps: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 1 and parts[0].startswith("t="):
+            stamps.setdefault(parts[1], []).append(float(parts[0][2:]))
+    return {phase: (min(t) + 2.0, max(t) - 1.0) for phase, t in stamps.items() if max(t) - min(t) > 4}
+
+
+def _sweep(session: Session) -> tuple[Measured, int]:
+    """One reconciler sweep, invoked as the schedule would: what it did, and how many provider-regions it swept."""
+    mark = session.recorder.mark()
+    seconds, answer = session.invoke(session.function_name("reconcile"), {})
+    time.sleep(0.1)
+    measured = Measured(ops=[op for op in session.recorder.since(mark) if not op.by_bench])
+    measured.invocations.append((runtime.RECONCILE_HANDLER, seconds))
+    described = int(answer.get("described", 0)) if isinstance(answer, dict) else 0
+    return measured, described
+
+
+def _follow_hour(session: Session, job_id: str, units: Units, deployment: Deployment, requests: int = 5) -> Usage:
+    """A client polling GET /jobs/{id}/logs once a second for an hour, from a few measured requests. API Gateway
+    caches the authorizer's answer for 5 minutes (stacks/api.py): 12 authorizer invocations an hour, not 3600."""
+    mark = session.recorder.mark()
+    first = len(session.invocations)
+    for _ in range(requests):
+        session.call("GET", f"/jobs/{job_id}/logs?after=0&limit=4096")
+    time.sleep(0.1)
+    measured = Measured(ops=[op for op in session.recorder.since(mark) if not op.by_bench], api_requests=requests)
+    calls = session.invocations[first:]
+    measured.invocations = [(i.handler, i.seconds) for i in calls if i.handler.endswith("api.handler")]
+    authorizer = Measured(
+        invocations=[(i.handler, i.seconds) for i in calls if i.handler.endswith("authorizer.handler")]
+    )
+    per_authorization = usage_of(authorizer, units, deployment).scaled(1 / max(len(authorizer.invocations), 1))
+    return usage_of(measured, units, deployment).scaled(3600 / requests) + per_authorization.scaled(12)
+
+
+def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list[Figure], dict[str, Any]]:
+    deployment = prices.deployment()
+    units = Units(session)
+    capture = EventCapture(session)
+    session.recorder.start()
+
+    launch, _, launch_seconds = _measure_job(session, capture, {"name": "bench-cost", "run": "true"} | _p(provider_id))
+    per_launch = usage_of(launch, units, deployment)
+
+    task = {"name": "bench-hour", "run": COST_JOB.format(seconds=int(seconds), line=LINE)} | _p(provider_id)
+    mark = session.recorder.mark()
+    status, body = session.call("POST", "/jobs", task)
+    if status != 202:
+        raise RuntimeError(f"POST /jobs answered {status}: {body}")
+    job_id = str(body["job_id"])
+    session.wait_status(job_id, {"RUNNING"}, timeout=120)
+    time.sleep(1.0)  # let the RUNNING transition's own writes and event land before the sweep is measured
+    sweep, described = _sweep(session)
+    session.wait_done(job_id, timeout=300)
+    streaming = [op for op in session.recorder.since(mark) if not op.by_bench]
+    windows = _phase_windows(session, job_id)
+    follow_hour = _follow_hour(session, job_id, units, deployment)
+
+    # one relay invocation of the short job, from its Invoke to the job's end: an upper bound for a re-entry
+    relay_start = next(
+        (i for i, op in enumerate(launch.ops) if op.operation == "Invoke" and op.function.endswith("relay")), None
+    )
+    reentry = Measured(ops=launch.ops[relay_start:] if relay_start is not None else [])
+    reentry.invocations = [(h, s) for h, s in launch.invocations if h.endswith("workflow.relay")]
+    reentry.transitions = 2
+    reentry_usage = usage_of(reentry, units, deployment)
+    reentry_usage.lambda_gb_seconds = 0.0  # the relay's time is charged for the whole hour below
+
+    relay_handler = statemachine.HANDLERS["relay"]
+    invocations_per_hour = 3600 / deployment.relay_budget_seconds
+    sweeps_per_hour = 3600 / deployment.reconcile_every_seconds
+    fixed_hour = (
+        Usage(lambda_gb_seconds=prices.gb_seconds(3600, deployment.memory(relay_handler)))
+        + reentry_usage.scaled(invocations_per_hour)
+        + usage_of(sweep, units, deployment).scaled(sweeps_per_hour)
+    )
+    hours: dict[str, Usage] = {}
+    for phase, (start, end) in windows.items():
+        window = Measured(ops=[op for op in streaming if start <= op.seen_at <= end])
+        rate = usage_of(window, units, deployment).scaled(3600 / (end - start))
+        hours[phase] = fixed_hour + rate
+    launch_cost = prices.dollars(per_launch)["total"]
+    typical = prices.dollars(hours["typical"])["total"] if "typical" in hours else None
+    busy = prices.dollars(hours["busy"])["total"] if "busy" in hours else None
+    figures = [
+        Figure(
+            SECTION,
+            "per job launch (a job running `true`, submit → end)",
+            launch_cost,
+            "$",
+            ("<=", LAUNCH_TARGET),
+            f"{per_launch.lambda_requests:.0f} invocations, {per_launch.state_transitions:.0f} transitions, "
+            f"{per_launch.dynamodb_write_units:.0f} WRU, {per_launch.dynamodb_read_units:.0f} RRU",
+        ),
+        Figure(
+            SECTION,
+            "per job-hour, typical logs (a 100-byte line per second)",
+            typical,
+            "$",
+            ("<=", HOUR_TARGET),
+            _hour_note(hours.get("typical")),
+        ),
+        Figure(SECTION, "per job-hour, busy logs (10 lines per second)", busy, "$", note=_hour_note(hours.get("busy"))),
+        Figure(SECTION, "a client following the log once a second, per hour", _total(follow_hour), "$"),
+    ]
+    details = {
+        "prices_as_of": prices.PRICES_AS_OF,
+        "region": prices.REGION,
+        "unit_prices": prices.UNIT_PRICES,
+        "deployment": {
+            "relay_budget_seconds": deployment.relay_budget_seconds,
+            "reconcile_every_seconds": deployment.reconcile_every_seconds,
+            "memory_mb": dict(deployment.memory_mb),
+        },
+        "per_launch": {
+            "usage": per_launch.as_dict(),
+            "dollars": _rounded(prices.dollars(per_launch)),
+            "operations": dict(Counter(op.name for op in launch.ops)),
+            "invocations": [(".".join(h.split(".")[-2:]), round(s, 3)) for h, s in launch.invocations],
+            "submit_to_end_seconds": round(launch_seconds, 1),
+        },
+        "per_hour": {p: {"usage": u.as_dict(), "dollars": _rounded(prices.dollars(u))} for p, u in hours.items()},
+        "windows_seconds": {phase: round(end - start, 1) for phase, (start, end) in windows.items()},
+        "reconcile_sweep": {
+            "provider_regions": described,
+            "operations": dict(Counter(op.name for op in sweep.ops)),
+            "seconds": round(sweep.invocations[0][1], 3),
+        },
+        "relay_reentry_upper_bound": reentry_usage.as_dict(),
+        "follow_log_per_hour": {"usage": follow_hour.as_dict(), "dollars": _rounded(prices.dollars(follow_hour))},
+    }
+    return figures, details
+
+
+def _total(usage: Usage) -> float:
+    return prices.dollars(usage)["total"]
+
+
+def _p(provider_id: str) -> dict[str, str]:
+    return {"provider_id": provider_id}
+
+
+def _rounded(lines: dict[str, float]) -> dict[str, float]:
+    return {k: float(f"{v:.3g}") if v else 0.0 for k, v in lines.items()}
+
+
+def _hour_note(usage: Usage | None) -> str:
+    if usage is None:
+        return "not measured"
+    lines = prices.dollars(usage)
+    top = sorted(((v, k) for k, v in lines.items() if k != "total"), reverse=True)[:2]
+    return "; ".join(f"{k.replace('_', ' ')} ${v:.4f}" for v, k in top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bench import __main__ as entry
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each logging phase of the hour job")
+    args = parser.parse_args(argv)
+    entry.main(["--only", "cost", "--cost-seconds", str(args.seconds)])
+
+
+if __name__ == "__main__":
+    main()
