@@ -1,6 +1,8 @@
 """Events: the control plane's custom bus (Job State Change out, Job Submission in), the rules with the event
 patterns from controlplane.adapters.events (the local runtime creates its rules from the same ones), and the
-reconciler's schedule."""
+reconciler's schedule. An event EventBridge could not deliver after its retries (24 h) lands in a dead-letter queue
+with an alarm, instead of vanishing (the reconciler repairs what a lost EC2 event would have done; a lost Job
+Submission would otherwise be a job never created)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from controlplane.adapters import events as patterns
+from stacks import nag
 
 RECONCILE_EVERY = Duration.minutes(1)  # local/runtime.py ticks at the same rate
 _PATTERN_FIELDS = {
@@ -50,6 +55,30 @@ class Events(Construct):
         workflow: sfn.IStateMachine,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.undelivered = sqs.Queue(
+            self,
+            "UndeliveredEvents",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        nag.acknowledge(
+            self.undelivered,
+            "AwsSolutions-SQS3",
+            "This queue is the dead-letter queue of the EventBridge targets (rule targets' DeadLetterConfig, which "
+            "cdk-nag does not see as DLQ use); a DLQ of a DLQ would only move the same messages again.",
+        )
+        self.undelivered_alarm = cloudwatch.Alarm(
+            self,
+            "UndeliveredEventsAlarm",
+            alarm_description="EventBridge could not deliver an ec2jobs event to its target (see the queue)",
+            metric=self.undelivered.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        delivery: dict[str, Any] = {"dead_letter_queue": self.undelivered, "max_event_age": Duration.hours(24)}
         self.bus = events.EventBus(self, "Bus", description="ec2jobs: Job State Change events out, Job Submission in")
         for function in publishers:  # their job stores put Job State Change events (EVENT_BUS_NAME unset: none)
             function.add_environment("EVENT_BUS_NAME", self.bus.event_bus_name)
@@ -60,21 +89,21 @@ class Events(Construct):
             "InstanceStateChanges",
             description="EC2 instance state changes to the ec2jobs instance-events function",
             event_pattern=event_pattern(patterns.EC2_STATE_PATTERN),
-            targets=[targets.LambdaFunction(instance_events)],
+            targets=[targets.LambdaFunction(instance_events, **delivery)],
         )
         self.spot_interruptions = events.Rule(
             self,
             "SpotInterruptions",
             description="EC2 spot interruption warnings to the ec2jobs instance-events function",
             event_pattern=event_pattern(patterns.SPOT_INTERRUPTION_PATTERN),
-            targets=[targets.LambdaFunction(instance_events)],
+            targets=[targets.LambdaFunction(instance_events, **delivery)],
         )
         self.reconcile_schedule = events.Rule(
             self,
             "ReconcileSchedule",
             description="Runs the ec2jobs reconciler every minute",
             schedule=events.Schedule.rate(RECONCILE_EVERY),
-            targets=[targets.LambdaFunction(reconcile)],
+            targets=[targets.LambdaFunction(reconcile, **delivery)],
         )
         # A submission starts the workflow with the whole event (the job id derives from the event id).
         self.submissions = events.Rule(
@@ -83,5 +112,5 @@ class Events(Construct):
             description="Job Submission events on the ec2jobs bus start the job workflow",
             event_bus=self.bus,
             event_pattern=event_pattern(patterns.SUBMISSION_PATTERN),
-            targets=[targets.SfnStateMachine(workflow)],
+            targets=[targets.SfnStateMachine(workflow, **delivery)],
         )

@@ -22,7 +22,7 @@ def _rule(synth: Synth, **match: Any) -> tuple[str, dict[str, Any]]:
 
 def _function_target(synth: Synth, rule: dict[str, Any]) -> str:
     (target,) = rule["Targets"]
-    assert set(target) == {"Arn", "Id"}  # the whole event, no input transformation
+    assert set(target) == {"Arn", "Id", "DeadLetterConfig", "RetryPolicy"}  # the whole event, no transformation
     return str(target["Arn"]["Fn::GetAtt"][0])
 
 
@@ -54,7 +54,8 @@ def test_job_submissions_on_the_custom_bus_start_the_workflow_with_the_whole_eve
     assert rule["EventBusName"] == {"Ref": bus}
     (target,) = rule["Targets"]
     assert target["Arn"] == {"Ref": synth.logical_id(synth.stack.workflow.state_machine)}
-    assert set(target) == {"Arn", "Id", "RoleArn"}  # no Input/InputPath/InputTransformer: the event id is the job id
+    # no Input/InputPath/InputTransformer: the event id is the job id
+    assert set(target) == {"Arn", "Id", "RoleArn", "DeadLetterConfig", "RetryPolicy"}
     assert synth.resources[bus]["Type"] == "AWS::Events::EventBus"
 
 
@@ -77,3 +78,16 @@ def test_eventbridge_may_invoke_each_target_function_only_from_its_rule(synth: S
     for permission in permissions:
         rule = rules[permission["SourceArn"]["Fn::GetAtt"][0]]
         assert permission["FunctionName"]["Fn::GetAtt"][0] == _function_target(synth, rule)
+
+
+def test_every_target_dead_letters_what_it_could_not_deliver_and_an_alarm_watches(synth: Synth) -> None:
+    queue = synth.logical_id(synth.stack.events.undelivered)
+    for name, rule in _rules(synth).items():
+        for target in rule["Targets"]:
+            assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue, "Arn"]}}, name
+            assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] == 86400, name
+    properties = synth.resources[queue]["Properties"]
+    assert properties["SqsManagedSseEnabled"] is True
+    assert properties["MessageRetentionPeriod"] == 14 * 86400
+    (alarm,) = [r["Properties"] for r in synth.of_type("AWS::CloudWatch::Alarm").values()]
+    assert (alarm["MetricName"], alarm["Threshold"]) == ("ApproximateNumberOfMessagesVisible", 0)
