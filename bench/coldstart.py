@@ -1,11 +1,15 @@
 """Cold start: each handler module's import time in a fresh interpreter, as Lambda would run it — CPython 3.12 (the
-deployed runtime), the code asset and the dependency layer on sys.path and nothing else, no bytecode (the asset
-ships none and the layer is built with --no-compile, so every cold start compiles them) — and the deployable sizes
-of the code asset (lambdas/ zipped as CDK ships it) and the layer (build/layer zipped; unzipped size reported too).
+deployed runtime), the code asset and the dependency layer on sys.path and nothing else, and the bytecode that
+ships: the layer's own __pycache__/*.cpython-312.pyc (scripts/build_layer.py compiles them when the build machine
+has a CPython 3.12), none for the code asset (CDK's asset for lambdas/ leaves __pycache__ out). /var/task and /opt
+are read-only, so whatever has no .pyc is compiled on every cold start (the probe runs with -B: nothing is
+written). Also the deployable sizes of the code asset (lambdas/ zipped as CDK ships it) and of the layer
+(build/layer zipped, bytecode included; unzipped size reported too).
 
-Also measured, reported only: the same imports with bytecode present (what shipping .pyc files would give) and
-"import + wiring", the handler plus what its first invocation builds (services, boto3 clients, paramiko for the
-workflow). The relay's target applies to the workflow module plus its wiring (the relay step imports paramiko).
+Also measured, reported only: the same imports with no bytecode at all (a layer built without a 3.12) and with the
+asset compiled too, and "import + wiring", the handler plus what its first invocation builds (services, boto3
+clients, paramiko for the workflow). The relay's target applies to the workflow module plus its wiring (the relay
+step imports paramiko).
 
     python -m bench.coldstart [--repeats 3]
 """
@@ -13,11 +17,9 @@ workflow). The relay's target applies to the workflow module plus its wiring (th
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib.util
 import io
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -57,68 +59,59 @@ print(imported - started, time.perf_counter() - started)
 """
 
 
-def _excluded(path: Path) -> bool:
+def asset_excluded(path: Path) -> bool:
     """What CDK's asset for lambdas/ leaves out (stacks/functions.py: __pycache__, *.pyc, *.egg-info)."""
     return "__pycache__" in path.parts or path.suffix == ".pyc" or any(p.endswith(".egg-info") for p in path.parts)
 
 
-def zipped_size(
-    root: Path, skip: set[str] | None = None, keep: Callable[[Path], bool] | None = None
-) -> tuple[int, int]:
-    """(zipped bytes, unzipped bytes) of a directory as a deflate-compressed asset zip."""
+def layer_excluded(path: Path) -> bool:
+    """What CDK's asset for build/layer leaves out (stacks/functions.py): the stamp only; its bytecode ships."""
+    return path.as_posix() == ".stamp"
+
+
+def zipped_size(root: Path, excluded: Callable[[Path], bool]) -> tuple[int, int, int]:
+    """(zipped bytes, unzipped bytes, zipped bytes of the .pyc files in it) of a directory as a deflate-compressed
+    asset zip; `excluded` takes paths relative to root."""
     buffer = io.BytesIO()
     unzipped = 0
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         for path in sorted(root.rglob("*")):
             relative = path.relative_to(root)
-            if not path.is_file() or _excluded(relative) or (skip and relative.name in skip):
-                continue
-            if keep is not None and not keep(relative):
+            if not path.is_file() or excluded(relative):
                 continue
             archive.write(path, relative.as_posix())
             unzipped += path.stat().st_size
-    return len(buffer.getvalue()), unzipped
+        bytecode = sum(i.compress_size for i in archive.infolist() if i.filename.endswith(".pyc"))
+    return len(buffer.getvalue()), unzipped, bytecode
 
 
-def services_called() -> set[str]:
-    """The AWS services the control plane's code makes clients for (client("…"), resource("…"), clients("…"))."""
-    pattern = re.compile(r'(?:client|resource|clients)\(\s*"([a-z0-9-]+)"')
-    return {m for path in (LAMBDAS / "controlplane").rglob("*.py") for m in pattern.findall(path.read_text())}
-
-
-def _only_called_services(services: set[str]) -> Callable[[Path], bool]:
-    """Keep everything but botocore's data for services the code never calls."""
-
-    def keep(relative: Path) -> bool:
-        parts = relative.parts
-        is_service_data = len(parts) > 4 and parts[1:3] == ("botocore", "data")  # python/botocore/data/<service>/…
-        return not is_service_data or parts[3] in services
-
-    return keep
+def _build_layer() -> Any:
+    spec = importlib.util.spec_from_file_location("build_layer", REPO / "scripts" / "build_layer.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError("scripts/build_layer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def ensure_layer() -> str:
     """Build the layer if it is missing or stale (pip, PyPI); '' when it is ready, else why not."""
-    spec = importlib.util.spec_from_file_location("build_layer", REPO / "scripts" / "build_layer.py")
-    if spec is None or spec.loader is None:
-        return "scripts/build_layer.py not found"
-    build_layer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build_layer)
     try:
-        build_layer.build(LAYER)
-    except (subprocess.CalledProcessError, OSError) as error:
+        _build_layer().build(LAYER)
+    except (subprocess.CalledProcessError, OSError, ValueError) as error:
         return f"the layer could not be built ({type(error).__name__}); run `make layer`"
     return ""
 
 
 def runtime_python() -> str | None:
-    """A CPython 3.12 interpreter (the Lambda runtime's version), if this machine has one."""
-    candidates = ["/usr/bin/python3.12", "/usr/local/bin/python3.12"]
-    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")), reverse=True)
-    found = shutil.which("python3.12")
-    if found and "/shims/" not in found:  # a pyenv shim may refuse to run outside its version's scope
-        candidates.insert(0, found)
-    return next((c for c in candidates if os.access(c, os.X_OK)), None)
+    """The CPython 3.12 (the Lambda runtime's version) that the layer's build uses, if this machine has one."""
+    python: str | None = _build_layer().runtime_python()
+    return python
+
+
+def layer_bytecode(layer: Path) -> int:
+    """How many CPython 3.12 .pyc files the built layer holds."""
+    return sum(1 for _ in (layer / "python").rglob("__pycache__/*.cpython-312.pyc"))
 
 
 def _environment(task: Path, layer: Path) -> dict[str, str]:
@@ -144,20 +137,29 @@ def _environment(task: Path, layer: Path) -> dict[str, str]:
 
 
 def _probe(python: str, module: str, wire: str, env: dict[str, str], cache: Path | None) -> tuple[float, float]:
-    """(import seconds, import + wiring seconds) in a fresh interpreter. cache=None: no bytecode at all."""
+    """(import seconds, import + wiring seconds) in a fresh interpreter that writes no bytecode (-B), as on Lambda.
+    cache=None: it reads the bytecode that ships (the layer's __pycache__). Else it reads bytecode only from under
+    `cache` (PYTHONPYCACHEPREFIX): an empty directory means none at all; one filled by a previous run, every module
+    compiled, the code asset's included."""
     flags = ["-S"] if python != sys.executable else []
-    command = [python, *flags, "-c", _PROBE, module, wire]
+    command = [python, *flags, "-B", "-c", _PROBE, module, wire]
     environment = dict(env)
-    if cache is None:
-        command.insert(1, "-B")
-    else:
-        environment.pop("PYTHONDONTWRITEBYTECODE")
+    if cache is not None:
         environment["PYTHONPYCACHEPREFIX"] = str(cache)
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
     if result.returncode != 0:
         raise RuntimeError(f"importing {module} failed: {result.stderr.strip().splitlines()[-1:]}")
     imported, wired = result.stdout.split()
     return float(imported), float(wired)
+
+
+def _fill_cache(python: str, module: str, wire: str, env: dict[str, str], cache: Path) -> None:
+    """Compile what the module and its wiring import into `cache` (one run that writes bytecode)."""
+    flags = ["-S"] if python != sys.executable else []
+    environment = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPYCACHEPREFIX": str(cache)}
+    subprocess.run(  # noqa: S603
+        [python, *flags, "-c", _PROBE, module, wire], env=environment, capture_output=True, timeout=120, check=True
+    )
 
 
 def _importtime_top(python: str, module: str, env: dict[str, str], top: int = 5) -> dict[str, float]:
@@ -187,6 +189,14 @@ def importtime_by_package(stderr: str, top: int = 5) -> dict[str, float]:
     return {name: round(us / 1000, 1) for name, us in ranked}
 
 
+# timings' key suffix → what bytecode the interpreter finds (it writes none, like Lambda's read-only /var/task, /opt)
+MODES = {
+    "": "as deployed: the layer's own CPython 3.12 bytecode, the code asset as source",
+    "_no_bytecode": "no bytecode at all (a layer built without a CPython 3.12)",
+    "_all_bytecode": "every module compiled, the code asset's too",
+}
+
+
 def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
     figures: list[Figure] = []
     details: dict[str, Any] = {}
@@ -198,34 +208,39 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
         if python and not problem:
             env = _environment(task, LAYER / "python")
             details["interpreter"] = f"{python} (CPython 3.12, the Lambda runtime's version) with the layer"
+            details["layer_bytecode_files"] = layer_bytecode(LAYER)
         else:
             python = sys.executable  # fall back: this venv's packages (same pins), labelled as such
             env = _environment(task, Path(next(p for p in sys.path if p.endswith("site-packages"))))
             details["interpreter"] = f"{python} with the venv's packages (no CPython 3.12 or no layer: {problem})"
+        empty, compiled = Path(tmp) / "no-bytecode", Path(tmp) / "all-bytecode"
+        empty.mkdir()
+        caches = {"": None, "_no_bytecode": empty, "_all_bytecode": compiled}
         timings: dict[str, dict[str, float]] = {}
         for module, wire in HANDLERS.items():
-            cold = [_probe(python, module, wire, env, None) for _ in range(repeats)]
-            cache = Path(tmp) / "pycache"
-            _probe(python, module, wire, env, cache)  # writes the bytecode
-            warm = [_probe(python, module, wire, env, cache) for _ in range(repeats)]
-            timings[module] = {
-                "import_ms": statistics.median(c[0] for c in cold) * 1000,
-                "wired_ms": statistics.median(c[1] for c in cold) * 1000,
-                "import_with_bytecode_ms": statistics.median(w[0] for w in warm) * 1000,
-                "wired_with_bytecode_ms": statistics.median(w[1] for w in warm) * 1000,
-            }
+            _fill_cache(python, module, wire, env, compiled)
+            samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+            for _ in range(repeats):  # the modes alternate, so drift on this shared machine hits them alike
+                for mode, cache in caches.items():
+                    samples[mode].append(_probe(python, module, wire, env, cache))
+            timings[module] = {}
+            for mode, runs in samples.items():
+                timings[module][f"import{mode}_ms"] = statistics.median(r[0] for r in runs) * 1000
+                timings[module][f"wired{mode}_ms"] = statistics.median(r[1] for r in runs) * 1000
             details.setdefault("import_ms_by_package", {})[module] = _importtime_top(python, module, env)
         details["timings_ms"] = {m: {k: round(v, 1) for k, v in t.items()} for m, t in timings.items()}
+        details["modes"] = {f"import{k}_ms, wired{k}_ms": v for k, v in MODES.items()}
     for module, timing in timings.items():
         short = module.rsplit(".", 1)[-1]
         figures.append(
             Figure(
                 SECTION,
-                f"import handlers.{short} (no bytecode, fresh interpreter)",
+                f"import handlers.{short} (as deployed, fresh interpreter)",
                 timing["import_ms"],
                 "ms",
                 ("<=", IMPORT_TARGET_MS),
-                f"with .pyc {timing['import_with_bytecode_ms']:.0f} ms; + wiring {timing['wired_ms']:.0f} ms",
+                f"no bytecode {timing['import_no_bytecode_ms']:.0f} ms; asset compiled too "
+                f"{timing['import_all_bytecode_ms']:.0f} ms; + wiring {timing['wired_ms']:.0f} ms",
             )
         )
     relay = timings["controlplane.handlers.workflow"]
@@ -236,32 +251,38 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
             relay["wired_ms"],
             "ms",
             ("<=", RELAY_TARGET_MS),
-            f"with .pyc {relay['wired_with_bytecode_ms']:.0f} ms",
+            f"no bytecode {relay['wired_no_bytecode_ms']:.0f} ms; asset compiled too "
+            f"{relay['wired_all_bytecode_ms']:.0f} ms",
         )
     )
-    code_zip, code_raw = zipped_size(LAMBDAS)
+    code_zip, code_raw, _ = zipped_size(LAMBDAS, asset_excluded)
     details["code_asset"] = {"zipped_bytes": code_zip, "unzipped_bytes": code_raw}
     figures.append(Figure(SECTION, "code asset (lambdas/, zipped)", code_zip / 1e6, "MB"))
     if (LAYER / "python").is_dir():
-        layer_zip, layer_raw = zipped_size(LAYER, skip={".stamp"})
-        services = services_called()
-        trimmed, _ = zipped_size(LAYER, skip={".stamp"}, keep=_only_called_services(services))
+        layer_zip, layer_raw, layer_pyc = zipped_size(LAYER, layer_excluded)
+        services = sorted(_build_layer().BOTOCORE_SERVICES)
         details["layer"] = {
             "zipped_bytes": layer_zip,
             "unzipped_bytes": layer_raw,
+            "bytecode_zipped_bytes": layer_pyc,
             "largest_mb": _largest(LAYER),
-            "services_called": sorted(services),
-            "zipped_bytes_with_only_called_services_botocore_data": trimmed,
+            "botocore_services": services,
         }
         figures += [
-            Figure(SECTION, "layer (build/layer, zipped)", layer_zip / 1e6, "MB"),
+            Figure(
+                SECTION,
+                "layer (build/layer, zipped)",
+                layer_zip / 1e6,
+                "MB",
+                note=f"its CPython 3.12 bytecode {layer_pyc / 1e6:.1f} MB; botocore data of {len(services)} services",
+            ),
             Figure(
                 SECTION,
                 "code asset + layer, zipped",
                 (code_zip + layer_zip) / 1e6,
                 "MB",
                 ("<=", SIZE_TARGET_MB),
-                f"{(code_zip + trimmed) / 1e6:.1f} MB if botocore kept only the {len(services)} services' data",
+                f"{(code_zip + layer_zip - layer_pyc) / 1e6:.1f} MB without the layer's bytecode",
             ),
             Figure(SECTION, "layer unzipped", layer_raw / 1e6, "MB", note="Lambda's limit: 250 MB unzipped"),
         ]

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from bench.awsops import BASELINE_AGENT, Op, Replayer
-from bench.plane import Session
+from bench.plane import TERMINAL, Session
 from bench.report import Figure
 from controlplane.core.provisioning import MANAGED_BY_TAG, TeamResources
 from local import runtime
@@ -83,9 +83,20 @@ def chain_launch(session: Session, provider_id: str, token: str | None = None) -
     return sample, calls
 
 
-def _finish(session: Session, job_id: str, token: str | None = None) -> None:
-    """End the sample's job quickly (cancel once Launch recorded its instance) so the next one starts quiet."""
-    session.wait_status(job_id, {"PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"})
+def _finish(session: Session, job_id: str, token: str | None = None, timeout: float = 120.0) -> None:
+    """End the sample's job quickly so the next one starts quiet: cancel it once its instance is up. Not sooner: the
+    instance simulator (local/simulator.py) looks for new instances every 0.2 s, and one terminated before it was
+    seen never sends its state changes, so the job would wait for a reconciler sweep, which the benchmark does not
+    run on a timer (bench/plane.py)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        item = session.job(job_id)
+        ended = item.get("status", {}).get("S") in TERMINAL
+        if ended or item.get("instance_state", {}).get("S") not in {None, "pending"}:
+            break
+        time.sleep(0.05)
+    else:
+        raise TimeoutError(f"job {job_id}: its instance did not come up within {timeout:.0f} s")
     session.cancel(job_id, token)
     session.wait_done(job_id)
 

@@ -180,10 +180,12 @@ class Functions(Construct):
                 f"{settings.layer_dir}/python is missing: build the dependency layer first (make layer)"
             )
         stack = Stack.of(self)
+        # The code as source: local __pycache__ holds this venv's (3.11) bytecode, of no use to the 3.12 runtime.
         code = lambda_.Code.from_asset(str(LAMBDAS_DIR), exclude=["**/__pycache__", "**/*.pyc", "*.egg-info"])
         self.layer = lambda_.LayerVersion(
             self,
             "Dependencies",
+            # with its CPython 3.12 bytecode when the build machine had a 3.12 (scripts/build_layer.py)
             code=lambda_.Code.from_asset(str(settings.layer_dir), exclude=[".stamp"]),
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],

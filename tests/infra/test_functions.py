@@ -91,6 +91,16 @@ def test_the_code_asset_is_the_lambdas_directory_without_bytecode(synth: Synth) 
     }
 
 
+def test_the_layer_asset_is_the_built_layer_with_its_bytecode(synth: Synth, layer_dir: Path) -> None:
+    """build/layer as scripts/build_layer.py left it, its __pycache__/*.cpython-312.pyc included (Lambda's /opt is
+    read-only: bytecode that does not ship is compiled on every cold start); only the build's stamp stays out."""
+    (layer,) = synth.of_type("AWS::Lambda::LayerVersion").values()
+    staged = synth.outdir / f"asset.{layer['Properties']['Content']['S3Key'].removesuffix('.zip')}"
+    files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    built = {p.relative_to(layer_dir).as_posix() for p in layer_dir.rglob("*") if p.is_file()}
+    assert files == built - {".stamp"}
+
+
 @pytest.mark.parametrize("handler", sorted(SIZES))
 def test_environment(synth: Synth, handler: str) -> None:
     variables = _functions(synth)[handler]["Environment"]["Variables"]

@@ -1,4 +1,5 @@
-"""The benchmarks' table, verdicts, the emulator request-log parsing and -X importtime parsing (no emulator)."""
+"""The benchmarks' table, verdicts, the emulator request-log parsing, -X importtime parsing and the assets' sizes (no
+emulator)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 
 from bench.awsops import OBSERVER_AGENT, parse_entry, parse_stream
-from bench.coldstart import _only_called_services, importtime_by_package
+from bench.coldstart import asset_excluded, importtime_by_package, layer_excluded, zipped_size
 from bench.launch import _untagged_run
 from bench.report import Figure, Results, format_target, format_value, notes, table
 
@@ -133,12 +134,18 @@ def test_importtime_output_is_summed_per_top_level_package() -> None:
     assert importtime_by_package(stderr, top=2) == {"botocore": 4.0, "pydantic": 0.5}
 
 
-def test_the_trimmed_layer_keeps_botocore_data_only_for_the_services_called() -> None:
-    keep = _only_called_services({"ec2", "dynamodb"})
-    assert keep(Path("python/botocore/data/ec2/2016-11-15/service-2.json.gz"))
-    assert not keep(Path("python/botocore/data/s3/2006-03-01/service-2.json.gz"))
-    assert keep(Path("python/botocore/data/endpoints.json"))  # shared files stay
-    assert keep(Path("python/pydantic/main.py"))
+def test_sizes_count_what_each_asset_ships_the_layers_bytecode_but_not_the_code_assets(tmp_path: Path) -> None:
+    for root in (tmp_path / "asset", tmp_path / "layer"):
+        (root / "pkg" / "__pycache__").mkdir(parents=True)
+        (root / "pkg" / "mod.py").write_text("x = 1\n" * 100)
+        (root / "pkg" / "__pycache__" / "mod.cpython-312.pyc").write_bytes(bytes(range(256)) * 8)
+        (root / ".stamp").write_text("fingerprint\n")
+    asset = zipped_size(tmp_path / "asset", asset_excluded)
+    layer = zipped_size(tmp_path / "layer", layer_excluded)
+    assert asset[1] == 600 + len("fingerprint\n")  # CDK's asset for lambdas/ leaves bytecode out
+    assert asset[2] == 0
+    assert layer[1] == 600 + 2048  # the layer's bytecode ships; its stamp does not
+    assert 0 < layer[2] < layer[0]
 
 
 def test_notes_list_each_annotated_figure_once() -> None:
