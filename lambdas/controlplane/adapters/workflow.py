@@ -22,36 +22,28 @@ class StepFunctionsStarter:
         self.state_machine_arn = state_machine_arn
 
     def start(self, job: Job) -> str:
+        return self._start(
+            job.job_id, execution_input(job), "could not start the job's workflow ({}); retry the request"
+        )
+
+    def resume_relay(self, job: Job, attempt: int) -> str:
+        """Start an execution that only relays (the state machine routes `resume_relay` inputs to Relay)."""
+        execution = {"resume_relay": True, "job_id": job.job_id, "team_id": job.team_id}
+        return self._start(
+            f"{job.job_id}-relay-{attempt}", execution, f"could not start a relay for {job.job_id} ({{}})"
+        )
+
+    def _start(self, name: str, execution: dict[str, Any], failure: str) -> str:
+        """StartExecution under a deterministic name: an existing execution of that name is this one (never twice)."""
         if not self.state_machine_arn:
             raise UpstreamUnavailable("the control plane has no STATE_MACHINE_ARN configured; jobs cannot start")
         try:
             response = self.client.start_execution(
-                stateMachineArn=self.state_machine_arn,
-                name=job.job_id,
-                input=json.dumps(execution_input(job), sort_keys=True),
+                stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(execution, sort_keys=True)
             )
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            if code == "ExecutionAlreadyExists":
-                # Same name, different input: impossible for our deterministic input, but never start twice.
-                return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:')}:{job.job_id}"
-            raise UpstreamUnavailable(f"could not start the job's workflow ({code}); retry the request") from None
-        return str(response["executionArn"])
-
-    def resume_relay(self, job: Job, attempt: int) -> str:
-        """Start an execution that only relays (the state machine routes `resume_relay` inputs to Relay)."""
-        if not self.state_machine_arn:
-            raise UpstreamUnavailable("the control plane has no STATE_MACHINE_ARN configured; relays cannot restart")
-        name = f"{job.job_id}-relay-{attempt}"
-        try:
-            response = self.client.start_execution(
-                stateMachineArn=self.state_machine_arn,
-                name=name,
-                input=json.dumps({"resume_relay": True, "job_id": job.job_id, "team_id": job.team_id}),
-            )
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code == "ExecutionAlreadyExists":
+            if code == "ExecutionAlreadyExists":  # same name, other input: impossible for our deterministic inputs
                 return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
-            raise UpstreamUnavailable(f"could not start a relay for job {job.job_id} ({code})") from None
+            raise UpstreamUnavailable(failure.format(code)) from None
         return str(response["executionArn"])
