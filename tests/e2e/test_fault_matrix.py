@@ -45,7 +45,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 # Short graces so the reconciler's repairs show within the test (deployed defaults: 600 s / 120 s / 120 s).
 SETTINGS = {
     "ORPHAN_GRACE_SECONDS": "20",
-    "ENDED_GRACE_SECONDS": "5",
+    "ENDED_GRACE_SECONDS": "30",  # well past a normal self-termination (seconds), even on a loaded machine
     "RELAY_STALE_SECONDS": "10",
     "DRAIN_TIMEOUT_SECONDS": "600",  # a finished job's instance waits this long for the relay (outage row)
 }
