@@ -72,7 +72,10 @@ class Pipeline:
         """One relay invocation: stream the job's output for a bounded time; `relay.finished` ends the loop."""
         job_id = _job_id(state)
         owner = str(state.get("relay_owner") or DIRECT_OWNER)  # the execution's ARN (the state machine passes it)
-        outcome = self.relayer.relay(job_id, time_left or _unbounded, owner)
+        if time_left is None:
+            outcome = self.relayer.relay(job_id, owner=owner)
+        else:
+            outcome = self.relayer.relay(job_id, time_left, owner)
         return state | {"relay": outcome.as_state()}
 
     def record_failure(self, state: dict[str, Any], error: dict[str, Any] | None) -> dict[str, str]:
@@ -139,10 +142,6 @@ class Pipeline:
                 ) from None
             raise
         return provider, credentials
-
-
-def _unbounded() -> float:
-    return float("inf")
 
 
 def _job_id(state: dict[str, Any]) -> str:

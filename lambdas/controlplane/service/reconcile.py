@@ -99,7 +99,6 @@ class Reconciler:
         relays: RelayRestarter | None = None,
     ) -> None:
         self.relays = relays
-        self._active_ids: set[str] = set()
         self.jobs = jobs
         self.providers = providers
         self.regions = regions
@@ -115,7 +114,7 @@ class Reconciler:
         for job in self.jobs.active_jobs():
             active.setdefault((job.provider_id, job.region), []).append(job)
         # Two providers may be keys to one AWS account: an instance of another provider's live job is not an orphan.
-        self._active_ids = {job.job_id for jobs in active.values() for job in jobs}
+        active_ids = {job.job_id for jobs in active.values() for job in jobs}
         places: dict[tuple[str, str], str] = {}  # (provider, region) → team
         for team_id, provider_id in self.providers.registered():
             for region in self.regions.regions(provider_id):
@@ -124,13 +123,15 @@ class Reconciler:
             places.setdefault((provider_id, region), jobs[0].team_id)
         for (provider_id, region), team_id in sorted(places.items()):
             try:
-                self._place(team_id, provider_id, region, active.get((provider_id, region), []), report)
+                self._place(team_id, provider_id, region, active.get((provider_id, region), []), active_ids, report)
             except (ClientError, BotoCoreError) as error:
                 report.errors.append(f"{provider_id}/{region}: {type(error).__name__}")
                 logger.warning("reconcile failed", extra={"provider_id": provider_id, "region": region})
         return report
 
-    def _place(self, team_id: str, provider_id: str, region: str, jobs: list[Job], report: Report) -> None:
+    def _place(
+        self, team_id: str, provider_id: str, region: str, jobs: list[Job], active_ids: set[str], report: Report
+    ) -> None:
         provider = self.providers.get(team_id, provider_id)
         now = self.clock()
         if provider is None:
@@ -166,7 +167,7 @@ class Reconciler:
             job_tag = str(tags[JOB_TAG]) if tags.get(JOB_TAG) else None
             # Owned by an active job — maybe one launched with another provider's keys to this same account, which
             # that provider's sweep handles — or not.
-            if str(instance["InstanceId"]) not in owned and job_tag not in self._active_ids:
+            if str(instance["InstanceId"]) not in owned and job_tag not in active_ids:
                 unowned.append((instance, job_tag))
         ended_jobs = self.jobs.get_many([tag for _, tag in unowned if tag]) if unowned else {}
         for instance, job_tag in unowned:  # record its state on its ended job; kill orphans
