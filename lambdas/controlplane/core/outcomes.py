@@ -34,6 +34,30 @@ def from_result(job: Job, result: dict[str, str]) -> tuple[JobStatus, dict[str, 
     return JobStatus.FAILED, fields
 
 
+# DescribeInstances is eventually consistent: right after RunInstances it may not know the instance yet
+# (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html). Within this long after launch, an
+# instance missing from it is "not yet visible"; after it, missing must be confirmed (DescribeInstances by id →
+# InvalidInstanceID.NotFound) before the job is declared lost. One rule for the relay and the reconciler.
+VISIBILITY_GRACE_SECONDS = 600.0
+# AWS reclaims a spot instance two minutes after its interruption warning; the instance keeps running (and the relay
+# keeps streaming what it writes) until then (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html).
+SPOT_NOTICE_SECONDS = 120.0
+
+
+def not_yet_visible(job: Job, now: dt.datetime) -> bool:
+    """Is a job's instance that DescribeInstances does not show still within the visibility grace?"""
+    launched = job.launched_at or job.created_at
+    return (now - launched).total_seconds() < VISIBILITY_GRACE_SECONDS
+
+
+def ended_job_grace(job: Job, ended_grace_seconds: float) -> float:
+    """How long after a job ended its still-running instance is left alone: its self-termination normally takes
+    seconds; a spot-interrupted one also keeps its two-minute notice, which AWS ends by reclaiming it."""
+    if job.failure_reason == FailureReason.SPOT_INTERRUPTED:
+        return ended_grace_seconds + SPOT_NOTICE_SECONDS
+    return ended_grace_seconds
+
+
 def lost_instance(job: Job, state_reason: str, now: dt.datetime) -> tuple[FailureReason, str]:
     """Why a job whose instance ended without a relayed exit status failed."""
     if state_reason == "Server.SpotInstanceTermination":

@@ -21,6 +21,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         "terminated": report.terminated,
         "relays_restarted": report.relays_restarted,
         "errors": report.errors,
+        "job_failures": report.job_failures,
     }
     if report.finalized or report.terminated or report.relays_restarted or report.errors:
         logger.info("reconciled", extra=summary)

@@ -5,15 +5,18 @@ Per provider × region (providers from the registry, regions from their bootstra
 batched DescribeInstances of the instances ec2jobs launched for that team, then for each active job:
 - PENDING / LAUNCHING for longer than the launch timeout → FAILED / LAUNCH_ERROR (its workflow never got it going),
   terminating anything launched for it;
-- PROVISIONING / RUNNING whose instance is gone (terminated, shutting down, or dropped out of DescribeInstances) →
-  FAILED with the reason its end implies (SPOT_INTERRUPTED / MAX_RUNTIME / INSTANCE_LOST), log complete;
+- PROVISIONING / RUNNING whose instance is gone (terminated, shutting down, or — past the visibility grace after
+  launch, and confirmed by DescribeInstances by id — not found) → FAILED with the reason its end implies
+  (SPOT_INTERRUPTED / MAX_RUNTIME / INSTANCE_LOST), log complete; within that grace a missing instance is "not yet
+  visible" (DescribeInstances is eventually consistent), the same rule the relay follows;
 - a live instance past the job's deadline (max runtime + grace + boot allowance) → terminated, FAILED / MAX_RUNTIME;
 - a live instance whose relay loop died (its relay lease expired, or was never taken) → a relay-only execution
   resumes streaming from the committed offset (the wrapper keeps the instance up until its output is drained);
 - a changed instance state → recorded (a missed event);
-and terminates orphans: live instances of ours (tagged for the team) that no active job owns — at once when the
-job they were launched for ended more than a short grace ago (its self-termination failed), otherwise once they
-are older than the orphan grace (a launch may still be recording its instance).
+and terminates orphans: live instances of ours (tagged for the team) that no active job owns — when the job they
+were launched for ended more than the ended grace ago (its self-termination failed; never sooner, whatever the
+instance's age), otherwise once they are older than the orphan grace (a launch may still be recording its instance).
+A failure about one job or instance is logged and counted, and the sweep goes on with the others.
 When the provider's keys are rejected (revoked mid-job), nothing can be seen or terminated there: stale launches
 and jobs past their deadline (by then the instance's own OS-level shutdown has ended it) are failed, and the error
 is reported every sweep.
@@ -83,6 +86,7 @@ class Report:
     terminated: list[str] = field(default_factory=list)
     relays_restarted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    job_failures: int = 0  # jobs or instances whose repair failed this sweep (isolated; the others went on)
 
 
 class Reconciler:
@@ -160,7 +164,12 @@ class Reconciler:
         owned: set[str] = set()
         for job in jobs:
             owned |= {str(i["InstanceId"]) for i in by_job.get(job.job_id, [])}
-            self._job(job, ec2, by_id, by_job.get(job.job_id, []), now, report)
+            if job.instance_id:
+                owned.add(job.instance_id)
+            try:
+                self._job(job, ec2, by_id, by_job.get(job.job_id, []), now, report)
+            except Exception as error:  # noqa: BLE001 - one bad job never stops the sweep of the others
+                self._job_failed(job.job_id, error, report)
         unowned: list[tuple[dict[str, Any], str | None]] = []
         for instance in instances:
             tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags", [])}
@@ -172,27 +181,48 @@ class Reconciler:
         ended_jobs = self.jobs.get_many([tag for _, tag in unowned if tag]) if unowned else {}
         for instance, job_tag in unowned:  # record its state on its ended job; kill orphans
             instance_id = str(instance["InstanceId"])
-            ended = ended_jobs.get(job_tag) if job_tag else None
-            state = str(instance.get("State", {}).get("Name"))
-            if ended is not None and ended.instance_id == instance_id and ended.instance_state != state:
-                self.jobs.set_instance_state(ended.job_id, state)  # a missed event after the job ended
-            if state not in LIVE_STATES or state == "shutting-down":
-                continue
-            if self._orphaned(instance, ended, now):
-                ec2.terminate([instance_id])
-                report.terminated.append(instance_id)
-                logger.warning("terminated an orphan instance", extra={"instance_id": instance_id, "team_id": team_id})
+            try:
+                self._unowned(ec2, team_id, instance, ended_jobs.get(job_tag) if job_tag else None, now, report)
+            except Exception as error:  # noqa: BLE001 - one bad instance never stops the sweep
+                self._job_failed(job_tag or instance_id, error, report)
+
+    def _unowned(
+        self,
+        ec2: Ec2Account,
+        team_id: str,
+        instance: dict[str, Any],
+        ended: Job | None,
+        now: dt.datetime,
+        report: Report,
+    ) -> None:
+        instance_id = str(instance["InstanceId"])
+        state = str(instance.get("State", {}).get("Name"))
+        if ended is not None and ended.instance_id == instance_id and ended.instance_state != state:
+            self.jobs.set_instance_state(ended.job_id, state)  # a missed event after the job ended
+        if state not in LIVE_STATES or state == "shutting-down":
+            return
+        if self._orphaned(instance, ended, now):
+            ec2.terminate([instance_id])
+            report.terminated.append(instance_id)
+            logger.warning("terminated an orphan instance", extra={"instance_id": instance_id, "team_id": team_id})
+
+    @staticmethod
+    def _job_failed(subject: str, error: Exception, report: Report) -> None:
+        """Isolate, log and count a failure about one job or instance; the sweep goes on with the others."""
+        code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
+        what = f"{type(error).__name__}{f' ({code})' if code else ''}"
+        report.errors.append(f"{subject}: {what}")
+        report.job_failures += 1
+        logger.error("reconciling one job failed; the sweep goes on", extra={"subject": subject, "error": what})
 
     def _orphaned(self, instance: dict[str, Any], job: Job | None, now: dt.datetime) -> bool:
-        """Terminate it now? Yes once its job ended a short grace ago (the instance failed to terminate itself),
-        or, for an instance no ended job explains, once it is older than the orphan grace."""
-        if (
-            job is not None
-            and job.status.terminal
-            and job.ended_at is not None
-            and (now - job.ended_at).total_seconds() >= self.settings.ended_grace_seconds
-        ):
-            return True
+        """Terminate it now? The instance of an ended job: once the job ended more than the ended grace ago (its
+        self-termination failed) — never sooner, however old the instance is, so the relay can drain its tail (a
+        spot-interrupted one keeps its two-minute notice too). An instance no ended job explains: once it is older
+        than the orphan grace (a launch may still be recording it)."""
+        if job is not None and job.status.terminal and job.ended_at is not None:
+            grace = outcomes.ended_job_grace(job, self.settings.ended_grace_seconds)
+            return (now - job.ended_at).total_seconds() >= grace
         launched = instance.get("LaunchTime")
         if isinstance(launched, dt.datetime):
             return (now - launched).total_seconds() >= self.settings.orphan_grace_seconds
@@ -220,6 +250,10 @@ class Reconciler:
                 )
             return
         instance = by_id.get(job.instance_id or "")
+        if instance is None and job.instance_id:
+            if outcomes.not_yet_visible(job, now):
+                return  # DescribeInstances is eventually consistent: not yet visible is not lost
+            instance = self._confirm(ec2, job.instance_id)  # asked by id: InvalidInstanceID.NotFound = gone
         state = str(instance.get("State", {}).get("Name")) if instance else "terminated"
         if instance is not None and state != job.instance_state:
             self.jobs.set_instance_state(job.job_id, state)  # a missed event
@@ -240,6 +274,17 @@ class Reconciler:
             )
             return
         self._keep_relayed(job, now, report)
+
+    @staticmethod
+    def _confirm(ec2: Ec2Account, instance_id: str) -> dict[str, Any] | None:
+        """The instance by id (it may lack our tags), or None when EC2 says it does not exist."""
+        try:
+            found = ec2.describe_instances([instance_id])
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "InvalidInstanceID.NotFound":
+                raise
+            return None
+        return found[0] if found else None
 
     def _keep_relayed(self, job: Job, now: dt.datetime, report: Report) -> None:
         """A live job whose relay loop died (lease expired, or never taken after launch) gets a new loop."""

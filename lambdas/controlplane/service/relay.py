@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 TIME_RESERVE_SECONDS = 15.0
-NOT_FOUND_GRACE_SECONDS = 600.0
 LOOP_GAP_SECONDS = 60.0  # after an invocation ends, its loop renews the lease within this (else: it died)
 LEASE_MARGIN_SECONDS = 10.0
 WRITE_OVERRUN_SECONDS = 120.0  # how long past its budget an invocation may still write (last flush, drain)
@@ -416,11 +415,9 @@ class ProviderInstanceLocator:
                 raise
             found = []
         if not found:
-            # Right after RunInstances, DescribeInstances may not know the instance yet (eventual consistency);
-            # much later, a terminated instance drops out of it.
-            launched = job.launched_at or job.created_at
-            fresh = (utcnow() - launched).total_seconds() < NOT_FOUND_GRACE_SECONDS
-            return Located(None, "pending" if fresh else "terminated")
+            # Asked by id and not found: right after RunInstances DescribeInstances may not know the instance yet
+            # (eventual consistency); past the visibility grace, this is the confirmation that it is gone.
+            return Located(None, "pending" if outcomes.not_yet_visible(job, utcnow()) else "terminated")
         instance = found[0]
         return Located(
             instance.get("PublicIpAddress"),
