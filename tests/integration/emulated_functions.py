@@ -16,7 +16,11 @@ def fail(event: Any, context: Any) -> dict[str, Any]:
 
 
 def touch(event: Any, context: Any) -> None:
-    """Event target: writes the event it received to the file named in TEST_OUTPUT."""
+    """Event target: writes the event it received to the file named in TEST_OUTPUT (atomically: a reader sees the
+    whole event or no file)."""
     import json
 
-    Path(os.environ["TEST_OUTPUT"]).write_text(json.dumps(event))
+    target = Path(os.environ["TEST_OUTPUT"])
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(event))
+    partial.replace(target)

@@ -8,15 +8,17 @@ import json
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 
 from local import emulator, guard
 from local.moto_patches import target_input
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +129,23 @@ def test_event_rules_deliver_to_lambda_and_step_functions_targets(aws: Any, tmp_
 
     events.put_events(Entries=[{"Source": "test", "DetailType": "Ping", "Detail": '{"k": 1}', "EventBusName": bus}])
 
-    for _ in range(100):
-        if output.exists():
-            break
+    def delivered() -> tuple[Any, list[dict[str, Any]]]:
+        received = json.loads(output.read_text()) if output.exists() else None
+        return received, sfn.list_executions(stateMachineArn=machine)["executions"]
+
+    received, executions = _eventually(delivered, lambda got: got[0] is not None and len(got[1]) == 1)
+    assert received["detail"] == {"k": 1}
+    assert json.loads(sfn.describe_execution(executionArn=executions[0]["executionArn"])["input"]) == {"k": 1}
+
+
+def _eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0) -> T:
+    """Probe until `done` holds (deliveries are asynchronous), at most `timeout` seconds; the last probe otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value) or time.monotonic() > deadline:
+            return value
         time.sleep(0.05)
-    assert json.loads(output.read_text())["detail"] == {"k": 1}
-    (execution,) = sfn.list_executions(stateMachineArn=machine)["executions"]
-    assert json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"]) == {"k": 1}
 
 
 def test_target_input_follows_input_and_input_path() -> None:
