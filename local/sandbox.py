@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,6 +101,10 @@ class SandboxConfig:
     instance_type: str = ""  # IMDS instance-type (absent when empty)
     login_user: str = ""  # the AMI's login user, whose sandbox home gets a .profile (default: the current user)
     shutdown_minute_seconds: float = 60.0  # what one minute of `shutdown -h +N` lasts (tests shorten it)
+    instance_role: str = ""  # the instance profile's role name (IMDS iam/security-credentials/<role>); "" = none
+    # the role's current temporary credentials as IMDS serves them (Code, AccessKeyId, SecretAccessKey, Token,
+    # Expiration, ...); called on every IMDS read, so the caller can rotate them as EC2 does
+    role_credentials: Callable[[], Mapping[str, str]] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.instance_id or not all(c.isalnum() or c in "-_" for c in self.instance_id):
@@ -115,10 +119,17 @@ class SandboxConfig:
 class _MetadataService:
     """IMDSv2 state: session tokens and the metadata tree (flat "a/b" paths; directories are implied)."""
 
-    def __init__(self, metadata: Mapping[str, str], user_data: bytes, identity: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        metadata: Mapping[str, str],
+        user_data: bytes,
+        identity: Mapping[str, Any],
+        dynamic: Mapping[str, Callable[[], str]] | None = None,
+    ) -> None:
         self.lock = threading.Lock()
         self.tokens: dict[str, float] = {}
         self.metadata = dict(metadata)
+        self.dynamic = dict(dynamic or {})  # paths whose value is computed on each read (role credentials)
         self.user_data = user_data
         self.identity = dict(identity)
 
@@ -158,12 +169,15 @@ class _MetadataService:
         if path != prefix and not path.startswith(prefix + "/"):
             return 404, b"", text
         relative = path[len(prefix) :].strip("/")
+        if relative in self.dynamic:
+            value = self.dynamic[relative]()
+            return 200, value.encode(), text
         with self.lock:
             if relative in self.metadata:
                 return 200, self.metadata[relative].encode(), text
             below = relative + "/" if relative else ""
             names = set()
-            for key in self.metadata:
+            for key in [*self.metadata, *self.dynamic]:
                 if key.startswith(below):
                     head, slash, _ = key[len(below) :].partition("/")
                     names.add(head + slash)
@@ -388,7 +402,11 @@ class InstanceSandbox:
         if config.instance_type:
             metadata["instance-type"] = config.instance_type
             identity["instanceType"] = config.instance_type
-        self._metadata = _MetadataService(metadata, config.user_data, identity)
+        dynamic: dict[str, Callable[[], str]] = {}
+        if config.instance_role and config.role_credentials is not None:
+            provider = config.role_credentials
+            dynamic[f"iam/security-credentials/{config.instance_role}"] = lambda: json.dumps(dict(provider()))
+        self._metadata = _MetadataService(metadata, config.user_data, identity, dynamic)
         self._imds = _ImdsHttpServer((config.address, 0), self._metadata)
         self._imds_thread = threading.Thread(
             target=self._imds.serve_forever,
@@ -420,13 +438,16 @@ class InstanceSandbox:
                 "EC2JOBS_SSHD_PID": str(self._ssh.process.pid),
                 "EC2JOBS_SSHD_ADDRESS": self._ssh.host,
                 "EC2JOBS_SSHD_PORT": str(self._ssh.port),
-                "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_ACCESS_KEY,
-                "AWS_EC2_METADATA_DISABLED": "true",
+                # As on EC2, no keys in the environment: SDKs (and the aws shim) get the instance role's
+                # credentials from this instance's IMDS, or none at all.
+                "AWS_EC2_METADATA_DISABLED": "false",
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds_url,
                 "AWS_CONFIG_FILE": os.devnull,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             }
         )
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            env.pop(name, None)
         return env
 
     def _run_user_data(self) -> None:
@@ -591,18 +612,54 @@ class ShimEnvironment:
                 handle.write(f"{stamp} [{os.getpid()}] {message}\n")
 
 
-def terminate_instances(env: ShimEnvironment, instance_ids: list[str], region: str) -> dict[str, Any]:
-    """EC2 TerminateInstances on the emulator (loopback only, fake keys)."""
+class NoCredentials(RuntimeError):
+    """The instance has no role (no instance profile): the AWS CLI finds no credentials."""
+
+
+def instance_credentials(env: ShimEnvironment) -> dict[str, str]:
+    """The instance role's temporary credentials, read from this instance's IMDS (IMDSv2) as the AWS CLI does."""
+    import urllib.error
+    import urllib.request
+
+    base = assert_loopback_url(env.environ.get("EC2JOBS_IMDS_ENDPOINT", ""))
+
+    def call(path: str, method: str = "GET", headers: Mapping[str, str] | None = None) -> str:
+        request = urllib.request.Request(base + path, method=method, headers=dict(headers or {}))  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - the sandbox's loopback IMDS
+            return str(response.read().decode())
+
+    try:
+        token = call(TOKEN_PATH, "PUT", {TOKEN_TTL_HEADER: "60"})
+        auth = {TOKEN_HEADER: token}
+        listing = "/latest/meta-data/iam/security-credentials/"
+        role = call(listing, headers=auth).splitlines()[0].strip()
+        document = json.loads(call(listing + role, headers=auth))
+    except (urllib.error.URLError, OSError, IndexError, ValueError) as error:
+        raise NoCredentials("Unable to locate credentials (the instance has no IAM role)") from error
+    return {key: str(value) for key, value in document.items()}
+
+
+def terminate_instances(
+    env: ShimEnvironment, instance_ids: list[str], region: str, credentials: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """EC2 TerminateInstances on the emulator (loopback only): with the instance role's `credentials` (what a
+    program on the instance has), or, without them, as EC2 itself (the instance's shutdown behaviour)."""
     import boto3
     from botocore.config import Config
 
+    keys: dict[str, str] = {"aws_access_key_id": FAKE_ACCESS_KEY_ID, "aws_secret_access_key": FAKE_SECRET_ACCESS_KEY}
+    if credentials is not None:
+        keys = {
+            "aws_access_key_id": credentials["AccessKeyId"],
+            "aws_secret_access_key": credentials["SecretAccessKey"],
+            "aws_session_token": credentials["Token"],
+        }
     client = boto3.client(
         "ec2",
         region_name=region,
         endpoint_url=assert_loopback_url(env.endpoint),
-        aws_access_key_id=FAKE_ACCESS_KEY_ID,
-        aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
         config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        **keys,
     )
     response = client.terminate_instances(InstanceIds=instance_ids)
     response.pop("ResponseMetadata", None)
@@ -665,7 +722,11 @@ def aws_shim(argv: list[str], env: ShimEnvironment) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        response = terminate_instances(env, ids, region)
+        response = terminate_instances(env, ids, region, instance_credentials(env))
+    except NoCredentials as error:
+        print(f'\n{error}. You can configure credentials by running "aws configure".', file=sys.stderr)
+        env.log(AWS_LOG, f"TerminateInstances {ids} ({region}) failed: no credentials")
+        return 253
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "Unknown")
         message = error.response.get("Error", {}).get("Message", "")

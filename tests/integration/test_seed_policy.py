@@ -15,12 +15,36 @@ from botocore.exceptions import ClientError
 
 from controlplane.adapters.ec2 import Ec2Account
 from controlplane.core import provisioning
-from tests.integration.conftest import SEED_POLICY, ControlPlane, Keys, ProviderCalls, Workflow
+from local.iam_policy import Request
+from local.iam_policy import allowed as strictly_allowed
+from tests.integration.conftest import REPO, SEED_POLICY, ControlPlane, Keys, ProviderCalls, Workflow
 
 CPU_JOB = {"resources": {"cpus": "2+"}, "run": "echo hi"}
 GPU_JOB = {"resources": {"accelerators": "L4"}, "run": "nvidia-smi"}
 ACCOUNT = "123456789012"
 PREFIX = "transformerlab"
+HARDENED_POLICY = json.loads((REPO / "policy" / "provider-policy-hardened.json").read_text())
+BOUNDARY_POLICY = (REPO / "policy" / "transformerlab-ec2-boundary.json").read_text()
+BOUNDARY_ARN = f"arn:aws:iam::{ACCOUNT}:policy/{provisioning.boundary_policy_name(PREFIX)}"
+POLICIES = {"seed": SEED_POLICY, "hardened": HARDENED_POLICY}
+
+
+def ensure_boundary(control_plane: ControlPlane) -> None:
+    """The one step the hardened policy asks of the account's administrator: create the boundary policy."""
+    iam = control_plane.admin("iam")
+    try:
+        iam.get_policy(PolicyArn=BOUNDARY_ARN)
+    except ClientError:
+        iam.create_policy(PolicyName=provisioning.boundary_policy_name(PREFIX), PolicyDocument=BOUNDARY_POLICY)
+
+
+def context_for(action: str, boundary: str | None) -> dict[str, str]:
+    """The request context AWS evaluates these calls with (what the conditions of the hardened policy read)."""
+    if action in {"iam:CreateRole", "iam:PutRolePolicy"} and boundary:
+        return {"iam:PermissionsBoundary": boundary}
+    if action == "iam:PassRole":
+        return {"iam:PassedToService": "ec2.amazonaws.com"}
+    return {}
 
 
 def allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
@@ -86,17 +110,23 @@ def submit(cp: ControlPlane, token: str, provider_id: str, body: dict[str, Any])
     return str(response.json()["job_id"])
 
 
+@pytest.mark.parametrize("policy_name", ["seed", "hardened"])
 def test_given_exactly_the_seed_policy_then_validate_bootstrap_launch_and_terminate_succeed_within_it(
     control_plane: ControlPlane,
     provider_calls: ProviderCalls,
     provider_keys: Any,
     workflow: Workflow,
+    policy_name: str,
 ) -> None:
+    """Under the seed policy as written and under the hardened one (detected: nothing tells ec2jobs which)."""
     from controlplane.handlers import container
 
-    team_id = "seed-policy-team"
+    policy = POLICIES[policy_name]
+    team_id = f"{policy_name}-policy-team"
+    if policy_name == "hardened":
+        ensure_boundary(control_plane)
     token = container.get().teams.issue_token(team_id)
-    keys = provider_keys(SEED_POLICY)
+    keys = provider_keys(policy)
     provider_id = add_provider(control_plane, token, keys)  # STS + the DryRun policy probe
     state_table = boto3.resource("dynamodb").Table(control_plane.names.table("state"))
     for family in ("gpu", "cpu"):  # earlier tests cached the AMIs: make this scenario look them up
@@ -138,10 +168,16 @@ def test_given_exactly_the_seed_policy_then_validate_bootstrap_launch_and_termin
         "iam:CreateInstanceProfile",
         "iam:AddRoleToInstanceProfile",
     } <= actions, "the scenario must exercise every kind of call"
+    boundary = first["bootstrap"].get("permissions_boundary_arn")
+    assert boundary == (BOUNDARY_ARN if policy_name == "hardened" else None)
+    role = control_plane.admin("iam").get_role(RoleName=provisioning.TeamResources(PREFIX, team_id).role)["Role"]
+    assert role.get("PermissionsBoundary", {}).get("PermissionsBoundaryArn") == boundary
     denied = sorted(
-        pair for pair in required_permissions(provider_calls.calls, team_id) if not allowed(SEED_POLICY, *pair)
+        (action, resource)
+        for action, resource in required_permissions(provider_calls.calls, team_id)
+        if not strictly_allowed([policy], Request(action, resource, context_for(action, boundary)))
     )
-    assert denied == [], f"calls outside the seed policy: {denied}"
+    assert denied == [], f"calls outside the {policy_name} policy: {denied}"
 
 
 def test_given_seed_policy_keys_then_anything_else_is_denied(control_plane: ControlPlane, provider_keys: Any) -> None:

@@ -278,9 +278,12 @@ class TestProvisioning:
         (statement,) = policy["Statement"]
         assert statement["Action"] == "ec2:TerminateInstances"
         assert statement["Effect"] == "Allow"
-        conditions = statement["Condition"]["StringEquals"]
-        assert conditions["aws:ARN"] == "${ec2:SourceInstanceARN}"
-        assert conditions[f"ec2:ResourceTag/{provisioning.TEAM_TAG}"] == "team-a"
+        # Documented condition keys only: the calling instance's ARN must be the target's, within the team's tag.
+        assert statement["Condition"]["ArnEquals"] == {
+            "ec2:SourceInstanceARN": "arn:aws:ec2:*:*:instance/${ec2:InstanceID}"
+        }
+        assert statement["Condition"]["StringEquals"] == {f"ec2:ResourceTag/{provisioning.TEAM_TAG}": "team-a"}
+        assert "aws:ARN" not in json.dumps(policy)
         assert json.loads(provisioning.policy_json(policy)) == policy
 
     def test_only_ec2_may_assume_the_role(self) -> None:

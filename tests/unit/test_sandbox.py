@@ -23,7 +23,7 @@ import paramiko
 import pytest
 
 from controlplane.adapters.ssh import Remote, SshConnector
-from controlplane.core import sshkeys
+from controlplane.core import provisioning, sshkeys
 from controlplane.core.userdata import WrapperConfig, render
 from local import emulator, sandbox, sshd
 from local.guard import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
@@ -70,10 +70,74 @@ def ec2() -> Iterator[Any]:
         process.stop()
 
 
-def launch(ec2: Any) -> str:
+def launch(ec2: Any, team: str | None = None) -> str:
+    """An instance; with `team`, tagged for it and launched with its instance profile (as the launch step does)."""
     images = ec2.describe_images(Owners=["099720109477"])["Images"] or ec2.describe_images()["Images"]
-    reservation = ec2.run_instances(ImageId=images[0]["ImageId"], MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    extra: dict[str, Any] = {}
+    if team is not None:
+        extra = {
+            "IamInstanceProfile": {"Name": team_profile(ec2, team)},
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": provisioning.instance_tags(team, "p-1", f"job-{team}", None)}
+            ],
+        }
+    reservation = ec2.run_instances(
+        ImageId=images[0]["ImageId"], MinCount=1, MaxCount=1, InstanceType="t3.micro", **extra
+    )
     return str(reservation["Instances"][0]["InstanceId"])
+
+
+def team_profile(ec2: Any, team: str) -> str:
+    """The team's instance role (self-termination policy) and profile, as bootstrap creates them; idempotent."""
+    iam = boto3.client(
+        "iam",
+        region_name=REGION,
+        endpoint_url=ec2.meta.endpoint_url,
+        aws_access_key_id=FAKE_ACCESS_KEY_ID,
+        aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
+    )
+    names = provisioning.TeamResources("transformerlab", team)
+    try:
+        iam.get_instance_profile(InstanceProfileName=names.instance_profile)
+        return names.instance_profile
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    trust = provisioning.policy_json(provisioning.role_trust_policy())
+    iam.create_role(RoleName=names.role, AssumeRolePolicyDocument=trust)
+    iam.put_role_policy(
+        RoleName=names.role,
+        PolicyName=provisioning.SELF_TERMINATION_POLICY_NAME,
+        PolicyDocument=provisioning.policy_json(provisioning.self_termination_policy(team)),
+    )
+    iam.create_instance_profile(InstanceProfileName=names.instance_profile)
+    iam.add_role_to_instance_profile(InstanceProfileName=names.instance_profile, RoleName=names.role)
+    return names.instance_profile
+
+
+def role_of(ec2: Any, instance_id: str, team: str) -> dict[str, Any]:
+    """SandboxConfig fields for the instance's role credentials: what the simulator gives an instance (an STS
+    session of the profile's role named after the instance)."""
+    role = provisioning.TeamResources("transformerlab", team).role
+    sts = boto3.client(
+        "sts",
+        region_name=REGION,
+        endpoint_url=ec2.meta.endpoint_url,
+        aws_access_key_id=FAKE_ACCESS_KEY_ID,
+        aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
+    )
+
+    def credentials() -> dict[str, str]:
+        issued = sts.assume_role(RoleArn=f"arn:aws:iam::123456789012:role/{role}", RoleSessionName=instance_id)
+        c = issued["Credentials"]
+        return {
+            "Code": "Success",
+            "AccessKeyId": c["AccessKeyId"],
+            "SecretAccessKey": c["SecretAccessKey"],
+            "Token": c["SessionToken"],
+            "Expiration": c["Expiration"].isoformat(),
+        }
+
+    return {"instance_role": role, "role_credentials": credentials}
 
 
 def state(ec2: Any, instance_id: str) -> str:
@@ -226,7 +290,7 @@ def test_imdsv2_requires_a_token_and_answers_for_the_instance(make_sandbox: Any)
 def test_the_job_wrapper_runs_in_a_sandbox_and_terminates_its_instance_through_the_aws_shim(
     make_sandbox: Any, ec2: Any
 ) -> None:
-    instance_id = launch(ec2)
+    instance_id = launch(ec2, "team-42")
     job_id = "job-0123456789abcdef0123"
     team = sshkeys.generate("team")
     host_key = sshkeys.derive_host_key(sshkeys.new_seed(), job_id)
@@ -251,6 +315,7 @@ def test_the_job_wrapper_runs_in_a_sandbox_and_terminates_its_instance_through_t
         instance_id=instance_id,
         endpoint_url=ec2.meta.endpoint_url,
         instance_type="t3.micro",
+        **role_of(ec2, instance_id, "team-42"),
     )
     state_dir = box.root / "var/lib/ec2jobs"
     wait_for(lambda: (state_dir / "result").exists(), what="the wrapper's result")
@@ -294,6 +359,46 @@ def test_the_job_wrapper_runs_in_a_sandbox_and_terminates_its_instance_through_t
 
 
 # -- the shims ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.emulator
+def test_the_aws_shim_acts_with_the_instance_role_and_may_terminate_only_its_own_instance(
+    make_sandbox: Any, ec2: Any
+) -> None:
+    mine = launch(ec2, "team-7")
+    same_team_other_job, other_team = launch(ec2, "team-7"), launch(ec2, "team-8")
+    script = f"""#!/bin/bash
+test -z "${{AWS_ACCESS_KEY_ID:-}}" && echo no-keys-in-env >"$EC2JOBS_ROOT/env"
+aws ec2 terminate-instances --instance-ids {other_team} 2>"$EC2JOBS_ROOT/other.err"; echo $? >"$EC2JOBS_ROOT/other.rc"
+aws ec2 terminate-instances --instance-ids {same_team_other_job} 2>"$EC2JOBS_ROOT/job.err"
+echo $? >"$EC2JOBS_ROOT/job.rc"
+aws ec2 terminate-instances --instance-ids {mine} >/dev/null; echo $? >"$EC2JOBS_ROOT/mine.rc"
+"""
+    box = make_sandbox(
+        "127.0.0.206", script, instance_id=mine, endpoint_url=ec2.meta.endpoint_url, **role_of(ec2, mine, "team-7")
+    )
+    wait_for(lambda: (box.root / "mine.rc").exists(), what="the three aws calls")
+    assert (box.root / "env").read_text().strip() == "no-keys-in-env"
+    for name in ("other", "job"):
+        assert (box.root / f"{name}.rc").read_text().strip() == "254"
+        assert "(UnauthorizedOperation)" in (box.root / f"{name}.err").read_text()
+    assert (box.root / "mine.rc").read_text().strip() == "0"
+    assert terminated(ec2, mine)
+    assert state(ec2, other_team) == "running"
+    assert state(ec2, same_team_other_job) == "running"
+
+
+@pytest.mark.emulator
+def test_without_an_instance_role_the_aws_shim_finds_no_credentials(make_sandbox: Any, ec2: Any) -> None:
+    instance_id = launch(ec2)
+    script = f"""#!/bin/bash
+aws ec2 terminate-instances --instance-ids {instance_id} 2>"$EC2JOBS_ROOT/aws.err"; echo $? >"$EC2JOBS_ROOT/aws.rc"
+"""
+    box = make_sandbox("127.0.0.207", script, instance_id=instance_id, endpoint_url=ec2.meta.endpoint_url)
+    wait_for(lambda: (box.root / "aws.rc").exists(), what="the aws call")
+    assert (box.root / "aws.rc").read_text().strip() == "253"
+    assert "Unable to locate credentials" in (box.root / "aws.err").read_text()
+    assert state(ec2, instance_id) == "running"
 
 
 @pytest.mark.emulator

@@ -2,7 +2,8 @@
 `<prefix>-ec2-role-*` / `<prefix>-ec2-profile-*` names. One API call per method; ClientError passes through.
 
 The seed policy has no iam:TagRole / iam:TagInstanceProfile, so the role and profile carry their team in the
-description and name, not in tags.
+description and name, not in tags. Under the hardened policy (policy/provider-policy-hardened.json) CreateRole and
+PutRolePolicy need the role to carry the permissions boundary; GetRole tells which boundary a role carries.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ class IamAccount:
                 return None
             raise
 
-    def create_role(self, name: str, trust_policy: str, description: str) -> None:
-        self.client.create_role(RoleName=name, AssumeRolePolicyDocument=trust_policy, Description=description)
+    def create_role(self, name: str, trust_policy: str, description: str, boundary_arn: str | None = None) -> None:
+        """CreateRole; with `boundary_arn`, the role carries that permissions boundary from its first moment (what
+        the hardened provider policy's iam:PermissionsBoundary condition requires)."""
+        extra = {"PermissionsBoundary": boundary_arn} if boundary_arn else {}
+        self.client.create_role(RoleName=name, AssumeRolePolicyDocument=trust_policy, Description=description, **extra)
 
     def role_policy(self, role: str, policy_name: str) -> dict[str, Any] | None:
         try:

@@ -75,10 +75,12 @@ def role_trust_policy() -> dict[str, Any]:
 def self_termination_policy(team_id: str) -> dict[str, Any]:
     """The instance role may call ec2:TerminateInstances on exactly one instance: the one making the request.
 
-    `aws:ARN` (the target resource's ARN) must equal `${ec2:SourceInstanceARN}` (the instance whose role
-    credentials signed the request), and the target must carry the team's tag. Both conditions must hold; if AWS
-    ever stopped resolving either key the call is denied, and the job wrapper falls back to `shutdown -h now`, which
-    terminates the instance too (it is launched with shutdown behaviour `terminate`).
+    Only condition keys AWS documents are used (docs/policies.md cites them): `ec2:SourceInstanceARN` (the ARN of
+    the instance whose role credentials signed the request; present only for instance-profile credentials) must
+    equal the target's ARN, spelled with the target's documented `ec2:InstanceID` key as a policy variable, and the
+    target must carry the team's tag (`ec2:ResourceTag/<key>`, documented for TerminateInstances). If AWS ever stopped
+    resolving a key, the statement stops applying and the call is denied (never widened); the job wrapper then falls
+    back to `shutdown -h now`, which terminates the instance too (it is launched with shutdown behaviour terminate).
     """
     return {
         "Version": "2012-10-17",
@@ -89,14 +91,25 @@ def self_termination_policy(team_id: str) -> dict[str, Any]:
                 "Action": "ec2:TerminateInstances",
                 "Resource": "arn:aws:ec2:*:*:instance/*",
                 "Condition": {
-                    "StringEquals": {
-                        "aws:ARN": "${ec2:SourceInstanceARN}",
-                        f"ec2:ResourceTag/{TEAM_TAG}": team_id,
-                    }
+                    "ArnEquals": {"ec2:SourceInstanceARN": "arn:aws:ec2:*:*:instance/${ec2:InstanceID}"},
+                    "StringEquals": {f"ec2:ResourceTag/{TEAM_TAG}": team_id},
                 },
             }
         ],
     }
+
+
+def boundary_policy_name(prefix: str) -> str:
+    """The permissions boundary the hardened provider policy requires on every role the control plane creates
+    (policy/transformerlab-ec2-boundary.json, created once by the account's administrator)."""
+    return f"{prefix}-ec2-boundary"
+
+
+def boundary_arn(reference: str, account_id: str, partition: str = "aws") -> str:
+    """A boundary given by name ("transformerlab-ec2-boundary") or ARN, as the ARN CreateRole takes."""
+    if reference.startswith("arn:"):
+        return reference
+    return f"arn:{partition}:iam::{account_id}:policy/{reference}"
 
 
 def policy_json(document: dict[str, Any]) -> str:

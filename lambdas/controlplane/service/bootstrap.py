@@ -24,6 +24,7 @@ from controlplane.core.ports import BootstrapCache, ProviderClients, ProviderCre
 SCHEMA_VERSION = 1
 _POLICY_HINT = (
     "check that TransformerLabComputePolicy is attached to the provider's IAM user exactly as in the README "
+    "(the seed policy, or the hardened one with its permissions boundary: docs/policies.md) "
     "(and that its resource names match RESOURCE_PREFIX)"
 )
 
@@ -57,7 +58,8 @@ class BootstrapService:
             ):
                 return cached
             team_key = self.secrets.team_key(provider.team_id)
-            record = self._create(provider, credentials, region, ec2, team_key)
+            known = cached.permissions_boundary_arn if cached is not None else None
+            record = self._create(provider, credentials, region, ec2, team_key, known)
         except ClientError as error:
             raise _bootstrap_failure(error, region) from None
         except BotoCoreError as error:
@@ -72,7 +74,13 @@ class BootstrapService:
     # -- steps ----------------------------------------------------------------------------------------------
 
     def _create(
-        self, provider: Provider, credentials: ProviderCredentials, region: str, ec2: Ec2Account, team_key: TeamKey
+        self,
+        provider: Provider,
+        credentials: ProviderCredentials,
+        region: str,
+        ec2: Ec2Account,
+        team_key: TeamKey,
+        known_boundary: str | None = None,
     ) -> BootstrapRecord:
         names = provisioning.TeamResources(self.settings.resource_prefix, provider.team_id)
         tags = provisioning.team_tags(provider.team_id, provider.provider_id)
@@ -80,7 +88,8 @@ class BootstrapService:
         group_id = self._security_group(ec2, names, provider.team_id, tags)
         key_name = self._key_pair(ec2, names, team_key, tags, notes)
         iam = IamAccount(self.clients("iam", credentials, region))
-        profile_arn = self._role_and_profile(iam, names, provider.team_id)
+        boundaries = _RoleBoundary(self.settings.resource_prefix, provider, known_boundary)
+        profile_arn, boundary = self._role_and_profile(iam, names, provider.team_id, boundaries)
         return BootstrapRecord(
             provider_id=provider.provider_id,
             team_id=provider.team_id,
@@ -90,6 +99,7 @@ class BootstrapService:
             instance_profile_name=names.instance_profile,
             instance_profile_arn=profile_arn,
             role_name=names.role,
+            permissions_boundary_arn=boundary,
             notes=notes,
             created_at=utcnow(),
             schema_version=SCHEMA_VERSION,
@@ -156,24 +166,29 @@ class BootstrapService:
         return None
 
     @staticmethod
-    def _role_and_profile(iam: IamAccount, names: provisioning.TeamResources, team_id: str) -> str:
+    def _role_and_profile(
+        iam: IamAccount, names: provisioning.TeamResources, team_id: str, boundaries: _RoleBoundary
+    ) -> tuple[str, str | None]:
+        """(instance profile ARN, the permissions boundary the role carries or None)."""
         role = iam.role(names.role)
         if role is None:
-            try:
-                iam.create_role(
-                    names.role,
-                    provisioning.policy_json(provisioning.role_trust_policy()),
-                    f"ec2jobs job instances of team {team_id}: may terminate only themselves",
-                )
-            except ClientError as error:
-                if error_code(error) != "EntityAlreadyExists":
-                    raise
+            boundary = boundaries.create(iam, names.role, team_id)
         elif not _trusts_ec2(role.get("AssumeRolePolicyDocument")):
             raise JobFailed(
                 FailureReason.LAUNCH_ERROR,
                 f"IAM role {names.role} exists but EC2 may not assume it, and ec2jobs may not change its trust "
                 "policy: delete the role (it is recreated) or let it trust ec2.amazonaws.com.",
             )
+        else:
+            boundary = _boundary_of(role)
+            if boundaries.explicit is not None and boundary != boundaries.explicit:
+                raise JobFailed(
+                    FailureReason.LAUNCH_ERROR,
+                    f"IAM role {names.role} exists without the permissions boundary {boundaries.explicit} this "
+                    "provider was registered with, and ec2jobs may not add it: delete the role (ec2jobs recreates "
+                    f"it with the boundary) or run `aws iam put-role-permissions-boundary --role-name {names.role} "
+                    f"--permissions-boundary {boundaries.explicit}`, then resubmit.",
+                )
         desired = provisioning.self_termination_policy(team_id)
         try:
             if iam.role_policy(names.role, provisioning.SELF_TERMINATION_POLICY_NAME) != desired:
@@ -183,6 +198,14 @@ class BootstrapService:
         except ClientError as error:
             if error_code(error) == "NoSuchEntity":  # the role was just created and IAM has not caught up
                 raise _not_visible_yet(f"IAM role {names.role}") from None
+            if error_code(error) in AUTH_CODES and boundary is None and role is not None:
+                raise JobFailed(
+                    FailureReason.CREDENTIALS,
+                    f"IAM role {names.role} has no permissions boundary, and the provider's policy lets ec2jobs "
+                    "change only roles that carry one (the hardened policy). Delete the role (ec2jobs recreates it "
+                    "with the boundary) or attach the boundary with `aws iam put-role-permissions-boundary`; see "
+                    f"docs/policies.md. AWS said: {error_code(error)}.",
+                ) from None
             raise
         profile = iam.instance_profile(names.instance_profile)
         if profile is None:
@@ -212,7 +235,53 @@ class BootstrapService:
                 profile = iam.instance_profile(names.instance_profile) or profile
                 if names.role not in [str(r.get("RoleName")) for r in profile.get("Roles", [])]:
                     raise _not_visible_yet(f"the role in instance profile {names.instance_profile}") from None
-        return str(profile["Arn"])
+        return str(profile["Arn"]), boundary
+
+
+class _RoleBoundary:
+    """Which permissions boundary a new instance role gets, without any permission beyond the provider policy's:
+    the one the provider was registered with; else the one a previous bootstrap recorded; else none (the seed
+    policy), and when CreateRole without one is AccessDenied, the documented default boundary (the hardened
+    policy), which is then recorded on the bootstrap record so later launches do not probe again."""
+
+    def __init__(self, prefix: str, provider: Provider, known: str | None) -> None:
+        partition = provider.user_arn.split(":")[1] if provider.user_arn.startswith("arn:") else "aws"
+        self.explicit = (
+            provisioning.boundary_arn(provider.permissions_boundary, provider.account_id, partition)
+            if provider.permissions_boundary
+            else None
+        )
+        self.known = known
+        self.default = provisioning.boundary_arn(
+            provisioning.boundary_policy_name(prefix), provider.account_id, partition
+        )
+
+    def create(self, iam: IamAccount, role_name: str, team_id: str) -> str | None:
+        """Create the role; returns the boundary it carries."""
+        trust = provisioning.policy_json(provisioning.role_trust_policy())
+        description = f"ec2jobs job instances of team {team_id}: may terminate only themselves"
+        first = self.explicit or self.known
+        try:
+            iam.create_role(role_name, trust, description, first)
+            return first
+        except ClientError as error:
+            if error_code(error) == "EntityAlreadyExists":
+                return _boundary_of(iam.role(role_name) or {}) or first
+            if first is not None or error_code(error) not in AUTH_CODES:
+                raise
+        try:  # denied without a boundary: the hardened policy, whose roles must carry the default boundary
+            iam.create_role(role_name, trust, description, self.default)
+        except ClientError as error:
+            if error_code(error) == "EntityAlreadyExists":
+                return _boundary_of(iam.role(role_name) or {}) or self.default
+            raise
+        return self.default
+
+
+def _boundary_of(role: dict[str, Any]) -> str | None:
+    boundary = role.get("PermissionsBoundary") or {}
+    arn = boundary.get("PermissionsBoundaryArn") if isinstance(boundary, dict) else None
+    return str(arn) if arn else None
 
 
 def _prefer_ours(groups: list[dict[str, Any]], team_id: str) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ class ProviderService:
             access_key_hint=mask_access_key(request.access_key_id),
             secret_arn=secret_arn,
             created_at=utcnow(),
+            permissions_boundary=request.permissions_boundary,  # None: bootstrap detects the provider's policy
         )
         try:
             self.providers.create(provider)
