@@ -164,7 +164,7 @@ def _create_resources(
         )["FunctionArn"]
     state_machine_arn = sfn.create_state_machine(
         name=f"{names.prefix}-jobs",
-        definition=json.dumps(statemachine.definition(arns)),
+        definition=json.dumps(statemachine.definition(arns, jobs_table=names.table("jobs"))),
         roleArn=role,
     )["stateMachineArn"]
     # The reconciler restarts dead relay loops (a relay-only execution): it needs the state machine, as deployed.

@@ -26,6 +26,11 @@ SETTINGS_CONTEXT = (
     "logRetentionDays",
     "logChunkTtlDays",
     "apiGatewayCloudWatchRole",
+    "apiReservedConcurrency",
+    "authorizerReservedConcurrency",
+    "instanceEventsReservedConcurrency",
+    "reconcileReservedConcurrency",
+    "accountConcurrency",
 )
 VALIDATION_REPORT = "validation-report.json"
 

@@ -27,7 +27,12 @@ class ControlPlaneStack(Stack):
         storage = Storage(self, "Storage")
         functions = Functions(self, "Functions", storage=storage, settings=settings)
         workflow = Workflow(
-            self, "Workflow", steps=functions.steps, starters=[functions.api, functions.reconcile], settings=settings
+            self,
+            "Workflow",
+            steps=functions.steps,
+            starters=[functions.api, functions.reconcile],
+            settings=settings,
+            jobs_table=storage.jobs,
         )
         api = Api(self, "Api", handler=functions.api, authorizer=functions.authorizer, settings=settings)
         events = Events(

@@ -172,6 +172,18 @@ RECONCILE = FunctionSpec(
 FUNCTIONS: tuple[FunctionSpec, ...] = (API, AUTHORIZER, *STEPS.values(), INSTANCE_EVENTS, RECONCILE)
 
 
+def reserved_concurrency(settings: Settings) -> dict[str, int]:
+    """Reserved concurrency by function construct id (only those that have one). The workflow steps share the
+    unreserved pool with nothing of ours, so a running job's relay never takes what these need."""
+    reserved = {
+        API.construct_id: settings.api_reserved_concurrency,
+        AUTHORIZER.construct_id: settings.authorizer_reserved_concurrency,
+        INSTANCE_EVENTS.construct_id: settings.instance_events_reserved_concurrency,
+        RECONCILE.construct_id: settings.reconcile_reserved_concurrency,
+    }
+    return {construct_id: value for construct_id, value in reserved.items() if value > 0}
+
+
 class Functions(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, storage: Storage, settings: Settings) -> None:
         super().__init__(scope, construct_id)
@@ -204,6 +216,7 @@ class Functions(Construct):
         }
         self.functions: dict[str, lambda_.Function] = {}
         self.publishers: list[lambda_.Function] = []
+        reserved = reserved_concurrency(settings)
         for spec in FUNCTIONS:
             role = iam.Role(
                 self,
@@ -228,6 +241,7 @@ class Functions(Construct):
                 role=role,
                 log_group=log_group,
                 tracing=lambda_.Tracing.ACTIVE,
+                reserved_concurrent_executions=reserved.get(spec.construct_id),
             )
             for logical_name, access in spec.tables.items():
                 storage.tables[logical_name].grant(function, *TABLE_ACTIONS[access])

@@ -19,6 +19,8 @@ LAYER_DIR = REPO / "build" / "layer"
 # "<prefix>-ec2-role-<team id of up to 32>", so the prefix has at most 22.
 _RESOURCE_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,21}$")
 _SECRETS_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Lambda keeps at least this much of an account's concurrency unreserved: reservations may total the quota minus it.
+LAMBDA_MIN_UNRESERVED = 100
 # CloudWatch Logs' retention periods (days → the CDK enum, whose values are names, not days).
 _RETENTION_DAYS: dict[int, logs.RetentionDays] = {
     1: logs.RetentionDays.ONE_DAY,
@@ -54,6 +56,15 @@ class Settings:
     log_retention_days: int = 90  # CloudWatch Logs retention of the functions, state machine and API access logs
     log_chunk_ttl_days: int = 30  # LOG_RETENTION_DAYS: jobs' output chunks expire (DynamoDB TTL) after this
     api_cloudwatch_role: bool = True  # set API Gateway's account-level CloudWatch role (needed for its logs)
+    # Reserved concurrency (0 = none) so that running jobs, each holding one relay invocation from the shared pool,
+    # never starve the API, the authorizer, EC2 event handling or the reconciler. Each is also that function's cap.
+    api_reserved_concurrency: int = 20  # API_RESERVED_CONCURRENCY: ~100 requests/s at 200 ms each
+    authorizer_reserved_concurrency: int = 10  # AUTHORIZER_RESERVED_CONCURRENCY (API Gateway caches its answers)
+    instance_events_reserved_concurrency: int = 10  # a throttled EventBridge delivery is retried by Lambda
+    reconcile_reserved_concurrency: int = 2  # one run a minute, 120 s timeout: at most two overlap
+    # The account's Lambda "Concurrent executions" quota in the deployment region (Service Quotas): only used to
+    # check that the reservations fit and to say how many jobs the rest carries (docs/limits.md).
+    account_concurrency: int = 1000
     layer_dir: Path = LAYER_DIR  # the dependency layer built by scripts/build_layer.py
 
     def __post_init__(self) -> None:
@@ -76,6 +87,40 @@ class Settings:
             )
         if not 1 <= self.log_chunk_ttl_days <= 3650:
             raise ValueError(f"logChunkTtlDays {self.log_chunk_ttl_days}: 1..3650")
+        for name, value in self.reservations.items():
+            if value < 0:
+                raise ValueError(f"{name} {value}: a number of concurrent executions, or 0 for no reservation")
+        if self.account_concurrency < 1:
+            raise ValueError(f"accountConcurrency {self.account_concurrency}: the account's Lambda concurrency quota")
+        reserved = self.reserved_concurrency
+        if reserved and reserved > self.account_concurrency - LAMBDA_MIN_UNRESERVED:
+            raise ValueError(
+                f"the reserved concurrency ({reserved} in all: {self.reservations}) does not fit an account whose "
+                f"Lambda concurrency quota is {self.account_concurrency}: Lambda keeps {LAMBDA_MIN_UNRESERVED} "
+                "unreserved, so the reservations may total at most the quota minus that. Ask AWS for a higher "
+                "'Concurrent executions' quota and set accountConcurrency to it, or set the reservations to 0 "
+                "(no reservation: jobs' relays can then starve the API) — see docs/limits.md"
+            )
+
+    @property
+    def reservations(self) -> dict[str, int]:
+        """Reserved concurrency per function, by context name (0: none)."""
+        return {
+            "apiReservedConcurrency": self.api_reserved_concurrency,
+            "authorizerReservedConcurrency": self.authorizer_reserved_concurrency,
+            "instanceEventsReservedConcurrency": self.instance_events_reserved_concurrency,
+            "reconcileReservedConcurrency": self.reconcile_reserved_concurrency,
+        }
+
+    @property
+    def reserved_concurrency(self) -> int:
+        return sum(self.reservations.values())
+
+    def concurrent_jobs(self, launching: int = 0) -> int:
+        """How many jobs can run at once: each running job holds one relay invocation from the unreserved pool,
+        which also serves the workflow's short launch steps (one invocation per job `launching` at that moment)
+        and any other function in the account. Quota − reservations − launching (docs/limits.md)."""
+        return max(0, self.account_concurrency - self.reserved_concurrency - launching)
 
     @property
     def log_retention(self) -> logs.RetentionDays:
@@ -114,5 +159,16 @@ class Settings:
             log_retention_days=number("logRetentionDays", defaults.log_retention_days),
             log_chunk_ttl_days=number("logChunkTtlDays", defaults.log_chunk_ttl_days),
             api_cloudwatch_role=flag("apiGatewayCloudWatchRole", defaults.api_cloudwatch_role),
+            api_reserved_concurrency=number("apiReservedConcurrency", defaults.api_reserved_concurrency),
+            authorizer_reserved_concurrency=number(
+                "authorizerReservedConcurrency", defaults.authorizer_reserved_concurrency
+            ),
+            instance_events_reserved_concurrency=number(
+                "instanceEventsReservedConcurrency", defaults.instance_events_reserved_concurrency
+            ),
+            reconcile_reserved_concurrency=number(
+                "reconcileReservedConcurrency", defaults.reconcile_reserved_concurrency
+            ),
+            account_concurrency=number("accountConcurrency", defaults.account_concurrency),
             layer_dir=layer_dir,
         )

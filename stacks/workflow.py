@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -32,8 +33,11 @@ def deployed_definition(functions: Mapping[str, str]) -> dict[str, Any]:
     return statemachine.definition(functions)
 
 
+JOBS_TABLE_KEY = statemachine.JOBS_TABLE_PLACEHOLDER[2:-1]  # the jobs table's name: a substitution too
+
+
 def definition_string() -> str:
-    """The definition as deployed, with a substitution placeholder for each step's Lambda ARN."""
+    """The definition as deployed, with a substitution placeholder for each step's Lambda ARN and the jobs table."""
     placeholders = {step: "${" + substitution_key(step) + "}" for step in statemachine.HANDLERS}
     return json.dumps(deployed_definition(placeholders), indent=2)
 
@@ -47,6 +51,7 @@ class Workflow(Construct):
         steps: Mapping[str, lambda_.IFunction],
         starters: Sequence[lambda_.Function],
         settings: Settings,
+        jobs_table: dynamodb.ITable,
     ) -> None:
         super().__init__(scope, construct_id)
         log_group = logs.LogGroup(self, "Logs", retention=settings.log_retention, removal_policy=RemovalPolicy.RETAIN)
@@ -54,7 +59,8 @@ class Workflow(Construct):
             self,
             "StateMachine",
             definition_body=sfn.DefinitionBody.from_string(definition_string()),
-            definition_substitutions={substitution_key(step): fn.function_arn for step, fn in steps.items()},
+            definition_substitutions={substitution_key(step): fn.function_arn for step, fn in steps.items()}
+            | {JOBS_TABLE_KEY: jobs_table.table_name},
             state_machine_type=sfn.StateMachineType.STANDARD,
             tracing_enabled=True,
             # Every event, but without inputs and outputs: a task spec's envs often carry tokens (HF_TOKEN, ...).
@@ -65,6 +71,10 @@ class Workflow(Construct):
             grantee=self.state_machine,
             actions=["lambda:InvokeFunction"],
             resource_arns=[fn.function_arn for fn in steps.values()],
+        )
+        # The relay-throttled note (statemachine.RELAY_THROTTLED_NOTE) is written by the state machine itself.
+        iam.Grant.add_to_principal(
+            grantee=self.state_machine, actions=["dynamodb:UpdateItem"], resource_arns=[jobs_table.table_arn]
         )
         for function in starters:
             self.state_machine.grant_start_execution(function)

@@ -120,7 +120,10 @@ def test_the_workflow_may_invoke_exactly_its_step_functions(synth: Synth) -> Non
     role = synth.logical_id(synth.stack.workflow.state_machine.role)
     invoked = {resource for action, resource in synth.permissions(role) if action == "lambda:InvokeFunction"}
     assert invoked == {f"function:{handler}" for handler in HANDLERS.values()}
-    assert {action for action, resource in synth.permissions(role) if resource != "*"} == {"lambda:InvokeFunction"}
+    # ... and write one thing itself: the relay-throttled note on the job (an UpdateItem on the jobs table).
+    scoped = {(action, resource) for action, resource in synth.permissions(role) if resource != "*"}
+    assert {action for action, _ in scoped} == {"lambda:InvokeFunction", "dynamodb:UpdateItem"}
+    assert {resource for action, resource in scoped if action.startswith("dynamodb:")} == {"table:jobs"}
 
 
 def test_the_submission_rule_may_start_the_workflow_and_nothing_else(synth: Synth) -> None:

@@ -92,14 +92,17 @@ def test_the_same_state_machine_definition(synth: Synth, local_plane: Recorder) 
         for request in local_plane.requests("create_function")
     }
     (machine,) = synth.of_type("AWS::StepFunctions::StateMachine").values()
+    local_jobs = ControlPlaneNames("ec2jobs").table("jobs")
     with_local_arns = {
         workflow_stack.substitution_key(step): arn_of[handler] for step, handler in statemachine.HANDLERS.items()
-    }
+    } | {workflow_stack.JOBS_TABLE_KEY: local_jobs}
     deployed = substituted(json.loads(machine["Properties"]["DefinitionString"]), with_local_arns)
     assert (
         deployed
         == local_definition
-        == statemachine.definition({step: arn_of[handler] for step, handler in statemachine.HANDLERS.items()})
+        == statemachine.definition(
+            {step: arn_of[handler] for step, handler in statemachine.HANDLERS.items()}, jobs_table=local_jobs
+        )
     )
 
 

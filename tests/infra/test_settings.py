@@ -33,6 +33,11 @@ def test_cdk_json_holds_the_defaults() -> None:
         "logRetentionDays": 90,
         "logChunkTtlDays": 30,
         "apiGatewayCloudWatchRole": True,
+        "apiReservedConcurrency": 20,
+        "authorizerReservedConcurrency": 10,
+        "instanceEventsReservedConcurrency": 10,
+        "reconcileReservedConcurrency": 2,
+        "accountConcurrency": 1000,
     }
     assert Settings.from_context(context) == Settings()
 

@@ -44,9 +44,14 @@ def step_arns(synth: Synth) -> dict[str, Any]:
     }
 
 
+def jobs_table(synth: Synth) -> dict[str, Any]:
+    return {"Ref": synth.logical_id(synth.stack.storage.jobs)}
+
+
 def test_the_definition_is_the_single_source_with_the_right_function_per_step(synth: Synth) -> None:
     definition = deployed_definition(synth)
-    assert definition == statemachine.definition(step_arns(synth))
+    assert definition == statemachine.definition(step_arns(synth), jobs_table=jobs_table(synth))
+    assert definition["States"]["RelayThrottled"]["Parameters"]["TableName"] == jobs_table(synth)
     timeout = definition["TimeoutSeconds"]
     # The longest job (7 days of max_runtime_minutes) with boot, drain and relay retries must fit.
     assert timeout >= MAX_RUNTIME_LIMIT_MINUTES * 60 + 6 * 3600
@@ -61,6 +66,7 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
         "Bootstrap",
         "Launch",
         "Relay",
+        "RelayThrottled",
         "Drained?",
         "Done",
         "RecordFailure",
@@ -79,7 +85,13 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
     for name in ("Validate", "Bootstrap", "Launch"):
         catches = {tuple(c["ErrorEquals"]): c["Next"] for c in states[name]["Catch"]}
         assert catches == {("JobNotActive", "DuplicateSubmission"): "Done", ("States.ALL",): "RecordFailure"}
-    assert [c["Next"] for c in states["Relay"]["Catch"]] == ["Done"]  # the relay never fails a running job
+    # the relay never fails a running job; throttled for good, it leaves a note first (the reconciler restarts it)
+    assert [(c["ErrorEquals"], c["Next"]) for c in states["Relay"]["Catch"]] == [
+        ([statemachine.THROTTLED], "RelayThrottled"),
+        (["States.ALL"], "Done"),
+    ]
+    assert states["RelayThrottled"]["Resource"] == "arn:aws:states:::dynamodb:updateItem"
+    assert states["RelayThrottled"]["Next"] == "Done"
     assert states["Drained?"]["Default"] == "Relay"
     assert states["RecordFailure"]["Resource"] == arns["record_failure"]
     assert states["RecordFailure"]["Next"] == "Failed"

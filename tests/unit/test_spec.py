@@ -657,3 +657,33 @@ def test_a_job_request_keeps_the_gpu_name_the_user_typed_through_task_spec() -> 
     assert spec.resources.accelerator.requested_as == "a10"
     selection = catalog.get().select(spec.resources, "us-east-1")
     assert selection.notes == ("a10 is sold on AWS as A10G",)
+
+
+# -- the stored size (the job record is one DynamoDB item) -----------------------------------------------------
+
+
+def test_a_spec_up_to_the_stored_bound_passes_and_one_byte_more_is_refused_with_a_sentence() -> None:
+    from controlplane.core.spec import MAX_SPEC_BYTES, check_spec_size, stored_spec_bytes
+
+    assert MAX_SPEC_BYTES == 256 * 1024
+    overhead = stored_spec_bytes(TaskSpec.model_validate({"run": "x"})) - 1
+    fits = TaskSpec.model_validate({"run": "x" * (MAX_SPEC_BYTES - overhead)})
+    assert stored_spec_bytes(fits) == MAX_SPEC_BYTES
+    check_spec_size(fits)
+    over = TaskSpec.model_validate({"run": "x" * (MAX_SPEC_BYTES - overhead + 1)})
+    with pytest.raises(InvalidSpec) as refused:
+        check_spec_size(over)
+    assert refused.value.code == "INVALID_SPEC"
+    assert f"{MAX_SPEC_BYTES + 1:,} bytes" in refused.value.message
+    assert "at most 262,144 bytes" in refused.value.message
+    assert "script" in refused.value.message
+
+
+def test_the_stored_size_counts_utf8_bytes_and_json_escapes_of_every_field() -> None:
+    from controlplane.core.spec import stored_spec_bytes
+
+    base = stored_spec_bytes(TaskSpec.model_validate({"run": "x"}))
+    assert stored_spec_bytes(TaskSpec.model_validate({"run": "é"})) == base + 1  # 2 UTF-8 bytes
+    assert stored_spec_bytes(TaskSpec.model_validate({"run": "\x01"})) == base + 5  # \u0001
+    envs = TaskSpec.model_validate({"run": "x", "envs": {"A": "y" * 1000}})
+    assert stored_spec_bytes(envs) > base + 1000

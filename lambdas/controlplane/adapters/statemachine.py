@@ -9,12 +9,18 @@ backoff: every step is idempotent (Launch's ClientToken, the relay's committed o
 RecordFailure, which makes sure the job ends FAILED with no instance left running, and the execution fails with
 the job's failure reason as Error and its failure message as Cause. The relay never fails a running job: if it
 keeps failing, the execution ends and the instance's own end (instance events, reconciler) settles the job.
+Lambda throttling (`Lambda.TooManyRequestsException`: the account's concurrency is used up) is retried apart, with
+long jittered backoff. A relay still throttled after that records a note on the job straight from Step Functions
+(a DynamoDB UpdateItem, no Lambda needed) and ends the loop; the reconciler then starts a new relay loop, so the job
+is never lost (docs/limits.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from controlplane.core.lifecycle import JobStatus
 
 # Step name → the Lambda handler (module.function inside the single asset).
 HANDLERS: dict[str, str] = {
@@ -32,17 +38,78 @@ TIMEOUTS: dict[str, int] = {"validate": 30, "bootstrap": 120, "launch": 180, "re
 # drain and its retries. Past it Step Functions ends the execution; the reconciler settles the job.
 EXECUTION_TIMEOUT_SECONDS = (7 * 24 + 24) * 3600
 
+# Where the CDK stack substitutes the jobs table's name (stacks/workflow.py); the local runtime passes the name.
+JOBS_TABLE_PLACEHOLDER = "${jobs_table}"
+
 _LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException"]
+THROTTLED = "Lambda.TooManyRequestsException"
+# Lambda refused the invocation for want of concurrency. Waiting does not hold a Lambda, so wait long, with full
+# jitter (a random delay up to the backoff: throttled executions do not all come back at once). Launch steps give up
+# after at most 8.6 minutes each (the reconciler fails a job not launched within 15); the relay after 30.
+LAUNCH_THROTTLE_RETRY: dict[str, Any] = {
+    "ErrorEquals": [THROTTLED],
+    "IntervalSeconds": 5,
+    "BackoffRate": 2,
+    "MaxDelaySeconds": 120,
+    "MaxAttempts": 8,
+    "JitterStrategy": "FULL",
+}
+RELAY_THROTTLE_RETRY: dict[str, Any] = LAUNCH_THROTTLE_RETRY | {
+    "IntervalSeconds": 10,
+    "MaxDelaySeconds": 300,
+    "MaxAttempts": 10,
+}
+RELAY_THROTTLED_NOTE = (
+    "Lambda throttled this job's log relay for about half an hour (the account's Lambda concurrency was used up); "
+    "the reconciler starts a new relay loop, which resumes the output where it stopped. Raise the account's Lambda "
+    "concurrency quota or run fewer jobs at once (see docs/limits.md)."
+)
+_DYNAMODB_TRANSIENT = [
+    "DynamoDB.ProvisionedThroughputExceededException",
+    "DynamoDB.ThrottlingException",
+    "DynamoDB.RequestLimitExceeded",
+    "DynamoDB.InternalServerErrorException",
+]
 # An invocation that died: its runtime exited (out of memory, killed), it timed out, or Lambda lost it.
 _CRASHED = ["Runtime.ExitError", "Lambda.Unknown", "Sandbox.Timedout", "States.Timeout"]
 _QUIET_END = ["JobNotActive", "DuplicateSubmission"]
 
 
-def _retry_transient(interval: int, attempts: int) -> list[dict[str, Any]]:
+def _retry_transient(
+    interval: int, attempts: int, throttle: dict[str, Any] = LAUNCH_THROTTLE_RETRY
+) -> list[dict[str, Any]]:
     upstream = {"ErrorEquals": ["UpstreamUnavailable"], "IntervalSeconds": interval, "MaxAttempts": attempts}
-    service = {"ErrorEquals": [*_LAMBDA_TRANSIENT, "Lambda.TooManyRequestsException"], "IntervalSeconds": 2}
+    service = {"ErrorEquals": _LAMBDA_TRANSIENT, "IntervalSeconds": 2}
     crashed = {"ErrorEquals": _CRASHED, "IntervalSeconds": 2, "MaxAttempts": 2, "BackoffRate": 2}
-    return [upstream | {"BackoffRate": 2}, service | {"MaxAttempts": 6, "BackoffRate": 2}, crashed]
+    return [dict(throttle), upstream | {"BackoffRate": 2}, service | {"MaxAttempts": 6, "BackoffRate": 2}, crashed]
+
+
+def _note_relay_throttled(jobs_table: str) -> dict[str, Any]:
+    """Record RELAY_THROTTLED_NOTE on a live job, once (an optimised DynamoDB integration: no Lambda to throttle)."""
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::dynamodb:updateItem",
+        "Parameters": {
+            "TableName": jobs_table,
+            "Key": {"job_id": {"S.$": "$.job_id"}},
+            "UpdateExpression": "SET notes = list_append(if_not_exists(notes, :none), :note)",
+            "ConditionExpression": "attribute_exists(job_id) AND #status IN (:provisioning, :running) "
+            "AND NOT contains(notes, :text)",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":none": {"L": []},
+                ":note": {"L": [{"S": RELAY_THROTTLED_NOTE}]},
+                ":text": {"S": RELAY_THROTTLED_NOTE},
+                ":provisioning": {"S": str(JobStatus.PROVISIONING)},
+                ":running": {"S": str(JobStatus.RUNNING)},
+            },
+        },
+        "ResultPath": None,
+        "Retry": [{"ErrorEquals": _DYNAMODB_TRANSIENT, "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2}],
+        # Already noted, or the job ended meanwhile (ConditionalCheckFailed): nothing to add.
+        "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.note_error", "Next": "Done"}],
+        "Next": "Done",
+    }
 
 
 def _catch(failure_state: str = "RecordFailure") -> list[dict[str, Any]]:
@@ -52,8 +119,8 @@ def _catch(failure_state: str = "RecordFailure") -> list[dict[str, Any]]:
     ]
 
 
-def definition(functions: Mapping[str, str]) -> dict[str, Any]:
-    """The state machine for these Lambda ARNs (keys: HANDLERS' step names)."""
+def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEHOLDER) -> dict[str, Any]:
+    """The state machine for these Lambda ARNs (keys: HANDLERS' step names) and jobs table (its name)."""
     missing = set(HANDLERS) - set(functions)
     if missing:
         raise ValueError(f"no function ARN for steps: {sorted(missing)}")
@@ -99,12 +166,16 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
                 # The loop's identity for the relay lease: this execution.
                 "Parameters": {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"},
                 "Retry": [
-                    *_retry_transient(5, 5),
+                    *_retry_transient(5, 5, RELAY_THROTTLE_RETRY),
                     {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 10, "MaxAttempts": 8, "BackoffRate": 2},
                 ],
-                "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.relay_error", "Next": "Done"}],
+                "Catch": [
+                    {"ErrorEquals": [THROTTLED], "ResultPath": "$.relay_error", "Next": "RelayThrottled"},
+                    {"ErrorEquals": ["States.ALL"], "ResultPath": "$.relay_error", "Next": "Done"},
+                ],
                 "Next": "Drained?",
             },
+            "RelayThrottled": _note_relay_throttled(jobs_table),
             "Drained?": {
                 "Type": "Choice",
                 "Choices": [{"Variable": "$.relay.finished", "BooleanEquals": True, "Next": "Done"}],

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from controlplane.core import catalog
+from controlplane.core.errors import InvalidSpec
 from controlplane.core.markets import AUTO, Market, UseSpot, markets_for
 
 MAX_RUNTIME_DEFAULT_MINUTES = 720
@@ -41,6 +42,11 @@ MAX_ENV_VARS = 200
 MAX_GPU_COUNT = 64
 RESERVED_ENV_PREFIX = "EC2JOBS_"
 DEFAULT_CPU_ONLY_CPUS = "2+"
+# The most a task spec may take once stored (its JSON in the job record, UTF-8 bytes). The job record is one DynamoDB
+# item (at most 400 KB = 409,600 bytes, attribute names included) that must still hold everything the job records
+# later (instance, prices, notes, failure message, lease, timestamps): 256 KiB leaves 144 KiB for those, and it is
+# also what a console execution input or an automation event can carry (both 256 KB). docs/limits.md.
+MAX_SPEC_BYTES = 256 * 1024
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -393,3 +399,20 @@ class TaskSpec(BaseModel):
         if not value.is_integer() or not 1 <= value <= MAX_RUNTIME_LIMIT_MINUTES:
             raise ValueError(bad)
         return int(value)
+
+
+def stored_spec_bytes(spec: TaskSpec) -> int:
+    """The spec's size in the job record: its JSON (as the job store writes it), in UTF-8 bytes."""
+    return len(spec.model_dump_json(exclude_none=True).encode("utf-8"))
+
+
+def check_spec_size(spec: TaskSpec) -> None:
+    """Refuse a spec too large for the job record to hold with everything the job records later (InvalidSpec)."""
+    size = stored_spec_bytes(spec)
+    if size > MAX_SPEC_BYTES:
+        raise InvalidSpec(
+            f"The task spec is {size:,} bytes as stored; at most {MAX_SPEC_BYTES:,} bytes (256 KiB) are allowed, "
+            "because the job record (a DynamoDB item of at most 400 KB) must also hold everything the job records "
+            "later. Move long setup/run commands or env values into a script in your repository or image and call "
+            "it from run."
+        )

@@ -163,7 +163,15 @@ def cancel_job(job_id: str) -> Response[Any]:
 def get_job_logs(
     job_id: str,
     after: Annotated[str | None, Query(description="next_cursor from the previous page (a byte offset)")] = None,
-    limit: Annotated[int, Query(ge=1, le=1048576, description="at most this many bytes of output")] = 262144,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=1048576,
+            description="at most this many bytes of output; fewer when the text needs much escaping (every page "
+            "fits Lambda's 6 MB response), so follow next_cursor",
+        ),
+    ] = 262144,
 ) -> Response[Any]:
     page = container.get().jobs.logs(_team(), job_id, after, limit)
     return _json({"job_id": job_id, "text": page.text, "next_cursor": page.next_cursor, "complete": page.complete})

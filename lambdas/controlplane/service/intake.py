@@ -33,7 +33,7 @@ from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.markets import UseSpot, submission_pricing
 from controlplane.core.models import Job, Provider, check_team_id, utcnow
 from controlplane.core.ports import JobStore, ProviderStore
-from controlplane.core.spec import TaskSpec
+from controlplane.core.spec import TaskSpec, check_spec_size
 from controlplane.service.failures import fail_job
 
 SUBMISSION_DETAIL_TYPE = "Job Submission"
@@ -125,6 +125,10 @@ class IntakeService:
         except ValidationError as error:
             summary, _ = describe_validation_problems(error.errors())
             self._record_invalid(Job.model_validate(base), f"The task spec is not valid: {summary}")
+        try:
+            check_spec_size(spec)
+        except InvalidSpec as error:  # recorded without the spec: the job record could not hold it
+            self._record_invalid(Job.model_validate(base | {"name": spec.name}), error.message)
         region = spec.resources.region or provider.region
         try:
             selection = catalog.get().select(spec.resources, region)
@@ -205,6 +209,7 @@ class IntakeService:
                 raise InvalidSubmission(message)
             try:
                 spec = job.spec
+                check_spec_size(spec)
                 userdata.check_spec_fits(job.job_id, job.team_id, job.instance_type, spec)
             except InvalidSpec as error:
                 fail_job(self.jobs, job.job_id, FailureReason.INVALID_SPEC, error.message)

@@ -21,6 +21,7 @@ from controlplane.core.lifecycle import JobStatus
 from controlplane.core.markets import submission_pricing
 from controlplane.core.models import Job, JobRequest, utcnow
 from controlplane.core.ports import JobPage, JobStore, LogProgress, ProviderStore, WorkflowStarter
+from controlplane.core.spec import check_spec_size
 
 MAX_PAGE = 100
 
@@ -76,6 +77,7 @@ class JobService:
         if provider is None:
             raise NotFound("provider", request.provider_id)
         spec = request.task_spec()
+        check_spec_size(spec)  # before anything else: a spec the job record cannot hold is never stored
         selection = catalog.get().select(spec.resources, spec.resources.region or provider.region)
         userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
         pricing = submission_pricing(spec.resources.use_spot, selection.instance_type, selection.hourly_price)
@@ -127,7 +129,8 @@ class JobService:
         return self.jobs.list_for_team(team_id, status, max(1, min(limit, MAX_PAGE)), cursor)
 
     def logs(self, team_id: str, job_id: str, after: str | None, limit: int) -> LogPage:
-        """Output from byte offset `after` (the previous page's next_cursor), at most `limit` bytes of it, as text.
+        """Output from byte offset `after` (the previous page's next_cursor), at most `limit` bytes of it, as text,
+        and fewer when the text needs much escaping (a page always fits Lambda's 6 MB response; docs/limits.md).
         `complete` only once the job ended and everything was relayed."""
         job = self.get(team_id, job_id)
         if self.log_reader is None:
@@ -145,7 +148,7 @@ class JobService:
         # having an instance (e.g. a launch failure).
         finished = progress.complete or (job.status.terminal and job.instance_id is None)
         everything = finished and start + len(data) >= progress.committed
-        page = logchunks.decode_page(data, final=everything)
+        page = logchunks.decode_bounded_page(data, final=everything)  # fits Lambda's 6 MB response, any bytes
         next_offset = start + page.consumed
         complete = job.status.terminal and finished and next_offset >= progress.committed
         return LogPage(text=page.text, next_cursor=str(next_offset), complete=complete)

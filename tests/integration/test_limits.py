@@ -1,0 +1,131 @@
+"""AWS size limits, against the emulator (docs/limits.md): a task spec is bounded by what the job record (one
+DynamoDB item, 400 KB) can hold with everything recorded later, and a logs page by Lambda's 6 MB response.
+
+The emulator is strict enough for this: moto refuses PutItem and UpdateItem past ~405,000 bytes (its own count of
+names + values; tests/unit/test_moto_contract.py pins that), below AWS's 409,600, so a later update that would not
+fit on AWS fails here too."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+
+from controlplane.core.lifecycle import JobStatus
+from controlplane.core.models import utcnow
+from controlplane.core.spec import MAX_SPEC_BYTES, TaskSpec, stored_spec_bytes
+from tests.integration.conftest import ControlPlane, Tenant, Workflow
+from tests.unit.test_dynamodb_item_limit import AWS_ITEM_LIMIT, dynamodb_item_size
+
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
+
+
+def _run_of(total_spec_bytes: int, body: dict[str, Any]) -> str:
+    """A compressible `run` (a comment: it gzips into user data easily) making the stored spec this many bytes."""
+    overhead = stored_spec_bytes(TaskSpec.model_validate({k: v for k, v in body.items() if k != "provider_id"}))
+    return "true # " + "x" * (total_spec_bytes - overhead - len("true # ") + 1)
+
+
+def _jobs_item(cp: ControlPlane, job_id: str) -> dict[str, Any]:
+    item = boto3.client("dynamodb").get_item(
+        TableName=cp.names.table("jobs"), Key={"job_id": {"S": job_id}}, ConsistentRead=True
+    )["Item"]
+    return dict(item)
+
+
+def test_a_404_kb_or_10_mb_run_is_refused_with_400_invalid_spec_and_a_sentence(
+    control_plane: ControlPlane, tenant: Tenant
+) -> None:
+    for run in ("true # " + "x" * 404_000, "echo hello\n" * 1_000_000):  # ~404 KB; 11 MB that gzips to ~20 KB
+        body = {"provider_id": tenant.provider_id, "resources": {"cpus": "2"}, "run": run}
+        response = control_plane.call("POST", "/jobs", tenant.token, body=body)
+        assert response.status == 400, response.body[:300]
+        error = response.json()
+        assert error["code"] == "INVALID_SPEC"
+        assert "at most 262,144 bytes" in error["message"]
+        assert "script in your repository or image" in error["message"]
+
+
+def test_a_console_spec_over_the_bound_is_recorded_failed_without_it(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    from controlplane.core.errors import InvalidSpec
+
+    job_id = f"big-{uuid.uuid4().hex[:6]}"
+    raw = {"team_id": tenant.team_id, "provider_id": tenant.provider_id, "job_id": job_id, "run": "x" * 300_000}
+    with pytest.raises(InvalidSpec) as refused:
+        workflow.validate(raw, job_id, f"arn:aws:states:::execution:x:{job_id}")
+    assert "at most 262,144 bytes" in refused.value.message
+    job = control_plane.call("GET", f"/jobs/{job_id}", tenant.token).json()
+    assert (job["status"], job["failure_reason"]) == ("FAILED", "INVALID_SPEC")
+    assert job["spec"] is None
+    assert "262,144" in job["failure_message"]
+
+
+def test_a_spec_at_the_bound_launches_and_every_later_update_fits(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    from controlplane.handlers import container
+    from controlplane.service.failures import MAX_MESSAGE, fail_job
+
+    body: dict[str, Any] = {"provider_id": tenant.provider_id, "resources": {"cpus": "2"}, "run": "x"}
+    body["run"] = _run_of(MAX_SPEC_BYTES, body)
+    response = control_plane.call("POST", "/jobs", tenant.token, body=body)
+    assert response.status == 202, response.body[:300]
+    job_id = response.json()["job_id"]
+    assert stored_spec_bytes(TaskSpec.model_validate({"resources": {"cpus": "2"}, "run": body["run"]})) == (
+        MAX_SPEC_BYTES
+    )
+
+    workflow.run(job_id, tenant.team_id)  # Validate, Bootstrap, Launch: PROVISIONING with its instance
+
+    jobs = container.pipeline().jobs
+    now = utcnow()
+    assert jobs.claim_relay(job_id, "arn:aws:states:us-east-1:123456789012:execution:" + "r" * 80, now, now)
+    assert jobs.note_relay_restart(job_id, 0, now)
+    notes = [f"note {i}: " + "n" * 2000 for i in range(20)]  # far more notes than any job gathers today
+    jobs.update(job_id, {"notes": notes})
+    jobs.transition(job_id, JobStatus.RUNNING, fields={"started_at": now + dt.timedelta(seconds=5)})
+    jobs.set_instance_state(job_id, "running")
+    ended = fail_job(jobs, job_id, "EXIT_NONZERO", "\U0001f600" * MAX_MESSAGE)  # 8,000 bytes of message
+    assert ended is not None
+    assert ended.status == JobStatus.FAILED
+    item = _jobs_item(control_plane, job_id)
+    assert dynamodb_item_size(item) < AWS_ITEM_LIMIT - 64 * 1024  # with 40 KB of notes, and room to spare
+
+
+def test_a_megabyte_of_invalid_utf8_pages_under_lambdas_6_mb_response_exactly(
+    control_plane: ControlPlane, tenant: Tenant
+) -> None:
+    from controlplane.adapters.logs import DynamoLogStore
+    from controlplane.core import logchunks
+
+    response = control_plane.call(
+        "POST", "/jobs", tenant.token, body={"provider_id": tenant.provider_id, "run": "true"}
+    )
+    job_id = response.json()["job_id"]
+    data = (bytes([0xFF]) * 700_000) + b'"\\\x01 \xe2\x9c\x93 ' * 20_000 + bytes([0xFE]) * 300_000
+    logs = DynamoLogStore(boto3.resource("dynamodb").Table(control_plane.names.table("logs")))
+    logs.write(job_id, logchunks.cut(0, data))
+    logs.commit(job_id, len(data), complete=True)
+
+    pages: list[str] = []
+    cursor = None
+    for _ in range(20):
+        query = {"limit": "1048576"} | ({"after": cursor} if cursor else {})
+        page = control_plane.call("GET", f"/jobs/{job_id}/logs", tenant.token, query=query)
+        assert page.status == 200
+        envelope = {"statusCode": 200, "headers": page.headers, "body": page.body, "isBase64Encoded": False}
+        assert len(json.dumps(envelope, ensure_ascii=False).encode()) < LAMBDA_RESPONSE_LIMIT - 1024 * 1024
+        body = page.json()
+        pages.append(body["text"])
+        if body["next_cursor"] == str(len(data)):
+            break
+        assert body["next_cursor"] != cursor
+        cursor = body["next_cursor"]
+    assert len(pages[0]) == 599_185  # shortened: 4 MiB of escaped text, where 1 MiB of bytes was asked for
+    assert "".join(pages) == data.decode("utf-8", errors="replace")
