@@ -44,7 +44,7 @@ class Settings(BaseModel):
         alias="DRAIN_TIMEOUT_SECONDS",
         default=300,
         ge=0,
-        description="how long a finished job's instance waits for the log relay's drained marker",
+        description="how long a finished job's instance waits for the log relay without progress",
     )
     shutdown_grace_seconds: int = Field(
         alias="SHUTDOWN_GRACE_SECONDS",

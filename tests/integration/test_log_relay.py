@@ -394,3 +394,42 @@ def test_logs_of_another_teams_job_are_not_found_and_foreign_cursors_are_refused
     for cursor in ("-1", "abc", "999999"):  # 999999: beyond what was relayed
         bad = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token, query={"after": cursor})
         assert bad.status == 400, cursor
+
+
+# -- under DynamoDB's per-partition write limit (the emulator enforces it: local/ddb_partitions.py) ---------------
+
+
+def test_a_backlog_drains_completely_under_the_partition_limit_and_drained_means_written(instance: Instance) -> None:
+    """24 MB of incompressible output, all written before the relay connects (a job that printed faster than the
+    logs table accepts): one partition key would take ≥ 24 s at 1,000 write units per second; spread over the
+    job's partitions it drains well within that, every byte exactly once. The `drained` marker appears only once
+    every byte is stored and committed, and `relay/progress` told the wrapper how far the writes got."""
+    data = os.urandom(24 * 1024 * 1024)
+    instance.write(data)
+    instance.finish()
+    seen_at_marker: list[Any] = []
+
+    def watch() -> None:
+        marker = instance.state / "relay" / "drained"
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen_at_marker.append(instance.logs.progress(instance.job_id))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    outcome = instance.relay_service(flush_interval_seconds=0.5).relay(instance.job_id)
+    elapsed = time.monotonic() - started
+    watcher.join(70)
+
+    assert outcome.finished, outcome
+    assert seen_at_marker
+    assert seen_at_marker[0].complete
+    assert seen_at_marker[0].committed == len(data)
+    assert elapsed < 20, f"{len(data) / elapsed / 1e6:.1f} MB/s"
+    reported = int((instance.state / "relay" / "progress").read_text())
+    assert 0 < reported <= len(data)
+    assert instance.relayed() == data
+    stored = instance.logs.chunks(instance.job_id, 0, 1 << 40)
+    assert all(a + len(chunk) == b for (a, chunk), (b, _) in itertools.pairwise(stored))  # once, contiguous

@@ -5,7 +5,9 @@ state  pk/sk single table: TEAM#<id>/TEAM, TOKEN#<sha256>/TOKEN, TEAM#<id>/PROVI
        IMAGE#<region>/<gpu|cpu> (AMI cache), PROVIDERS/<provider id> (the registry the reconciler walks).
 jobs   one item per job; GSIs: jobs of a team newest first, jobs of a team in one status, the sparse index of
        active jobs ordered by provider/region, and the job that owns an instance.
-logs   one item per chunk keyed by the byte offset where it starts; TTL removes old chunks.
+logs   one item per chunk keyed by the byte offset where it starts, under partition key `<job_id>` or `<job_id>#<k>`
+       (k = (offset // 256 KiB) % 16, core/logchunks.py); the progress item at offset -1 under `<job_id>`;
+       TTL removes old chunks.
 """
 
 from __future__ import annotations

@@ -13,8 +13,11 @@ user so that the relay, logged in as that user, can create `drained`):
 - `result` (644): the lines `phase=<setup|run>`, `exit_code=<N>`, `reason=<SUCCEEDED|SETUP_FAILED|EXIT_NONZERO|
   MAX_RUNTIME>`, `finished_at=<unix seconds>`, written atomically (temp file + rename) after every job process
   that held output.log is gone; MAX_RUNTIME has exit_code 124 (137 if the job ignored SIGTERM for 30 s);
-- `drained`: created by the relay once it has read all of output.log after `result` appeared; the wrapper then
-  terminates the instance (or after `drain_timeout_seconds` without it);
+- `relay/progress`: written by the relay (replaced atomically): the byte offset of output.log durably written to
+  the logs table and committed; while it advances, the wrapper keeps waiting for `drained`;
+- `drained`: created by the relay once all of output.log is written to the logs table and committed complete
+  after `result` appeared; the wrapper then terminates the instance (or after `drain_timeout_seconds` without
+  relay progress);
 - `wrapper.log` (644): the wrapper's own timestamped progress (no secrets); `env.sh`, `setup.sh`, `run.sh` (600).
 The pinned host key goes to `$EC2JOBS_ROOT/etc/ssh/ssh_host_ed25519_key{,.pub}`, the relay's key is appended to
 `~<ssh_user>/.ssh/authorized_keys` (`$EC2JOBS_ROOT/home/<ssh_user>` when EC2JOBS_ROOT is set), and the job's working

@@ -246,19 +246,29 @@ write_result() {
   log "result: phase=$PHASE exit_code=$CODE reason=$REASON"
 }
 
-# Step 7: the relay creates $STATE/relay/drained once it has read the whole output.
+# Step 7: the relay creates $STATE/relay/drained once the whole output is written to the logs table (not just
+# read). Until then it keeps $STATE/relay/progress at the byte offset it has durably written: a backlog (output
+# written faster than the logs table accepts it) drains for as long as that keeps advancing; DRAIN_TIMEOUT seconds
+# without progress (the relay is gone) end the wait. The OS-level shutdown scheduled in step 1 stays the hard bound.
 wait_drained() {
-  local end=$((EPOCHSECONDS + DRAIN_TIMEOUT))
-  log "waiting up to ${DRAIN_TIMEOUT}s for the log relay to drain the output"
+  local idle_end=$((EPOCHSECONDS + DRAIN_TIMEOUT)) seen=-1 mark
+  log "waiting for the log relay to drain the output (up to ${DRAIN_TIMEOUT}s without progress)"
   while :; do
     if [ -e "$STATE/relay/drained" ]; then
       log "drained marker found"
       return 0
     fi
-    ((EPOCHSECONDS < end)) || break
+    mark=
+    read -r mark 2>/dev/null <"$STATE/relay/progress"
+    if [[ $mark =~ ^[0-9]{1,18}$ ]] && ((10#$mark > seen)); then
+      ((seen < 0)) || log "the relay has written ${mark} bytes of the output"
+      seen=$((10#$mark))
+      idle_end=$((EPOCHSECONDS + DRAIN_TIMEOUT))
+    fi
+    ((EPOCHSECONDS < idle_end)) || break
     sleep 1
   done
-  log "no drained marker after ${DRAIN_TIMEOUT}s; terminating anyway"
+  log "no drained marker after ${DRAIN_TIMEOUT}s without relay progress; terminating anyway"
 }
 
 imds_get() {
