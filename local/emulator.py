@@ -127,17 +127,20 @@ def enable_iam_enforcement() -> None:
 def serve(port: int, enforce_iam: bool, simulate_instances: bool = False, sandbox_dir: str | None = None) -> None:
     install_network_guard()
     os.environ.setdefault("MOTO_AMIS_PATH", str(AMIS_FILE))  # read when moto's EC2 models are imported
-    from local import moto_patches
+    from local import moto_patches, strict_ec2
 
     moto_patches.apply()
+    strict_ec2.apply()  # EC2 as strict as AWS where moto is kinder (public IPv4 at launch)
     moto_patches.execute_state_machines()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    from local import faults
+    from local import ddb_partitions, faults, iam_conditions
 
+    ddb_partitions.install_from_environment()  # per-partition write limit; EC2JOBS_DDB_PARTITION_WCU=0: off
+    iam_conditions.install(server)  # conditions, boundaries, PassRole, instance roles: as AWS evaluates them
     if faults.install(server) is not None:  # EC2JOBS_FAULTS_FILE: the e2e fault matrix's plan
         logging.getLogger("ec2jobs.faults").warning("fault injection is on: %s", os.environ[faults.PLAN_ENV])
     host, bound_port = server.get_host_and_port()

@@ -49,6 +49,69 @@ def publish_state(account: str, region: str, instance_id: str, state: str) -> No
     )
 
 
+def _trusts_ec2(role: Any) -> bool:
+    """EC2 hands an instance its role's credentials only if the role's trust policy lets ec2.amazonaws.com assume it."""
+    try:
+        document = json.loads(role.assume_role_policy_document)
+    except (TypeError, ValueError):
+        return False
+    statements = document.get("Statement", [])
+    for statement in statements if isinstance(statements, list) else [statements]:
+        services = (statement.get("Principal") or {}).get("Service", []) if isinstance(statement, dict) else []
+        services = [services] if isinstance(services, str) else services
+        if statement.get("Effect") == "Allow" and "ec2.amazonaws.com" in services:
+            return True
+    return False
+
+
+class RoleCredentials:
+    """An instance's role credentials as EC2 delivers them through IMDS: an STS session of the instance profile's
+    role named after the instance id (which is how ec2:SourceInstanceARN is known), renewed before it expires."""
+
+    LIFETIME = 6 * 3600
+    RENEW_BEFORE = 15 * 60
+
+    def __init__(self, account: str, region: str, instance_id: str, role_arn: str) -> None:
+        self.account, self.region, self.instance_id, self.role_arn = account, region, instance_id, role_arn
+        self._lock = threading.Lock()
+        self._current: dict[str, str] | None = None
+        self._expires = 0.0
+
+    def __call__(self) -> dict[str, str]:
+        from moto.sts.models import sts_backends
+
+        with self._lock:
+            if self._current is None or time.time() > self._expires - self.RENEW_BEFORE:
+                session = sts_backends[self.account]["aws"].assume_role(
+                    region_name=self.region,
+                    role_session_name=self.instance_id,
+                    role_arn=self.role_arn,
+                    policy="",
+                    duration=self.LIFETIME,
+                    external_id="",
+                )
+                self._expires = time.time() + self.LIFETIME
+                self._current = {
+                    "Code": "Success",
+                    "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": session.access_key_id,
+                    "SecretAccessKey": session.secret_access_key,
+                    "Token": session.session_token,
+                    "Expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._expires)),
+                }
+            return dict(self._current)
+
+
+def instance_role(account: str, region: str, instance: Any) -> tuple[str, RoleCredentials] | None:
+    """(role name, credentials) of the instance profile the instance was launched with, or None."""
+    association = _ec2_backends()[account][region].iam_instance_profile_associations.get(str(instance.id))
+    roles = list(association.iam_instance_profile.roles) if association is not None else []
+    if not roles or not _trusts_ec2(roles[0]):
+        return None
+    return str(roles[0].name), RoleCredentials(account, region, str(instance.id), str(roles[0].arn))
+
+
 def _set_state(instance: Any, state: str) -> None:
     from moto.ec2.models.instances import InstanceState
 
@@ -109,8 +172,10 @@ class InstanceSimulator:
     def _launch(self, account: str, region: str, instance: Any) -> None:
         address = self._address()
         _set_state(instance, "pending")
-        instance.nics[0].public_ip = address
+        if instance.nics[0].public_ip:  # reachable at its (loopback) address; without one (local/strict_ec2.py) the
+            instance.nics[0].public_ip = address  # sandbox still boots there, but EC2 reports no public IPv4 address
         raw = base64.b64decode(str(instance.user_data)) if instance.user_data else b""
+        role = instance_role(account, region, instance)
         sandbox = InstanceSandbox(
             SandboxConfig(
                 instance_id=str(instance.id),
@@ -122,6 +187,8 @@ class InstanceSimulator:
                 ssh_port=int(os.environ.get("EC2JOBS_SANDBOX_SSH_PORT", "22")),
                 instance_type=str(instance.instance_type),
                 availability_zone=str(getattr(instance._placement, "zone", "") or ""),
+                instance_role=role[0] if role else "",
+                role_credentials=role[1] if role else None,
             )
         )
         self.sandboxes[str(instance.id)] = sandbox

@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 
 from controlplane.core.ids import job_id_for_idempotency_key
-from controlplane.core.provisioning import MANAGED_BY_TAG, TEAM_TAG
+from controlplane.core.provisioning import MANAGED_BY_TAG, SELF_TERMINATION_POLICY_NAME, TEAM_TAG, TeamResources
 from local import guard, runtime
 from local.faults import FaultPlan
 from tests.e2e.harness import (
@@ -38,8 +40,10 @@ from tests.e2e.harness import (
 )
 
 pytestmark = NEEDS_SANDBOXES
+T = TypeVar("T")
 TEAM = "matrix"
 NEW_TEAM = "matrix-new"  # its first job bootstraps a new instance profile (IAM propagation row)
+ROLE_TEAM = "matrix-role"  # its instance role's policy is changed to deny self-termination (its own role)
 OUTAGE_SECONDS = float(os.environ.get("EC2JOBS_OUTAGE_SECONDS", "150"))
 README = Path(__file__).resolve().parents[2] / "README.md"
 # Short graces so the reconciler's repairs show within the test (deployed defaults: 600 s / 120 s / 120 s).
@@ -47,9 +51,11 @@ SETTINGS = {
     "ORPHAN_GRACE_SECONDS": "20",
     "ENDED_GRACE_SECONDS": "30",  # well past a normal self-termination (seconds), even on a loaded machine
     "RELAY_STALE_SECONDS": "10",
-    "DRAIN_TIMEOUT_SECONDS": "600",  # a finished job's instance waits this long for the relay (outage row)
+    # DRAIN_TIMEOUT_SECONDS keeps its deployed default (300 s): the outage row's jobs finish during the outage and
+    # their instances wait that long for the relay to come back.
 }
 RECONCILE_EVERY = 5.0
+ENDED_GRACE = float(SETTINGS["ENDED_GRACE_SECONDS"])
 LATE_SECONDS = 10.0  # how late the out-of-order events arrive
 
 
@@ -78,15 +84,16 @@ class Row:
 class Matrix:
     local: Local
     plan: FaultPlan
-    new_team: Local
+    teams: dict[str, Local]  # the other teams' clients
     revoked_provider: str
     revoked_key: str
+    marker_dir: Path  # files the tests create for jobs that wait on them (the sandboxes share the host's /tmp)
 
     def rule(self, row: Row, kind: str, **match: Any) -> None:
         row.rules.append(self.plan.add(kind, **match))
 
     def client(self, row: Row) -> Local:
-        return self.new_team if row.team == NEW_TEAM else self.local
+        return self.teams.get(row.team, self.local)
 
     def job(self, row: Row) -> dict[str, Any]:
         status, job = self.client(row).call("GET", f"/jobs/{row.job_id}")
@@ -202,16 +209,38 @@ def _revoke_mid_job(m: Matrix, job_id: str) -> None:
     m.rule(row, "ssh_drop", job=job_id, bytes=1, times=1)
 
 
+SELF_TERMINATION_MARKER = "role-denied"
+MARKERS = Path(tempfile.gettempdir()) / f"ec2jobs-matrix-{os.getpid()}"  # the sandboxes' /tmp is the host's
+
+
 def _deny_self_termination(m: Matrix, job_id: str) -> None:
-    m.rule(ROWS_BY_NAME["instance self-termination fails"], "aws_error", service="ec2",
-           operation="TerminateInstances", job=job_id, access_key=guard.FAKE_ACCESS_KEY_ID,
-           code="UnauthorizedOperation", status=403,
+    """The instance role's own policy denies TerminateInstances (evaluated by the emulator as IAM would, for the
+    instance's role-session credentials); EC2's own shutdown behaviour (the `shutdown -h now` fallback, which acts as
+    EC2 itself, not with a key of ours) is failed by the fault plan."""
+    row = ROWS_BY_NAME["instance self-termination fails"]
+    m.rule(row, "aws_error", service="ec2", operation="TerminateInstances", job=job_id,
+           access_key=guard.FAKE_ACCESS_KEY_ID, code="UnauthorizedOperation", status=403,
            message="You are not authorized to perform this operation.")  # fmt: skip
+    m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text == "waiting\n")
+    deny = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "ec2:*", "Resource": "*"}]}
+    boto3.client("iam").put_role_policy(
+        RoleName=TeamResources("transformerlab", ROLE_TEAM).role,
+        PolicyName=SELF_TERMINATION_POLICY_NAME,
+        PolicyDocument=json.dumps(deny),
+    )
+    (m.marker_dir / SELF_TERMINATION_MARKER).touch()  # the job goes on now
+
+
+SPOT_TICKS = 110  # seconds the instance writes on after the warning (AWS reclaims it 120 s after it)
+SPOT_OUTPUT = "started\n" + lines(SPOT_TICKS, "tick")
+SPOT_RUN = f"echo started; sleep 1; for i in $(seq 1 {SPOT_TICKS}); do echo tick $i; sleep 1; done; sleep 600"
 
 
 def _interrupt_spot(m: Matrix, job_id: str) -> None:
+    """The warning ends the job at once; the instance writes on for almost AWS's two-minute notice, and every line
+    of it reaches the log (neither the relay nor the reconciler stops early); then AWS reclaims the instance."""
     row = ROWS_BY_NAME["spot interruption"]
-    m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text == "started\n")
+    m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text.startswith("started\n"))
     instance_id = m.job(row)["instance_id"]
     detail = {"instance-id": instance_id, "instance-action": "terminate"}
     boto3.client("events").put_events(
@@ -220,7 +249,9 @@ def _interrupt_spot(m: Matrix, job_id: str) -> None:
         ]
     )
     m.wait_for(row, lambda job, text: job["status"] == "FAILED", timeout=30)
-    boto3.client("ec2").terminate_instances(InstanceIds=[instance_id])  # AWS reclaims it (2 minutes later on AWS)
+    m.wait_for(row, lambda job, text: text == SPOT_OUTPUT, timeout=SPOT_TICKS + 60)  # streamed through the notice
+    assert _state(instance_id) == "running"  # the reconciler left it its notice window
+    boto3.client("ec2").terminate_instances(InstanceIds=[instance_id])  # AWS reclaims it
 
 
 ROWS: list[Row] = [
@@ -259,13 +290,15 @@ ROWS: list[Row] = [
     Row("provider credentials revoked mid-job", "EC2 rejects the provider's key (AuthFailure) from mid-job on, and "
         "the relay's connection drops right then", ("SUCCEEDED", None), {"run": SLOW_RUN}, SLOW,
         act=_revoke_mid_job),
-    Row("instance self-termination fails", "the instance's own TerminateInstances is denied (and so is its "
-        "shutdown fallback)", ("SUCCEEDED", None), {"run": FAST_RUN}, FAST, arrange=_deny_self_termination),
+    Row("instance self-termination fails", "the instance role's own policy denies its TerminateInstances (and its "
+        "shutdown fallback fails)", ("SUCCEEDED", None),
+        {"run": f"echo waiting; while [ ! -e {MARKERS / SELF_TERMINATION_MARKER} ]; do sleep 0.2; done; "
+         + FAST_RUN}, "waiting\n" + FAST, act=_deny_self_termination, team=ROLE_TEAM),
     Row("setup fails", "the setup script exits 2", ("FAILED", "SETUP_FAILED"),
         {"setup": "echo broken setup >&2; exit 2", "run": "echo never runs"}, "broken setup\n"),
-    Row("spot interruption", "an EC2 Spot Instance Interruption Warning for the instance", ("FAILED",
-        "SPOT_INTERRUPTED"), {"resources": {"accelerators": "T4", "use_spot": True}, "run": "echo started; sleep 600"},
-        "started\n", act=_interrupt_spot),
+    Row("spot interruption", "an EC2 Spot Instance Interruption Warning for the instance; it writes on for ~2 "
+        "minutes", ("FAILED", "SPOT_INTERRUPTED"), {"resources": {"accelerators": "T4", "use_spot": True},
+        "run": SPOT_RUN}, SPOT_OUTPUT, act=_interrupt_spot),
 ]  # fmt: skip
 ROWS_BY_NAME = {row.name: row for row in ROWS}
 OUTAGE_ROW = "control plane stopped while jobs run"
@@ -281,13 +314,17 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     plan = FaultPlan(workdir / "faults.json")
     local, saved = start_local(workdir, TEAM, settings=SETTINGS, reconcile_every=RECONCILE_EVERY, fault_plan=plan.path)
     try:
-        new_team = Local(local.plane, "", local.queue_url, token=local.plane.issue_token(NEW_TEAM))
-        new_team.provider_id = _provider(new_team, "new team")[0]
+        teams = {}
+        for team in (NEW_TEAM, ROLE_TEAM):
+            teams[team] = Local(local.plane, "", local.queue_url, token=local.plane.issue_token(team))
+            teams[team].provider_id = _provider(teams[team], team)[0]
         revoked_provider, revoked_key = _provider(local, "revoked later")
-        yield Matrix(local, plan, new_team, revoked_provider, revoked_key)
+        MARKERS.mkdir(exist_ok=True)
+        yield Matrix(local, plan, teams, revoked_provider, revoked_key, MARKERS)
     finally:
         local.plane.stop()
         forget_process_state(saved)
+        shutil.rmtree(MARKERS, ignore_errors=True)
 
 
 def _provider(local: Local, name: str) -> tuple[str, str]:
@@ -323,12 +360,26 @@ def _check(m: Matrix, row: Row, timeout: float = 240) -> dict[str, Any]:
     text, complete = client.logs(row.job_id)
     assert complete, row.name
     assert text == row.output, f"{row.name}: the log differs from what the job wrote"
-    launched = instances_of(row.job_id)
+    launched = _eventually(
+        lambda: instances_of(row.job_id),
+        lambda found: all(i["State"]["Name"] == "terminated" for i in found),
+        timeout=ENDED_GRACE + 2 * RECONCILE_EVERY + 30,  # a failed self-termination: the reconciler's ended grace
+    )
     assert len(launched) == row.instances, (row.name, [i["InstanceId"] for i in launched])
     assert all(i["State"]["Name"] == "terminated" for i in launched), row.name
     for rule in row.rules:
         assert m.plan.fired(rule), f"{row.name}: its fault ({rule}) never fired"
     return job
+
+
+def _eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
+    """Probe until `done` holds or `timeout` passes; the last probe's value (the caller asserts on it)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value) or time.monotonic() > end:
+            return value
+        time.sleep(0.5)
 
 
 def _launch_orphan() -> str:
@@ -388,8 +439,9 @@ def test_every_row_of_the_fault_matrix(matrix: Matrix) -> None:
     late = ROWS_BY_NAME["events out of order"]
     delayed = m.plan.fired(late.rules[0])
     assert delayed
-    time.sleep(max(0.0, max(f["at"] for f in delayed) + LATE_SECONDS + 1 - time.time()))  # they have arrived now
-    assert m.job(late)["instance_state"] == "terminated"  # a late event never moves the state backwards
+    arrived = max(f["at"] for f in delayed) + LATE_SECONDS  # when the last late event has been delivered
+    states = _eventually(lambda: (time.time(), m.job(late)["instance_state"]), lambda seen: seen[0] > arrived + 2, 30)
+    assert states[1] == "terminated"  # a late event never moves the state backwards
     assert "quota" in ended["vCPU quota exceeded"]["failure_message"].lower()
     assert ended["spot quota exceeded under use_spot: auto"]["market"] == "on-demand"
     revoked = ended["provider credentials revoked mid-job"]
@@ -419,7 +471,7 @@ def test_the_control_plane_stopped_while_jobs_run_then_started_again(matrix: Mat
 
 
 def test_nothing_is_left_running_and_no_job_is_left_unfinished(matrix: Matrix) -> None:
-    for client in (matrix.local, matrix.new_team):
+    for client in (matrix.local, *matrix.teams.values()):
         status, page = client.call("GET", "/jobs?limit=100")
         assert status == 200
         assert [j["job_id"] for j in page["jobs"] if j["status"] not in TERMINAL] == []

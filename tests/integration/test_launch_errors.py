@@ -139,6 +139,30 @@ def test_given_a_new_profile_not_yet_propagated_then_launch_retries_with_bounded
     assert len(instances_of(control_plane, state["job_id"])) == 1
 
 
+def test_given_a_token_that_would_replay_its_failure_then_each_propagation_retry_uses_a_new_recorded_token(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
+) -> None:
+    """EC2 does not document that a failed RunInstances leaves its ClientToken unused: if a retry with the same token
+    replayed the first failure, a new team's first launch could never succeed. Here EC2 does exactly that."""
+    state = launch_state(control_plane, tenant, workflow, G4DN_JOB)
+    failed_tokens: set[str] = set()
+
+    def replays(params: dict[str, Any]) -> bool:
+        seen = params["ClientToken"] in failed_tokens or len(failed_tokens) < 2  # the profile lags two requests
+        failed_tokens.add(params["ClientToken"])
+        return seen
+
+    provider_calls.fail("RunInstances", "InvalidParameterValue", PROFILE_NOT_READY, times=None, when=replays)
+
+    assert workflow.launch(state)["status"] == "PROVISIONING"
+
+    tokens = [request["ClientToken"] for request in provider_calls.requests("RunInstances")]
+    assert len(tokens) == 3
+    assert len(set(tokens)) == 3  # a new token for every retry
+    assert job(control_plane, tenant, state["job_id"])["launch_round"] == 2
+    assert len(instances_of(control_plane, state["job_id"])) == 1
+
+
 def test_given_a_profile_that_never_propagates_then_launch_error_within_60_seconds(
     control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: ProviderCalls
 ) -> None:

@@ -114,3 +114,29 @@ def test_duplicate_and_out_of_order_events_change_nothing_twice() -> None:
     assert "out of order" in late.action
     assert jobs.job == ended
     assert (jobs.job.status, jobs.job.instance_state) == (JobStatus.FAILED, "terminated")
+
+
+class Reasons:
+    """DescribeInstances' StateReason for the job's instance, as EC2 would answer it."""
+
+    def __init__(self, code: str = "", fails: bool = False) -> None:
+        self.code = code
+        self.fails = fails
+
+    def state_reason(self, job: Job) -> str:
+        if self.fails:
+            raise RuntimeError("DescribeInstances failed")
+        return self.code
+
+
+def test_a_spot_reclaim_whose_warning_was_missed_is_told_from_the_instances_state_reason() -> None:
+    # EC2 state-change events carry only instance-id and state: the reason must come from DescribeInstances.
+    jobs = FakeJobs(job(JobStatus.RUNNING))
+    InstanceEventsService(jobs, FakeLogs(), Reasons("Server.SpotInstanceTermination")).handle("i-1", "shutting-down")
+    assert jobs.job.failure_reason == "SPOT_INTERRUPTED"
+
+
+def test_an_unreadable_state_reason_still_ends_the_job() -> None:
+    jobs = FakeJobs(job(JobStatus.RUNNING))
+    InstanceEventsService(jobs, FakeLogs(), Reasons(fails=True)).handle("i-1", "terminated")
+    assert (jobs.job.status, jobs.job.failure_reason) == (JobStatus.FAILED, "INSTANCE_LOST")

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from controlplane.adapters import schema
 from controlplane.core import outcomes
 from controlplane.core.errors import Conflict, InvalidRequest, TransitionRefused
-from controlplane.core.lifecycle import ACTIVE, JobStatus, predecessors
+from controlplane.core.lifecycle import ACTIVE, FailureReason, JobStatus, predecessors
 from controlplane.core.models import BootstrapRecord, Job, Provider, utcnow
 from controlplane.core.ports import CachedImage, JobPage
 from controlplane.core.spec import TaskSpec
@@ -314,12 +314,13 @@ class DynamoJobStore:
 
     def claim_relay(self, job_id: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool:
         """Hold the job's relay lease for `owner` until `until`: granted when nobody holds it, it expired, or
-        `owner` holds it already; only while the job is PROVISIONING or RUNNING. One conditional UpdateItem (not a
-        state change: the version stays). False when another relay loop holds it or the job is in another state."""
+        `owner` holds it already; only while the job is PROVISIONING or RUNNING, or FAILED / SPOT_INTERRUPTED (its
+        instance streams on through AWS's two-minute notice). One conditional UpdateItem (not a state change: the
+        version stays). False when another relay loop holds it or the job is in another state."""
         return self._lease_write(
             job_id,
             "SET relay_owner = :owner, relay_lease_until = :until",
-            "#status IN (:provisioning, :running) AND "
+            "(#status IN (:provisioning, :running) OR (#status = :failed AND failure_reason = :spot)) AND "
             "(attribute_not_exists(relay_lease_until) OR relay_lease_until < :now OR relay_owner = :owner)",
             {
                 ":owner": owner,
@@ -327,6 +328,8 @@ class DynamoJobStore:
                 ":now": _instant(now),
                 ":provisioning": str(JobStatus.PROVISIONING),
                 ":running": str(JobStatus.RUNNING),
+                ":failed": str(JobStatus.FAILED),
+                ":spot": str(FailureReason.SPOT_INTERRUPTED),
             },
         )
 

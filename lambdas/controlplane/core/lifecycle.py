@@ -38,6 +38,7 @@ class FailureReason(StrEnum):
     MAX_RUNTIME = "MAX_RUNTIME"
     SPOT_INTERRUPTED = "SPOT_INTERRUPTED"
     INSTANCE_LOST = "INSTANCE_LOST"
+    NO_PUBLIC_ADDRESS = "NO_PUBLIC_ADDRESS"
 
 
 FAILURE_REASON_HELP: dict[FailureReason, str] = {
@@ -51,6 +52,8 @@ FAILURE_REASON_HELP: dict[FailureReason, str] = {
     FailureReason.MAX_RUNTIME: "The job exceeded max_runtime_minutes and its instance was terminated.",
     FailureReason.SPOT_INTERRUPTED: "AWS reclaimed the spot instance.",
     FailureReason.INSTANCE_LOST: "The instance ended without recording an exit status.",
+    FailureReason.NO_PUBLIC_ADDRESS: "The instance got no public IPv4 address (its subnet does not auto-assign "
+    "one), so the relay could not reach it; it was terminated. Turn on auto-assign in the default subnets.",
 }
 
 TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})

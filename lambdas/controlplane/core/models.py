@@ -17,6 +17,8 @@ TEAM_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 TEAM_ID_RULE = "1-32 characters: lowercase letters, digits and '-', starting with a letter or digit"
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 _ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
+# a customer managed policy's name, or its ARN (issue 13 section 4: the hardened provider policy's boundary)
+_BOUNDARY = re.compile(r"(arn:aws[a-z-]*:iam::\d{12}:policy/)?[\w+=,.@/-]{1,128}")
 REDACTED = "<redacted>"
 
 
@@ -45,6 +47,7 @@ class Provider(BaseModel):
     access_key_hint: str
     secret_arn: str
     created_at: dt.datetime
+    permissions_boundary: str | None = None  # the boundary its roles must carry (hardened policy); None: detect
 
     def public(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class Provider(BaseModel):
             "account_id": self.account_id,
             "user_arn": self.user_arn,
             "access_key_id": self.access_key_hint,
+            "permissions_boundary": self.permissions_boundary,
             "created_at": self.created_at.isoformat(),
         }
 
@@ -84,6 +88,7 @@ class Job(BaseModel):
     image_id: str | None = None
     availability_zone: str | None = None
     launch_zone: str | None = None  # the zone Launch is trying (a retried step resumes there)
+    launch_round: int = 0  # RunInstances retries after IAM propagation (each its own ClientToken; a retry resumes)
     ssh_host_key: str | None = None  # the public half of the job's pinned SSH host key
     instance_address: str | None = None  # the address the relay reached it at (kept if provider keys are revoked)
     relay_owner: str | None = None  # the relay loop (workflow execution) holding the relay lease
@@ -91,6 +96,7 @@ class Job(BaseModel):
     relay_restarts: int = 0  # relay loops the reconciler started after one died
     relay_restarted_at: dt.datetime | None = None
     notes: list[str] = Field(default_factory=list)
+    status_detail: str | None = None  # while PROVISIONING: why it is not RUNNING yet (no address, SSH not up, ...)
     source: str = "api"
     execution_arn: str | None = None
     request_hash: str | None = None
@@ -106,6 +112,8 @@ class Job(BaseModel):
         """What users see: everything except idempotency bookkeeping. Env values are redacted (they often carry
         tokens such as HF_TOKEN); the names stay visible."""
         body = self.model_dump(mode="json", exclude={"request_hash", "version"})
+        if self.status == JobStatus.PROVISIONING and self.status_detail:
+            body["notes"] = [*self.notes, f"not running yet: {self.status_detail}"]
         if self.spec is not None:
             spec = self.spec.model_dump(mode="json", exclude_none=True)
             spec["envs"] = {name: REDACTED for name in self.spec.envs}
@@ -126,6 +134,7 @@ class BootstrapRecord(BaseModel):
     instance_profile_name: str
     instance_profile_arn: str
     role_name: str
+    permissions_boundary_arn: str | None = None  # the boundary the role carries (hardened provider policy)
     notes: list[str] = Field(default_factory=list)
     created_at: dt.datetime
     schema_version: int = 1
@@ -140,6 +149,20 @@ class ProviderCreate(BaseModel):
     region: str = Field(description="default AWS region for this provider's jobs, e.g. us-east-1")
     access_key_id: str = Field(description="the IAM user's access key id")
     secret_access_key: SecretStr = Field(description="the IAM user's secret access key (write-only)")
+    permissions_boundary: str | None = Field(
+        default=None,
+        description="the permissions boundary (policy name or ARN) the hardened provider policy requires on the "
+        "roles ec2jobs creates, e.g. transformerlab-ec2-boundary; omit it to have ec2jobs detect the policy",
+    )
+
+    @field_validator("permissions_boundary")
+    @classmethod
+    def _boundary(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not _BOUNDARY.fullmatch(value.strip()):
+            raise ValueError("permissions_boundary must be an IAM policy name or a policy ARN")
+        return value.strip()
 
     @field_validator("name")
     @classmethod

@@ -44,10 +44,41 @@ VISIBILITY_GRACE_SECONDS = 600.0
 SPOT_NOTICE_SECONDS = 120.0
 
 
+# A running instance still without a public IPv4 address this long after launch has none: EC2 assigns it at launch.
+NO_ADDRESS_SECONDS = 120.0
+NO_ADDRESS_HELP = (
+    "the instance has no public IPv4 address, and the relay (outside any VPC) can reach it only there. Its subnet "
+    "(the region's default subnet in the Availability Zone) does not auto-assign public IPv4 addresses: turn it "
+    "on with `aws ec2 modify-subnet-attribute --subnet-id <subnet> --map-public-ip-on-launch` for the default "
+    "subnet of every Availability Zone jobs may use (or recreate the default VPC), then submit the job again"
+)
+
+
+def without_public_address(
+    state: str, public_ip: str | None, launched_at: dt.datetime | None, now: dt.datetime
+) -> bool:
+    """Running, long enough after launch for EC2 to have assigned a public address, and still none."""
+    if state != "running" or public_ip or launched_at is None:
+        return False
+    return (now - launched_at).total_seconds() >= NO_ADDRESS_SECONDS
+
+
 def not_yet_visible(job: Job, now: dt.datetime) -> bool:
     """Is a job's instance that DescribeInstances does not show still within the visibility grace?"""
     launched = job.launched_at or job.created_at
     return (now - launched).total_seconds() < VISIBILITY_GRACE_SECONDS
+
+
+def streams_after_end(job: Job, now: dt.datetime) -> bool:
+    """Does the relay keep streaming an ended job? Only a spot-interrupted one, through AWS's two-minute notice (plus
+    a minute's margin): its instance still runs and writes; the job's end is already decided."""
+    return (
+        job.status == JobStatus.FAILED
+        and job.failure_reason == FailureReason.SPOT_INTERRUPTED
+        and job.instance_id is not None
+        and job.ended_at is not None
+        and (now - job.ended_at).total_seconds() < SPOT_NOTICE_SECONDS + 60
+    )
 
 
 def ended_job_grace(job: Job, ended_grace_seconds: float) -> float:

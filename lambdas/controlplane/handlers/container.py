@@ -112,12 +112,23 @@ def instance_events() -> InstanceEventsService:
     if _instance_events is None:
         from controlplane import config
         from controlplane.adapters import aws
+        from controlplane.adapters.dynamodb import DynamoProviderStore
         from controlplane.adapters.logs import DynamoLogStore
+        from controlplane.adapters.secrets import SecretsManagerStore
+        from controlplane.core.ports import ProviderCredentials
         from controlplane.service.instance_events import InstanceEventsService
+        from controlplane.service.relay import ProviderInstanceLocator
 
         settings = config.get()
         logs = DynamoLogStore(aws.resource("dynamodb").Table(settings.logs_table), settings.log_retention_days)
-        _instance_events = InstanceEventsService(job_store(), logs)
+        state = aws.resource("dynamodb").Table(settings.state_table)
+        secrets = SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix)
+
+        def clients(service: str, credentials: ProviderCredentials, region: str) -> Any:
+            return aws.provider_client(service, credentials, region)
+
+        reasons = ProviderInstanceLocator(DynamoProviderStore(state), secrets, clients)
+        _instance_events = InstanceEventsService(job_store(), logs, reasons)
     return _instance_events
 
 
@@ -226,11 +237,12 @@ def _pipeline_from_environment() -> Pipeline:
             profile_propagation_wait_seconds=settings.profile_propagation_wait_seconds,
         ),
     )
+    locator = ProviderInstanceLocator(providers, secrets, clients)
     relay = RelayService(
         jobs,
         DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
         secrets,
-        ProviderInstanceLocator(providers, secrets, clients),
+        locator,
         SshConnector(),
         RelaySettings(
             ssh_user=settings.ssh_user,
@@ -239,5 +251,6 @@ def _pipeline_from_environment() -> Pipeline:
             flush_interval_seconds=settings.log_flush_seconds,
         ),
         lease=jobs,
+        terminator=locator,
     )
     return Pipeline(jobs, providers, secrets, IntakeService(jobs, providers), bootstrap, launch, relay)

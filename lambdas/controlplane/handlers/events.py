@@ -25,6 +25,6 @@ def instance_state(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if not instance_id or not state:
         logger.warning("not an EC2 state-change event", extra={"detail_type": event.get("detail-type")})
         return {"handled": False}
-    handled = container.instance_events().handle(instance_id, state, str(detail.get("state-reason", "")))
+    handled = container.instance_events().handle(instance_id, state)  # the reason: DescribeInstances' StateReason
     logger.info("instance state change", extra={"instance_id": instance_id, "state": state, "action": handled.action})
     return {"handled": handled.job_id is not None, "job_id": handled.job_id, "action": handled.action}

@@ -37,10 +37,29 @@ class Handled:
     action: str
 
 
+class InstanceReason(Protocol):
+    """Why EC2 ended an instance: DescribeInstances' StateReason code, with the provider's keys (seed policy)."""
+
+    def state_reason(self, job: Job) -> str: ...
+
+
 class InstanceEventsService:
-    def __init__(self, jobs: InstanceJobs, logs: LogProgressStore) -> None:
+    def __init__(self, jobs: InstanceJobs, logs: LogProgressStore, reasons: InstanceReason | None = None) -> None:
         self.jobs = jobs
         self.logs = logs
+        self.reasons = reasons
+
+    def _state_reason(self, job: Job) -> str:
+        """EC2 state-change events carry no reason (their detail is instance-id and state), so a spot reclaim whose
+        warning was missed is told from DescribeInstances' StateReason (Server.SpotInstanceTermination), as the
+        reconciler and the relay read it. Empty when it cannot be read (the job then ends INSTANCE_LOST)."""
+        if self.reasons is None:
+            return ""
+        try:
+            return self.reasons.state_reason(job)
+        except Exception:  # noqa: BLE001 - the reason is a refinement; the job must end either way
+            logger.warning("could not read the instance's state reason", extra={"job_id": job.job_id})
+            return ""
 
     def spot_interruption(self, instance_id: str) -> Handled:
         """AWS reclaims the spot instance in two minutes: the job cannot finish. It ends FAILED / SPOT_INTERRUPTED
@@ -61,7 +80,7 @@ class InstanceEventsService:
             )
         return Handled(job.job_id, "ended SPOT_INTERRUPTED")
 
-    def handle(self, instance_id: str, state: str, state_reason: str = "") -> Handled:
+    def handle(self, instance_id: str, state: str) -> Handled:
         job = self.jobs.by_instance(instance_id)
         if job is None:
             return Handled(None, "not an ec2jobs instance")
@@ -70,7 +89,7 @@ class InstanceEventsService:
         self.jobs.set_instance_state(job.job_id, state)
         if state not in ENDED_STATES or job.status.terminal:
             return Handled(job.job_id, f"recorded {state}")
-        reason, message = outcomes.lost_instance(job, state_reason, utcnow())
+        reason, message = outcomes.lost_instance(job, self._state_reason(job), utcnow())
         with contextlib.suppress(TransitionRefused):  # the relay finished it meanwhile: keep that
             self.jobs.transition(
                 job.job_id, JobStatus.FAILED, fields={"failure_reason": reason, "failure_message": message}

@@ -62,12 +62,21 @@ class LaunchSettings:
     profile_propagation_wait_seconds: float
 
 
-def client_token(team_id: str, job_id: str, zone: str | None, market: Market = Market.ON_DEMAND) -> str:
-    """Deterministic per (team, job, zone, market) attempt; 56 ASCII characters (EC2 allows 64). Hashed so that job
-    ids users choose cannot collide with another team's or another tool's tokens in the same account. A spot and an
-    on-demand request in the same zone are different requests, so they get different tokens (one token for two
-    requests is IdempotentParameterMismatch); on-demand tokens are the ones earlier releases sent."""
+def client_token(
+    team_id: str, job_id: str, zone: str | None, market: Market = Market.ON_DEMAND, round_: int = 0
+) -> str:
+    """Deterministic per (team, job, zone, market, round) attempt; 56 ASCII characters (EC2 allows 64). Hashed so
+    that job ids users choose cannot collide with another team's or another tool's tokens in the same account. A spot
+    and an on-demand request in the same zone are different requests, so they get different tokens (one token for two
+    requests is IdempotentParameterMismatch); on-demand round-0 tokens are the ones earlier releases sent.
+
+    `round_` counts the retries after an instance profile IAM has not propagated yet. EC2 documents what a repeated
+    *successful* request returns for its token, not whether a failed one keeps its token; if it did, a retry with the
+    same token could replay the first failure and a new team's first launch would never succeed. So each such retry
+    uses a new round, recorded on the job before the request (a retried step resumes with the same token)."""
     material = f"{team_id}\x00{job_id}\x00{zone or ''}" + ("\x00spot" if market == Market.SPOT else "")
+    if round_:
+        material += f"\x00round{round_}"
     digest = hashlib.sha256(material.encode()).hexdigest()
     return f"ec2jobs-{digest[:48]}"
 
@@ -291,11 +300,12 @@ class LaunchService:
         spot_why: str | None = None  # why auto left spot, for the on-demand attempt's failure message
         waited = 0.0
         backoff = 2.0
+        round_ = job.launch_round  # profile-propagation retries so far (each with its own ClientToken)
         while True:
             if time_left() < TIME_RESERVE_SECONDS:
                 raise UpstreamUnavailable("the launch step is running out of time; the workflow retries it")
             spot = market == Market.SPOT
-            attempt = dict(request, ClientToken=client_token(job.team_id, job.job_id, zone, market))
+            attempt = dict(request, ClientToken=client_token(job.team_id, job.job_id, zone, market, round_))
             if spot:
                 attempt["InstanceMarketOptions"] = SPOT_OPTIONS
             if zone:
@@ -324,6 +334,8 @@ class LaunchService:
                     self.sleep(pause)
                     waited += pause
                     backoff *= 2
+                    round_ += 1
+                    self._remember_round(job, round_)
                     continue
                 self.bootstrap.forget(job.provider_id, job.region)
                 raise JobFailed(
@@ -370,6 +382,14 @@ class LaunchService:
             fields["notes"] = list(dict.fromkeys([*job.notes, note]))
         try:
             self.jobs.update(job.job_id, fields, expected=JobStatus.LAUNCHING)
+        except TransitionRefused:
+            raise JobNotActive(f"job {job.job_id} stopped launching (cancelled?)") from None
+
+    def _remember_round(self, job: Job, round_: int) -> None:
+        """Record the next profile-propagation round before its request (a new ClientToken), so that a retried step
+        repeats exactly the request that may have succeeded."""
+        try:
+            self.jobs.update(job.job_id, {"launch_round": round_}, expected=JobStatus.LAUNCHING)
         except TransitionRefused:
             raise JobNotActive(f"job {job.job_id} stopped launching (cancelled?)") from None
 

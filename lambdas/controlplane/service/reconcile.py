@@ -9,6 +9,9 @@ batched DescribeInstances of the instances ec2jobs launched for that team, then 
   launch, and confirmed by DescribeInstances by id — not found) → FAILED with the reason its end implies
   (SPOT_INTERRUPTED / MAX_RUNTIME / INSTANCE_LOST), log complete; within that grace a missing instance is "not yet
   visible" (DescribeInstances is eventually consistent), the same rule the relay follows;
+- a running instance with no public IPv4 address 2 minutes after launch (its subnet does not auto-assign one; the
+  relay, outside any VPC, can never reach it) → terminated, FAILED / NO_PUBLIC_ADDRESS (the relay's own check,
+  repeated here in case no relay loop runs);
 - a live instance past the job's deadline (max runtime + grace + boot allowance) → terminated, FAILED / MAX_RUNTIME;
 - a live instance whose relay loop died (its relay lease expired, or was never taken) → a relay-only execution
   resumes streaming from the committed offset (the wrapper keeps the instance up until its output is drained);
@@ -262,6 +265,11 @@ class Reconciler:
             reason, message = outcomes.lost_instance(job, reason_code, now)
             self._fail(job, reason, message, report, instance_state=state)
             return
+        if instance is not None and self._unreachable(job, instance, state, now):
+            ec2.terminate([str(job.instance_id)])
+            report.terminated.append(str(job.instance_id))
+            self._fail(job, FailureReason.NO_PUBLIC_ADDRESS, outcomes.NO_ADDRESS_HELP, report)
+            return
         if job.deadline_at is not None and now > job.deadline_at:
             ec2.terminate([str(job.instance_id)])
             report.terminated.append(str(job.instance_id))
@@ -274,6 +282,14 @@ class Reconciler:
             )
             return
         self._keep_relayed(job, now, report)
+
+    @staticmethod
+    def _unreachable(job: Job, instance: dict[str, Any], state: str, now: dt.datetime) -> bool:
+        """Running without a public IPv4 address (and never reached at one): the relay can never reach it."""
+        launched = instance.get("LaunchTime")
+        launched_at = launched if isinstance(launched, dt.datetime) else None
+        public_ip = instance.get("PublicIpAddress") or job.instance_address
+        return outcomes.without_public_address(state, public_ip, launched_at, now)
 
     @staticmethod
     def _confirm(ec2: Ec2Account, instance_id: str) -> dict[str, Any] | None:

@@ -28,12 +28,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controlplane.adapters.logs import DynamoLogStore
-from controlplane.adapters.ssh import ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
+from controlplane.adapters.logs import DynamoLogStore, LogWriteAbandoned
+from controlplane.adapters.ssh import STATE_DIR, ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
 from controlplane.core import logchunks, outcomes
 from controlplane.core.errors import TransitionRefused
 from controlplane.core.launch_errors import AUTH_CODES
-from controlplane.core.lifecycle import JobStatus
+from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStore, SecretStore
 
@@ -44,6 +44,7 @@ TIME_RESERVE_SECONDS = 15.0
 LOOP_GAP_SECONDS = 60.0  # after an invocation ends, its loop renews the lease within this (else: it died)
 LEASE_MARGIN_SECONDS = 10.0
 WRITE_OVERRUN_SECONDS = 120.0  # how long past its budget an invocation may still write (last flush, drain)
+DRAIN_REPORT_SECONDS = 5.0  # at most this often, the wrapper learns the committed offset (its drain wait follows it)
 DIRECT_OWNER = "direct"  # invocations outside a workflow execution (tests, benchmarks, operators)
 
 
@@ -68,6 +69,7 @@ class Located:
     state: str  # the EC2 instance state name
     state_reason: str = ""  # EC2's StateReason code, e.g. Server.SpotInstanceTermination
     unverified: str = ""  # why the address is the recorded one, not a fresh DescribeInstances answer
+    launched_at: dt.datetime | None = None  # EC2's LaunchTime
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class InstanceLocator(Protocol):
     def locate(self, job: Job) -> Located: ...
 
 
+class InstanceTerminator(Protocol):
+    def terminate(self, job: Job) -> None: ...
+
+
 class RelayLease(Protocol):
     """The job's relay lease (adapters/dynamodb.py DynamoJobStore)."""
 
@@ -117,8 +123,10 @@ class RelayService:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         lease: RelayLease | None = None,
+        terminator: InstanceTerminator | None = None,
     ) -> None:
         self.lease = lease
+        self.terminator = terminator
         self.jobs = jobs
         self.logs = logs
         self.secrets = secrets
@@ -135,12 +143,13 @@ class RelayService:
         job = self.jobs.get(job_id)
         if job is None:
             return RelayOutcome(True, "the job does not exist")
-        if job.status.terminal:
+        streams_on = outcomes.streams_after_end(job, utcnow())  # spot-interrupted: the instance writes on
+        if job.status.terminal and not streams_on:
             progress = self.logs.progress(job_id)
             if not progress.complete:
                 self.logs.commit(job_id, progress.committed, complete=True)
             return RelayOutcome(True, f"the job is {job.status}")
-        if job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING} or not job.ssh_host_key:
+        if (job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING} and not streams_on) or not job.ssh_host_key:
             # Only reachable if the relay ran before Launch recorded an instance: nothing to wait for here, and
             # returning "not finished" would make the workflow loop without pause.
             return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
@@ -183,7 +192,11 @@ class RelayService:
                 self._instance_gone(job, located)
                 return RelayOutcome(True, f"the instance is {located.state}", relayed, connections)
             if located.host is None:
+                if self._without_public_address(located):
+                    self._no_public_address(job)
+                    return RelayOutcome(True, "the instance has no public IPv4 address", relayed, connections)
                 last_reason = located.unverified or f"the instance is {located.state} and has no address yet"
+                job = self._waiting(job, last_reason)
             else:
                 job = self._remember_address(job, located.host)
                 try:
@@ -194,11 +207,12 @@ class RelayService:
                     )
                 except InstanceNotReady as not_ready:
                     last_reason = not_ready.reason
+                    job = self._waiting(job, f"the instance is {located.state}; SSH: {not_ready.reason}")
                 else:
                     connections += 1
                     try:
                         job = self._running(job)
-                        if job.status.terminal:
+                        if job.status.terminal and not outcomes.streams_after_end(job, utcnow()):
                             return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
                         outcome = self._stream(session, job, deadline, write_until)
                         relayed += outcome.relayed_bytes
@@ -223,6 +237,38 @@ class RelayService:
             self.sleep(pause)
             backoff = min(backoff * 2, self.settings.max_backoff_seconds)
         return RelayOutcome(False, f"budget used; {last_reason}", relayed, connections)
+
+    def _waiting(self, job: Job, why: str) -> Job:
+        """While PROVISIONING, say on the job why it is not RUNNING yet (API `status_detail`, and in `notes`);
+        written only when the reason changes."""
+        if job.status != JobStatus.PROVISIONING or job.status_detail == why:
+            return job
+        try:
+            return self.jobs.update(job.job_id, {"status_detail": why}, expected=JobStatus.PROVISIONING)
+        except TransitionRefused:
+            return self.jobs.get(job.job_id) or job
+
+    @staticmethod
+    def _without_public_address(located: Located) -> bool:
+        """Running, long enough after launch for EC2 to have assigned any public address, and still none."""
+        if located.unverified:
+            return False
+        return outcomes.without_public_address(located.state, located.host, located.launched_at, utcnow())
+
+    def _no_public_address(self, job: Job) -> None:
+        """Nothing can reach the instance: end the job FAILED / NO_PUBLIC_ADDRESS and terminate the instance now
+        (it would otherwise bill until its deadline)."""
+        if self.terminator is not None:
+            try:
+                self.terminator.terminate(job)
+            except Exception:  # noqa: BLE001 - the reconciler terminates an ended job's instance if this failed
+                logger.warning("could not terminate an instance without a public address", extra={"job_id": job.job_id})
+        fields = {"failure_reason": FailureReason.NO_PUBLIC_ADDRESS, "failure_message": outcomes.NO_ADDRESS_HELP}
+        with contextlib.suppress(TransitionRefused):
+            self.jobs.transition(job.job_id, JobStatus.FAILED, fields=fields)
+        progress = self.logs.progress(job.job_id)
+        self.logs.commit(job.job_id, progress.committed, complete=True)
+        logger.warning("the job's instance has no public address", extra={"job_id": job.job_id})
 
     def _remember_address(self, job: Job, host: str) -> Job:
         """Keep the address on the job: if the provider's keys are revoked mid-job, the relay still reaches it."""
@@ -265,6 +311,10 @@ class RelayService:
         channel = session.stream(offset, poll_seconds=min(0.1, settings.flush_interval_seconds))
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-write")
         in_flight: Future[None] | None = None
+        in_flight_end = offset
+        committed = offset  # written and committed: what the drain progress reports
+        reported = offset
+        last_report = 0.0
         pending = bytearray()
         pending_since = 0.0
         last_data = self.clock()
@@ -273,13 +323,14 @@ class RelayService:
         result: dict[str, str] | None = None
 
         def settle() -> None:
-            nonlocal in_flight
+            nonlocal in_flight, committed
             if in_flight is not None:
                 done, in_flight = in_flight, None
                 done.result()  # re-raises a failed write here
+                committed = in_flight_end
 
         def flush(final: bool) -> None:
-            nonlocal offset, in_flight
+            nonlocal offset, in_flight, in_flight_end
             ready = logchunks.ready_bytes(pending, final)
             if ready <= 0:
                 return
@@ -288,6 +339,7 @@ class RelayService:
             settle()
             in_flight = writer.submit(self._store, job.job_id, offset, data, write_until)
             offset += ready
+            in_flight_end = offset
 
         def lost(reason: str) -> ConnectionLost:
             flush(final=False)
@@ -327,6 +379,11 @@ class RelayService:
                     result, size = session.status()
                     if result is not None:
                         final_size = size
+                if committed > reported and now - last_report >= DRAIN_REPORT_SECONDS:
+                    # After the job ended, the wrapper keeps the instance up while this advances (a backlog drains
+                    # at the write rate; the status poll only comes once the stream goes quiet).
+                    reported, last_report = committed, now
+                    self._report_drain(session, committed)
                 if final_size is not None and offset + len(pending) >= final_size:
                     flush(final=True)
                     settle()
@@ -345,6 +402,13 @@ class RelayService:
                 wait([in_flight])
             writer.shutdown(wait=True)
 
+    def _report_drain(self, session: SshSession, committed: int) -> None:
+        """Tell the wrapper how far the output is durably written (`relay/progress`, replaced atomically): while it
+        advances, the wrapper keeps waiting for `drained` (it gives up after DRAIN_TIMEOUT without progress)."""
+        path = f"{STATE_DIR}/relay/progress"
+        with contextlib.suppress(ConnectionLost):  # best effort: the stream notices a dead connection itself
+            session.run(f"printf '%s\\n' {int(committed)} > {path}.tmp && mv -f {path}.tmp {path}")
+
     def _mark_drained(self, session: SshSession, job: Job) -> None:
         """Tell the wrapper it may terminate the instance now (else it waits out DRAIN_TIMEOUT_SECONDS, billing)."""
         for attempt in range(3):
@@ -359,9 +423,18 @@ class RelayService:
 
     def _store(self, job_id: str, offset: int, data: bytes, write_until: float = float("inf")) -> None:
         """Write the chunks, then (only then) commit the offset after them — never once the lease has ended."""
+        expired = f"job {job_id}: this relay invocation's lease has ended; another loop may own it"
         if self.clock() > write_until:
-            raise LeaseExpired(f"job {job_id}: this relay invocation's lease has ended; another loop may own it")
-        self.logs.write(job_id, logchunks.cut(offset, data, self.settings.chunk_bytes))
+            raise LeaseExpired(expired)
+        chunks = logchunks.cut(offset, data, self.settings.chunk_bytes)
+        try:  # throttled chunks are retried until written (write returns only then), never past the lease
+            self.logs.write(job_id, chunks, give_up=lambda: self.clock() > write_until)
+        except LogWriteAbandoned:
+            if self.clock() > write_until:
+                raise LeaseExpired(expired) from None
+            raise
+        if self.clock() > write_until:  # a long throttled write: the lease may have ended meanwhile
+            raise LeaseExpired(expired)
         self.logs.commit(job_id, offset + len(data))
 
     def _finish(self, job: Job, result: dict[str, str]) -> None:
@@ -419,8 +492,24 @@ class ProviderInstanceLocator:
             # (eventual consistency); past the visibility grace, this is the confirmation that it is gone.
             return Located(None, "pending" if outcomes.not_yet_visible(job, utcnow()) else "terminated")
         instance = found[0]
+        launched = instance.get("LaunchTime")
         return Located(
             instance.get("PublicIpAddress"),
             str(instance.get("State", {}).get("Name", "pending")),
             str(instance.get("StateReason", {}).get("Code", "")),
+            launched_at=launched if isinstance(launched, dt.datetime) else None,
         )
+
+    def state_reason(self, job: Job) -> str:
+        """EC2's StateReason code for the job's instance (e.g. Server.SpotInstanceTermination); "" if unknown."""
+        return self.locate(job).state_reason
+
+    def terminate(self, job: Job) -> None:
+        """Terminate the job's instance with its provider's keys (ec2:TerminateInstances, in the seed policy)."""
+        from controlplane.adapters.ec2 import Ec2Account
+
+        provider = self.providers.get(job.team_id, job.provider_id)
+        if provider is None or not job.instance_id:
+            return
+        credentials = self.secrets.get_provider_credentials(provider.secret_arn)
+        Ec2Account(self.clients("ec2", credentials, job.region), job.region).terminate([job.instance_id])
