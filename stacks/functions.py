@@ -157,7 +157,10 @@ INSTANCE_EVENTS = FunctionSpec(
     handler=INSTANCE_EVENTS_HANDLER,
     description="ec2jobs EC2 instance state changes, recorded on the instance's job",
     timeout_seconds=30,
-    tables={JOBS: RW, LOGS: RW},
+    # STATE + the provider's key: DescribeInstances' StateReason tells a spot reclaim whose warning was missed
+    # (EC2 state-change events carry no reason).
+    tables={JOBS: RW, STATE: R, LOGS: RW},
+    secrets={SecretKind.PROVIDER_KEYS: SECRET_READ},
     publishes_events=True,
 )
 RECONCILE = FunctionSpec(

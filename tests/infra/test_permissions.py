@@ -53,7 +53,10 @@ USES: dict[str, Uses] = {
     HANDLERS["launch"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
     HANDLERS["relay"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET}),
     HANDLERS["record_failure"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}),
-    "controlplane.handlers.events.instance_state": Uses({"jobs": WRITE, "logs": WRITE}),
+    # state + provider keys: DescribeInstances' StateReason (a spot reclaim whose warning was missed)
+    "controlplane.handlers.events.instance_state": Uses(
+        {"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}
+    ),
     # it restarts dead relay loops (a relay-only execution)
     "controlplane.handlers.reconcile.handler": Uses(
         {"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}, starts_workflow=True

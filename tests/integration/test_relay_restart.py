@@ -195,12 +195,13 @@ def test_an_invocation_writes_nothing_once_its_lease_has_ended(
 
     from controlplane.handlers import container
     from controlplane.service.relay import LeaseExpired
+    from controlplane.service.relay_lease import LeaseHold
 
     job_id = launched(control_plane, tenant, workflow)["job_id"]
     relay = container.pipeline().relayer
 
     with pytest.raises(LeaseExpired):
-        relay._store(job_id, 0, b"late line\n", write_until=relay.clock() - 1)
+        relay._store(job_id, 0, b"late line\n", LeaseHold.ended(relay.clock))
 
     assert relay.logs.progress(job_id).committed == 0
     assert relay.logs.chunks(job_id, 0, 1 << 20) == []

@@ -10,8 +10,9 @@ the file's final size, commit the log as complete, record the outcome on the job
 wrapper waits for before it terminates the instance. A dropped connection resumes from the committed offset.
 
 At most one relay loop streams a job: each invocation first claims the job's relay lease (a conditional write on
-the job) for as long as it can possibly run (its Lambda's remaining time, the hard kill bound), so even a loop
-killed mid-stream cannot write after its lease ends. An invocation that ends normally shortens the lease to
+the job) for LEASE_SECONDS and renews it while it streams, never past its Lambda's remaining time (service/
+relay_lease.py); it writes nothing once its own hold has ended, so a loop killed mid-stream cannot write after its
+lease ends, and a dead loop's lease ends within LEASE_SECONDS. An invocation that ends normally shortens the lease to
 LOOP_GAP_SECONDS, within which its loop comes back. A lease nobody renews means the loop died: the reconciler
 starts a relay-only execution, which claims the lease and resumes from the committed offset; a stale loop that
 comes back later finds the lease taken and stops.
@@ -36,14 +37,13 @@ from controlplane.core.launch_errors import AUTH_CODES
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStore, SecretStore
+from controlplane.service.relay_lease import LEASE_SECONDS, LeaseHold, RelayLease
 
 logger = logging.getLogger(__name__)
 
 GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 TIME_RESERVE_SECONDS = 15.0
 LOOP_GAP_SECONDS = 60.0  # after an invocation ends, its loop renews the lease within this (else: it died)
-LEASE_MARGIN_SECONDS = 10.0
-WRITE_OVERRUN_SECONDS = 120.0  # how long past its budget an invocation may still write (last flush, drain)
 DRAIN_REPORT_SECONDS = 5.0  # at most this often, the wrapper learns the committed offset (its drain wait follows it)
 DIRECT_OWNER = "direct"  # invocations outside a workflow execution (tests, benchmarks, operators)
 
@@ -61,6 +61,7 @@ class RelaySettings:
     stall_seconds: float = 20.0  # the job ended but the stream delivers nothing: reconnect
     idle_before_status_seconds: float = 0.3
     max_backoff_seconds: float = 10.0
+    lease_seconds: float = LEASE_SECONDS  # a dead relay's lease ends within this (service/relay_lease.py)
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,6 @@ class InstanceLocator(Protocol):
 
 class InstanceTerminator(Protocol):
     def terminate(self, job: Job) -> None: ...
-
-
-class RelayLease(Protocol):
-    """The job's relay lease (adapters/dynamodb.py DynamoJobStore)."""
-
-    def claim_relay(self, job_id: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool: ...
-    def shorten_relay(self, job_id: str, owner: str, until: dt.datetime) -> bool: ...
 
 
 def _no_deadline() -> float:
@@ -154,18 +148,14 @@ class RelayService:
             # returning "not finished" would make the workflow loop without pause.
             return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
         budget = min(self.settings.budget_seconds, time_left() - TIME_RESERVE_SECONDS)
-        write_until = float("inf")  # the lease's end (monotonic): this invocation writes nothing after it
-        if self.lease is not None:
-            # Held past this invocation's budget (its last flush, the drain); it never writes after the lease ends:
-            # _store checks, and the Lambda's own timeout is a hard bound too.
-            hold = min(time_left(), self.settings.budget_seconds + WRITE_OVERRUN_SECONDS)
-            now = utcnow()
-            if not self.lease.claim_relay(job_id, owner, now + dt.timedelta(seconds=hold + LEASE_MARGIN_SECONDS), now):
-                return self._not_claimed(job_id)
-            write_until = self.clock() + hold
-        outcome = self._relay(job, budget, write_until)
-        if self.lease is not None and not outcome.finished:
-            self.lease.shorten_relay(job_id, owner, utcnow() + dt.timedelta(seconds=LOOP_GAP_SECONDS))
+        # A short lease, renewed while this invocation streams (its last flush and the drain included), never past
+        # the Lambda's remaining time; nothing is written once this invocation's hold has ended (_store checks).
+        hold = LeaseHold(job_id, owner, self.lease, self.clock, time_left, self.settings.lease_seconds)
+        if not hold.claim():
+            return self._not_claimed(job_id)
+        outcome = self._relay(job, budget, hold)
+        if not outcome.finished:
+            hold.release_for(LOOP_GAP_SECONDS)
         return outcome
 
     def _not_claimed(self, job_id: str) -> RelayOutcome:
@@ -177,7 +167,7 @@ class RelayService:
         logger.info("another relay loop holds the lease", extra={"job_id": job_id, "owner": job.relay_owner})
         return RelayOutcome(True, f"another relay loop streams this job's output ({job.relay_owner}); this one stops")
 
-    def _relay(self, job: Job, budget: float, write_until: float) -> RelayOutcome:
+    def _relay(self, job: Job, budget: float, hold: LeaseHold) -> RelayOutcome:
         job_id, host_key = job.job_id, str(job.ssh_host_key)
         deadline = self.clock() + max(0.0, budget)
         team_key = self.secrets.team_key(job.team_id)
@@ -187,6 +177,7 @@ class RelayService:
         connections = 0
         last_reason = "not connected yet"
         while self.clock() < deadline:
+            hold.renew_if_due()
             located = self.locator.locate(job)
             if located.state in GONE_STATES:
                 self._instance_gone(job, located)
@@ -214,7 +205,7 @@ class RelayService:
                         job = self._running(job)
                         if job.status.terminal and not outcomes.streams_after_end(job, utcnow()):
                             return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
-                        outcome = self._stream(session, job, deadline, write_until)
+                        outcome = self._stream(session, job, deadline, hold)
                         relayed += outcome.relayed_bytes
                         drops = 0
                         backoff = 1.0
@@ -301,7 +292,7 @@ class RelayService:
         except TransitionRefused:
             return self.jobs.get(job.job_id) or job
 
-    def _stream(self, session: SshSession, job: Job, deadline: float, write_until: float) -> RelayOutcome:
+    def _stream(self, session: SshSession, job: Job, deadline: float, hold: LeaseHold) -> RelayOutcome:
         """Follow the output from the committed offset. Writing to DynamoDB overlaps reading the next bytes (one
         write in flight at a time, so commits stay in order); every exit waits for that write first."""
         settings = self.settings
@@ -337,7 +328,7 @@ class RelayService:
             data = bytes(pending[:ready])
             del pending[:ready]
             settle()
-            in_flight = writer.submit(self._store, job.job_id, offset, data, write_until)
+            in_flight = writer.submit(self._store, job.job_id, offset, data, hold)
             offset += ready
             in_flight_end = offset
 
@@ -348,6 +339,7 @@ class RelayService:
 
         try:
             while True:
+                hold.renew_if_due()
                 if in_flight is not None and in_flight.done():
                     settle()  # a failed write surfaces now, not at the next flush
                 now = self.clock()
@@ -421,19 +413,25 @@ class RelayService:
         logger.warning("could not write the drained marker; the instance stops after its drain timeout",
                        extra={"job_id": job.job_id})  # fmt: skip
 
-    def _store(self, job_id: str, offset: int, data: bytes, write_until: float = float("inf")) -> None:
+    def _store(self, job_id: str, offset: int, data: bytes, hold: LeaseHold | None = None) -> None:
         """Write the chunks, then (only then) commit the offset after them — never once the lease has ended."""
+        hold = hold or LeaseHold.unbounded(self.clock)
         expired = f"job {job_id}: this relay invocation's lease has ended; another loop may own it"
-        if self.clock() > write_until:
+        if not hold.valid():
             raise LeaseExpired(expired)
         chunks = logchunks.cut(offset, data, self.settings.chunk_bytes)
+
+        def give_up() -> bool:  # called while throttled chunks are retried: keep the lease meanwhile
+            hold.renew_if_due()
+            return not hold.valid()
+
         try:  # throttled chunks are retried until written (write returns only then), never past the lease
-            self.logs.write(job_id, chunks, give_up=lambda: self.clock() > write_until)
+            self.logs.write(job_id, chunks, give_up=give_up)
         except LogWriteAbandoned:
-            if self.clock() > write_until:
+            if not hold.valid():
                 raise LeaseExpired(expired) from None
             raise
-        if self.clock() > write_until:  # a long throttled write: the lease may have ended meanwhile
+        if not hold.valid():  # a long throttled write: the lease may have ended meanwhile
             raise LeaseExpired(expired)
         self.logs.commit(job_id, offset + len(data))
 
