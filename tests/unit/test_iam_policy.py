@@ -66,6 +66,7 @@ def test_hardened_provider_policy_closes_the_escalation_the_seed_leaves_open() -
     assert allowed([seed], Request("iam:PassRole", role, {"iam:PassedToService": "lambda.amazonaws.com"}))
     assert not allowed([hardened], Request("iam:PassRole", role, {"iam:PassedToService": "lambda.amazonaws.com"}))
     assert allowed([hardened], Request("iam:PassRole", role, {"iam:PassedToService": "ec2.amazonaws.com"}))
+    assert allowed([hardened], Request("iam:PassRole", role, {}))  # AddRoleToInstanceProfile: no service named
     for statement in seed["Statement"]:  # everything else is granted exactly as in the seed
         for action in statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]:
             if action in {"iam:CreateRole", "iam:PutRolePolicy", "iam:PassRole"}:
