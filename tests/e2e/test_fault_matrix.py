@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import boto3
 import pytest
 
+from controlplane.config import Settings
 from controlplane.core.ids import job_id_for_idempotency_key
 from controlplane.core.provisioning import MANAGED_BY_TAG, SELF_TERMINATION_POLICY_NAME, TEAM_TAG, TeamResources
 from local import guard, runtime
@@ -51,8 +52,9 @@ SETTINGS = {
     "ORPHAN_GRACE_SECONDS": "20",
     "ENDED_GRACE_SECONDS": "30",  # well past a normal self-termination (seconds), even on a loaded machine
     "RELAY_STALE_SECONDS": "10",
-    # DRAIN_TIMEOUT_SECONDS keeps its deployed default (300 s): the outage row's jobs finish during the outage and
-    # their instances wait that long for the relay to come back.
+    # The deployed default (the local runtime's own default is 60 s): the outage row's jobs finish during the
+    # outage and their instances wait this long without relay progress for the relay to come back.
+    "DRAIN_TIMEOUT_SECONDS": str(Settings.model_fields["drain_timeout_seconds"].default),
 }
 RECONCILE_EVERY = 5.0
 ENDED_GRACE = float(SETTINGS["ENDED_GRACE_SECONDS"])
@@ -171,11 +173,11 @@ THROTTLED_WRITES = 40  # consecutive: far beyond the SDK's own retries (3 attemp
 
 
 def _throttle(m: Matrix, job_id: str) -> None:
-    """Mid-stream, every chunk write of the job is throttled 40 times in a row: the SDK's retries give up again and
-    again, and the relay's own recovery (backoff, resend what was not written, commit only after) carries it."""
+    """The job's chunk writes are throttled 40 times in a row: the SDK's retries give up again and again, and the
+    relay's own recovery (backoff, resend what was not written, commit only after) carries it."""
     m.rule(ROWS_BY_NAME["DynamoDB throttling"], "aws_error", service="dynamodb", operation="BatchWriteItem",
            job=job_id, code="ProvisionedThroughputExceededException", status=400,
-           message="Rate of requests exceeds the allowed throughput.", skip=3, times=THROTTLED_WRITES)  # fmt: skip
+           message="Rate of requests exceeds the allowed throughput.", times=THROTTLED_WRITES)  # fmt: skip
 
 
 def _profile_not_propagated(m: Matrix, job_id: str) -> None:
@@ -279,7 +281,7 @@ ROWS: list[Row] = [
         ("SUCCEEDED", None), {"run": PACED_RUN}, PACED, arrange=_drop_ssh),
     Row("relay invocation killed mid-stream", "the relay Lambda dies after writing its second batch of chunks, "
         "before committing their offset", ("SUCCEEDED", None), {"run": STEADY_RUN}, PACED, arrange=_kill_relay),
-    Row("DynamoDB throttling", "mid-stream, 40 chunk writes of the job in a row are throttled "
+    Row("DynamoDB throttling", "40 chunk writes of the job in a row are throttled "
         "(ProvisionedThroughputExceededException)", ("SUCCEEDED", None), {"run": PACED_RUN}, PACED,
         arrange=_throttle),
     Row("IAM profile propagation delay", "a new team's first launch: RunInstances rejects the new instance "
