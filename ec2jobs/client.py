@@ -233,6 +233,17 @@ class Client:
             status, "NOT_SUPPORTED", "this API does not support cancelling jobs yet (POST /jobs/{id}/cancel is missing)"
         )
 
+    # -- tokens ----------------------------------------------------------------------------------------------
+
+    def list_tokens(self) -> JsonObject:
+        """GET /tokens: {tokens: [{token_id, prefix, label, created_at, expires_at, expired, current}]} (never the
+        tokens themselves)."""
+        return self._get("/tokens")
+
+    def revoke_token(self, token_id: str) -> None:
+        """DELETE /tokens/{token_id}: revoke one of the team's tokens (possibly the one this client sends)."""
+        self._request("DELETE", f"/tokens/{_segment(token_id)}")
+
     def follow_logs(
         self,
         job_id: str,

@@ -1,8 +1,15 @@
 """A local stand-in for API Gateway (REST): turns a request into the TOKEN-authorizer event and the proxy event,
-runs the authorizer, then the api handler, with API Gateway's own 401/403 behaviour."""
+runs the authorizer, then the api handler, with API Gateway's own 401/403/413 behaviour answered in the API's
+error shape ({code, message}: the deployed stack's gateway responses, docs/api.md).
+
+Bodies: API Gateway passes a text body to the proxy event as it is; bytes that are not UTF-8 arrive base64-encoded
+with isBase64Encoded (as a binary media type does), so the handler can refuse them rather than see replacement
+characters. Every method reaches the handler (as an ANY method on each resource would), which answers 405 for
+one a path does not have."""
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 import uuid
@@ -13,6 +20,8 @@ from typing import Any
 from local.lambda_context import LocalLambdaContext
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's REST payload quota (10 MB)
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -23,6 +32,11 @@ class HttpResponse:
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
+
+
+def error_response(status: int, code: str, message: str) -> HttpResponse:
+    """An answer API Gateway gives itself (no Lambda ran), in the API's error shape."""
+    return HttpResponse(status, dict(JSON_HEADERS), json.dumps({"code": code, "message": message}))
 
 
 @dataclass
@@ -49,15 +63,23 @@ class LocalApiGateway:
         if isinstance(body, dict):
             body = json.dumps(body)
             headers.setdefault("Content-Type", "application/json")
+        is_base64 = False
         if isinstance(body, bytes):
-            body = body.decode("utf-8", errors="replace")
+            if len(body) > MAX_PAYLOAD_BYTES:
+                return error_response(413, "PAYLOAD_TOO_LARGE", f"the request exceeds {MAX_PAYLOAD_BYTES} bytes")
+            raw = body
+            try:
+                body = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                body, is_base64 = base64.b64encode(raw).decode("ascii"), True
         authorizer_context: dict[str, Any] | None = None
-        if (method, path) not in self.public_routes:
+        if path not in {public_path for _, public_path in self.public_routes}:
             authorized = self._authorize(method, path, headers)
             if isinstance(authorized, HttpResponse):
                 return authorized
             authorizer_context = authorized
         event = self._proxy_event(method, path, headers, query or {}, body, authorizer_context)
+        event["isBase64Encoded"] = is_base64
         result = self.api_handler(event, LocalLambdaContext("api", region=self.region))
         response_headers = {k: str(v) for k, v in (result.get("headers") or {}).items()}
         for name, values in (result.get("multiValueHeaders") or {}).items():
@@ -69,7 +91,7 @@ class LocalApiGateway:
 
     def _authorize(self, method: str, path: str, headers: dict[str, str]) -> dict[str, Any] | HttpResponse:
         token = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
-        unauthorized = HttpResponse(401, {"Content-Type": "application/json"}, json.dumps({"message": "Unauthorized"}))
+        unauthorized = error_response(401, "UNAUTHORIZED", "a valid token is required: Authorization: Bearer <token>")
         if not token:  # API Gateway answers 401 itself when a TOKEN authorizer's header is missing
             return unauthorized
         method_arn = self._method_arn(method, path)
@@ -79,13 +101,9 @@ class LocalApiGateway:
         except Exception as error:  # noqa: BLE001 - API Gateway's contract: "Unauthorized" → 401, else 500
             if str(error) == "Unauthorized":
                 return unauthorized
-            return HttpResponse(500, {"Content-Type": "application/json"}, json.dumps({"message": None}))
+            return error_response(500, "AUTHORIZER_FAILURE", "the authorizer failed; retry later")
         if not _allows(policy.get("policyDocument", {}), method_arn):
-            return HttpResponse(
-                403,
-                {"Content-Type": "application/json"},
-                json.dumps({"message": "User is not authorized to access this resource with an explicit deny"}),
-            )
+            return error_response(403, "FORBIDDEN", "this token may not call this route")
         return {"principalId": policy.get("principalId"), **(policy.get("context") or {}), "integrationLatency": 0}
 
     def _proxy_event(
@@ -155,11 +173,13 @@ class LocalHttpApi:
 
             def _serve(self) -> None:
                 url = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode("utf-8", errors="replace") if length else None
-                headers = {key: value for key, value in self.headers.items()}
-                query = dict(parse_qsl(url.query, keep_blank_values=True))
-                response = front.gateway.request(self.command, url.path, headers=headers, query=query, body=body)
+                response = self._too_large_or_bad_length()
+                if response is None:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length else None
+                    headers = {key: value for key, value in self.headers.items()}
+                    query = dict(parse_qsl(url.query, keep_blank_values=True))
+                    response = front.gateway.request(self.command, url.path, headers=headers, query=query, body=body)
                 payload = response.body.encode("utf-8")
                 self.send_response(response.status)
                 for key, value in response.headers.items():
@@ -167,9 +187,25 @@ class LocalHttpApi:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if self.command != "HEAD":  # a HEAD answer has headers only (RFC 9110 9.3.2)
+                    self.wfile.write(payload)
 
-            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
+            def _too_large_or_bad_length(self) -> HttpResponse | None:
+                raw = (self.headers.get("Content-Length") or "0").strip()
+                if not raw.isascii() or not raw.isdigit():
+                    self.close_connection = True
+                    return error_response(400, "BAD_REQUEST", "Content-Length is not a number")
+                if int(raw) > MAX_PAYLOAD_BYTES:
+                    self.close_connection = True  # the body is not read: nothing else can follow on this connection
+                    return error_response(413, "PAYLOAD_TOO_LARGE", f"the request exceeds {MAX_PAYLOAD_BYTES} bytes")
+                return None
+
+            def __getattr__(self, name: str) -> Any:
+                # Every method (API Gateway's ANY covers HEAD and OPTIONS; TRACE, QUERY, ... too) reaches the
+                # handler, which answers 405 in the error shape: never http.server's 501 HTML page.
+                if name.startswith("do_"):
+                    return self._serve
+                raise AttributeError(name)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

@@ -5,7 +5,8 @@ if it does not exist and prints a new bearer token once; only its SHA-256 is sto
     .venv/bin/python scripts/issue_token.py --team ml-team --stack ec2jobs --region eu-west-1 --label laptop
 
 This talks to your AWS account with your own credentials (environment or profile), like the AWS CLI: it needs
-cloudformation:DescribeStacks on the stack (for its outputs) and dynamodb:PutItem on the state table. The token goes
+cloudformation:DescribeStacks on the stack (for its outputs), dynamodb:GetItem/PutItem/UpdateItem on the state table
+and, for a new team's usage key, apigateway:POST on /apikeys and /usageplans/*/keys. The token goes
 to stdout alone (TOKEN=$(...) works); the API URL and hints go to stderr.
 """
 
@@ -19,6 +20,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from controlplane.adapters.dynamodb import DynamoTeamStore
+from controlplane.adapters.usage_plans import ApiGatewayUsageKeys
 from controlplane.service.teams import TeamService
 
 DEFAULT_STACK = "ec2jobs"
@@ -30,9 +32,11 @@ def stack_outputs(cloudformation: Any, stack_name: str) -> dict[str, str]:
     return {str(o["OutputKey"]): str(o["OutputValue"]) for o in stacks[0].get("Outputs", [])}
 
 
-def issue(state_table: Any, team_id: str, label: str = "default") -> str:
-    """A new token for `team_id` (the team is created if needed), stored hashed in `state_table`."""
-    return TeamService(DynamoTeamStore(state_table)).issue_token(team_id, label)
+def issue(state_table: Any, team_id: str, label: str = "default", usage_keys: Any = None) -> str:
+    """A new token for `team_id` (the team is created if needed, with its usage key when the stack has a usage plan),
+    stored hashed in `state_table`. It expires after the default 90 days (scripts/team_admin.py issues, lists and
+    revokes tokens with other lifetimes)."""
+    return TeamService(DynamoTeamStore(state_table), usage_keys).issue_token(team_id, label)
 
 
 def main(argv: list[str] | None = None, session: Any = None) -> int:
@@ -49,7 +53,9 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         if not table_name:
             print(f"stack {args.stack} has no StateTableName output: is it an ec2jobs stack?", file=sys.stderr)
             return 2
-        token = issue(session.resource("dynamodb").Table(table_name), args.team, args.label)
+        plan = outputs.get("UsagePlanId")
+        usage_keys = ApiGatewayUsageKeys(session.client("apigateway"), plan) if plan else None
+        token = issue(session.resource("dynamodb").Table(table_name), args.team, args.label, usage_keys)
     except ValueError as error:  # an invalid team id
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,12 +1,18 @@
 """Api: the REST API in front of the api Lambda (proxy integration), every route but the public ones behind the
-TOKEN authorizer, with stage throttling, access logs, execution error logs and X-Ray tracing. No CORS: the clients
-are the CLI and scripts, not browsers on another origin."""
+TOKEN authorizer, with stage throttling, a per-team usage plan, access logs, execution error logs and X-Ray tracing.
+No CORS: the clients are the CLI and scripts, not browsers on another origin.
+
+Per-team fairness: the API's key source is AUTHORIZER and every authorised method requires an API key, so API
+Gateway throttles each request against the bucket of the key the authorizer returned (`usageIdentifierKey`, the
+team's usage key); keys in one usage plan do not share its limit. One team's polling loop is answered 429 by API
+Gateway once it exceeds TEAM_RATE_LIMIT, before any Lambda runs, and other teams keep their own buckets. The admin
+script (scripts/team_admin.py) gives each team its key in the plan named by the stack output UsagePlanId."""
 
 from __future__ import annotations
 
 import json
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import CfnOutput, Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -19,7 +25,14 @@ from stacks.settings import Settings
 STAGE = "v1"
 THROTTLING_RATE_LIMIT = 50  # requests per second, steady
 THROTTLING_BURST_LIMIT = 100
-AUTHORIZER_CACHE = Duration.minutes(5)  # per token; a team's token is looked up once per 5 minutes at most
+# Per team (per usage key), applied before the stage limit: at most TEAM_RATE_LIMIT requests/s steady. With
+# THROTTLING_RATE_LIMIT 50, five teams at full speed fill the stage; raise the stage limit as busy teams grow.
+TEAM_RATE_LIMIT = 10
+TEAM_BURST_LIMIT = 20
+# Per token: a token is looked up once per 5 minutes at most, so a revocation, an expiry or a team's deletion takes
+# effect within 300 s (API Gateway's default TTL; 0 would call the authorizer on every request).
+AUTHORIZER_CACHE = Duration.minutes(5)
+USAGE_PLAN_OUTPUT = "UsagePlanId"
 # Every route of controlplane/handlers/api.py (tests/infra checks both lists agree), plus POST /jobs/{job_id}/cancel,
 # which issue 7 adds to the handler (until then the handler answers it 404).
 ROUTES: tuple[tuple[str, str], ...] = (
@@ -33,6 +46,8 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/jobs/{job_id}"),
     ("GET", "/jobs/{job_id}/logs"),
     ("POST", "/jobs/{job_id}/cancel"),
+    ("GET", "/tokens"),
+    ("DELETE", "/tokens/{token_id}"),
     ("GET", "/openapi.json"),
 )
 # One JSON object per request. The team (the authorizer's principal) is logged; headers and bodies never are.
@@ -72,6 +87,7 @@ class Api(Construct):
             "RestApi",
             description="ec2jobs control plane API",
             endpoint_types=[apigw.EndpointType.REGIONAL],
+            api_key_source_type=apigw.ApiKeySourceType.AUTHORIZER,  # the team's key, from the authorizer
             cloud_watch_role=settings.api_cloudwatch_role,
             # Kept on removal: it is the account's, and other APIs there may log through it.
             cloud_watch_role_removal_policy=RemovalPolicy.RETAIN if settings.api_cloudwatch_role else None,
@@ -98,6 +114,21 @@ class Api(Construct):
                 "application/json": json.dumps({"code": "NOT_FOUND", "message": "no such route; see GET /openapi.json"})
             },
         )
+        # API Gateway's own answers in the API's error shape {code, message} (docs/api.md).
+        for construct_id, response_type, code in (
+            ("Unauthorized", apigw.ResponseType.UNAUTHORIZED, "UNAUTHORIZED"),
+            ("AccessDenied", apigw.ResponseType.ACCESS_DENIED, "FORBIDDEN"),
+            ("RequestTooLarge", apigw.ResponseType.REQUEST_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            ("Throttled", apigw.ResponseType.THROTTLED, "THROTTLED"),
+            ("QuotaExceeded", apigw.ResponseType.QUOTA_EXCEEDED, "THROTTLED"),
+            ("Default4xx", apigw.ResponseType.DEFAULT_4_XX, "BAD_REQUEST"),
+            ("Default5xx", apigw.ResponseType.DEFAULT_5_XX, "INTERNAL_ERROR"),
+        ):
+            self.rest_api.add_gateway_response(
+                construct_id,
+                type=response_type,
+                templates={"application/json": f'{{"code": "{code}", "message": $context.error.messageString}}'},
+            )
         token_authorizer = apigw.TokenAuthorizer(
             self,
             "TokenAuthorizer",
@@ -117,13 +148,48 @@ class Api(Construct):
                 nag.acknowledge(public.node.default_child, "AwsSolutions-APIG4", reason)
                 nag.acknowledge(public.node.default_child, "AwsSolutions-COG4", reason)
             else:
-                authorized = resource.add_method(method, integration, authorizer=token_authorizer)
+                authorized = resource.add_method(
+                    method, integration, authorizer=token_authorizer, api_key_required=True
+                )
                 nag.acknowledge(
                     authorized.node.default_child,
                     "AwsSolutions-COG4",
                     "Teams authenticate with bearer tokens that the Lambda TOKEN authorizer on this method checks "
                     "(only their SHA-256 is stored, in DynamoDB); there are no Cognito users to authorise.",
                 )
+        # Every other method of a known path reaches the handler too, which answers 405 with `Allow` (not API
+        # Gateway's 403 "Missing Authentication Token").
+        for path in sorted({path for _, path in ROUTES}):
+            resource = self.rest_api.root.resource_for_path(path)
+            if any(route_path == path for _, route_path in PUBLIC_ROUTES):
+                other = resource.add_method("ANY", integration, authorization_type=apigw.AuthorizationType.NONE)
+                reason = (
+                    f"The public path {path} (controlplane.handlers.api.PUBLIC_ROUTES) holds no team data; its other "
+                    "methods reach the handler only to be answered 405 with the allowed methods."
+                )
+                nag.acknowledge(other.node.default_child, "AwsSolutions-APIG4", reason)
+                nag.acknowledge(other.node.default_child, "AwsSolutions-COG4", reason)
+            else:
+                other = resource.add_method("ANY", integration, authorizer=token_authorizer, api_key_required=True)
+                nag.acknowledge(
+                    other.node.default_child,
+                    "AwsSolutions-COG4",
+                    "Teams authenticate with bearer tokens that the Lambda TOKEN authorizer on this method checks too; "
+                    "the handler answers the methods the path does not have with 405 and the allowed methods.",
+                )
+        self.usage_plan = self.rest_api.add_usage_plan(
+            "TeamUsagePlan",
+            description="ec2jobs: one API key per team (scripts/team_admin.py); each key has its own bucket",
+            throttle=apigw.ThrottleSettings(rate_limit=TEAM_RATE_LIMIT, burst_limit=TEAM_BURST_LIMIT),
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.rest_api, stage=self.rest_api.deployment_stage)],
+        )
+        output = CfnOutput(
+            self,
+            USAGE_PLAN_OUTPUT,
+            value=self.usage_plan.usage_plan_id,
+            description="the usage plan each team's API key joins (scripts/team_admin.py)",
+        )
+        output.override_logical_id(USAGE_PLAN_OUTPUT)
         nag.acknowledge(
             self.rest_api.node.default_child,
             "AwsSolutions-APIG2",
@@ -135,7 +201,8 @@ class Api(Construct):
             self.rest_api.deployment_stage,
             "AwsSolutions-APIG3",
             "No WAFv2 web ACL by default: every route but the OpenAPI document needs a bearer token (checked by the "
-            "authorizer, results cached per token) and the stage is throttled (50 requests/s, burst 100). A web ACL "
+            "authorizer, results cached per token), each team is throttled by its usage key (10 requests/s, "
+            "burst 20) and the stage as a whole (50 requests/s, burst 100). A web ACL "
             "(a monthly fee per ACL and rule, plus per-request fees) is for deployments that want IP or geo "
             "filtering or AWS managed rule groups; associate one with the stage.",
         )

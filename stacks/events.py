@@ -105,7 +105,10 @@ class Events(Construct):
             schedule=events.Schedule.rate(RECONCILE_EVERY),
             targets=[targets.LambdaFunction(reconcile, **delivery)],
         )
-        # A submission starts the workflow with the whole event (the job id derives from the event id).
+        # A submission starts the workflow with the whole event: Validate takes the team from its `source`
+        # (ec2jobs.team.<team_id>, bound to each team's role by an events:source IAM condition) and the job id from the
+        # team and its idempotency key or event id. Every source matches, so a wrong one is answered by a Job
+        # Submission Rejected event rather than dropped unseen (docs/events.md).
         self.submissions = events.Rule(
             self,
             "JobSubmissions",

@@ -87,11 +87,11 @@ def test_a_console_execution_with_a_raw_task_creates_and_completes_a_job(local: 
 
 
 def test_a_job_submission_event_creates_and_completes_a_job(local: Local) -> None:
-    detail = {"team_id": "e2e", "provider_id": local.provider_id, "run": "echo from automation", "name": "evented"}
+    detail = {"provider_id": local.provider_id, "run": "echo from automation", "name": "evented"}
     boto3.client("events").put_events(
         Entries=[
             {
-                "Source": "my.automation",
+                "Source": "ec2jobs.team.e2e",  # the team it submits for (IAM's events:source condition binds it)
                 "DetailType": "Job Submission",
                 "Detail": json.dumps(detail),
                 "EventBusName": local.plane.event_bus_name,

@@ -39,15 +39,24 @@ def deployed_routes(synth: Synth) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
+def public(route: tuple[str, str]) -> bool:
+    """A public route, or the ANY method (405 for other methods) of a public path."""
+    return route in api_handler.PUBLIC_ROUTES or any(route == ("ANY", path) for _, path in api_handler.PUBLIC_ROUTES)
+
+
 def test_every_handler_route_is_deployed_and_nothing_else(synth: Synth) -> None:
-    assert set(deployed_routes(synth)) == handler_routes() == set(api_stack.ROUTES)
-    assert ("OPTIONS", "/jobs") not in deployed_routes(synth)  # no CORS preflight: no browser clients
+    deployed = set(deployed_routes(synth))
+    routes = {route for route in deployed if route[0] != "ANY"}
+    assert routes == handler_routes() == set(api_stack.ROUTES)
+    # Every path also has ANY: other methods reach the handler, which answers 405 with Allow (docs/api.md).
+    assert {path for method, path in deployed if method == "ANY"} == {path for _, path in api_stack.ROUTES}
+    assert ("OPTIONS", "/jobs") not in deployed  # no CORS preflight: no browser clients
 
 
 def test_each_route_uses_the_token_authorizer_except_the_public_ones(synth: Synth) -> None:
     (authorizer_id,) = synth.of_type("AWS::ApiGateway::Authorizer")
     for route, method in deployed_routes(synth).items():
-        if route in api_handler.PUBLIC_ROUTES:
+        if public(route):
             assert method["AuthorizationType"] == "NONE", route
             assert "AuthorizerId" not in method
         else:
@@ -97,11 +106,31 @@ def test_the_stage_is_throttled_traced_and_access_logged_without_request_bodies(
 
 
 def test_an_unknown_route_answers_like_the_handler(synth: Synth) -> None:
-    (response,) = synth.of_type("AWS::ApiGateway::GatewayResponse").values()
-    properties = response["Properties"]
-    assert (properties["ResponseType"], properties["StatusCode"]) == ("MISSING_AUTHENTICATION_TOKEN", "404")
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in synth.of_type("AWS::ApiGateway::GatewayResponse").values()
+    }
+    properties = responses["MISSING_AUTHENTICATION_TOKEN"]
+    assert properties["StatusCode"] == "404"
     body = json.loads(properties["ResponseTemplates"]["application/json"])
     assert body == {"code": "NOT_FOUND", "message": "no such route; see GET /openapi.json"}
+
+
+def test_api_gateways_own_errors_have_the_apis_error_shape(synth: Synth) -> None:
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in synth.of_type("AWS::ApiGateway::GatewayResponse").values()
+    }
+    codes = {"UNAUTHORIZED": "UNAUTHORIZED", "ACCESS_DENIED": "FORBIDDEN", "REQUEST_TOO_LARGE": "PAYLOAD_TOO_LARGE",
+             "THROTTLED": "THROTTLED", "QUOTA_EXCEEDED": "THROTTLED", "DEFAULT_4XX": "BAD_REQUEST",
+             "DEFAULT_5XX": "INTERNAL_ERROR"}  # fmt: skip
+    for response_type, code in codes.items():
+        template = responses[response_type]["ResponseTemplates"]["application/json"]
+        message = '"message from API Gateway"'  # what $context.error.messageString renders (a quoted string)
+        assert json.loads(template.replace("$context.error.messageString", message)) == {
+            "code": code,
+            "message": "message from API Gateway",
+        }
 
 
 def test_api_gateway_may_invoke_the_functions_only_from_this_api(synth: Synth) -> None:
@@ -116,4 +145,6 @@ def test_api_gateway_may_invoke_the_functions_only_from_this_api(synth: Synth) -
     assert {p["FunctionName"]["Fn::GetAtt"][0] for p in permissions} == {api_function, authorizer}
     for permission in permissions:
         assert {"Ref": rest_api} in permission["SourceArn"]["Fn::Join"][1]
-    assert len([p for p in permissions if p["FunctionName"]["Fn::GetAtt"][0] == api_function]) == len(api_stack.ROUTES)
+    paths = {path for _, path in api_stack.ROUTES}  # one per route, and one per path's ANY method
+    invoke_api = [p for p in permissions if p["FunctionName"]["Fn::GetAtt"][0] == api_function]
+    assert len(invoke_api) == len(api_stack.ROUTES) + len(paths)

@@ -63,6 +63,7 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
     assert list(states) == [
         "Route",
         "Validate",
+        "Rejected",
         "Bootstrap",
         "Launch",
         "Relay",
@@ -84,7 +85,9 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
         assert any("Runtime.ExitError" in retry["ErrorEquals"] for retry in state["Retry"])  # a crashed invocation
     for name in ("Validate", "Bootstrap", "Launch"):
         catches = {tuple(c["ErrorEquals"]): c["Next"] for c in states[name]["Catch"]}
-        assert catches == {("JobNotActive", "DuplicateSubmission"): "Done", ("States.ALL",): "RecordFailure"}
+        rejected = {("InvalidSubmission",): "Rejected"} if name == "Validate" else {}  # a refused console/event input
+        assert catches == rejected | {("JobNotActive", "DuplicateSubmission"): "Done", ("States.ALL",): "RecordFailure"}
+    assert states["Rejected"]["Next"] == "Failed"
     # the relay never fails a running job; throttled for good, it leaves a note first (the reconciler restarts it)
     assert [(c["ErrorEquals"], c["Next"]) for c in states["Relay"]["Catch"]] == [
         ([statemachine.THROTTLED], "RelayThrottled"),

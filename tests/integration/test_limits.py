@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
+from controlplane.core.ids import job_id_for_idempotency_key
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import utcnow
 from controlplane.core.spec import MAX_SPEC_BYTES, TaskSpec, stored_spec_bytes
@@ -37,16 +38,19 @@ def _jobs_item(cp: ControlPlane, job_id: str) -> dict[str, Any]:
     return dict(item)
 
 
-def test_a_404_kb_or_10_mb_run_is_refused_with_400_invalid_spec_and_a_sentence(
+def test_a_404_kb_run_is_refused_with_400_invalid_spec_and_an_11_mb_body_with_413(
     control_plane: ControlPlane, tenant: Tenant
 ) -> None:
-    for run in ("true # " + "x" * 404_000, "echo hello\n" * 1_000_000):  # ~404 KB; 11 MB that gzips to ~20 KB
+    # ~404 KB: a spec the job item could not hold; 11 MB (gzips to ~20 KB): a body no Lambda could receive.
+    for run, status, code in (("true # " + "x" * 404_000, 400, "INVALID_SPEC"), ("echo hello\n" * 1_000_000, 413,
+                              "PAYLOAD_TOO_LARGE")):  # fmt: skip
         body = {"provider_id": tenant.provider_id, "resources": {"cpus": "2"}, "run": run}
         response = control_plane.call("POST", "/jobs", tenant.token, body=body)
-        assert response.status == 400, response.body[:300]
+        assert response.status == status, response.body[:300]
         error = response.json()
-        assert error["code"] == "INVALID_SPEC"
-        assert "at most 262,144 bytes" in error["message"]
+        assert error["code"] == code
+        if code == "INVALID_SPEC":
+            assert "at most 262,144 bytes" in error["message"]
         assert "script in your repository or image" in error["message"]
 
 
@@ -55,10 +59,11 @@ def test_a_console_spec_over_the_bound_is_recorded_failed_without_it(
 ) -> None:
     from controlplane.core.errors import InvalidSpec
 
-    job_id = f"big-{uuid.uuid4().hex[:6]}"
-    raw = {"team_id": tenant.team_id, "provider_id": tenant.provider_id, "job_id": job_id, "run": "x" * 300_000}
+    key = f"big-{uuid.uuid4().hex[:6]}"
+    job_id = job_id_for_idempotency_key(tenant.team_id, key)
+    raw = {"team_id": tenant.team_id, "provider_id": tenant.provider_id, "idempotency_key": key, "run": "x" * 300_000}
     with pytest.raises(InvalidSpec) as refused:
-        workflow.validate(raw, job_id, f"arn:aws:states:::execution:x:{job_id}")
+        workflow.validate(raw, key, f"arn:aws:states:::execution:x:{key}")
     assert "at most 262,144 bytes" in refused.value.message
     job = control_plane.call("GET", f"/jobs/{job_id}", tenant.token).json()
     assert (job["status"], job["failure_reason"]) == ("FAILED", "INVALID_SPEC")

@@ -118,6 +118,36 @@ def test_given_an_unknown_gpu_then_canonical_gpu_lists_gpus_with_families_and_co
     message = str(raised.value)
     assert "T4 (g4dn; counts 1, 4, 8)" in message
     assert "H200 (p5e/p5en; counts 8)" in message
+    assert "not sold on AWS" not in message  # ec2jobs cannot know that of every name
+
+
+@pytest.mark.parametrize(
+    ("name", "sold_in"),
+    [
+        ("Inferentia", "inf1 and inf2"),
+        ("inferentia2", "inf2"),
+        ("Trainium", "trn1 and trn2"),
+        ("trainium2", "trn2"),
+    ],
+)
+def test_given_an_aws_neuron_accelerator_then_the_error_says_aws_sells_it_but_ec2jobs_does_not_support_it(
+    name: str, sold_in: str
+) -> None:
+    # Given SkyPilot's `accelerators: Inferentia:6` (before: "is not sold on AWS", which is false)
+    with pytest.raises(ValueError) as raised:
+        CATALOG.canonical_gpu(name)
+    message = str(raised.value)
+    # Then it says where AWS sells it, that ec2jobs does not support it yet, and what ec2jobs runs instead
+    assert f"{name!r} is sold on AWS" in message
+    assert f"in {sold_in} instances" in message
+    assert "ec2jobs does not support it yet" in message
+    assert "not sold" not in message
+    assert "GPU types: " in message
+
+
+def test_given_a_google_tpu_then_the_error_says_aws_does_not_sell_tpus() -> None:
+    with pytest.raises(ValueError, match="Google Cloud TPU, which AWS does not sell"):
+        CATALOG.canonical_gpu("tpu-v4-8")
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from ec2jobs import cli
+from ec2jobs.cli import output
+from ec2jobs.cli.commands import jobs as jobs_commands
 from ec2jobs.client import ApiError, Client
 
 TOKEN = "tok-Sup3rSecret-9f8e7d6c5b4a"
@@ -98,6 +100,7 @@ class FakeApi:
     secrets: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     idempotency: dict[str, str] = field(default_factory=dict)
+    tokens: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -169,7 +172,12 @@ class FakeApi:
             case "POST", ["jobs", job_id, "cancel"] if self.cancel_supported and job_id in self.jobs:
                 self.jobs[job_id].record["status"] = "CANCELLED"
                 return 200, self.jobs[job_id].record
-            case _, ["providers" | "jobs", _] | ["jobs", _, "logs"]:
+            case "GET", ["tokens"]:
+                return 200, {"tokens": self.tokens}
+            case "DELETE", ["tokens", token_id] if any(t["token_id"] == token_id for t in self.tokens):
+                self.tokens = [t for t in self.tokens if t["token_id"] != token_id]
+                return 204, None
+            case _, ["providers" | "jobs" | "tokens", _] | ["jobs", _, "logs"]:
                 return 404, {"code": "NOT_FOUND", "message": f"no such {parts[0].rstrip('s')}: {parts[1]}"}
         return 404, ROUTE_MISSING
 
@@ -501,7 +509,7 @@ def test_following_rides_out_a_short_outage(
 ) -> None:
     api.add_provider()
     naps: list[float] = []
-    monkeypatch.setattr(cli, "_sleep", naps.append)
+    monkeypatch.setattr(jobs_commands, "_sleep", naps.append)
     api.outages = 3
     result = run("submit", _task(tmp_path, TASK), "--provider", "prov-1", "--follow", "--poll", "0.01")
     assert result.code == 0
@@ -522,7 +530,7 @@ def test_ctrl_c_while_following_stops_following_without_cancelling(
     def interrupt(_seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_sleep", interrupt)
+    monkeypatch.setattr(jobs_commands, "_sleep", interrupt)
     result = run("submit", _task(tmp_path, TASK), "--follow")
     assert result.code == 130
     assert "stopped following job job-0001; it keeps running" in result.err
@@ -564,7 +572,10 @@ def test_a_bad_yaml_file_is_a_usage_error(api: FakeApi, run: Any, tmp_path: Path
     assert "not valid YAML at line" in broken.err
     scalar = run("submit", _task(tmp_path, "just a string\n"))
     assert scalar.code == 2
-    assert "expected a task spec" in scalar.err
+    assert "is a YAML string, not a task" in scalar.err
+    several = run("submit", _task(tmp_path, "run: echo a\n---\nrun: echo b\n", "two.yaml"))
+    assert several.code == 2
+    assert "2 YAML documents" in several.err
 
 
 # -- API errors ------------------------------------------------------------------------------------------------
@@ -634,7 +645,7 @@ def test_jobs_table_filters_pagination_and_json(api: FakeApi, run: Any, tmp_path
 
 
 def test_status_table_and_json(api: FakeApi, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_now", lambda: NOW)
+    monkeypatch.setattr(output, "now", lambda: NOW)
     api.add_provider()
     run("submit", _task(tmp_path, TASK))
     run("status", "job-0001")  # PENDING
@@ -711,7 +722,7 @@ def test_given_a_job_that_ended_on_spot_then_no_spot_price_is_invented_only_the_
 def test_given_a_running_job_then_status_shows_time_since_launch_and_cost_so_far(
     api: FakeApi, run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_now", lambda: NOW)
+    monkeypatch.setattr(output, "now", lambda: NOW)
     _put_job(api, "job-run", "RUNNING", market="on-demand", hourly_price=0.526, launched_at=LAUNCHED_AT)
     _put_job(api, "job-new", "PENDING", use_spot="auto")
 
@@ -729,7 +740,7 @@ def test_given_a_running_job_then_status_shows_time_since_launch_and_cost_so_far
 def test_given_jobs_in_each_market_and_state_then_the_jobs_table_has_a_cost_column(
     api: FakeApi, run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_now", lambda: NOW)
+    monkeypatch.setattr(output, "now", lambda: NOW)
     _put_job(api, "job-od", "SUCCEEDED", market="on-demand", hourly_price=0.526, launched_at=LAUNCHED_AT,
              billed_seconds=3600, cost_estimate=0.526)  # fmt: skip
     _put_job(api, "job-spot", "FAILED", use_spot=True, market="spot", launched_at=LAUNCHED_AT, billed_seconds=1800)
@@ -756,7 +767,7 @@ def test_given_jobs_in_each_market_and_state_then_the_jobs_table_has_a_cost_colu
     [(0, "0s"), (59.9, "59s"), (60, "1m 00s"), (3599, "59m 59s"), (3600, "1h 00m"), (90_061, "1d 01h")],
 )
 def test_given_seconds_then_a_short_duration(seconds: float, text: str) -> None:
-    assert cli._duration(seconds) == text
+    assert output.duration(seconds) == text
 
 
 def test_given_a_job_launched_seconds_ago_then_its_cost_so_far_counts_ec2s_minimum_minute() -> None:
@@ -920,8 +931,9 @@ def test_local_up_writes_local_env_and_stops_on_ctrl_c_or_sigterm(
 ) -> None:
     runtime.ending = ending
     before = signal.getsignal(signal.SIGTERM)
-    result = run("local", "up", "--team", "ml-team", show_token=True)
+    result = run("local", "up", "--team", "ml-team")  # the run fixture asserts the token is not printed
     assert result.code == 0
+    assert "EC2JOBS_TOKEN=<team ml-team's bearer token: in .ec2jobs/local.env, not shown>" in result.out
     assert runtime.started == [{"workdir": Path(".ec2jobs"), "team_id": "ml-team"}]
     assert runtime.runtimes[0].stop_calls == 1
     assert signal.getsignal(signal.SIGTERM) == before
@@ -945,7 +957,7 @@ def test_local_up_writes_local_env_and_stops_on_ctrl_c_or_sigterm(
 def test_local_up_without_team_uses_the_runtime_default_and_a_start_failure_is_one_line(
     runtime: FakeRuntimeModule, run: Any
 ) -> None:
-    assert run("local", "up", show_token=True).code == 0
+    assert run("local", "up").code == 0
     assert runtime.started == [{"workdir": Path(".ec2jobs"), "team_id": "default"}]
     runtime.ending = "fail"
     failed = run("local", "up")
@@ -967,7 +979,7 @@ def test_local_token_prints_a_new_token(runtime: FakeRuntimeModule, run: Any) ->
     missing = run("local", "token", "--team", "ml-team")
     assert missing.code == 2
     assert "ec2jobs local up" in missing.err
-    run("local", "up", show_token=True)
+    run("local", "up")
     result = run("local", "token", "--team", "ml-team")
     assert (result.code, result.out) == (0, "tok-for-ml-team\n")
     assert runtime.calls == [("issue_token", Path(".ec2jobs/local.env"), "ml-team")]
@@ -976,7 +988,7 @@ def test_local_token_prints_a_new_token(runtime: FakeRuntimeModule, run: Any) ->
 def test_providers_add_emulated_uses_the_runtime_keys_and_never_prints_the_secret(
     runtime: FakeRuntimeModule, api: FakeApi, run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run("local", "up", show_token=True)
+    run("local", "up")
     result = run("providers", "add", "--name", "local", "--region", "us-east-1", "--emulated")
     assert result.code == 0
     assert result.out.startswith("added provider prov-1: local in us-east-1")

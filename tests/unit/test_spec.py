@@ -170,8 +170,8 @@ def test_given_cpus_7_at_least_when_selecting_then_an_8_vcpu_instance_is_chosen(
 @pytest.mark.parametrize(
     ("raw", "gib"),
     [
-        ("512MB", 512e6 / GIB),
-        ("16GB", 16e9 / GIB),
+        ("512MB", 0.5),  # SkyPilot's units: GB = GiB (2**30 bytes), MB = MiB
+        ("16GB", 16.0),
         ("1.5TiB", 1536.0),
         ("32", 32.0),
         ("32+", 32.0),
@@ -179,7 +179,9 @@ def test_given_cpus_7_at_least_when_selecting_then_an_8_vcpu_instance_is_chosen(
         ("512MiB", 0.5),
         ("512M", 0.5),
         ("2KiB", 2 / 1024**2),
-        ("1TB", 1e12 / GIB),
+        ("1TB", 1024.0),
+        ("1Ti", 1024.0),
+        ("64gb", 64.0),
         ("1T", 1024.0),
         ("16 gib", 16.0),
         (16, 16.0),
@@ -192,10 +194,9 @@ def test_given_a_memory_size_when_parsed_then_it_is_a_minimum_in_gib(raw: Any, g
     assert amount.at_least is True
 
 
-def test_given_512mb_when_parsed_then_it_is_half_a_gigabyte_never_512_gib() -> None:
+def test_given_512mb_when_parsed_then_it_is_half_a_gib_never_512_gib() -> None:
     amount = parse_memory_gib("512MB")
-    assert amount.value < 1
-    assert math.isclose(amount.value, 0.476837158203125)
+    assert amount.value == 0.5
     assert Resources(memory="512MB").memory_requirement == amount
 
 
@@ -203,8 +204,9 @@ def test_given_an_unknown_memory_unit_when_parsed_then_the_error_names_allowed_u
     with pytest.raises(ValueError, match="unknown unit 'parsecs'") as raised:
         parse_memory_gib("12parsecs")
     message = str(raised.value)
-    for unit in ("KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"):
+    for unit in ("MB", "GB", "TB", "MiB", "GiB", "TiB"):
         assert unit in message
+    assert "1 GB = 1 GiB" in message
 
 
 @pytest.mark.parametrize("raw", ["0", "0GB", "-4", "abc", "", True, None, [], "99999TiB", float("inf"), float("nan")])
@@ -298,7 +300,9 @@ def test_given_an_unknown_gpu_when_building_resources_then_the_error_lists_known
         ({"A100": 8, "T4": 1}, "one GPU type"),
         ({}, "one GPU type"),
         (8, "must be a string"),
-        (["A100:8"], "must be a string"),
+        (["A100:8"], "one GPU type"),
+        (["L4", "A10G"], "does not choose among several types"),
+        ({"L4": None, "T4": None}, "does not choose among several types"),
     ],
 )
 def test_given_a_malformed_accelerator_when_parsed_then_value_error_explains(raw: Any, fragment: str) -> None:
@@ -326,12 +330,38 @@ def test_given_empty_resources_then_defaults_apply() -> None:
     assert resources.memory_requirement is None
 
 
-@pytest.mark.parametrize(("raw", "gib"), [(8, 8), ("100", 100), ("100GiB", 100), ("100GB", 100), (16384, 16384)])
+@pytest.mark.parametrize(
+    ("raw", "gib"),
+    [
+        (8, 8),
+        ("100", 100),
+        ("100GiB", 100),
+        ("100GB", 100),
+        (16384, 16384),
+        ("1024GB", 1024),  # SkyPilot's `disk_size: "1024GB"`: GB = GiB, as for memory
+        ("1TB", 1024),
+        ("1T", 1024),
+        ("1.5TiB", 1536),
+        ("524288MB", 512),
+        (512.0, 512),
+    ],
+)
 def test_given_a_valid_disk_size_then_it_is_whole_gib(raw: Any, gib: int) -> None:
     assert Resources(disk_size=raw).disk_size == gib
 
 
-@pytest.mark.parametrize("raw", [7, 16385, "abc", 8.5, True, None, [100]])
+@pytest.mark.parametrize("size", ["16GB", "1TB", "512MB", "2T", "64"])
+def test_given_one_size_then_disk_size_and_memory_read_it_in_the_same_units(size: str) -> None:
+    # Given the same text for memory and (where it is a whole number of GiB) disk_size, Then both mean the same GiB
+    memory = parse_memory_gib(size).value
+    if memory.is_integer() and memory >= 8:
+        assert Resources(disk_size=size).disk_size == memory
+    assert memory == {"16GB": 16, "1TB": 1024, "512MB": 0.5, "2T": 2048, "64": 64}[size]
+
+
+@pytest.mark.parametrize(
+    "raw", [7, 16385, "abc", 8.5, True, None, [100], "1.5GB", "100MB", "512+", "17TB", "12parsecs"]
+)
 def test_given_an_invalid_disk_size_then_validation_error(raw: Any) -> None:
     with pytest.raises(ValidationError, match="disk_size"):
         Resources(disk_size=raw)
@@ -406,9 +436,9 @@ def test_given_a_minimal_spec_then_defaults_apply() -> None:
 
 def test_given_an_unknown_top_level_field_then_validation_error() -> None:
     with pytest.raises(ValidationError) as raised:
-        _spec(workdir=".")
+        _spec(colour="blue")
     errors = raised.value.errors()
-    assert [(e["loc"], e["type"]) for e in errors] == [(("workdir",), "extra_forbidden")]
+    assert [(e["loc"], e["type"]) for e in errors] == [(("colour",), "extra_forbidden")]
 
 
 def test_given_no_run_then_validation_error_says_run_is_missing() -> None:
@@ -476,8 +506,27 @@ def test_given_a_valid_env_name_then_it_is_accepted(name: str) -> None:
 
 
 def test_given_env_values_of_other_json_types_then_they_are_coerced_to_strings() -> None:
-    spec = _spec(envs={"N": 3, "F": 1.5, "T": True, "B": False, "S": "s", "E": None})
+    spec = _spec(envs={"N": 3, "F": 1.5, "T": True, "B": False, "S": "s", "E": ""})
     assert spec.envs == {"N": "3", "F": "1.5", "T": "true", "B": "false", "S": "s", "E": ""}
+
+
+def test_given_an_env_with_no_value_then_it_is_refused_with_how_to_pass_it() -> None:
+    # Given SkyPilot's "must be supplied at launch" form (`HF_TOKEN:` in YAML is null), which used to run with an
+    # empty variable
+    with pytest.raises(ValidationError) as raised:
+        _spec(envs={"MODEL": "llama", "HF_TOKEN": None})
+    # Then the job is refused, and the sentence names the variable and how to pass it
+    (error,) = raised.value.errors()
+    assert error["loc"] == ("envs",)
+    assert "HF_TOKEN has no value" in error["msg"]
+    assert "`ec2jobs submit --env HF_TOKEN`" in error["msg"]
+    assert "--env HF_TOKEN=VALUE" in error["msg"]
+
+
+def test_given_several_envs_with_no_value_then_all_are_named() -> None:
+    with pytest.raises(ValidationError) as raised:
+        _spec(envs={"HF_TOKEN": None, "BUCKET": None, "OK": "1"})
+    assert "HF_TOKEN, BUCKET have no value" in _error_text(raised)
 
 
 @pytest.mark.parametrize("name", ["1BAD", "A-B", "", "A B", "É"])

@@ -22,6 +22,7 @@ from controlplane.core.lifecycle import ACTIVE, FailureReason, JobStatus, predec
 from controlplane.core.models import BootstrapRecord, Job, Provider, utcnow
 from controlplane.core.ports import CachedImage, JobPage
 from controlplane.core.spec import TaskSpec
+from controlplane.core.tokens import DEFAULT_TOKEN_DAYS, TeamRecord, TokenRecord
 
 ACTIVE_PARTITION = "ACTIVE"
 PROVIDER_REGISTRY = "PROVIDERS"
@@ -83,6 +84,10 @@ def decode_cursor(cursor: str, expected_keys: set[str]) -> dict[str, Any]:
 
 
 class DynamoTeamStore:
+    """Teams and tokens in the state table (docs/tokens.md). Per token, two items written with single-item calls:
+    `TOKEN#<sha256>/TOKEN` (what the authorizer reads: one GetItem) and `TEAM#<team>/TOKEN#<token id>` (what a
+    team's listing Queries; it holds the hash so that a revocation can find the first). The token is never stored."""
+
     def __init__(self, table: Any) -> None:
         self.table = table
 
@@ -96,21 +101,112 @@ class DynamoTeamStore:
             if not _is_condition_failure(error):
                 raise
 
-    def put_token(self, token_hash: str, team_id: str, label: str) -> None:
-        self.table.put_item(
-            Item={
-                "pk": f"TOKEN#{token_hash}",
-                "sk": "TOKEN",
-                "team_id": team_id,
-                "label": label,
-                "created_at": utcnow().isoformat(),
-            },
-            ConditionExpression=Attr("pk").not_exists(),
+    def get_team(self, team_id: str) -> TeamRecord | None:
+        item = self.table.get_item(Key={"pk": f"TEAM#{team_id}", "sk": "TEAM"}, ConsistentRead=True).get("Item")
+        if not item:
+            return None
+        return TeamRecord(
+            team_id=team_id,
+            deleted=bool(item.get("deleted_at")),
+            usage_key=str(item["usage_key"]) if item.get("usage_key") else None,
+            usage_key_id=str(item["usage_key_id"]) if item.get("usage_key_id") else None,
         )
 
-    def team_for_token(self, token_hash: str) -> str | None:
+    def set_usage_key(self, team_id: str, key_id: str, value: str) -> bool:
+        """Record the team's usage key unless it already has one (False then: the caller deletes its key)."""
+        try:
+            self.table.update_item(
+                Key={"pk": f"TEAM#{team_id}", "sk": "TEAM"},
+                UpdateExpression="SET usage_key = :value, usage_key_id = :id",
+                ConditionExpression=Attr("pk").exists() & Attr("usage_key").not_exists(),
+                ExpressionAttributeValues={":value": value, ":id": key_id},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def mark_team_deleted(self, team_id: str) -> None:
+        self.table.update_item(
+            Key={"pk": f"TEAM#{team_id}", "sk": "TEAM"},
+            UpdateExpression="SET deleted_at = if_not_exists(deleted_at, :now)",
+            ConditionExpression=Attr("pk").exists(),
+            ExpressionAttributeValues={":now": utcnow().isoformat()},
+        )
+
+    def put_token(self, token_hash: str, record: TokenRecord) -> None:
+        fields = {
+            "team_id": record.team_id,
+            "token_id": record.token_id,
+            "label": record.label,
+            "prefix": record.prefix,
+            "created_at": record.created_at.isoformat(),
+            "expires_at": record.expires_at.isoformat(),
+        }
+        # The listing item first: a failure in between leaves a listed token that never worked, not a working
+        # token nobody can see or revoke.
+        self.table.put_item(
+            Item={"pk": f"TEAM#{record.team_id}", "sk": f"TOKEN#{record.token_id}", "token_hash": token_hash, **fields},
+            ConditionExpression=Attr("pk").not_exists(),
+        )
+        self.table.put_item(
+            Item={"pk": f"TOKEN#{token_hash}", "sk": "TOKEN", **fields}, ConditionExpression=Attr("pk").not_exists()
+        )
+
+    def token(self, token_hash: str) -> TokenRecord | None:
         item = self.table.get_item(Key={"pk": f"TOKEN#{token_hash}", "sk": "TOKEN"}).get("Item")
-        return str(item["team_id"]) if item else None
+        if not item:
+            return None
+        return _token_record(item, fallback_id="tok-" + token_hash[:12])
+
+    def list_tokens(self, team_id: str) -> builtins.list[TokenRecord]:
+        found: builtins.list[TokenRecord] = []
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(f"TEAM#{team_id}") & Key("sk").begins_with("TOKEN#"),
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.table.query(**query)
+            found += [_token_record(item, fallback_id=str(item["sk"]).removeprefix("TOKEN#")) for item in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                return found
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def delete_token(self, team_id: str, token_id: str) -> bool:
+        """Delete the credential item (only if it is this team's), then the listing item. False: no such token."""
+        listing = {"pk": f"TEAM#{team_id}", "sk": f"TOKEN#{token_id}"}
+        item = self.table.get_item(Key=listing, ConsistentRead=True).get("Item")
+        if not item:
+            return False
+        try:
+            self.table.delete_item(
+                Key={"pk": f"TOKEN#{item['token_hash']}", "sk": "TOKEN"},
+                ConditionExpression=Attr("team_id").eq(team_id),
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):  # already gone: a concurrent revocation
+                raise
+        self.table.delete_item(Key=listing)
+        return True
+
+
+def _token_record(item: dict[str, Any], fallback_id: str) -> TokenRecord:
+    created = dt.datetime.fromisoformat(str(item.get("created_at") or "1970-01-01T00:00:00+00:00"))
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    if item.get("expires_at"):
+        expires = dt.datetime.fromisoformat(str(item["expires_at"]))
+    else:  # issued before tokens expired: the default lifetime from its creation
+        expires = created + dt.timedelta(days=DEFAULT_TOKEN_DAYS)
+    return TokenRecord(
+        token_id=str(item.get("token_id") or fallback_id),
+        team_id=str(item["team_id"]),
+        label=str(item.get("label") or ""),
+        prefix=str(item.get("prefix") or ""),
+        created_at=created,
+        expires_at=expires,
+    )
 
 
 class DynamoProviderStore:

@@ -1,28 +1,36 @@
-"""EventBridge: the event patterns (one definition for the CDK stack and the local runtime) and the publisher of
-"Job State Change" events on the control plane's custom bus.
+"""EventBridge: the event patterns (one definition for the CDK stack and the local runtime) and the publishers of
+the control plane's events on its custom bus. The schemas are documented in docs/events.md.
 
-Events in:  detail-type "Job Submission" on the custom bus → the job workflow (any source; detail = the task spec
-            plus team_id and provider_id); EC2 "Instance State-change Notification" and "Spot Instance
-            Interruption Warning" on the default bus → the instance-events function.
-Events out: detail-type "Job State Change", source "ec2jobs", on the custom bus, for every job state change.
+Events in:  detail-type "Job Submission" on the custom bus → the job workflow, the whole event as input. The rule
+            takes every source, so that a submission with a wrong source is answered by a Rejected event rather
+            than dropped unseen; the workflow accepts only the source `ec2jobs.team.<team_id>` and submits for that
+            team (an administrator's IAM policy, condition key events:source, binds each team's automation to its
+            own source). EC2 "Instance State-change Notification" and "Spot Instance Interruption Warning" on the
+            default bus → the instance-events function.
+Events out: source "ec2jobs", on the custom bus: "Job State Change" for every job state change, and "Job
+            Submission Rejected" for every console execution or Job Submission event the workflow refused.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
+from controlplane.core.ids import team_event_source
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import Job
 
 SOURCE = "ec2jobs"
 JOB_STATE_CHANGE = "Job State Change"
 JOB_SUBMISSION = "Job Submission"
+JOB_SUBMISSION_REJECTED = "Job Submission Rejected"
 EC2_STATE_CHANGE = "EC2 Instance State-change Notification"
 SPOT_INTERRUPTION = "EC2 Spot Instance Interruption Warning"
 
-SUBMISSION_PATTERN: dict[str, Any] = {"detail-type": [JOB_SUBMISSION]}
+SUBMISSION_PATTERN: dict[str, Any] = {"detail-type": [JOB_SUBMISSION]}  # any source: see the module's docstring
 EC2_STATE_PATTERN: dict[str, Any] = {
     "source": ["aws.ec2"],
     "detail-type": [EC2_STATE_CHANGE],
@@ -31,6 +39,31 @@ EC2_STATE_PATTERN: dict[str, Any] = {
 SPOT_INTERRUPTION_PATTERN: dict[str, Any] = {"source": ["aws.ec2"], "detail-type": [SPOT_INTERRUPTION]}
 
 logger = logging.getLogger(__name__)
+
+
+def team_submission_policy(team_id: str, bus_arn: str) -> dict[str, Any]:
+    """The IAM policy an administrator attaches to a team's automation role: PutEvents on the control plane's bus,
+    for Job Submission events whose source is that team's, and nothing else (docs/events.md shows it). Every entry
+    of a PutEvents call must match (ForAllValues, as AWS's own example does); the Null check refuses a request
+    with no source at all, which ForAllValues alone would let through."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "SubmitJobsAsOneTeam",
+                "Effect": "Allow",
+                "Action": "events:PutEvents",
+                "Resource": bus_arn,
+                "Condition": {
+                    "ForAllValues:StringEquals": {
+                        "events:source": [team_event_source(team_id)],
+                        "events:detail-type": [JOB_SUBMISSION],
+                    },
+                    "Null": {"events:source": "false"},
+                },
+            }
+        ],
+    }
 
 
 def job_state_change_detail(job: Job, previous: JobStatus | None) -> dict[str, Any]:
@@ -78,3 +111,51 @@ class JobEventPublisher:
                 logger.warning("job state change event rejected", extra={"job_id": job.job_id})
         except Exception:  # never let an event failure undo or hide the state change itself
             logger.exception("could not publish job state change", extra={"job_id": job.job_id})
+
+
+# The Job Submission Rejected detail's fields, in order (docs/events.md). Nothing else is ever put: no spec, no env.
+REJECTION_FIELDS = (
+    "reason",
+    "code",
+    "submission",
+    "team_id",
+    "job_id",
+    "idempotency_key",
+    "event_id",
+    "event_source",
+    "execution_arn",
+)
+
+
+def job_submission_rejected_detail(fields: Mapping[str, Any], rejected_at: dt.datetime) -> dict[str, Any]:
+    """The documented schema of a Job Submission Rejected event's detail: exactly REJECTION_FIELDS + rejected_at."""
+    detail = {name: fields.get(name) for name in REJECTION_FIELDS}
+    return detail | {"rejected_at": rejected_at.isoformat()}
+
+
+class RejectionPublisher:
+    """Puts a Job Submission Rejected event. Returns whether EventBridge accepted it; never raises (the refusal
+    itself, the failed execution, stands either way)."""
+
+    def __init__(self, client: Any, bus_name: str) -> None:
+        self.client = client
+        self.bus_name = bus_name
+
+    def __call__(self, fields: Mapping[str, Any]) -> bool:
+        detail = job_submission_rejected_detail(fields, dt.datetime.now(dt.UTC))
+        entry = {
+            "Source": SOURCE,
+            "DetailType": JOB_SUBMISSION_REJECTED,
+            "Detail": json.dumps(detail),
+            "EventBusName": self.bus_name,
+            "Resources": [],
+        }
+        try:
+            response = self.client.put_events(Entries=[entry])
+        except Exception:  # never let the report hide the refusal
+            logger.exception("could not publish a job submission rejection", extra={"job_id": detail["job_id"]})
+            return False
+        if response.get("FailedEntryCount"):
+            logger.warning("job submission rejection event refused", extra={"job_id": detail["job_id"]})
+            return False
+        return True

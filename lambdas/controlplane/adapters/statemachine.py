@@ -6,13 +6,16 @@ Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Don
 (`UpstreamUnavailable`, Lambda service hiccups) and crashed invocations (killed runtime, timeout) are retried with
 backoff: every step is idempotent (Launch's ClientToken, the relay's committed offset and lease). `JobNotActive` /
 `DuplicateSubmission` end quietly (the job already ended, or another execution owns it); anything else goes to
-RecordFailure, which makes sure the job ends FAILED with no instance left running, and the execution fails with
-the job's failure reason as Error and its failure message as Cause. The relay never fails a running job: if it
-keeps failing, the execution ends and the instance's own end (instance events, reconciler) settles the job.
-Lambda throttling (`Lambda.TooManyRequestsException`: the account's concurrency is used up) is retried apart, with
-long jittered backoff. A relay still throttled after that records a note on the job straight from Step Functions
-(a DynamoDB UpdateItem, no Lambda needed) and ends the loop; the reconciler then starts a new relay loop, so the job
-is never lost (docs/limits.md).
+RecordFailure, which makes sure the job ends FAILED with no instance left running, and the execution fails with the
+job's failure reason as Error and its failure message as Cause. Validate's `InvalidSubmission` (an input that names
+no usable team, provider or job, or is not even a JSON object, e.g. `[]`) goes to Rejected with the error alone as
+state (a result path into a non-object input would be a States.Runtime error), so the execution fails with
+Validate's own sentence; Validate has already recorded and announced the rejection (docs/events.md). The relay never
+fails a running job: if it keeps failing, the execution ends and the instance's own end (instance events,
+reconciler) settles the job. Lambda throttling (`Lambda.TooManyRequestsException`: the account's concurrency is used
+up) is retried apart, with long jittered backoff. A relay still throttled after that records a note on the job
+straight from Step Functions (a DynamoDB UpdateItem, no Lambda needed) and ends the loop; the reconciler then starts
+a new relay loop, so the job is never lost (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -119,6 +122,10 @@ def _catch(failure_state: str = "RecordFailure") -> list[dict[str, Any]]:
     ]
 
 
+# Validate's refusal of an input: the state becomes the error itself ({"Error", "Cause"}), whatever the input was.
+_REJECTED = {"ErrorEquals": ["InvalidSubmission"], "ResultPath": "$", "Next": "Rejected"}
+
+
 def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEHOLDER) -> dict[str, Any]:
     """The state machine for these Lambda ARNs (keys: HANDLERS' step names) and jobs table (its name)."""
     missing = set(HANDLERS) - set(functions)
@@ -143,8 +150,17 @@ def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEH
                     "execution_arn.$": "$$.Execution.Id",
                 },
                 "Retry": _retry_transient(2, 3),
-                "Catch": _catch(),
+                "Catch": [_REJECTED, *_catch()],
                 "Next": "Bootstrap",
+            },
+            # The refused input's execution fails with Validate's sentence (RecordFailure, given no job, only
+            # turns the Lambda error's Cause into that sentence).
+            "Rejected": {
+                "Type": "Task",
+                "Resource": functions["record_failure"],
+                "Parameters": {"error.$": "$"},
+                "Retry": _retry_transient(2, 3),
+                "Next": "Failed",
             },
             "Bootstrap": {
                 "Type": "Task",

@@ -61,6 +61,19 @@ class Selection:
         return self.instance.price_per_hour
 
 
+# Accelerators AWS sells that ec2jobs does not run yet (SkyPilot's names for them, normalised) → where AWS sells
+# them. Inferentia: https://docs.aws.amazon.com/dlami/latest/devguide/inferentia ; Trainium:
+# https://docs.aws.amazon.com/dlami/latest/devguide/trainium (docs/task-spec-compat.md).
+_SOLD_ON_AWS_NOT_SUPPORTED: dict[str, str] = {
+    "INFERENTIA": "AWS Inferentia, in inf1 and inf2 instances",
+    "INFERENTIA1": "AWS Inferentia, in inf1 instances",
+    "INFERENTIA2": "AWS Inferentia2, in inf2 instances",
+    "TRAINIUM": "AWS Trainium, in trn1 and trn2 instances",
+    "TRAINIUM1": "AWS Trainium, in trn1 instances",
+    "TRAINIUM2": "AWS Trainium2, in trn2 instances",
+}
+
+
 def _normalise(name: str) -> str:
     return name.strip().upper().replace("_", "-").replace(" ", "")
 
@@ -95,12 +108,19 @@ class Catalog:
     # -- validation helpers used by the task spec -------------------------------------------------------------
 
     def canonical_gpu(self, name: str) -> str:
-        found = self._gpu_lookup.get(_normalise(name))
+        normalised = _normalise(name)
+        found = self._gpu_lookup.get(normalised)
         if found is None:
-            raise ValueError(
-                f"GPU type {name!r} is not sold on AWS (or not supported here). "
-                f"GPU types: {_join(self.gpu_descriptions())}"
-            )
+            known = f"GPU types: {_join(self.gpu_descriptions())}"
+            sold_as = _SOLD_ON_AWS_NOT_SUPPORTED.get(normalised)
+            if sold_as is not None:
+                raise ValueError(
+                    f"{name!r} is sold on AWS ({sold_as}) but ec2jobs does not support it yet: it runs the NVIDIA "
+                    f"GPU types in its catalog. {known}"
+                )
+            if normalised.startswith("TPU"):
+                raise ValueError(f"{name!r} is a Google Cloud TPU, which AWS does not sell. {known}")
+            raise ValueError(f"GPU type {name!r} is not one ec2jobs runs (AWS may not sell it). {known}")
         return found
 
     def gpu_descriptions(self) -> list[str]:

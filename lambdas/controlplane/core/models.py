@@ -20,6 +20,15 @@ _ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
 # a customer managed policy's name, or its ARN (issue 13 section 4: the hardened provider policy's boundary)
 _BOUNDARY = re.compile(r"(arn:aws[a-z-]*:iam::\d{12}:policy/)?[\w+=,.@/-]{1,128}")
 REDACTED = "<redacted>"
+# Ids the API accepts in a path or body before they become DynamoDB keys (what intake accepts for a job_id).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_ID_LENGTH = 64
+
+
+def _schema(**keywords: Any) -> dict[str, Any]:
+    """JSON Schema keywords for the OpenAPI document only: the field's validator does the checking (it strips
+    whitespace first, so a pydantic `pattern` would refuse what the validator accepts)."""
+    return keywords
 
 
 def utcnow() -> dt.datetime:
@@ -145,14 +154,25 @@ class ProviderCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="a display name, unique within the team")
-    region: str = Field(description="default AWS region for this provider's jobs, e.g. us-east-1")
-    access_key_id: str = Field(description="the IAM user's access key id")
-    secret_access_key: SecretStr = Field(description="the IAM user's secret access key (write-only)")
+    name: str = Field(
+        description="a display name, unique within the team",
+        json_schema_extra=_schema(pattern=f"^{_PROVIDER_NAME.pattern}$"),
+    )
+    region: str = Field(
+        description="default AWS region for this provider's jobs, e.g. us-east-1",
+        json_schema_extra=lambda schema: schema.update(enum=list(catalog.get().regions)),  # read when documented
+    )
+    access_key_id: str = Field(
+        description="the IAM user's access key id", json_schema_extra=_schema(pattern=f"^{_ACCESS_KEY_ID.pattern}$")
+    )
+    secret_access_key: SecretStr = Field(
+        description="the IAM user's secret access key (write-only)", json_schema_extra=_schema(pattern=r"\S")
+    )
     permissions_boundary: str | None = Field(
         default=None,
         description="the permissions boundary (policy name or ARN) the hardened provider policy requires on the "
         "roles ec2jobs creates, e.g. transformerlab-ec2-boundary; omit it to have ec2jobs detect the policy",
+        json_schema_extra=_schema(pattern=f"^({_BOUNDARY.pattern})?$"),
     )
 
     @field_validator("permissions_boundary")
@@ -198,7 +218,12 @@ class ProviderCreate(BaseModel):
 class JobRequest(TaskSpec):
     """POST /jobs: the task spec plus the provider to run it with."""
 
-    provider_id: str = Field(description="the provider (AWS account) to launch in")
+    provider_id: str = Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=ID_PATTERN,
+        description="the provider (AWS account) to launch in",
+    )
 
     def task_spec(self) -> TaskSpec:
         """The spec without provider_id. Passes the validated field values through (no re-parse), so Resources

@@ -5,8 +5,13 @@ Semantics (README "Task spec"):
 - `accelerators`: `TYPE[:COUNT]` (or SkyPilot's `{TYPE: COUNT}`), case-insensitive, aliases accepted
   (A10 → A10G, A100-40GB → A100, V100-32GB → V100 ...). Omit for a CPU-only job.
 - `cpus`: `"8"` means exactly 8 vCPUs, `"8+"` at least 8 (SkyPilot).
-- `memory`: a minimum; `"32"`/`"32+"` both mean at least 32 GiB. Plain numbers are GiB; units are
-  `KB MB GB TB` (decimal), `KiB MiB GiB TiB` or `K M G T` (binary). `512MB` is half a gigabyte, never 512 GB.
+- `memory` and `disk_size` take the same sizes, with SkyPilot's units: a plain number is GiB, and `KB MB GB TB`,
+  `KiB MiB GiB TiB`, `Ki Mi Gi Ti` and `K M G T` are all binary (GB = GiB = 2**30 bytes, as in SkyPilot's
+  MEMORY_SIZE_UNITS). `512MB` is half a GiB, never 512 GB. `memory` is a minimum (`"32"`/`"32+"` both mean at
+  least 32 GiB); `disk_size` must come to a whole number of GiB (EBS sizes volumes in GiB).
+- `envs`: a name with no value (`HF_TOKEN:`, SkyPilot's "must be supplied") is refused with a sentence saying how
+  to pass it (`ec2jobs submit --env HF_TOKEN`).
+- SkyPilot fields ec2jobs does not support yet are refused with what to do instead (core/spec_compat.py).
 - `use_spot`: `true` (spot only), `false` (on-demand only) or `"auto"` (spot, else on-demand; core/markets.py).
 """
 
@@ -15,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -23,6 +28,8 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -30,6 +37,16 @@ from pydantic import (
 from controlplane.core import catalog
 from controlplane.core.errors import InvalidSpec
 from controlplane.core.markets import AUTO, Market, UseSpot, markets_for
+from controlplane.core.spec_compat import (
+    RESOURCES_FIELD_ADVICE,
+    TASK_FIELD_ADVICE,
+    not_a_mapping_error,
+    not_a_mapping_reason,
+    rewrite_unsupported_fields,
+    task_from_yaml,
+)
+
+__all__ = ["Accelerator", "Amount", "Resources", "TaskSpec", "task_from_yaml"]
 
 MAX_RUNTIME_DEFAULT_MINUTES = 720
 MAX_RUNTIME_LIMIT_MINUTES = 7 * 24 * 60
@@ -49,31 +66,22 @@ DEFAULT_CPU_ONLY_CPUS = "2+"
 MAX_SPEC_BYTES = 256 * 1024
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_GPU_COUNT = re.compile(r"(?P<whole>[0-9]{1,6})(?:\.0*)?", re.ASCII)  # "8", "8.0": ACCELERATORS_JSON_SCHEMA
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _AMOUNT = re.compile(r"\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-z]*)\s*(?P<plus>\+)?\s*", re.ASCII)
 
 _GIB = 1024**3
-_MEMORY_UNITS: dict[str, float] = {
+# Sizes in GiB per unit. Every unit is binary, as in SkyPilot (sky/skylet/constants.py MEMORY_SIZE_UNITS:
+# 'gb': 2**30), so a SkyPilot file means the same here: `memory: 16GB` and `disk_size: 1TB` are 16 and 1024 GiB.
+_SIZE_UNITS_GIB: dict[str, float] = {
     "": 1.0,
     "b": 1 / _GIB,
-    "kb": 1e3 / _GIB,
-    "mb": 1e6 / _GIB,
-    "gb": 1e9 / _GIB,
-    "tb": 1e12 / _GIB,
-    "k": 1 / 1024**2,
-    "ki": 1 / 1024**2,
-    "kib": 1 / 1024**2,
-    "m": 1 / 1024,
-    "mi": 1 / 1024,
-    "mib": 1 / 1024,
-    "g": 1.0,
-    "gi": 1.0,
-    "gib": 1.0,
-    "t": 1024.0,
-    "ti": 1024.0,
-    "tib": 1024.0,
+    **{unit: 1 / 1024**2 for unit in ("k", "kb", "ki", "kib")},
+    **{unit: 1 / 1024 for unit in ("m", "mb", "mi", "mib")},
+    **{unit: 1.0 for unit in ("g", "gb", "gi", "gib")},
+    **{unit: 1024.0 for unit in ("t", "tb", "ti", "tib")},
 }
-_MEMORY_UNITS_HELP = "KB, MB, GB, TB (decimal), KiB, MiB, GiB, TiB or K, M, G, T (binary); no unit = GiB"
+_SIZE_UNITS_HELP = "MB, GB, TB or MiB, GiB, TiB (all binary, as in SkyPilot: 1 GB = 1 GiB); no unit = GiB"
 
 
 @dataclass(frozen=True)
@@ -117,18 +125,21 @@ def parse_cpus(raw: Any) -> Amount:
     return Amount(value, at_least=bool(match["plus"]))
 
 
-def parse_memory_gib(raw: Any) -> Amount:
-    """Memory as a minimum in GiB. `16` = 16 GiB, `512MB` = 0.477 GiB, `1.5TiB` = 1536 GiB."""
-    text = _scalar_text(raw, "memory", f"a size such as 16, 16GB or 512MiB ({_MEMORY_UNITS_HELP})")
+def _size_gib(text: str, field: str, example: str) -> tuple[float, bool]:
+    """`text` as (GiB, ends with '+'), with the units of `_SIZE_UNITS_GIB`; ValueError naming `field` if not."""
     match = _AMOUNT.fullmatch(text)
     if not match:
-        raise ValueError(
-            f"memory {text!r} is not valid: use a size such as 32, 32+, 16GB or 512MiB ({_MEMORY_UNITS_HELP})"
-        )
+        raise ValueError(f"{field} {text!r} is not valid: use a size such as {example} ({_SIZE_UNITS_HELP})")
     unit = match["unit"].lower()
-    if unit not in _MEMORY_UNITS:
-        raise ValueError(f"memory {text!r} has an unknown unit {match['unit']!r}: use {_MEMORY_UNITS_HELP}")
-    gib = float(match["num"]) * _MEMORY_UNITS[unit]
+    if unit not in _SIZE_UNITS_GIB:
+        raise ValueError(f"{field} {text!r} has an unknown unit {match['unit']!r}: use {_SIZE_UNITS_HELP}")
+    return float(match["num"]) * _SIZE_UNITS_GIB[unit], bool(match["plus"])
+
+
+def parse_memory_gib(raw: Any) -> Amount:
+    """Memory as a minimum in GiB. `16` = `16GB` = 16 GiB, `512MB` = 0.5 GiB, `1.5TiB` = 1536 GiB."""
+    text = _scalar_text(raw, "memory", f"a size such as 16, 16GB or 512MiB ({_SIZE_UNITS_HELP})")
+    gib, _ = _size_gib(text, "memory", "32, 32+, 16GB or 512MiB")
     if gib <= 0:
         raise ValueError(f"memory {text!r} must be more than zero")
     if gib > MAX_MEMORY_GIB:
@@ -136,20 +147,32 @@ def parse_memory_gib(raw: Any) -> Amount:
     return Amount(gib, at_least=True)
 
 
+_SEVERAL_GPU_TYPES = (
+    "accelerators must name one GPU type, e.g. 'A100:8' or {A100: 8}: ec2jobs does not choose among several types "
+    "yet (SkyPilot's {L4, A10G} or [L4, A10G]), so keep the one you want and submit again with another if it cannot "
+    "launch"
+)
+
+
 def parse_accelerator(raw: Any) -> Accelerator:
-    """`"A100:8"`, `"a10g"`, `{"A100": 8}` → Accelerator(canonical name, count)."""
+    """`"A100:8"`, `"a10g"`, `{"A100": 8}`, `{"A100:8": null}` (YAML `{A100:8}`) → Accelerator(name, count).
+    Exactly the forms ACCELERATORS_JSON_SCHEMA describes: the count is ASCII digits (1..MAX_GPU_COUNT)."""
+    bad_count = f"the count must be a whole number from 1 to {MAX_GPU_COUNT}, e.g. 'A100:8'"
     if isinstance(raw, dict):
         if len(raw) != 1:
-            raise ValueError(
-                "accelerators must name one GPU type, e.g. 'A100:8' or {A100: 8}; "
-                "choosing among several types is not supported"
-            )
+            raise ValueError(_SEVERAL_GPU_TYPES)
         ((name, count),) = raw.items()
-        text = f"{name}:{count}"
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int | str)):
+            raise ValueError(f"accelerators {{TYPE: COUNT}}: {bad_count}")
+        text = f"{name}" if count is None else f"{name}:{count}"
     elif isinstance(raw, str):
         text = raw.strip()
+    elif isinstance(raw, list | tuple):
+        raise ValueError(_SEVERAL_GPU_TYPES)
     else:
-        raise ValueError("accelerators must be a string such as 'A100:8' (TYPE[:COUNT])")
+        raise ValueError("accelerators must be a string such as 'A100:8' (TYPE[:COUNT]) or a mapping {A100: 8}")
     name, sep, count_text = text.partition(":")
     name = name.strip()
     if not name:
@@ -157,18 +180,10 @@ def parse_accelerator(raw: Any) -> Accelerator:
     count = 1
     if sep:
         count_text = count_text.strip()
-        try:
-            count_value = float(count_text)
-        except ValueError:
-            raise ValueError(
-                f"accelerators {text!r} has count {count_text!r}: the count must be a whole number, e.g. 'A100:8'"
-            ) from None
-        if not count_value.is_integer() or not 1 <= count_value <= MAX_GPU_COUNT:
-            raise ValueError(
-                f"accelerators {text!r} has count {count_text!r}: the count must be a whole number from 1 to "
-                f"{MAX_GPU_COUNT}"
-            )
-        count = int(count_value)
+        match = _GPU_COUNT.fullmatch(count_text)
+        if not match or not 1 <= int(match["whole"]) <= MAX_GPU_COUNT:
+            raise ValueError(f"accelerators {text!r} has count {count_text!r}: {bad_count}")
+        count = int(match["whole"])
     canonical = catalog.get().canonical_gpu(name)  # raises ValueError listing the known GPU types
     return Accelerator(name=canonical, count=count, requested_as=name)
 
@@ -185,15 +200,53 @@ def _scalar_text(raw: Any, field: str, expected: str) -> str:
     raise ValueError(f"{field} must be {expected}")
 
 
+# What `accelerators` accepts, for the JSON schema of request bodies (validation mode). Stored and returned specs
+# always hold the canonical "TYPE:COUNT" string (serialization mode keeps `string | null`).
+ACCELERATORS_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "pattern": r"^\s*[^:\s][^:]*(:\s*[0-9]+(\.0*)?\s*)?$",
+            "description": "TYPE[:COUNT], e.g. A100:8 (count defaults to 1)",
+            "examples": ["A100:8", "L4", "a10g:4"],
+        },
+        {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": MAX_GPU_COUNT},
+                    {"type": "string", "pattern": r"^\s*[0-9]+(\.0*)?\s*$"},
+                    {"type": "null"},
+                ]
+            },
+            "description": "SkyPilot's mapping form, e.g. {A100: 8}; one GPU type",
+            "examples": [{"A100": 8}],
+        },
+        {"type": "null"},
+    ],
+}
+
+
 class Resources(BaseModel):
     """What the job runs on. Everything is optional: an empty block means the cheapest small CPU instance."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    accelerators: str | None = Field(default=None, description="TYPE[:COUNT], e.g. A100:8; omit for CPU-only")
+    accelerators: Annotated[str | None, WithJsonSchema(ACCELERATORS_JSON_SCHEMA, mode="validation")] = Field(
+        default=None,
+        description="one GPU type and count, TYPE[:COUNT] (e.g. A100:8) or SkyPilot's {A100: 8}; omit for CPU-only",
+    )
     cpus: str | None = Field(default=None, description='vCPUs: "8" exactly 8, "8+" at least 8')
-    memory: str | None = Field(default=None, description="minimum memory, e.g. 32, 32+, 64GB, 512MiB")
-    disk_size: int = Field(default=DISK_DEFAULT_GIB, description="root volume size in GiB (encrypted gp3)")
+    memory: str | None = Field(
+        default=None, description="minimum memory, e.g. 32, 32+, 64GB, 512MiB (GB = GiB, as in SkyPilot)"
+    )
+    disk_size: int = Field(
+        default=DISK_DEFAULT_GIB,
+        description="root volume size in GiB (encrypted gp3): a number, or a size such as 1TB (GB = GiB, as in "
+        f"SkyPilot); {DISK_MIN_GIB}..{DISK_MAX_GIB}",
+    )
     use_spot: UseSpot = Field(
         default=False,
         description='true: spot; false: on-demand; "auto": spot, falling back to on-demand when AWS has no spot '
@@ -206,7 +259,10 @@ class Resources(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _remember_requested_gpu(cls, data: Any, handler: ModelWrapValidatorHandler[Resources]) -> Resources:
-        resources = handler(data)
+        try:
+            resources = handler(data)
+        except ValidationError as error:
+            raise rewrite_unsupported_fields(error, RESOURCES_FIELD_ADVICE) from None
         raw = data.get("accelerators") if isinstance(data, dict) else None
         if raw is not None:
             resources._requested_gpu = parse_accelerator(raw).requested_as
@@ -235,19 +291,12 @@ class Resources(BaseModel):
     @field_validator("disk_size", mode="before")
     @classmethod
     def _disk(cls, raw: Any) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-            raise ValueError(f"disk_size must be a whole number of GiB from {DISK_MIN_GIB} to {DISK_MAX_GIB}")
-        try:
-            value = float(str(raw).strip().removesuffix("GiB").removesuffix("GB"))
-        except ValueError:
-            raise ValueError(
-                f"disk_size {raw!r} is not valid: use a whole number of GiB from {DISK_MIN_GIB} to {DISK_MAX_GIB}"
-            ) from None
-        if not value.is_integer() or not DISK_MIN_GIB <= value <= DISK_MAX_GIB:
-            raise ValueError(
-                f"disk_size {raw!r} is not valid: use a whole number of GiB from {DISK_MIN_GIB} to {DISK_MAX_GIB}"
-            )
-        return int(value)
+        allowed = f"a whole number of GiB from {DISK_MIN_GIB} to {DISK_MAX_GIB}, e.g. 512 or 1TB"
+        text = _scalar_text(raw, "disk_size", allowed)
+        gib, at_least = _size_gib(text, "disk_size", "512, 512GB or 1TB")
+        if at_least or not gib.is_integer() or not DISK_MIN_GIB <= gib <= DISK_MAX_GIB:
+            raise ValueError(f"disk_size {text!r} is not valid: use {allowed} ({_SIZE_UNITS_HELP})")
+        return int(gib)
 
     @field_validator("use_spot", mode="before")
     @classmethod
@@ -303,6 +352,17 @@ class Resources(BaseModel):
         return parse_memory_gib(self.memory) if self.memory else None
 
 
+def _no_value_message(names: list[str]) -> str:
+    """The sentence for envs given with no value (SkyPilot's "must be supplied at launch")."""
+    one = len(names) == 1
+    first = names[0]
+    return (
+        f'{", ".join(names)} {"has" if one else "have"} no value (SkyPilot\'s "must be supplied at launch"): pass '
+        f"{'it' if one else 'each'} at submit time with `ec2jobs submit --env {first}` (takes the value from your "
+        f"environment) or `--env {first}=VALUE`, or write the value in envs"
+    )
+
+
 class TaskSpec(BaseModel):
     """A job: what to run and what to run it on."""
 
@@ -317,6 +377,18 @@ class TaskSpec(BaseModel):
         default=MAX_RUNTIME_DEFAULT_MINUTES,
         description=f"hard deadline enforced on the instance (1..{MAX_RUNTIME_LIMIT_MINUTES})",
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _task_shape(cls, data: Any, handler: ModelWrapValidatorHandler[TaskSpec]) -> TaskSpec:
+        """A task that is not a mapping says what it is; a SkyPilot field we lack says what to do instead."""
+        reason = not_a_mapping_reason(data) if not isinstance(data, BaseModel) else None
+        if reason is not None:
+            raise not_a_mapping_error(reason)
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise rewrite_unsupported_fields(error, TASK_FIELD_ADVICE) from None
 
     @field_validator("name", mode="before")
     @classmethod
@@ -344,6 +416,7 @@ class TaskSpec(BaseModel):
         if len(raw) > MAX_ENV_VARS:
             raise ValueError(f"envs has {len(raw)} variables; at most {MAX_ENV_VARS} are allowed")
         result: dict[str, str] = {}
+        missing: list[str] = []
         for name, value in raw.items():
             if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
                 raise ValueError(
@@ -352,16 +425,19 @@ class TaskSpec(BaseModel):
                 )
             if name.upper().startswith(RESERVED_ENV_PREFIX):
                 raise ValueError(f"envs name {name!r} is reserved: names starting {RESERVED_ENV_PREFIX} are ours")
+            if value is None:
+                missing.append(name)
+                continue
             if isinstance(value, bool):
                 result[name] = "true" if value else "false"
             elif isinstance(value, str | int | float):
                 result[name] = str(value)
-            elif value is None:
-                result[name] = ""
             else:
                 raise ValueError(f"envs value of {name} must be a string or a number")
             if "\x00" in result[name]:
                 raise ValueError(f"envs value of {name} contains a NUL byte")
+        if missing:
+            raise ValueError(_no_value_message(missing))
         return result
 
     @field_validator("setup", mode="before")

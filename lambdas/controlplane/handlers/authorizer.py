@@ -1,5 +1,8 @@
 """API Gateway TOKEN authorizer: `Authorization: Bearer <token>` → the team it belongs to (tokens are stored
-hashed). An unknown or malformed token is a 401 ("Unauthorized" is API Gateway's contract for that)."""
+hashed). An unknown, malformed, expired or revoked token, or one of a deleted team, is a 401 ("Unauthorized" is API
+Gateway's contract for that). API Gateway caches the answer per token for stacks/api.py AUTHORIZER_CACHE (300 s):
+that is how long a revocation can take to bite. The team's usage key, when it has one, is returned as
+`usageIdentifierKey`, so that the stack's usage plan throttles each team on its own (docs/tokens.md)."""
 
 from __future__ import annotations
 
@@ -30,18 +33,19 @@ def token_from_header(value: str | None) -> str | None:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = APIGatewayAuthorizerTokenEvent(event)
     token = token_from_header(request.authorization_token)
-    team_id = container.get().teams.team_for(token) if token else None
-    if team_id is None:
-        logger.info("rejected a request with a missing or unknown token")
+    principal = container.get().teams.authorize(token) if token else None
+    if principal is None:
+        logger.info("rejected a request with a missing, unknown, expired or revoked token")
         raise Exception("Unauthorized")  # noqa: TRY002 - API Gateway maps exactly this message to 401
     arn = request.parsed_arn
     response = APIGatewayAuthorizerResponse(
-        principal_id=team_id,
+        principal_id=principal.team_id,
         region=arn.region,
         aws_account_id=arn.aws_account_id,
         api_id=arn.api_id,
         stage=arn.stage,
-        context={"team_id": team_id},
+        context={"team_id": principal.team_id, "token_id": principal.token_id},
+        usage_identifier_key=principal.usage_key,
     )
     response.allow_all_routes()  # the result is cached per token for all routes; routes check the team themselves
     return response.asdict()

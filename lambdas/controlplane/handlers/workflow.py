@@ -3,17 +3,20 @@ failure catcher. Step Functions passes the state along; the error names it sees 
 names (InvalidSpec, JobFailed, UpstreamUnavailable, JobNotActive, ...), and their messages are sentences for people.
 
 Validate's input, as the state machine passes it: {"input": <execution input>, "execution_name", "execution_arn"};
-a bare execution input (direct invocation) works too.
+a bare execution input (direct invocation) works too. A console or event submission Validate refuses is never
+silent: where its team is known a FAILED job records why, and a `Job Submission Rejected` event goes to the bus
+(docs/events.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from controlplane.core.errors import DomainError
+from controlplane.core.errors import DomainError, InvalidSpec, InvalidSubmission
 from controlplane.handlers import container
 
 logger = Logger(service="ec2jobs-workflow")
@@ -38,9 +41,29 @@ def validate(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         state = container.pipeline().validate(raw, name, arn)
     except DomainError as error:
         _logged("validate", raw.get("job_id") if isinstance(raw, dict) else None, error)
+        if isinstance(error, InvalidSubmission | InvalidSpec):
+            _report_rejection(raw, name, arn, error)
         raise
     logger.info("job validated", extra={"job_id": state["job_id"], "instance_type": state["instance_type"]})
     return state
+
+
+def _report_rejection(raw: Any, name: str | None, arn: str | None, error: DomainError) -> None:
+    """The FAILED job (team known) and the Job Submission Rejected event. Best effort: the refusal stands anyway."""
+    from controlplane import config
+    from controlplane.adapters import aws
+    from controlplane.adapters.events import RejectionPublisher
+
+    try:
+        rejection = container.pipeline().intake.reject(raw, error, name, arn)
+        if rejection is None:
+            return
+        logger.info("submission rejected", extra={"job_id": rejection.job_id, "team_id": rejection.team_id})
+        bus = config.get().event_bus_name
+        if bus:
+            RejectionPublisher(aws.client("events"), bus)(asdict(rejection))
+    except Exception as failure:  # noqa: BLE001 - only its type is logged: an error text could quote the input
+        logger.warning("could not report the rejection", extra={"error_type": type(failure).__name__})
 
 
 @logger.inject_lambda_context

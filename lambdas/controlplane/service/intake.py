@@ -1,19 +1,22 @@
 """Validate (the workflow's first step): turn any of the three kinds of input into a LAUNCHING job and a plan.
 
-- the API's input `{"source": "api", "job_id", "team_id"}`: the job is already recorded (PENDING);
-- a Step Functions console execution: `{"team_id", "provider_id", <task spec fields> | "task": {...},
-  ["job_id" | "idempotency_key"]}`: the job is recorded here, its id fixed by the given job id, the idempotency key,
-  or the execution's name, so a retried step never records two jobs;
-- an automation event (EventBridge `Job Submission`, delivered whole): the same fields in `detail`; the job id comes
-  from the event id (EventBridge may deliver an event twice: the second execution stops as a duplicate).
-A spec that cannot run is recorded FAILED / INVALID_SPEC (when there is a team and provider to record it under) and
-the execution fails with an error that says what to change.
+- the API's input `{"source": "api", "job_id", "team_id"}`: the job is already recorded (PENDING), spec and all, so
+  the execution input carries ids only (no env value reaches Step Functions' execution history);
+- a Step Functions console execution (an administrator's surface: whoever may StartExecution may act for any
+  team): `{"team_id", "provider_id", <task spec fields> | "task": {...}, ["idempotency_key"]}`;
+- an automation event (EventBridge `Job Submission`, delivered whole): the team is the one its `source` names,
+  `ec2jobs.team.<team_id>` (an administrator's IAM policy lets each team's automation put that source only); the
+  detail holds `provider_id`, the spec and optionally `idempotency_key`; a `team_id` in the detail must be that team.
+Job ids are never chosen by the sender (core/ids.py): the idempotency key, the event id or the execution name,
+hashed with the team, so a retried step or a redelivered event never records two jobs, and no submission can take
+an id another team's submission maps to.
+A spec that cannot run is recorded FAILED / INVALID_SPEC and the execution fails with a sentence saying what to
+change. Any refused console/event submission is described by `reject` (a FAILED job where the team is known; the
+handler puts a `Job Submission Rejected` event, docs/events.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -21,13 +24,19 @@ from pydantic import ValidationError
 
 from controlplane.core import catalog, userdata
 from controlplane.core.errors import (
+    DomainError,
     DuplicateSubmission,
     InvalidSpec,
     InvalidSubmission,
     JobNotActive,
     describe_validation_problems,
 )
-from controlplane.core.ids import job_id_for_idempotency_key
+from controlplane.core.ids import (
+    TEAM_SOURCE_PREFIX,
+    job_id_for_idempotency_key,
+    job_id_for_submission,
+    team_of_event_source,
+)
 from controlplane.core.images import ImageFamily, family_for_instance
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.markets import UseSpot, submission_pricing
@@ -37,8 +46,9 @@ from controlplane.core.spec import TaskSpec, check_spec_size
 from controlplane.service.failures import fail_job
 
 SUBMISSION_DETAIL_TYPE = "Job Submission"
+NOT_AN_OBJECT = "the execution input must be a JSON object (see docs/events.md, 'Console executions')"
 _META_FIELDS = frozenset({"team_id", "provider_id", "job_id", "idempotency_key", "source", "task"})
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ECHO = 64  # at most this much of a sender's value is quoted back in a sentence
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,42 @@ class Plan:
         return dict(self.__dict__)
 
 
-def _derived_job_id(team_id: str, kind: str, identity: str) -> str:
-    return "job-" + hashlib.sha256(f"{team_id}\x00{kind}\x00{identity}".encode()).hexdigest()[:20]
+@dataclass(frozen=True)
+class Rejection:
+    """A refused console/event submission, as the Job Submission Rejected event tells it (docs/events.md). It holds
+    no spec, env value or secret: the reason is the validator's sentence, which never quotes spec values."""
+
+    reason: str
+    code: str
+    submission: str  # "event" or "console"
+    team_id: str | None  # the team it was for, when known (an event's source; a console input's existing team)
+    job_id: str | None  # the FAILED job recorded for that team, readable through the API
+    idempotency_key: str | None
+    event_id: str | None
+    event_source: str | None
+    execution_arn: str | None
+
+
+def _quoted(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _ECHO else text[:_ECHO] + "…"
+
+
+def _is_event(raw: dict[str, Any]) -> bool:
+    return "detail-type" in raw and "detail" in raw
+
+
+def _valid_team(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return check_team_id(value)
+    except ValueError:
+        return None
+
+
+def _valid_key(value: Any) -> str | None:
+    return value if isinstance(value, str) and 1 <= len(value) <= 255 else None
 
 
 class IntakeService:
@@ -68,19 +112,89 @@ class IntakeService:
 
     def validate(self, raw: Any, execution_name: str | None, execution_arn: str | None) -> Plan:
         if not isinstance(raw, dict):
-            raise InvalidSubmission("the execution input must be a JSON object (see README, 'Workflow input')")
+            raise InvalidSubmission(NOT_AN_OBJECT)
         if raw.get("source") == "api" and "job_id" in raw:
             job = self._api_job(raw)
-        elif "detail-type" in raw and "detail" in raw:
-            if raw.get("detail-type") != SUBMISSION_DETAIL_TYPE:
-                raise InvalidSubmission(f"events of detail-type {raw.get('detail-type')!r} are not job submissions")
-            if not isinstance(raw["detail"], dict) or not raw.get("id"):
-                raise InvalidSubmission("a Job Submission event needs an id and an object detail")
-            job = self._record(raw["detail"], "event", ("event", str(raw["id"])), execution_arn)
+        elif _is_event(raw):
+            team_id = self._event_team(raw)
+            job = self._record(raw["detail"], team_id, "event", ("event", str(raw["id"])), execution_arn)
         else:
             identity = ("execution", execution_name) if execution_name else None
-            job = self._record(raw, "console", identity, execution_arn)
+            job = self._record(raw, self._console_team(raw), "console", identity, execution_arn)
         return self._plan(job, execution_arn)
+
+    def reject(
+        self, raw: Any, error: DomainError, execution_name: str | None, execution_arn: str | None
+    ) -> Rejection | None:
+        """Validate refused this input: where the team is known, make sure a FAILED job records why (the one Validate
+        recorded for an invalid spec, or a new one), and describe the rejection. None for the API's own inputs (the
+        API answered that request; the job's state changes tell the rest)."""
+        if isinstance(raw, dict) and raw.get("source") == "api" and "job_id" in raw:
+            return None
+        event = isinstance(raw, dict) and _is_event(raw)
+        body: dict[str, Any] = {}
+        event_id = event_source = team_id = None
+        if event:
+            assert isinstance(raw, dict)
+            body = raw["detail"] if isinstance(raw["detail"], dict) else {}
+            event_id = str(raw["id"])[:128] if raw.get("id") else None
+            event_source = str(raw.get("source"))[:256] if isinstance(raw.get("source"), str) else None
+            team_id = _valid_team(team_of_event_source(raw.get("source")))
+        elif isinstance(raw, dict):
+            body = raw
+            named = _valid_team(raw.get("team_id"))
+            team_id = named if named and self.providers.list(named) else None  # a team that exists
+        key = _valid_key(body.get("idempotency_key"))
+        job_id = None
+        if team_id is not None:
+            if key is not None:
+                job_id = job_id_for_idempotency_key(team_id, key)
+            elif event and isinstance(raw, dict) and raw.get("id"):
+                job_id = job_id_for_submission(team_id, "event", str(raw["id"]))  # as Validate derives it
+            elif not event and execution_name:
+                job_id = job_id_for_submission(team_id, "execution", execution_name)
+        if job_id is not None:
+            kind = "event" if event else "console"
+            job_id = self._failed_record(job_id, team_id, body, error.message, kind, execution_arn)
+        return Rejection(
+            reason=error.message,
+            code=error.code,
+            submission="event" if event else "console",
+            team_id=team_id,
+            job_id=job_id,
+            idempotency_key=key,
+            event_id=event_id,
+            event_source=event_source,
+            execution_arn=execution_arn,
+        )
+
+    def _failed_record(
+        self, job_id: str, team_id: Any, body: dict[str, Any], message: str, source: str, execution_arn: str | None
+    ) -> str | None:
+        """The team's FAILED record of a refused submission: the existing one (an invalid spec Validate recorded),
+        or a new one. None if the id holds another team's job (never touched)."""
+        existing = self.jobs.get(job_id)
+        if existing is not None:
+            return job_id if existing.team_id == team_id else None
+        provider_id, name = body.get("provider_id"), body.get("name")
+        now = utcnow()
+        job = Job.model_validate(
+            {
+                "job_id": job_id,
+                "team_id": team_id,
+                "provider_id": provider_id if isinstance(provider_id, str) and len(provider_id) <= 64 else "",
+                "region": "",  # no provider was resolved
+                "name": name if isinstance(name, str) and len(name) <= 100 else None,
+                "source": source,
+                "execution_arn": execution_arn,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        stored, created = self.jobs.create(job)
+        if created:
+            fail_job(self.jobs, job_id, FailureReason.INVALID_SPEC, message)
+        return job_id if stored.team_id == team_id else None  # created meanwhile by another submission: untouched
 
     # -- the three inputs -----------------------------------------------------------------------------------
 
@@ -90,10 +204,53 @@ class IntakeService:
             raise InvalidSubmission(f"job {raw['job_id']} does not exist for team {raw.get('team_id')}")
         return job
 
+    @staticmethod
+    def _event_team(raw: dict[str, Any]) -> str:
+        """The team a Job Submission event submits for: the one its source names (IAM-enforced, docs/events.md)."""
+        if raw.get("detail-type") != SUBMISSION_DETAIL_TYPE:
+            raise InvalidSubmission(f"events of detail-type {_quoted(raw.get('detail-type'))} are not job submissions")
+        if not isinstance(raw["detail"], dict) or not raw.get("id"):
+            raise InvalidSubmission("a Job Submission event needs an id and an object detail")
+        named = team_of_event_source(raw.get("source"))
+        if named is None:
+            raise InvalidSubmission(
+                f"a Job Submission event's source must be {TEAM_SOURCE_PREFIX}<team_id>, the team it submits for "
+                f"(see docs/events.md); this one's source is {_quoted(raw.get('source'))}"
+            )
+        try:
+            team_id = check_team_id(named)
+        except ValueError as error:
+            raise InvalidSubmission(f"the event's source names no valid team: {error}") from None
+        claimed = raw["detail"].get("team_id")
+        if claimed is not None and claimed != team_id:
+            raise InvalidSubmission(
+                f"this event's source submits for team {team_id}, but its detail names team_id {_quoted(claimed)}: "
+                "an event submits only for the team its source names (see docs/events.md)"
+            )
+        return team_id
+
+    @staticmethod
+    def _console_team(raw: dict[str, Any]) -> str:
+        team_id = raw.get("team_id")
+        if not isinstance(team_id, str) or not isinstance(raw.get("provider_id"), str):
+            raise InvalidSubmission(
+                "a workflow submission needs team_id and provider_id (strings) next to the task spec "
+                "(see docs/events.md, 'Console executions')"
+            )
+        try:
+            return check_team_id(team_id)
+        except ValueError as error:
+            raise InvalidSubmission(str(error)) from None
+
     def _record(
-        self, raw: dict[str, Any], source: str, identity: tuple[str, str] | None, execution_arn: str | None
+        self,
+        raw: dict[str, Any],
+        team_id: str,
+        source: str,
+        identity: tuple[str, str] | None,
+        execution_arn: str | None,
     ) -> Job:
-        team_id, provider = self._owner(raw)
+        provider = self._provider(team_id, raw.get("provider_id"))
         job_id = self._job_id(raw, team_id, identity)
         existing = self.jobs.get(job_id)
         if existing is not None:
@@ -104,11 +261,8 @@ class IntakeService:
                     f"job {job_id} was already submitted (execution {existing.execution_arn}); this one stops"
                 )
             return existing
-        task = (
-            raw.get("task")
-            if isinstance(raw.get("task"), dict)
-            else {k: v for k, v in raw.items() if k not in _META_FIELDS}
-        )
+        # A `task` that is not a mapping reaches TaskSpec as it is, which says so ("the task spec is a string…").
+        task = raw["task"] if "task" in raw else {k: v for k, v in raw.items() if k not in _META_FIELDS}
         now = utcnow()
         base: dict[str, Any] = {
             "job_id": job_id,
@@ -155,38 +309,29 @@ class IntakeService:
         )
         return job
 
-    def _owner(self, raw: dict[str, Any]) -> tuple[str, Provider]:
-        team_id, provider_id = raw.get("team_id"), raw.get("provider_id")
-        if not isinstance(team_id, str) or not isinstance(provider_id, str):
-            raise InvalidSubmission(
-                "a workflow submission needs team_id and provider_id (strings) next to the task spec "
-                "(see README, 'Workflow input')"
-            )
-        try:
-            check_team_id(team_id)
-        except ValueError as error:
-            raise InvalidSubmission(str(error)) from None
+    def _provider(self, team_id: str, provider_id: Any) -> Provider:
+        if not isinstance(provider_id, str) or not 1 <= len(provider_id) <= 64:
+            raise InvalidSubmission("a submission needs provider_id: the id of one of the team's providers")
         provider = self.providers.get(team_id, provider_id)
         if provider is None:
             raise InvalidSubmission(f"provider {provider_id} does not exist in team {team_id}")
-        return team_id, provider
+        return provider
 
     @staticmethod
     def _job_id(raw: dict[str, Any], team_id: str, identity: tuple[str, str] | None) -> str:
-        given, key = raw.get("job_id"), raw.get("idempotency_key")
-        if given is not None:
-            if not isinstance(given, str) or not _JOB_ID.fullmatch(given):
-                raise InvalidSubmission(
-                    "job_id must be 1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
-                )
-            return given
+        key = raw.get("idempotency_key")
+        if "job_id" in raw:
+            raise InvalidSubmission(
+                "job_id cannot be chosen in a console or event submission: give idempotency_key instead (the job "
+                "id derives from it and the team, so retrying with the same key never makes two jobs)"
+            )
         if key is not None:
-            if not isinstance(key, str) or not 1 <= len(key) <= 255:
+            if _valid_key(key) is None:
                 raise InvalidSubmission("idempotency_key must be a string of 1-255 characters")
             return job_id_for_idempotency_key(team_id, key)
         if identity is None:
-            raise InvalidSubmission("give a job_id (the input has no execution name to derive one from)")
-        return _derived_job_id(team_id, *identity)
+            raise InvalidSubmission("give an idempotency_key (the input has no execution name to derive an id from)")
+        return job_id_for_submission(team_id, *identity)
 
     def _record_invalid(self, job: Job, message: str) -> NoReturn:
         """Keep a record of the rejected submission (FAILED / INVALID_SPEC) so users see why, then fail the step."""

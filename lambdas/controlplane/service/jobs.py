@@ -157,6 +157,6 @@ class JobService:
 def _parse_log_cursor(cursor: str | None) -> int:
     if cursor is None or cursor == "":
         return 0
-    if not cursor.isdigit() or len(cursor) > 15:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 15:
         raise InvalidRequest("after must be a next_cursor value from an earlier page (a byte offset)")
     return int(cursor)

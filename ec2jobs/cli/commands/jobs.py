@@ -1,0 +1,312 @@
+"""`ec2jobs submit|jobs|status|logs|cancel`: a team's jobs (submit with `--env`, follow status and output)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ec2jobs.cli import output
+from ec2jobs.cli.args import Parents, positive
+from ec2jobs.cli.config import client_for
+from ec2jobs.cli.costs import cost_cell, cost_fields, hourly, job_cost, market, market_detail
+from ec2jobs.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from ec2jobs.cli.output import dash, duration, price, timestamp
+from ec2jobs.cli.tasks import apply_envs, parse_env_options, read_task_file
+from ec2jobs.client import TERMINAL_STATUSES, ApiError, Client, JsonObject
+
+JOB_STATUSES = ("PENDING", "LAUNCHING", "PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+LOG_GRACE_SECONDS = 60.0  # after the job ended, how long to wait for the rest of its log before giving up
+MAX_PAGE = 100  # the API's largest page of jobs
+
+_sleep: Callable[[float], None] = time.sleep  # tests replace it (e.g. to simulate Ctrl-C while following)
+
+
+def _pick_provider(client: Client, flag: str | None, from_file: Any) -> str:
+    if flag:
+        return flag
+    if from_file:
+        return str(from_file)
+    providers = client.list_providers().get("providers") or []
+    if not providers:
+        raise UsageError("no provider to run on: add one with `ec2jobs providers add`")
+    if len(providers) > 1:
+        names = ", ".join(f"{p.get('provider_id')} ({p.get('name')})" for p in providers)
+        raise UsageError(f"this team has several providers: pass --provider ID (one of: {names})")
+    return str(providers[0]["provider_id"])
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    if args.json and args.follow:
+        raise UsageError("--json and --follow cannot be combined")
+    spec = read_task_file(Path(args.file))
+    spec = apply_envs(spec, parse_env_options(args.env or []), args.file)
+    from_file = spec.pop("provider_id", None)
+    client = client_for(args)
+    provider_id = _pick_provider(client, args.provider, from_file)
+    job = client.submit_job(provider_id, spec, args.idempotency_key)
+    if args.json:
+        output.print_json(job)
+        return EXIT_OK
+    job_id = str(job.get("job_id"))
+    # While following, stdout carries the job's output only; ec2jobs's own lines go to stderr.
+    say = output.err if args.follow else output.out
+    say(f"submitted job {job_id} ({job.get('status')})")
+    say(f"  instance type: {dash(job.get('instance_type'))} in {dash(job.get('region'))}, $/h {hourly(job)}")
+    for note in job.get("notes") or []:
+        say(f"  note: {note}")
+    if not args.follow:
+        output.out(f"follow it with: ec2jobs logs {job_id} --follow   (status: ec2jobs status {job_id})")
+        return EXIT_OK
+    return _follow_job(client, job_id, args.poll)
+
+
+def _status_line(job: Mapping[str, Any]) -> str:
+    status = job.get("status")
+    details = []
+    if job.get("instance_id"):
+        details.append(f"instance {job['instance_id']}")
+        if job.get("instance_type"):
+            details.append(str(job["instance_type"]))
+    if job.get("instance_state") and status != "RUNNING":
+        details.append(f"EC2 state {job['instance_state']}")
+    suffix = f" ({', '.join(details)})" if details else ""
+    return f"[{time.strftime('%H:%M:%S')}] job {job.get('job_id')}: {status}{suffix}"
+
+
+def _final_line(job: Mapping[str, Any]) -> str:
+    status = job.get("status")
+    line = f"job {job.get('job_id')} {status}"
+    parts = []
+    if job.get("failure_reason"):
+        parts.append(str(job["failure_reason"]))
+    if job.get("exit_code") is not None:
+        parts.append(f"exit code {job['exit_code']}")
+    if parts:
+        line += ": " + ", ".join(parts)
+    if job.get("failure_message"):
+        line += f" - {output.one_line(str(job['failure_message']))}"
+    cost = job_cost(job, output.now())
+    if status in TERMINAL_STATUSES and cost.seconds is not None:
+        if cost.amount is not None:
+            spent = f"about ${price(cost.amount)}"
+        elif cost.ceiling is not None:
+            spent = f"at most ${price(cost.ceiling)} on spot"
+        else:
+            spent = "cost n/a"
+        line += f" (billed {duration(cost.seconds)}, {spent})"
+    return line
+
+
+class _Transient:
+    """Retry a call through short outages while following (connection errors, 429, 5xx)."""
+
+    def __init__(self, poll: float, attempts: int = 6) -> None:
+        self.poll = poll
+        self.attempts = attempts
+
+    def __call__(self, call: Callable[[], JsonObject]) -> JsonObject:
+        for attempt in range(self.attempts):
+            try:
+                return call()
+            except ApiError as error:
+                retryable = error.status == 0 or error.status == 429 or error.status >= 500
+                if not retryable or attempt == self.attempts - 1:
+                    raise
+                _sleep(min(max(self.poll, 0.5) * 2**attempt, 10.0))
+        raise AssertionError("unreachable")
+
+
+def _follow_job(client: Client, job_id: str, poll: float) -> int:
+    """Status changes (stderr) until the job runs, its output as it arrives (stdout), then the final status line."""
+    retry = _Transient(poll)
+    last_seen: tuple[Any, Any] | None = None
+    cursor: str | None = None
+    ended_at: float | None = None
+    last_char = "\n"
+    try:
+        while True:
+            job = retry(lambda: client.get_job(job_id))
+            status = job.get("status")
+            terminal = status in TERMINAL_STATUSES
+            seen = (status, job.get("instance_id"))
+            if not terminal and seen != last_seen:
+                output.err(_status_line(job))
+                last_seen = seen
+            complete = False
+            if status == "RUNNING" or terminal or cursor is not None:
+                while True:
+                    page = retry(functools.partial(client.get_logs, job_id, after=cursor))
+                    text = str(page.get("text") or "")
+                    if text:
+                        sys.stdout.write(text)
+                        sys.stdout.flush()
+                        last_char = text[-1]
+                    if page.get("next_cursor") is not None:
+                        cursor = str(page["next_cursor"])
+                    complete = bool(page.get("complete"))
+                    if complete or not text:
+                        break
+            if terminal:
+                if complete:
+                    break
+                ended_at = ended_at if ended_at is not None else time.monotonic()
+                if time.monotonic() - ended_at > LOG_GRACE_SECONDS:
+                    output.err(f"the rest of the log did not arrive (see `ec2jobs logs {job_id}` later)")
+                    break
+            _sleep(poll)
+    except KeyboardInterrupt:
+        if last_char != "\n":
+            output.err("")
+        output.err(f"stopped following job {job_id}; it keeps running (`ec2jobs cancel {job_id}` cancels it)")
+        return EXIT_INTERRUPTED
+    if last_char != "\n":
+        output.err("")  # the output did not end with a newline: start the status line on a line of its own
+    output.err(_final_line(job))
+    return EXIT_OK if job.get("status") == "SUCCEEDED" else EXIT_FAILED
+
+
+def _collect_jobs(client: Client, status: str | None, limit: int) -> JsonObject:
+    jobs: list[Any] = []
+    cursor: str | None = None
+    while True:
+        page = client.list_jobs(status=status, limit=min(limit - len(jobs), MAX_PAGE), cursor=cursor)
+        jobs.extend(page.get("jobs") or [])
+        cursor = page.get("next_cursor")
+        if not cursor or len(jobs) >= limit:
+            return {"jobs": jobs[:limit], "next_cursor": cursor}
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    body = _collect_jobs(client_for(args), args.status, args.limit)
+    if args.json:
+        output.print_json(body)
+        return EXIT_OK
+    jobs = body["jobs"]
+    if not jobs:
+        output.out("no jobs" + (f" with status {args.status}" if args.status else ""))
+        return EXIT_OK
+    now = output.now()
+    costs = [cost_cell(job_cost(j, now)) for j in jobs]
+    output.table(
+        ["JOB ID", "NAME", "STATUS", "INSTANCE TYPE", "MARKET", "$/H", "COST", "CREATED"],
+        [
+            [
+                j.get("job_id"),
+                dash(j.get("name")),
+                j.get("status"),
+                dash(j.get("instance_type")),
+                market(j),
+                price(j.get("hourly_price")),
+                cost,
+                timestamp(j.get("created_at")),
+            ]
+            for j, cost in zip(jobs, costs, strict=True)
+        ],
+    )
+    if any(cost[:1] in {"~", "<"} for cost in costs):
+        output.err("(COST: ~ so far, the job still runs; <= at most, on spot: no spot price is recorded)")
+    if body["next_cursor"]:
+        output.err(f"(the newest {len(jobs)} shown; pass --limit for more)")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = client_for(args).get_job(args.job_id)
+    if args.json:
+        output.print_json(job)
+        return EXIT_OK
+    pairs: list[tuple[str, Any]] = [
+        ("job id", job.get("job_id")),
+        ("name", job.get("name")),
+        ("status", job.get("status")),
+    ]
+    if job.get("status") == "FAILED" or job.get("failure_reason"):
+        pairs += [("failure reason", job.get("failure_reason")), ("failure message", job.get("failure_message"))]
+    pairs += [
+        ("exit code", job.get("exit_code")),
+        ("provider", job.get("provider_id")),
+        ("region", job.get("region")),
+        ("instance type", job.get("instance_type")),
+        ("market", market_detail(job)),
+        ("$/h", hourly(job)),
+        *cost_fields(job, output.now()),
+        ("instance id", job.get("instance_id")),
+        ("instance state", job.get("instance_state")),
+        ("zone", job.get("availability_zone")),
+        ("created", timestamp(job.get("created_at"))),
+        ("launched", timestamp(job.get("launched_at"))),
+        ("started", timestamp(job.get("started_at"))),
+        ("ended", timestamp(job.get("ended_at"))),
+    ]
+    pairs += [("note", note) for note in job.get("notes") or []]
+    output.fields(pairs)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    if args.follow:
+        try:
+            for text in client.follow_logs(args.job_id, poll=args.poll, sleep=lambda seconds: _sleep(seconds)):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            output.err(f"\nstopped following the log of job {args.job_id}")
+            return EXIT_INTERRUPTED
+        return EXIT_OK
+    cursor: str | None = None
+    while True:
+        page = client.get_logs(args.job_id, after=cursor)
+        text = str(page.get("text") or "")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if page.get("next_cursor") is not None:
+            cursor = str(page["next_cursor"])
+        if page.get("complete") or not text:
+            return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    body = client_for(args).cancel_job(args.job_id)
+    output.out(f"cancel requested for job {args.job_id}" + (f" ({body['status']})" if body.get("status") else ""))
+    return EXIT_OK
+
+
+def register(commands: Any, parents: Parents) -> None:
+    connection, as_json, poll = parents.connection, parents.as_json, parents.poll
+    submit = commands.add_parser("submit", parents=[connection, as_json, poll], help="submit a task YAML")
+    submit.add_argument("file", metavar="TASK_YAML")
+    submit.add_argument("--provider", metavar="ID", help="else the YAML's provider_id, else the team's only provider")
+    submit.add_argument(
+        "--env",
+        action="append",
+        metavar="NAME[=VALUE]",
+        help="set an env of the task; NAME alone takes its value from your environment (repeatable; fills an env "
+        "the YAML leaves without a value)",
+    )
+    submit.add_argument("--follow", "-f", action="store_true", help="show status changes and logs until it ends")
+    submit.add_argument("--idempotency-key", metavar="KEY", help="a retry with the same key never makes a second job")
+    submit.set_defaults(func=cmd_submit)
+
+    jobs = commands.add_parser("jobs", parents=[connection, as_json], help="list jobs, newest first")
+    jobs.add_argument("--status", choices=JOB_STATUSES, type=str.upper)
+    jobs.add_argument("--limit", type=positive, default=20, help="at most this many (default 20)")
+    jobs.set_defaults(func=cmd_jobs)
+
+    status = commands.add_parser("status", parents=[connection, as_json], help="one job")
+    status.add_argument("job_id", metavar="JOB")
+    status.set_defaults(func=cmd_status)
+
+    logs = commands.add_parser("logs", parents=[connection, poll], help="a job's output")
+    logs.add_argument("job_id", metavar="JOB")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    logs.set_defaults(func=cmd_logs)
+
+    cancel = commands.add_parser("cancel", parents=[connection], help="cancel a job")
+    cancel.add_argument("job_id", metavar="JOB")
+    cancel.set_defaults(func=cmd_cancel)

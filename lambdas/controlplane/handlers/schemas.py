@@ -1,0 +1,135 @@
+"""The HTTP API's response bodies as pydantic models: what GET /openapi.json publishes for every status code.
+
+The views are built from the domain records (core.models) so a field added there shows up here; the routes in
+handlers/api.py still return the records' `public()` dicts, and tests check those dicts validate against these."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from controlplane.core.lifecycle import JobStatus
+from controlplane.core.markets import UseSpot
+from controlplane.core.models import Job
+from controlplane.core.spec import TaskSpec
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers (4xx and 5xx) has this shape; `code` is stable, `message` is for a person."""
+
+    model_config = ConfigDict(title="Error")
+
+    code: str = Field(description="a stable machine-readable error code, e.g. NOT_FOUND, VALIDATION_ERROR")
+    message: str = Field(description="what went wrong and what to do about it; never echoes the request body")
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="per-field problems ({field, message}) or the failed check ({check})"
+    )
+
+
+class Provider(BaseModel):
+    """A provider as the API shows it: never the secret key, only a masked hint of the access key id."""
+
+    model_config = ConfigDict(title="Provider")
+
+    provider_id: str
+    name: str
+    region: str
+    account_id: str
+    user_arn: str
+    access_key_id: str = Field(description="a masked hint (first and last four characters)")
+    permissions_boundary: str | None
+    created_at: dt.datetime
+
+
+class ProviderList(BaseModel):
+    providers: list[Provider]
+
+
+def _job_view() -> type[BaseModel]:
+    """Job.public(): every Job field but the idempotency bookkeeping, all always present; the spec with env values
+    redacted (names kept)."""
+    hidden = {"request_hash", "version", "spec"}
+    fields: dict[str, Any] = {
+        name: (field.annotation, Field(description=field.description))
+        for name, field in Job.model_fields.items()
+        if name not in hidden
+    }
+    fields["spec"] = (TaskSpec | None, Field(description="the task spec as submitted; env values are <redacted>"))
+    return create_model("Job", **fields)
+
+
+JobView: type[BaseModel] = _job_view()
+
+
+class JobCancelled(JobView):  # type: ignore[misc,valid-type]
+    model_config = ConfigDict(title="JobCancelled")
+
+    terminated_instances: list[str] = Field(description="the EC2 instances terminated for the job")
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]  # type: ignore[valid-type]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class JobAccepted(BaseModel):
+    """POST /jobs: the job is recorded (PENDING) and its launch workflow started."""
+
+    job_id: str
+    status: JobStatus
+    instance_type: str | None
+    region: str
+    hourly_price: float | None = Field(description="USD/h on-demand list price; null on spot or auto (decided later)")
+    use_spot: UseSpot
+    on_demand_price: float | None
+    notes: list[str]
+
+
+class LogPage(BaseModel):
+    job_id: str
+    text: str = Field(description="output from byte offset `after`, decoded as UTF-8")
+    next_cursor: str = Field(description="the byte offset to pass as `after` for the next page")
+    complete: bool = Field(description="true once the job ended and all its output has been read")
+
+
+class CatalogGpu(BaseModel):
+    gpu: str
+    gpu_memory_gib: float | None
+    counts: list[int] = Field(description="the GPU counts one instance can have")
+    instance_types: list[str]
+
+
+class CatalogInstanceType(BaseModel):
+    instance_type: str
+    vcpus: int
+    memory_gib: float
+    gpu: str | None
+    gpu_count: int
+    gpu_memory_gib: float | None
+    price_per_hour: float | None
+    regions: list[str]
+
+
+class Catalog(BaseModel):
+    prices: dict[str, Any] = Field(description="where the prices come from, their currency and caveats")
+    regions: list[str]
+    gpus: list[CatalogGpu]
+    instance_types: list[CatalogInstanceType]
+
+
+class Token(BaseModel):
+    """GET /tokens: what is stored about a token, never the token itself."""
+
+    token_id: str
+    label: str
+    prefix: str = Field(description="the token's first characters, to tell tokens apart")
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    expired: bool
+    current: bool = Field(description="true for the token this request was made with")
+
+
+class TokenList(BaseModel):
+    tokens: list[Token]
