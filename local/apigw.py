@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,20 @@ class HttpResponse:
 def error_response(status: int, code: str, message: str) -> HttpResponse:
     """An answer API Gateway gives itself (no Lambda ran), in the API's error shape."""
     return HttpResponse(status, dict(JSON_HEADERS), json.dumps({"code": code, "message": message}))
+
+
+_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _invoke(handler: Handler, event: dict[str, Any], context: Any) -> Any:
+    """Call a Lambda handler as one execution environment would: one invocation at a time. A Lambda environment
+    never runs two invocations at once, so handlers keep per-invocation state on module-level objects (Powertools'
+    resolver keeps the current route on the app); the threaded local front must not call them concurrently."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(id(handler), threading.Lock())
+    with lock:
+        return handler(event, context)
 
 
 @dataclass
@@ -80,7 +95,7 @@ class LocalApiGateway:
             authorizer_context = authorized
         event = self._proxy_event(method, path, headers, query or {}, body, authorizer_context)
         event["isBase64Encoded"] = is_base64
-        result = self.api_handler(event, LocalLambdaContext("api", region=self.region))
+        result = _invoke(self.api_handler, event, LocalLambdaContext("api", region=self.region))
         response_headers = {k: str(v) for k, v in (result.get("headers") or {}).items()}
         for name, values in (result.get("multiValueHeaders") or {}).items():
             response_headers[name] = ", ".join(str(v) for v in values)
@@ -97,7 +112,7 @@ class LocalApiGateway:
         method_arn = self._method_arn(method, path)
         event = {"type": "TOKEN", "authorizationToken": token, "methodArn": method_arn}
         try:
-            policy = self.authorizer_handler(event, LocalLambdaContext("authorizer", region=self.region))
+            policy = _invoke(self.authorizer_handler, event, LocalLambdaContext("authorizer", region=self.region))
         except Exception as error:  # noqa: BLE001 - API Gateway's contract: "Unauthorized" → 401, else 500
             if str(error) == "Unauthorized":
                 return unauthorized
