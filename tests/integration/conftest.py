@@ -30,6 +30,27 @@ def _refuse_scan(**_: Any) -> None:
     raise ScanForbidden("a DynamoDB Scan was issued; product paths must use a key or an index")
 
 
+def fake_client(endpoint: str, service: str, region: str = "us-east-1") -> Any:
+    """A client of an emulator with the fake keys (an emulator without IAM enforcement accepts them)."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=guard.FAKE_ACCESS_KEY_ID,
+        aws_secret_access_key=guard.FAKE_SECRET_ACCESS_KEY,
+    )
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[Callable[[str], Any]]:
+    """A module's own emulator without IAM enforcement, as a client factory: aws("lambda")."""
+    process = emulator.start()
+    try:
+        yield lambda service: fake_client(process.info.endpoint, service)
+    finally:
+        process.stop()
+
+
 @pytest.fixture(scope="session")
 def emu() -> Iterator[emulator.EmulatorInfo]:
     process = emulator.start(enforce_iam=True)

@@ -8,37 +8,13 @@ import json
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import boto3
-import pytest
-
-from local import emulator, guard
 from local.moto_patches import target_input
 
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def aws() -> Iterator[Any]:
-    process = emulator.start()
-    try:
-        endpoint = process.info.endpoint
-
-        def client(service: str) -> Any:
-            return boto3.client(
-                service,
-                endpoint_url=endpoint,
-                region_name="us-east-1",
-                aws_access_key_id=guard.FAKE_ACCESS_KEY_ID,
-                aws_secret_access_key=guard.FAKE_SECRET_ACCESS_KEY,
-            )
-
-        yield client
-    finally:
-        process.stop()
 
 
 def _function(aws: Any, handler: str, env: dict[str, str] | None = None) -> str:

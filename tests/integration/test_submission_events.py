@@ -25,6 +25,7 @@ from controlplane.adapters import events, schema, statemachine
 from controlplane.core.models import Provider
 from local import emulator, guard
 from local.resources import ControlPlaneNames, create_tables
+from tests.integration.conftest import fake_client
 
 REGION = "us-east-1"
 TASK = {"run": "echo hi", "name": "evented"}
@@ -51,13 +52,7 @@ def plane() -> Iterator[Plane]:
         endpoint = process.info.endpoint
 
         def client(service: str) -> Any:
-            return boto3.client(
-                service,
-                endpoint_url=endpoint,
-                region_name=REGION,
-                aws_access_key_id=guard.FAKE_ACCESS_KEY_ID,
-                aws_secret_access_key=guard.FAKE_SECRET_ACCESS_KEY,
-            )
+            return fake_client(endpoint, service, REGION)
 
         yield _create(client)
     finally:

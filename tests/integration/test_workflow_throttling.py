@@ -9,36 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from controlplane.adapters import statemachine
-from local import emulator, guard
 from local.resources import ControlPlaneNames, create_tables
-
-
-@pytest.fixture(scope="module")
-def aws() -> Iterator[Any]:
-    process = emulator.start()
-    try:
-        endpoint = process.info.endpoint
-
-        def client(service: str) -> Any:
-            return boto3.client(
-                service,
-                endpoint_url=endpoint,
-                region_name="us-east-1",
-                aws_access_key_id=guard.FAKE_ACCESS_KEY_ID,
-                aws_secret_access_key=guard.FAKE_SECRET_ACCESS_KEY,
-            )
-
-        yield client
-    finally:
-        process.stop()
 
 
 def shortened(definition: Any) -> Any:
