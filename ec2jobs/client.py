@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Final
 
 JsonObject = dict[str, Any]
@@ -213,7 +213,8 @@ class Client:
         return self._get(f"/jobs/{_segment(job_id)}")
 
     def get_logs(self, job_id: str, after: str | None = None, limit: int | None = None) -> JsonObject:
-        """GET /jobs/{id}/logs: {job_id, text, next_cursor, complete}."""
+        """GET /jobs/{id}/logs: {job_id, text, next_cursor, complete, final}: `final` once nothing more will come
+        (stop polling), `complete` when the log is also whole (see `log_final`, `log_tail_missing`)."""
         return self._get(f"/jobs/{_segment(job_id)}/logs", {"after": after, "limit": limit})
 
     def cancel_job(self, job_id: str) -> JsonObject:
@@ -250,8 +251,9 @@ class Client:
         poll: float = 1.0,
         after: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
-    ) -> Iterator[str]:
-        """Yield the job's output as it arrives, from `after` (the start by default), until the log is complete."""
+    ) -> Generator[str, None, JsonObject]:
+        """Yield the job's output as it arrives, from `after` (the start by default), until the log is final.
+        Returns the last page (`yield from` gets it): `log_tail_missing(page)` says whether the end may be lost."""
         cursor = after
         while True:
             page = self.get_logs(job_id, after=cursor)
@@ -260,10 +262,22 @@ class Client:
                 yield text
             if page.get("next_cursor") is not None:
                 cursor = str(page["next_cursor"])
-            if page.get("complete"):
-                return
+            if log_final(page):
+                return page
             if not text:
                 sleep(poll)
+
+
+def log_final(page: Mapping[str, Any]) -> bool:
+    """The log ended on this page: nothing more will come, stop polling. An API from before `final` existed sends
+    only `complete`, which then meant the same."""
+    return bool(page["final"]) if "final" in page else bool(page.get("complete"))
+
+
+def log_tail_missing(page: Mapping[str, Any]) -> bool:
+    """The log ended without being whole: the instance went (cancel, spot interruption, lost) before the relay read
+    everything it wrote, so output from the job's last moments may be missing."""
+    return log_final(page) and not page.get("complete")
 
 
 def _object(value: Any) -> JsonObject:

@@ -9,6 +9,7 @@ import pytest
 
 from controlplane.core import provisioning
 from controlplane.core.errors import JobFailed, UpstreamUnavailable
+from controlplane.core.ports import LogProgress
 from tests.integration.conftest import ControlPlane, ProviderCalls, Tenant, Workflow
 
 G4DN_JOB = {"resources": {"accelerators": "T4"}, "run": "python train.py"}
@@ -39,6 +40,12 @@ def instances_of(cp: ControlPlane, job_id: str) -> list[dict[str, Any]]:
         Filters=[{"Name": f"tag:{provisioning.JOB_TAG}", "Values": [job_id]}]
     )["Reservations"]
     return [i for r in reservations for i in r["Instances"]]
+
+
+def stored_log(job_id: str) -> LogProgress:
+    from controlplane.handlers import container
+
+    return container.pipeline().relayer.logs.progress(job_id)
 
 
 def run_calls(calls: ProviderCalls) -> int:
@@ -120,10 +127,12 @@ def test_given_a_launch_error_then_its_failure_reason_and_an_actionable_message(
     assert code in record["failure_message"]
     assert failure.value.reason == reason
     logs = control_plane.call("GET", f"/jobs/{state['job_id']}/logs", tenant.token).json()
-    assert (logs["text"], logs["complete"]) == ("", True)  # it never ran: its (empty) log is complete
+    # It never ran: its (empty) log is final and whole.
+    assert logs == {"job_id": state["job_id"], "text": "", "next_cursor": "0", "complete": True, "final": True}
     # ...and the workflow's catch-all gives the execution the same Error / Cause.
     caught = {"Error": "JobFailed", "Cause": '{"errorMessage": "x", "errorType": "JobFailed"}'}
     assert workflow.record_failure(state, caught) == {"Error": reason, "Cause": record["failure_message"]}
+    assert stored_log(state["job_id"]) == LogProgress(committed=0, complete=True, drained=True)
 
 
 def test_given_a_new_profile_not_yet_propagated_then_launch_retries_with_bounded_backoff(
@@ -224,6 +233,10 @@ def test_given_the_workflow_fails_after_launch_then_the_instance_is_terminated(
     assert result == {"Error": "LAUNCH_ERROR", "Cause": record["failure_message"]}
     (instance,) = instances_of(control_plane, state["job_id"])
     assert instance["State"]["Name"] in {"shutting-down", "terminated"}
+    # It had an instance that wrote what nobody read: the log is final, not whole.
+    assert stored_log(state["job_id"]) == LogProgress(committed=0, complete=True, drained=False)
+    logs = control_plane.call("GET", f"/jobs/{state['job_id']}/logs", tenant.token).json()
+    assert (logs["final"], logs["complete"]) == (True, False)
 
 
 def test_given_a_job_cancelled_before_a_retried_launch_then_the_earlier_instance_is_terminated(

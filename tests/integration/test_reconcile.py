@@ -59,7 +59,8 @@ def test_a_job_whose_instance_ended_without_an_event_is_finalized(
     assert state["job_id"] in report.finalized
     record = job(control_plane, tenant, state["job_id"])
     assert (record["status"], record["failure_reason"]) == ("FAILED", "INSTANCE_LOST")
-    assert control_plane.call("GET", f"/jobs/{state['job_id']}/logs", tenant.token).json()["complete"] is True
+    logs = control_plane.call("GET", f"/jobs/{state['job_id']}/logs", tenant.token).json()
+    assert (logs["final"], logs["complete"]) == (True, False)  # nothing more will come; what it wrote last is lost
 
 
 def test_an_instance_past_its_deadline_is_terminated_and_the_job_fails_max_runtime(

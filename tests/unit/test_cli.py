@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from ec2jobs import cli
+from ec2jobs import client as cli_client
 from ec2jobs.cli import output
 from ec2jobs.cli.commands import jobs as jobs_commands
 from ec2jobs.client import ApiError, Client
@@ -96,6 +97,7 @@ class FakeApi:
     token: str = TOKEN
     cancel_supported: bool = False
     outages: int = 0  # answer this many GET requests with 503 first
+    legacy_logs: bool = False  # logs pages without `final`, as an API from before it existed sent them
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
@@ -217,6 +219,9 @@ class FakeApi:
         if crash:
             reason = {"failure_reason": "EXIT_NONZERO", "exit_code": 3, "failure_message": "run exited with status 3"}
             timeline.append(("FAILED", len(pieces), reason))
+        elif body.get("name") == "lost":  # the instance went before the relay read its last two pieces
+            reason = {"failure_reason": "INSTANCE_LOST", "failure_message": "the instance was terminated"}
+            timeline.append(("FAILED", 2, reason))
         else:
             billed = {"exit_code": 0, "billed_seconds": 150, "cost_estimate": 0.0419}  # 150 s at 1.006 $/h
             timeline += [("RUNNING", 3, {}), ("SUCCEEDED", len(pieces), billed)]
@@ -265,16 +270,21 @@ class FakeApi:
         more = start + limit < len(jobs)
         return 200, {"jobs": page, "next_cursor": str(start + limit) if more else None}
 
-    @staticmethod
-    def logs(job: FakeJob, after: str | None) -> tuple[int, Any]:
+    def logs(self, job: FakeJob, after: str | None) -> tuple[int, Any]:
         job.advance()
         offset = int(after) if after and after.isdigit() else 0
         if after is not None and (not after.isdigit() or offset > job.released):
             return 400, {"code": "INVALID_REQUEST", "message": f"cursor {after!r} is not one we issued"}
         text = job.log[offset : job.released]
         end = offset + len(text)
-        complete = job.record["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and end == len(job.log)
-        return 200, {"job_id": job.record["job_id"], "text": text, "next_cursor": str(end), "complete": complete}
+        # Final: the job ended and this page reached the end of what was relayed; complete: and that is all of it
+        # (a "lost" job's instance went before its last pieces were read).
+        final = job.record["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and end == job.released
+        complete = final and end == len(job.log)
+        if self.legacy_logs:
+            return 200, {"job_id": job.record["job_id"], "text": text, "next_cursor": str(end), "complete": final}
+        page = {"job_id": job.record["job_id"], "text": text, "next_cursor": str(end), "complete": complete}
+        return 200, page | {"final": final}
 
 
 def _handler_for(api: FakeApi) -> type[BaseHTTPRequestHandler]:
@@ -536,6 +546,55 @@ def test_ctrl_c_while_following_stops_following_without_cancelling(
     assert "stopped following job job-0001; it keeps running" in result.err
     assert not any(path.endswith("/cancel") for path in api.paths("POST"))
     assert api.jobs["job-0001"].record["status"] == "PENDING"
+
+
+LOST_TAIL_NOTICE = (
+    "ec2jobs: the log ended without the instance's drain confirmation: output written in the job's last moments "
+    "may be missing (job FAILED/INSTANCE_LOST)"
+)
+
+
+def test_following_a_job_whose_log_lost_its_tail_stops_at_final_and_says_so(
+    api: FakeApi, run: Any, tmp_path: Path
+) -> None:
+    api.add_provider()
+    result = run("submit", _task(tmp_path, TASK.replace("name: train", "name: lost")), "--follow", "--poll", "0.01")
+    assert result.code == 1
+    assert result.out == "".join(LOG_PIECES[:2])  # what was relayed, nothing invented
+    lines = result.err.splitlines()
+    assert lines[-3:] == [
+        "",  # the output ended mid-line
+        LOST_TAIL_NOTICE,
+        "job job-0001 FAILED: INSTANCE_LOST - the instance was terminated",
+    ]
+    assert "did not arrive" not in result.err  # it stopped at `final`, without waiting for a `complete` never sent
+
+
+def test_a_whole_log_ends_without_the_notice_and_an_api_without_final_still_ends(
+    api: FakeApi, run: Any, tmp_path: Path
+) -> None:
+    api.add_provider()
+    whole = run("submit", _task(tmp_path, TASK), "--follow", "--poll", "0.01")
+    assert (whole.code, whole.out) == (0, LOG)
+    assert "may be missing" not in whole.err
+    api.legacy_logs = True  # `complete` alone, meaning "final"
+    legacy = run("submit", _task(tmp_path, TASK), "--follow", "--poll", "0.01")
+    assert (legacy.code, legacy.out) == (0, LOG)
+    assert "may be missing" not in legacy.err
+    assert run("logs", "job-0002", "--follow", "--poll", "0.01").out == LOG
+
+
+def test_logs_of_a_job_whose_tail_was_lost_prints_what_was_relayed_and_the_notice(
+    api: FakeApi, run: Any, tmp_path: Path
+) -> None:
+    api.add_provider()
+    run("submit", _task(tmp_path, TASK.replace("name: train", "name: lost")))
+    followed = run("logs", "job-0001", "--follow", "--poll", "0.01")
+    assert (followed.code, followed.out) == (0, "".join(LOG_PIECES[:2]))
+    assert followed.err.splitlines() == ["", LOST_TAIL_NOTICE]
+    again = run("logs", "job-0001")  # after the end: all of it at once, and the same notice
+    assert (again.code, again.out) == (0, "".join(LOG_PIECES[:2]))
+    assert again.err.splitlines() == ["", LOST_TAIL_NOTICE]
 
 
 def test_submit_without_follow_prints_the_summary(api: FakeApi, run: Any, tmp_path: Path) -> None:
@@ -1035,6 +1094,33 @@ def test_client_follow_logs_yields_pieces_until_complete(api: FakeApi) -> None:
     assert set(naps) == {0.25}
     with pytest.raises(ApiError, match="no such job"):
         client.get_job("../providers")  # ids are one path segment
+
+
+def test_client_follow_logs_stops_at_final_and_returns_the_last_page(api: FakeApi) -> None:
+    client = Client(api.url, TOKEN)
+    provider_id = api.add_provider()
+    job = client.submit_job(provider_id, {"name": "lost", "run": "python train.py"})
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        assert len(naps) < 50, "still polling a log that is final"
+        naps.append(seconds)
+
+    stream = client.follow_logs(job["job_id"], poll=0.25, sleep=nap)
+    pieces: list[str] = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as end:
+            last = end.value
+            break
+    assert "".join(pieces) == "".join(LOG_PIECES[:2])
+    assert (last["final"], last["complete"]) == (True, False)
+    assert cli_client.log_final(last)
+    assert cli_client.log_tail_missing(last)
+    assert cli_client.log_final({"complete": True})  # an API from before `final`: complete meant final
+    assert not cli_client.log_tail_missing({"complete": True})
+    assert not cli_client.log_final({"complete": False})
 
 
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:

@@ -39,13 +39,15 @@ class FakeJobs:
 
 class FakeLogs:
     def __init__(self) -> None:
-        self.completed = False
+        self.completed = False  # final: nothing more will be relayed
+        self.drained = False  # whole: the relay read everything
 
     def progress(self, job_id: str) -> LogProgress:
-        return LogProgress(committed=42, complete=self.completed)
+        return LogProgress(committed=42, complete=self.completed, drained=self.drained)
 
-    def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None:
-        self.completed = self.completed or complete
+    def commit(self, job_id: str, committed: int, *, complete: bool = False, drained: bool = False) -> None:
+        self.completed = self.completed or complete or drained
+        self.drained = self.drained or drained
 
 
 def job(status: JobStatus, deadline: dt.datetime | None = None) -> Job:
@@ -71,11 +73,12 @@ def test_given_a_running_instance_then_its_state_is_recorded_and_the_job_untouch
     assert not logs.completed
 
 
-def test_given_an_instance_that_ends_while_its_job_runs_then_the_job_is_lost_and_its_log_complete() -> None:
+def test_given_an_instance_that_ends_while_its_job_runs_then_the_job_is_lost_and_its_log_final_not_whole() -> None:
     jobs, logs = FakeJobs(job(JobStatus.RUNNING, deadline=NOW + dt.timedelta(hours=1))), FakeLogs()
     InstanceEventsService(jobs, logs).handle("i-1", "shutting-down")
     assert (jobs.job.status, jobs.job.failure_reason) == (JobStatus.FAILED, "INSTANCE_LOST")
-    assert logs.completed
+    assert logs.completed  # nothing more will be relayed...
+    assert not logs.drained  # ...but what the instance wrote last was never read: the log is not whole
 
 
 def test_given_an_instance_past_the_deadline_then_max_runtime() -> None:

@@ -41,7 +41,7 @@ class _Logs:
         self.data = data
 
     def progress(self, job_id: str) -> LogProgress:
-        return LogProgress(committed=len(self.data), complete=True)
+        return LogProgress(committed=len(self.data), complete=True, drained=True)
 
     def chunks(self, job_id: str, after: int, max_bytes: int) -> list[tuple[int, bytes]]:
         return logchunks.cut(after, self.data[after : after + max_bytes], 300 * 1024)
@@ -84,10 +84,17 @@ def test_every_page_fits_the_lambda_response_and_pages_join_to_the_exact_output(
     cursor: str | None = None
     for _ in range(100):
         page = service.logs("t", "job-1", cursor, MAX_LOG_PAGE)
-        body = {"job_id": "job-1", "text": page.text, "next_cursor": page.next_cursor, "complete": page.complete}
+        body = {
+            "job_id": "job-1",
+            "text": page.text,
+            "next_cursor": page.next_cursor,
+            "complete": page.complete,
+            "final": page.final,
+        }
         assert lambda_response_bytes(body) < LAMBDA_RESPONSE_LIMIT - MIB  # well under, with room for headers
         pages.append(page.text)
-        if page.complete:
+        if page.final:
+            assert page.complete  # drained: the log is whole
             break
         assert page.next_cursor != cursor, "no progress"
         cursor = page.next_cursor

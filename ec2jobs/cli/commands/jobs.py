@@ -17,7 +17,7 @@ from ec2jobs.cli.costs import cost_cell, cost_fields, hourly, job_cost, market, 
 from ec2jobs.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from ec2jobs.cli.output import dash, duration, price, timestamp
 from ec2jobs.cli.tasks import apply_envs, parse_env_options, read_task_file
-from ec2jobs.client import TERMINAL_STATUSES, ApiError, Client, JsonObject
+from ec2jobs.client import TERMINAL_STATUSES, ApiError, Client, JsonObject, log_final, log_tail_missing
 
 JOB_STATUSES = ("PENDING", "LAUNCHING", "PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 LOG_GRACE_SECONDS = 60.0  # after the job ended, how long to wait for the rest of its log before giving up
@@ -102,6 +102,24 @@ def _final_line(job: Mapping[str, Any]) -> str:
     return line
 
 
+def _tail_notice(job: Mapping[str, Any] | None) -> str:
+    """One line for a log that ended without being whole (final, not complete)."""
+    job = job or {}
+    ended = "/".join(str(part) for part in (job.get("status"), job.get("failure_reason")) if part)
+    return (
+        "ec2jobs: the log ended without the instance's drain confirmation: output written in the job's last "
+        "moments may be missing" + (f" (job {ended})" if ended else "")
+    )
+
+
+def _job_or_none(client: Client, job_id: str) -> JsonObject | None:
+    """The job, for the notice's detail; without it the notice is still printed."""
+    try:
+        return client.get_job(job_id)
+    except ApiError:
+        return None
+
+
 class _Transient:
     """Retry a call through short outages while following (connection errors, 429, 5xx)."""
 
@@ -128,6 +146,7 @@ def _follow_job(client: Client, job_id: str, poll: float) -> int:
     cursor: str | None = None
     ended_at: float | None = None
     last_char = "\n"
+    tail_missing = False  # the log ended (final) without being whole (complete)
     try:
         while True:
             job = retry(lambda: client.get_job(job_id))
@@ -137,7 +156,7 @@ def _follow_job(client: Client, job_id: str, poll: float) -> int:
             if not terminal and seen != last_seen:
                 output.err(_status_line(job))
                 last_seen = seen
-            complete = False
+            final = False
             if status == "RUNNING" or terminal or cursor is not None:
                 while True:
                     page = retry(functools.partial(client.get_logs, job_id, after=cursor))
@@ -148,11 +167,11 @@ def _follow_job(client: Client, job_id: str, poll: float) -> int:
                         last_char = text[-1]
                     if page.get("next_cursor") is not None:
                         cursor = str(page["next_cursor"])
-                    complete = bool(page.get("complete"))
-                    if complete or not text:
+                    final, tail_missing = log_final(page), log_tail_missing(page)
+                    if final or not text:
                         break
             if terminal:
-                if complete:
+                if final:
                     break
                 ended_at = ended_at if ended_at is not None else time.monotonic()
                 if time.monotonic() - ended_at > LOG_GRACE_SECONDS:
@@ -166,6 +185,8 @@ def _follow_job(client: Client, job_id: str, poll: float) -> int:
         return EXIT_INTERRUPTED
     if last_char != "\n":
         output.err("")  # the output did not end with a newline: start the status line on a line of its own
+    if tail_missing:
+        output.err(_tail_notice(job))
     output.err(_final_line(job))
     return EXIT_OK if job.get("status") == "SUCCEEDED" else EXIT_FAILED
 
@@ -250,25 +271,39 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     client = client_for(args)
+    last_char = "\n"
     if args.follow:
+        stream = client.follow_logs(args.job_id, poll=args.poll, sleep=lambda seconds: _sleep(seconds))
         try:
-            for text in client.follow_logs(args.job_id, poll=args.poll, sleep=lambda seconds: _sleep(seconds)):
+            while True:
+                try:
+                    text = next(stream)
+                except StopIteration as end:
+                    last: JsonObject = end.value
+                    break
                 sys.stdout.write(text)
                 sys.stdout.flush()
+                last_char = text[-1]
         except KeyboardInterrupt:
             output.err(f"\nstopped following the log of job {args.job_id}")
             return EXIT_INTERRUPTED
-        return EXIT_OK
-    cursor: str | None = None
-    while True:
-        page = client.get_logs(args.job_id, after=cursor)
-        text = str(page.get("text") or "")
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        if page.get("next_cursor") is not None:
-            cursor = str(page["next_cursor"])
-        if page.get("complete") or not text:
-            return EXIT_OK
+    else:
+        cursor: str | None = None
+        while True:
+            last = client.get_logs(args.job_id, after=cursor)
+            text = str(last.get("text") or "")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            last_char = text[-1] if text else last_char
+            if last.get("next_cursor") is not None:
+                cursor = str(last["next_cursor"])
+            if log_final(last) or not text:
+                break
+    if log_tail_missing(last):
+        if last_char != "\n":
+            output.err("")  # the notice on a line of its own
+        output.err(_tail_notice(_job_or_none(client, args.job_id)))
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

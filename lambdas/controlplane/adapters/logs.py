@@ -1,5 +1,6 @@
 """The logs table: one item per chunk of a job's output, keyed by the byte offset where it starts, plus one
-progress item per job (offset -1 under the job id: the committed offset and whether the log is complete).
+progress item per job (offset -1 under the job id: the committed offset; `complete`, the log is final: nothing more
+will be relayed; `drained`, the log is whole: the relay read everything the instance wrote).
 
 A job's chunks are spread over several partition keys (core/logchunks.py: span s of the file lives under key
 s % PARTITIONS), because DynamoDB serves at most 1,000 write units per second per partition; chunks are stored
@@ -109,21 +110,30 @@ class DynamoLogStore:
             delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**refused)
             self.sleep(delay * random.uniform(0.5, 1.0))  # jitter
 
-    def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None:
-        """Advance the committed offset (never backwards: a stale writer's commit is ignored). `complete`, once
-        set, stays set."""
+    def commit(self, job_id: str, committed: int, *, complete: bool = False, drained: bool = False) -> None:
+        """Advance the committed offset (never backwards: a stale writer's commit is ignored). `complete` (final:
+        nothing more will be relayed), once set, stays set. `drained` (the log is whole: the relay read everything
+        the instance wrote, confirmed by the wrapper's drain handshake) implies `complete` and, once set, stays set
+        too: a later commit without it never clears it."""
+        complete = complete or drained
         sets = ["#c = :c", "expires_at = :exp", "#done = :done" if complete else "#done = if_not_exists(#done, :done)"]
+        names = {"#c": "committed", "#done": "complete"}
+        values: dict[str, Any] = {
+            ":c": committed,
+            ":done": complete,
+            ":exp": int(time.time()) + self.retention_seconds,
+        }
+        if drained:
+            sets.append("#drained = :drained")
+            names["#drained"] = "drained"
+            values[":drained"] = True
         try:
             self.table.update_item(
                 Key={"job_id": job_id, "offset": PROGRESS_OFFSET},
                 UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression="attribute_not_exists(#c) OR #c <= :c",
-                ExpressionAttributeNames={"#c": "committed", "#done": "complete"},
-                ExpressionAttributeValues={
-                    ":c": committed,
-                    ":done": complete,
-                    ":exp": int(time.time()) + self.retention_seconds,
-                },
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if _code(error) != "ConditionalCheckFailedException":
@@ -155,8 +165,12 @@ class DynamoLogStore:
     def progress(self, job_id: str) -> LogProgress:
         item = self.table.get_item(Key={"job_id": job_id, "offset": PROGRESS_OFFSET}, ConsistentRead=True).get("Item")
         if not item:
-            return LogProgress(committed=0, complete=False)
-        return LogProgress(committed=int(item.get("committed", 0)), complete=bool(item.get("complete", False)))
+            return LogProgress(committed=0, complete=False, drained=False)
+        return LogProgress(
+            committed=int(item.get("committed", 0)),
+            complete=bool(item.get("complete", False)),
+            drained=bool(item.get("drained", False)),  # missing: written before drained existed, or not drained
+        )
 
     def chunks(self, job_id: str, after: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """Chunks covering bytes from `after` on (about `max_bytes` of them), in offset order: the chunk holding

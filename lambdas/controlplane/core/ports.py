@@ -83,7 +83,8 @@ class CachedImage:
 @dataclass(frozen=True)
 class LogProgress:
     committed: int  # every byte of output before this offset is stored
-    complete: bool  # nothing more will come (the relay drained the output, or the instance is gone)
+    complete: bool  # final: nothing more will come (the relay drained the output, or the instance is gone)
+    drained: bool = False  # the log is whole: the relay read everything the instance wrote (drain handshake)
 
 
 class JobStateWriter(Protocol):

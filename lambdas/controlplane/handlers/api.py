@@ -273,7 +273,15 @@ def get_job_logs(
     ] = 262144,
 ) -> Response[Any]:
     page = container.get().jobs.logs(_team(), job_id, after, limit)
-    return _json({"job_id": job_id, "text": page.text, "next_cursor": page.next_cursor, "complete": page.complete})
+    return _json(
+        {
+            "job_id": job_id,
+            "text": page.text,
+            "next_cursor": page.next_cursor,
+            "complete": page.complete,  # final and whole
+            "final": page.final,  # stop polling
+        }
+    )
 
 
 # -- tokens (helper TOKENS' block: a team lists and revokes its own tokens; issuing is an admin action) ---------

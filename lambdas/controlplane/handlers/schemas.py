@@ -91,7 +91,17 @@ class LogPage(BaseModel):
     job_id: str
     text: str = Field(description="output from byte offset `after`, decoded as UTF-8")
     next_cursor: str = Field(description="the byte offset to pass as `after` for the next page")
-    complete: bool = Field(description="true once the job ended and all its output has been read")
+    complete: bool = Field(
+        description="true only when the log is whole and this page reached its end: the job ended and the relay read "
+        "everything the instance wrote (confirmed by the job wrapper's drain handshake), or the job never had an "
+        "instance (its empty log is whole). false while more may come, and also when final is true but the end of "
+        "the output may be missing (the instance was terminated by a cancel, a spot interruption or a loss before "
+        "the relay read it all)"
+    )
+    final: bool = Field(
+        description="true once the job ended, nothing more will be relayed and this page reached the end of the "
+        "relayed output: stop polling. complete then says whether the log is whole (false: its end may be missing)"
+    )
 
 
 class CatalogGpu(BaseModel):

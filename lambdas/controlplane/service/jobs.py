@@ -41,7 +41,8 @@ def request_fingerprint(request: JobRequest) -> str:
 class LogPage:
     text: str
     next_cursor: str
-    complete: bool
+    final: bool  # the job ended, nothing more will be relayed and this page reached the end: stop polling
+    complete: bool  # final, and the log is whole (the relay read everything the instance wrote)
 
 
 class LogReader(Protocol):
@@ -131,7 +132,10 @@ class JobService:
     def logs(self, team_id: str, job_id: str, after: str | None, limit: int) -> LogPage:
         """Output from byte offset `after` (the previous page's next_cursor), at most `limit` bytes of it, as text,
         and fewer when the text needs much escaping (a page always fits Lambda's 6 MB response; docs/limits.md).
-        `complete` only once the job ended and everything was relayed."""
+        `final` once the job ended, nothing more will be relayed and this page reaches the end; `complete` only when
+        it is final and whole: the relay read everything the instance wrote (its drain handshake), or the job never
+        had an instance (an empty log). Final but not complete: the tail may be lost (cancel, spot loss, instance
+        lost)."""
         job = self.get(team_id, job_id)
         if self.log_reader is None:
             raise UpstreamUnavailable("logs are not configured")
@@ -144,14 +148,16 @@ class JobService:
         data = b""
         if end > start:
             data = logchunks.assemble(self.log_reader.chunks(job_id, start, end - start), start, end - start)
-        # Nothing more will be relayed once the relay drained the output, or when the job ended without ever
-        # having an instance (e.g. a launch failure).
-        finished = progress.complete or (job.status.terminal and job.instance_id is None)
+        # Nothing more will be relayed once the relay drained the output or the instance is gone (progress.complete),
+        # or when the job ended without ever having an instance (e.g. a launch failure).
+        never_launched = job.status.terminal and job.instance_id is None
+        finished = progress.complete or never_launched
         everything = finished and start + len(data) >= progress.committed
         page = logchunks.decode_bounded_page(data, final=everything)  # fits Lambda's 6 MB response, any bytes
         next_offset = start + page.consumed
-        complete = job.status.terminal and finished and next_offset >= progress.committed
-        return LogPage(text=page.text, next_cursor=str(next_offset), complete=complete)
+        final = job.status.terminal and finished and next_offset >= progress.committed
+        whole = progress.drained or never_launched  # a job that never ran has an empty, whole log
+        return LogPage(text=page.text, next_cursor=str(next_offset), final=final, complete=final and whole)
 
 
 def _parse_log_cursor(cursor: str | None) -> int:

@@ -95,7 +95,9 @@ class Pipeline:
         if job.status.terminal:
             self._reap(job)
             progress = self.relayer.logs.progress(job.job_id)  # nothing more will be relayed
-            self.relayer.logs.commit(job.job_id, progress.committed, complete=True)
+            # A job that never had an instance wrote nothing: its empty log is whole (drained). One that had an
+            # instance may have lost its tail: final only (a drain the relay confirmed earlier stays recorded).
+            self.relayer.logs.commit(job.job_id, progress.committed, complete=True, drained=job.instance_id is None)
         if job.status == JobStatus.FAILED:
             return {"Error": str(job.failure_reason or name), "Cause": job.failure_message or cause}
         return {"Error": name, "Cause": cause}
