@@ -30,6 +30,7 @@ FULL = {
     "bootstraps": 2,
     "megabytes": 200,
     "latency_seconds": 10.0,
+    "first_line_jobs": 20,
     "repeats": 3,
     "cost_seconds": 30.0,
     "active": 1000,
@@ -40,6 +41,7 @@ QUICK = FULL | {
     "bootstraps": 1,
     "megabytes": 24,
     "latency_seconds": 5.0,
+    "first_line_jobs": 4,
     "repeats": 1,
     "cost_seconds": 10.0,
     "active": 120,
@@ -147,6 +149,7 @@ def _plane_sections(results: Results, args: argparse.Namespace) -> None:
             from bench import relay
 
             _section(results, "relay_latency", lambda: relay.latency(session, provider_id, args.latency_seconds))
+            _section(results, "first_line", lambda: relay.first_line(session, provider_id, args.first_line_jobs))
         if "launch" in args.sections:
             from bench import launch
 

@@ -9,7 +9,6 @@ tables (adapters/schema.py), the state machine (adapters/statemachine.py) and th
 
 from __future__ import annotations
 
-import getpass
 import io
 import json
 import logging
@@ -23,7 +22,7 @@ from typing import Any
 
 import boto3
 
-from local import emulator, faults, guard
+from local import emulator, faults, guard, users
 from local.apigw import LocalApiGateway, LocalHttpApi
 from local.resources import ControlPlaneNames, create_tables
 
@@ -97,7 +96,9 @@ def control_plane_environment(names: ControlPlaneNames, endpoint: str, state_mac
         | LOCAL_SETTINGS
         | {
             "EVENT_BUS_NAME": f"{names.prefix}-bus",
-            "SSH_USER": getpass.getuser(),  # the sandboxes' sshd logs in local users; the wrapper runs jobs as it
+            # the job's user and the relay's (real local users as root, else both are the current user)
+            "SSH_USER": users.instance_users()[0],
+            "RELAY_USER": users.instance_users()[1],
             "PROVIDER_ENDPOINT_URL": endpoint,
             "AWS_REGION": REGION,
             "POWERTOOLS_SERVICE_NAME": "ec2jobs",

@@ -22,7 +22,6 @@ real AWS or power off this machine through PATH.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from local import sshd
+from local import sshd, users
 from local.guard import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,
@@ -363,13 +362,18 @@ class InstanceSandbox:
     # -- boot ---------------------------------------------------------------------------------------------------
 
     def _login_user(self) -> str:
-        return self.config.login_user or getpass.getuser()
+        return self.config.login_user or users.instance_users()[0]
 
     def _prepare_root(self) -> None:
         root = self._root
         for directory in ("etc/ssh", "var/lib/cloud/instance", "var/log", "var/lib/ec2jobs-sim", "root", "tmp"):
             (root / directory).mkdir(parents=True, exist_ok=True)
         (root / "tmp").chmod(0o1777)
+        users.ensure_login_user(self._login_user())  # the AMI has its login user
+        for shared in (root, root / "var", root / "var/lib", root / "etc", root / "home"):
+            shared.mkdir(parents=True, exist_ok=True)
+            shared.chmod(0o755)
+        users.make_traversable(root)
         home = root / "home" / self._login_user()
         home.mkdir(parents=True, exist_ok=True)
         profile = home / ".profile"

@@ -98,7 +98,8 @@ def start(root: Path, host: str = "127.0.0.1", port: int | None = None) -> SshSe
                 f"Port {port}",
                 f"ListenAddress {host}",
                 f"HostKey {root}/etc/ssh/ssh_host_ed25519_key",
-                f"AuthorizedKeysFile {root}/home/%u/.ssh/authorized_keys",
+                # The relay user's keys (var/lib/<user>, where the job wrapper puts them), then any user's own.
+                f"AuthorizedKeysFile {root}/var/lib/%u/.ssh/authorized_keys {root}/home/%u/.ssh/authorized_keys",
                 "PidFile none",
                 "UsePAM no",
                 "StrictModes no",

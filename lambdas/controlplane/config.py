@@ -32,7 +32,20 @@ class Settings(BaseModel):
         default="0.0.0.0/0",
         description="who may reach port 22 of job instances (the log relay connects there); the seed's default",
     )
-    ssh_user: str = Field(alias="SSH_USER", default="ubuntu", description="login user of the AMIs (relay + job)")
+    ssh_user: str = Field(
+        alias="SSH_USER", default="ubuntu", description="the AMIs' login user: the job runs as it (without sudo)"
+    )
+    relay_user: str = Field(
+        alias="RELAY_USER",
+        default="ec2jobs-relay",
+        description="the user the log relay logs in as (created on the instance by the job wrapper)",
+    )
+    bundle_timeout_seconds: int = Field(
+        alias="BUNDLE_TIMEOUT_SECONDS",
+        default=900,
+        ge=60,
+        description="an instance the relay has not handed the job's start bundle within this terminates itself",
+    )
     image_cache_seconds: int = Field(alias="IMAGE_CACHE_SECONDS", default=6 * 3600, ge=0)
     profile_propagation_wait_seconds: float = Field(
         alias="PROFILE_PROPAGATION_WAIT_SECONDS",
@@ -96,6 +109,23 @@ class Settings(BaseModel):
     log_retention_days: int = Field(alias="LOG_RETENTION_DAYS", default=30, ge=1)
     event_bus_name: str | None = Field(
         alias="EVENT_BUS_NAME", default=None, description="the custom bus Job State Change events go to"
+    )
+    artifact_bucket: str = Field(
+        alias="ARTIFACT_BUCKET",
+        default="",
+        description="the control plane's S3 bucket for uploads, outputs and checkpoints (docs/artifacts.md); "
+        "empty where a function has no access to it",
+    )
+    instance_transfer_role_arn: str = Field(
+        alias="INSTANCE_TRANSFER_ROLE_ARN",
+        default="",
+        description="the role assumed, with a per-job session policy, for an instance's short-lived S3 credentials",
+    )
+    artifact_expiry_days: int = Field(
+        alias="ARTIFACT_EXPIRY_DAYS",
+        default=30,
+        ge=1,
+        description="objects in the artifacts bucket expire this many days after they were last written",
     )
 
 

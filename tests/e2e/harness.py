@@ -65,13 +65,14 @@ class Local:
         raise AssertionError(f"job {job_id} did not finish: {job}")
 
     def logs(self, job_id: str) -> tuple[str, bool]:
+        """The log as relayed so far: (text, complete). `complete`: final and whole (the drain handshake)."""
         text, cursor, complete = "", "", False
         for _ in range(1000):
             status, page = self.call("GET", f"/jobs/{job_id}/logs?after={cursor}")
             assert status == 200, page
             text += page["text"]
             cursor, complete = page["next_cursor"], page["complete"]
-            if complete or not page["text"]:
+            if page["final"] or not page["text"]:
                 break
         return text, complete
 

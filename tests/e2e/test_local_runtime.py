@@ -134,25 +134,39 @@ def _wait_execution(arn: str, expected: str, timeout: float = 60) -> None:
     raise AssertionError(f"execution still running: {arn}")
 
 
-def test_cancelling_a_running_job_terminates_its_instance_and_completes_its_log(local: Local) -> None:
-    job_id = local.submit({"run": "echo started; for i in $(seq 1 300); do echo tick $i; sleep 1; done"})
-    for _ in range(120):
+def test_cancelling_a_running_job_keeps_its_tail_then_terminates_its_instance(local: Local) -> None:
+    """Given a running job that prints a line a second and a last line when it is told to stop, When it is cancelled,
+    Then it is CANCELLED at once, the relay stops it on its instance and reads its output to the end (every tick
+    once, in order, then its last line: the log is complete), and the instance is terminated within the cancel
+    drain bound (30 s)."""
+    job_id = local.submit(
+        {"run": "trap 'echo stopping; exit 143' TERM; echo started; "
+                "for i in $(seq 1 300); do echo tick $i; sleep 1; done"}
+    )  # fmt: skip
+    for _ in range(240):
         _, job = local.call("GET", f"/jobs/{job_id}")
         text, _ = local.logs(job_id)
-        if job["status"] == "RUNNING" and "started" in text:
+        if job["status"] == "RUNNING" and "tick 3\n" in text:
             break
-        time.sleep(0.5)
+        time.sleep(0.25)
 
     status, cancelled = local.call("POST", f"/jobs/{job_id}/cancel")
+    cancelled_at = time.monotonic()
 
     assert status == 200, cancelled
     assert cancelled["status"] == "CANCELLED"
-    assert cancelled["terminated_instances"] == [cancelled["instance_id"]]
-    job = local.wait(job_id)  # terminal and its instance terminated
+    assert cancelled["terminated_instances"] == []  # the relay stops the job first, then the instance ends
+    job = local.wait(job_id, timeout=60)  # terminal and its instance terminated
+    assert time.monotonic() - cancelled_at < 30 + 5
     assert job["status"] == "CANCELLED"
     text, complete = local.logs(job_id)
-    assert complete
-    assert text.startswith("started\n")
+    assert complete, text
+    lines = text.splitlines()
+    assert lines[0] == "started", text
+    assert lines[-1] == "stopping", text
+    ticks = [line for line in lines if line.startswith("tick ")]
+    assert ticks == [f"tick {i}" for i in range(1, len(ticks) + 1)]
+    assert len(ticks) >= 3
     assert local.call("POST", f"/jobs/{job_id}/cancel")[0] == 409
 
 

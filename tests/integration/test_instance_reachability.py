@@ -129,7 +129,7 @@ def test_the_relay_ends_a_job_whose_running_instance_has_no_public_address_two_m
     record = job(control_plane, tenant, state["job_id"])
     assert (record["status"], record["failure_reason"]) == ("FAILED", "NO_PUBLIC_ADDRESS")
     logs = control_plane.call("GET", f"/jobs/{state['job_id']}/logs", tenant.token).json()
-    assert logs["complete"] is True
+    assert (logs["final"], logs["complete"]) == (True, False)
 
 
 def test_why_a_provisioning_job_is_not_running_yet_is_on_the_job(

@@ -106,13 +106,15 @@ def test_given_a_gpu_job_when_the_workflow_runs_then_every_resource_is_right(
     assert volume["VolumeType"] == "gp3"
     assert {t["Key"]: t["Value"] for t in volume.get("Tags", [])}.get(provisioning.JOB_TAG) == job_id
 
-    # User data: the job wrapper with this job's commands, envs and pinned host key.
+    # User data: the job wrapper with this job's id, pinned host key and the relay's login key — and nothing of the
+    # job's own text (its commands and envs travel in the start bundle, over SSH).
     raw = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")["UserData"]["Value"]
     script = userdata.decode(base64.b64decode(raw))
     assert script.startswith("#!/bin/bash")
     host_key = sshkeys.derive_host_key(team_key(tenant).host_key_seed, job_id)
-    for expected in (job_id, "python train.py --epochs 3", "pip install -r requirements.txt", "/workspace/hf"):
-        assert expected in script
+    assert job_id in script
+    for absent in ("python train.py --epochs 3", "pip install -r requirements.txt", "/workspace/hf", "hf_secret_value"):
+        assert absent not in script
     assert host_key.public_openssh in script
     assert team_key(tenant).public_openssh in script
 

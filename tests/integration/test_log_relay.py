@@ -247,11 +247,11 @@ def test_a_crash_between_writing_a_chunk_and_committing_loses_and_duplicates_not
             self.discard_after = real.discard_after
             self.crashed = False
 
-        def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None:
+        def commit(self, job_id: str, committed: int, *, complete: bool = False, drained: bool = False) -> None:
             if not self.crashed:
                 self.crashed = True
                 raise Crash("Lambda killed between the chunk write and the commit")
-            self.real.commit(job_id, committed, complete=complete)
+            self.real.commit(job_id, committed, complete=complete, drained=drained)
 
     crashing = instance.relay_service(chunk_bytes=1000)
     crashing.logs = CrashingLogs(instance.logs)  # type: ignore[assignment]
@@ -345,7 +345,7 @@ def test_when_the_instance_is_gone_the_relay_finishes_and_the_job_is_lost(instan
     record = instance.job()
     assert (record["status"], record["failure_reason"]) == ("FAILED", "INSTANCE_LOST")
     body = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
-    assert body["complete"] is True
+    assert (body["final"], body["complete"]) == (True, False)  # over, but nobody confirmed the tail was read
 
 
 def test_when_a_spot_instance_is_reclaimed_the_job_says_so(instance: Instance) -> None:
@@ -368,7 +368,7 @@ def test_the_logs_api_pages_through_a_large_log_and_reports_complete(instance: I
 
     instance.write(b"")
     partial = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
-    assert partial == {"job_id": instance.job_id, "text": "", "next_cursor": "0", "complete": False}
+    assert partial == {"job_id": instance.job_id, "text": "", "next_cursor": "0", "complete": False, "final": False}
     run_job(instance, job)
 
     pages: list[str] = []
@@ -433,3 +433,83 @@ def test_a_backlog_drains_completely_under_the_partition_limit_and_drained_means
     assert instance.relayed() == data
     stored = instance.logs.chunks(instance.job_id, 0, 1 << 40)
     assert all(a + len(chunk) == b for (a, chunk), (b, _) in itertools.pairwise(stored))  # once, contiguous
+
+
+# -- cancel ------------------------------------------------------------------------------------------------------
+
+
+class Terminator:
+    def __init__(self) -> None:
+        self.terminated: list[str] = []
+
+    def terminate(self, job: Job) -> None:
+        self.terminated.append(job.job_id)
+
+
+def _cancel_when_running(instance: Instance) -> dict[str, Any]:
+    """POST /jobs/{id}/cancel once the relay has connected (RUNNING) and relayed the first line."""
+    for _ in range(400):
+        if instance.job()["status"] == "RUNNING" and instance.relayed():
+            break
+        time.sleep(0.05)
+    response = instance.cp.call("POST", f"/jobs/{instance.job_id}/cancel", instance.tenant.token)
+    assert response.status == 200, response.body
+    return dict(response.json())
+
+
+def test_a_cancelled_running_job_is_stopped_on_its_instance_and_its_tail_is_kept(instance: Instance) -> None:
+    """Given a RUNNING job streamed by the relay, When it is cancelled, Then the API leaves its instance alone, the
+    relay writes the wrapper's cancel marker, and what the job printed while stopping is relayed: the log is whole
+    (complete), the job stays CANCELLED, and the wrapper gets its drained marker."""
+    relay_dir = instance.state / "relay"
+    answered: dict[str, Any] = {}
+
+    def job() -> None:
+        instance.write(b"step 1\n")
+        answered["cancel"] = _cancel_when_running(instance)
+        for _ in range(200):  # the wrapper's side: stop the job when the marker comes
+            if (relay_dir / "cancel").exists():
+                break
+            time.sleep(0.05)
+        assert (relay_dir / "cancel").exists(), "the relay never asked the instance to stop the job"
+        instance.write(b"caught SIGTERM, saving\n")
+        instance.finish(code=143, reason="CANCELLED")
+
+    terminator = Terminator()
+    relay = instance.relay_service(cancel_check_seconds=0.2)
+    relay.terminator = terminator
+    outcome = run_job(instance, job, relay)
+
+    assert outcome.finished, outcome
+    assert answered["cancel"]["terminated_instances"] == []
+    assert instance.relayed() == b"step 1\ncaught SIGTERM, saving\n"
+    progress = instance.logs.progress(instance.job_id)
+    assert (progress.complete, progress.drained) == (True, True)
+    assert instance.job()["status"] == "CANCELLED"
+    assert (relay_dir / "drained").exists()
+    assert terminator.terminated == []  # the instance terminates itself after the drain
+
+
+def test_a_cancelled_job_whose_instance_does_not_stop_is_terminated_at_the_drain_bound(instance: Instance) -> None:
+    """Given a cancelled job whose instance never records a result, Then the relay terminates the instance at the
+    cancel drain bound and the log is final but not complete."""
+
+    def job() -> None:
+        instance.write(b"step 1\n")
+        _cancel_when_running(instance)
+
+    terminator = Terminator()
+    relay = instance.relay_service(cancel_check_seconds=0.2, cancel_drain_seconds=1.0)
+    relay.terminator = terminator
+    started = time.monotonic()
+    outcome = run_job(instance, job, relay)
+
+    assert outcome.finished, outcome
+    assert "drain bound" in outcome.detail
+    assert time.monotonic() - started < 20
+    assert terminator.terminated == [instance.job_id]
+    assert instance.relayed() == b"step 1\n"
+    progress = instance.logs.progress(instance.job_id)
+    assert (progress.complete, progress.drained) == (True, False)
+    body = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
+    assert (body["final"], body["complete"]) == (True, False)

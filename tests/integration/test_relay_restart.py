@@ -71,9 +71,20 @@ def test_one_owner_holds_the_relay_lease_until_it_expires(
 
 def test_no_lease_on_an_ended_job(control_plane: ControlPlane, tenant: Tenant, workflow: Workflow) -> None:
     job_id = launched(control_plane, tenant, workflow)["job_id"]
-    jobs().transition(job_id, JobStatus.CANCELLED)
+    jobs().transition(job_id, JobStatus.FAILED, fields={"failure_reason": "LAUNCH_ERROR"})
 
     assert not jobs().claim_relay(job_id, "loop-a", utcnow() + dt.timedelta(minutes=5), utcnow())
+
+
+def test_a_cancelled_job_can_be_leased_to_drain_its_tail(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    """The relay stops a cancelled job on its instance and reads what it wrote to the end (the window is the
+    relay's to check: outcomes.streams_after_end)."""
+    job_id = launched(control_plane, tenant, workflow)["job_id"]
+    jobs().transition(job_id, JobStatus.CANCELLED)
+
+    assert jobs().claim_relay(job_id, "loop-a", utcnow() + dt.timedelta(minutes=5), utcnow())
 
 
 def test_a_relay_invocation_stops_when_another_loop_holds_the_lease(

@@ -205,7 +205,9 @@ def test_given_another_teams_api_job_then_validate_refuses(
         workflow.validate(workflow.api_input(response.json()["job_id"], "someone-else"), "x")
 
 
-def test_given_user_data_over_16kb_gzipped_then_the_api_rejects_it(control_plane: ControlPlane, tenant: Tenant) -> None:
+def test_a_job_larger_than_ec2_user_data_is_accepted(control_plane: ControlPlane, tenant: Tenant) -> None:
+    """40 KB of incompressible env value: over EC2's 16 KB user data even gzipped, but envs travel in the start
+    bundle over SSH, so only the spec's own limit applies."""
     import base64
     import os
 
@@ -214,8 +216,7 @@ def test_given_user_data_over_16kb_gzipped_then_the_api_rejects_it(control_plane
 
     response = control_plane.call("POST", "/jobs", tenant.token, body=body)
 
-    assert response.status == 400
-    assert "16 KB" in response.json()["message"]
+    assert response.status == 202, response.body
 
 
 # -- bootstrap race ----------------------------------------------------------------------------------------------

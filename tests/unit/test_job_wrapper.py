@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from controlplane.core.bundle import StartBundle
 from controlplane.core.userdata import WrapperConfig, decode, render
 
 BASH = shutil.which("bash") or "/bin/bash"
@@ -44,8 +45,10 @@ TOOLS = (
     "kill",
     "ls",
     "mkdir",
+    "mkfifo",
     "mktemp",
     "mv",
+    "ps",
     "readlink",
     "rm",
     "runuser",
@@ -155,13 +158,23 @@ class Sandbox:
     def environment(self) -> dict[str, str]:
         return {"PATH": f"{self.shims}:{self.tools}", "EC2JOBS_ROOT": str(self.root), "EC2JOBS_IMDS_ENDPOINT": IMDS}
 
-    def script(self, config: WrapperConfig) -> Path:
+    def script(self, job: Job) -> Path:
         path = self.base / "user-data.sh"
-        path.write_text(decode(render(config)), encoding="utf-8")
+        path.write_text(decode(render(job.config)), encoding="utf-8")
         return path
 
-    def run(self, config: WrapperConfig, timeout: float = 30) -> Outcome:
-        script = self.script(config)
+    def deliver(self, job: Job) -> None:
+        """What the relay does over SSH: the start bundle, unpacked, renamed into place."""
+        staging = self.state / "relay" / "bundle.new"
+        staging.mkdir(parents=True)
+        for name, data in job.bundle.files().items():
+            (staging / name).write_bytes(data)
+        staging.rename(self.state / "relay" / "bundle")
+
+    def run(self, job: Job, timeout: float = 30, *, deliver: bool = True) -> Outcome:
+        script = self.script(job)
+        if deliver:
+            self.deliver(job)
         started = time.monotonic()
         process = subprocess.run(
             [BASH, str(script)], env=self.environment(), capture_output=True, text=True, timeout=timeout, check=False
@@ -169,22 +182,33 @@ class Sandbox:
         return Outcome(process, time.monotonic() - started, self)
 
 
-def make_config(**overrides: Any) -> WrapperConfig:
+@dataclass(frozen=True)
+class Job:
+    config: WrapperConfig  # what user data carries
+    bundle: StartBundle  # what the relay delivers over SSH
+
+
+def make_config(**overrides: Any) -> Job:
     values: dict[str, Any] = {
         "job_id": "job-0123456789abcdef0123",
         "team_id": "team-42",
         "instance_type": "g5.xlarge",
-        "envs": {},
-        "setup": None,
-        "run": "echo hello",
         "max_runtime_seconds": 60,
         "drain_timeout_seconds": 0,
+        "bundle_timeout_seconds": 5,
         "ssh_user": getpass.getuser(),
+        "relay_user": getpass.getuser(),
         "ssh_authorized_key": RELAY_KEY,
         "host_private_key": HOST_PRIVATE,
         "host_public_key": HOST_PUBLIC,
-    }
-    return WrapperConfig(**(values | overrides))
+    } | overrides
+    spec = {name: values.pop(name) for name in ("envs", "setup", "run") if name in values}
+    config = WrapperConfig(**values)
+    bundle = StartBundle(
+        job_id=config.job_id, team_id=config.team_id, instance_type=config.instance_type,
+        envs=spec.get("envs", {}), setup=spec.get("setup"), run=spec.get("run", "echo hello"),
+    )  # fmt: skip
+    return Job(config, bundle)
 
 
 @pytest.fixture
@@ -313,7 +337,7 @@ def test_background_processes_are_stopped_before_the_result(sandbox: Sandbox) ->
             break
         time.sleep(0.02)
     assert not status.exists() or "State:\tZ" in status.read_text()
-    assert "stopping leftover job processes" in (sandbox.state / "wrapper.log").read_text()
+    assert "stopping job processes that still write output" in (sandbox.state / "wrapper.log").read_text()
 
 
 def test_readers_of_the_output_such_as_the_relay_are_left_alone(sandbox: Sandbox) -> None:
@@ -450,12 +474,9 @@ def test_a_wrapper_killed_midway_still_terminates_once(sandbox: Sandbox) -> None
 
 
 def test_ssh_host_key_and_relay_key_are_installed(sandbox: Sandbox) -> None:
-    """Given a fresh instance whose authorized_keys already has a line without a final newline, Then the pinned
-    host key pair is installed (600/644), sshd reload is attempted, the relay key is appended exactly once,
-    and the private key appears in no log."""
-    ssh_dir = sandbox.root / "home" / getpass.getuser() / ".ssh"
-    ssh_dir.mkdir(parents=True)
-    (ssh_dir / "authorized_keys").write_text("ssh-rsa AAAAexisting launch-key")
+    """Given a fresh instance, Then the pinned host key pair is installed (600/644), sshd reload is attempted, the
+    relay key is the only line of the relay user's authorized_keys (root's, 644, in a root-owned home), a rerun
+    does not duplicate it, and the private key appears in no log."""
     outcome = sandbox.run(make_config())
 
     key = sandbox.root / "etc/ssh/ssh_host_ed25519_key"
@@ -465,25 +486,136 @@ def test_ssh_host_key_and_relay_key_are_installed(sandbox: Sandbox) -> None:
     assert public.read_text() == HOST_PUBLIC + "\n"
     assert (public.stat().st_mode & 0o777) == 0o644
     assert any("ssh" in call for call in sandbox.calls("systemctl"))
-    authorized = ssh_dir / "authorized_keys"
-    assert authorized.read_text() == f"ssh-rsa AAAAexisting launch-key\n{RELAY_KEY}\n"
-    assert (authorized.stat().st_mode & 0o777) == 0o600
-    assert (ssh_dir.stat().st_mode & 0o777) == 0o700
+    home = sandbox.root / "var/lib" / getpass.getuser()
+    authorized = home / ".ssh/authorized_keys"
+    assert authorized.read_text() == f"{RELAY_KEY}\n"
+    assert (authorized.stat().st_mode & 0o777) == 0o644
+    for path in (home, home / ".ssh"):
+        assert (path.stat().st_mode & 0o777) == 0o755
 
     secret_line = HOST_PRIVATE.splitlines()[2]
     logs = [outcome.process.stdout, outcome.process.stderr, (sandbox.state / "wrapper.log").read_text()]
     assert not any(secret_line in text for text in logs)
 
-    sandbox.run(make_config())  # idempotent: the key is not appended twice
-    assert authorized.read_text().count(RELAY_KEY) == 1
+    (sandbox.state / "relay" / "bundle").rename(sandbox.base / "first-bundle")
+    sandbox.run(make_config())  # idempotent
+    assert authorized.read_text() == f"{RELAY_KEY}\n"
 
 
-def test_state_files_are_readable_and_only_the_relay_dir_is_writable_by_the_relay(sandbox: Sandbox) -> None:
+def test_state_files_are_readable_and_only_the_relay_dir_is_private_to_the_relay(sandbox: Sandbox) -> None:
     sandbox.run(make_config())
     for name in ("output.log", "result", "phase", "wrapper.log"):
         assert (sandbox.state / name).stat().st_mode & 0o444 == 0o444, name
+    for name in ("env.sh", "setup.sh", "run.sh"):
+        assert ((sandbox.state / name).stat().st_mode & 0o777) == 0o600, name
     assert (sandbox.state.stat().st_mode & 0o777) == 0o755
-    assert ((sandbox.state / "relay").stat().st_mode & 0o777) == 0o755
+    assert ((sandbox.state / "relay").stat().st_mode & 0o777) == 0o700
+
+
+# -- the start bundle and cancel ---------------------------------------------------------------------------------
+
+
+def test_the_job_waits_for_its_start_bundle(sandbox: Sandbox) -> None:
+    """Given no bundle at boot, When the relay delivers it 1 s later, Then the job runs from it (user data holds
+    none of the job's text)."""
+    job = make_config(envs={"GREETING": "hi there"}, run='echo "$GREETING"')
+    assert b"hi there" not in render(job.config)
+    assert b"GREETING" not in render(job.config)
+    timer = threading.Timer(1.0, sandbox.deliver, args=(job,))
+    timer.start()
+    try:
+        outcome = sandbox.run(job, deliver=False)
+    finally:
+        timer.join()
+    assert outcome.result()["reason"] == "SUCCEEDED"
+    assert outcome.output() == "hi there\n"
+    assert "start bundle received" in (sandbox.state / "wrapper.log").read_text()
+
+
+def test_a_bundle_for_another_job_is_refused_and_without_a_bundle_the_instance_terminates(sandbox: Sandbox) -> None:
+    """Given only a bundle made for another job, Then the wrapper ignores it, waits its bundle timeout, writes no
+    result (nothing ran) and terminates the instance."""
+    job = make_config(bundle_timeout_seconds=1, run="touch ran")
+    other = make_config(job_id="job-ffffffffffffffffffff", run="touch ran")
+    sandbox.deliver(other)
+    outcome = sandbox.run(job, deliver=False)
+    assert not (sandbox.state / "result").exists()
+    assert not (sandbox.workspace / "ran").exists()
+    assert sandbox.calls("aws") == [TERMINATE]
+    log = (sandbox.state / "wrapper.log").read_text()
+    assert "not for job" in log
+    assert "no start bundle after 1s" in log
+    assert outcome.process.returncode == 0
+
+
+def test_cancel_stops_the_job_keeps_its_output_and_drains(sandbox: Sandbox) -> None:
+    """Given a running job that traps SIGTERM to print a last line, When the relay writes relay/cancel, Then the job
+    is stopped within the cancel grace, its last line is in output.log, the result is CANCELLED, and the wrapper
+    still waits for the relay's drained marker before it terminates the instance."""
+    job = make_config(
+        drain_timeout_seconds=30,
+        cancel_grace_seconds=5,
+        run="trap 'echo got TERM; exit 143' TERM\necho working\nwhile :; do sleep 0.1; done",
+    )
+    relay_dir = sandbox.state / "relay"
+
+    def relay() -> None:
+        output = sandbox.state / "output.log"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and b"working" not in (output.read_bytes() if output.exists() else b""):
+            time.sleep(0.05)
+        (relay_dir / "cancel").touch()
+        while time.monotonic() < deadline and not (sandbox.state / "result").exists():
+            time.sleep(0.05)
+        (relay_dir / "drained").touch()
+
+    thread = threading.Thread(target=relay)
+    thread.start()
+    try:
+        outcome = sandbox.run(job)
+    finally:
+        thread.join()
+    assert outcome.result()["reason"] == "CANCELLED"
+    assert outcome.result()["exit_code"] == "143"
+    lines = outcome.output().splitlines()
+    assert lines[0] == "working"
+    assert lines[-1] == "got TERM"
+    assert outcome.elapsed < 15
+    assert "drained marker found" in (sandbox.state / "wrapper.log").read_text()
+    assert sandbox.calls("aws") == [TERMINATE]
+
+
+def test_cancel_kills_a_job_that_ignores_sigterm(sandbox: Sandbox) -> None:
+    job = make_config(cancel_grace_seconds=1, run="trap '' TERM\necho stubborn\nwhile :; do sleep 0.1; done")
+
+    def relay() -> None:
+        output = sandbox.state / "output.log"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and b"stubborn" not in (output.read_bytes() if output.exists() else b""):
+            time.sleep(0.05)
+        (sandbox.state / "relay" / "cancel").touch()
+
+    thread = threading.Thread(target=relay)
+    thread.start()
+    try:
+        outcome = sandbox.run(job)
+    finally:
+        thread.join()
+    assert outcome.result()["reason"] == "CANCELLED"
+    assert outcome.result()["exit_code"] in {"137", "143"}
+    assert "killing job processes" in (sandbox.state / "wrapper.log").read_text()
+    assert outcome.elapsed < 12
+
+
+def test_cancel_before_the_bundle_records_a_cancelled_start(sandbox: Sandbox) -> None:
+    job = make_config(run="touch ran")
+    (sandbox.state / "relay").mkdir(parents=True)
+    (sandbox.state / "relay" / "cancel").touch()
+    outcome = sandbox.run(job, deliver=False)
+    assert outcome.result() | {"finished_at": ""} == {
+        "phase": "start", "exit_code": "", "reason": "CANCELLED", "finished_at": ""
+    }  # fmt: skip
+    assert not (sandbox.workspace / "ran").exists()
 
 
 HEREDOC_LOOKALIKES = """echo "start $# args"
@@ -526,22 +658,48 @@ def open_sandbox() -> Iterator[Sandbox]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+FORGERIES = r"""
+exec 2>/dev/null
+S=$EC2JOBS_ROOT/var/lib/ec2jobs
+printf 'phase=run\nexit_code=0\nreason=SUCCEEDED\n' >$S/result && echo FORGED-result
+printf 'fake\n' >$S/output.log && echo FORGED-output-by-path
+python3 -c 'import os; os.ftruncate(1, 0)' 2>/dev/null && echo FORGED-truncate-via-fd
+touch $S/relay/drained && echo FORGED-drained
+ls $S/relay >/dev/null 2>&1 && echo FORGED-read-relay-dir
+echo 'ssh-ed25519 AAAA attacker' >>$EC2JOBS_ROOT/var/lib/root/.ssh/authorized_keys && echo FORGED-login
+cat $EC2JOBS_ROOT/etc/ssh/ssh_host_ed25519_key >/dev/null 2>&1 && echo FORGED-host-key
+echo honest
+exit 1
+"""
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser", path=SYSTEM_PATH) is None, reason="needs root")
-def test_as_root_the_job_runs_as_the_ssh_user(open_sandbox: Sandbox) -> None:
-    """Given the wrapper runs as root and ssh_user is an existing unprivileged user (nobody),
-    Then setup and run execute as that user with its HOME; it owns the workspace and the relay's marker directory,
-    but not the state directory, the output or the result (so the job cannot rewrite what the relay reads)."""
+def test_as_root_the_job_runs_as_the_ssh_user_and_cannot_forge_its_result(open_sandbox: Sandbox) -> None:
+    """Given the wrapper runs as root, the job user is an existing unprivileged user (nobody) and the relay user
+    another (root here), When the job exits 1 after trying to forge a success (write the result, rewrite or truncate
+    the output, write the relay's drained marker, read the relay's directory, add a login key, read
+    the host key), Then every attempt fails, the result says EXIT_NONZERO with exit code 1, and the output is
+    exactly what the job printed."""
     try:
         nobody = subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True, check=True).stdout.strip()
     except subprocess.CalledProcessError:
         pytest.skip("no user 'nobody'")
     for path in (open_sandbox.base, open_sandbox.tools, open_sandbox.shims):
         path.chmod(0o755)
-    outcome = open_sandbox.run(make_config(ssh_user="nobody", setup="id -un", run='id -un; echo "$HOME"; touch mine'))
-    assert outcome.result()["reason"] == "SUCCEEDED", outcome.output()
-    assert outcome.output() == f"nobody\nnobody\n{open_sandbox.root}/home/nobody\n"
+    python = shutil.which("python3", path=SYSTEM_PATH)
+    if python:
+        (open_sandbox.tools / "python3").symlink_to(python)
+    job = make_config(ssh_user="nobody", relay_user="root", setup="id -un", run='id -un; echo "$HOME"\n' + FORGERIES)
+    staging = open_sandbox.state / "relay"
+    outcome = open_sandbox.run(job)
+    assert outcome.result()["reason"] == "EXIT_NONZERO", outcome.output()
+    assert outcome.result()["exit_code"] == "1"
+    assert outcome.output() == f"nobody\nnobody\n{open_sandbox.root}/home/nobody\nhonest\n"
+    assert not (staging / "drained").exists()
     assert open_sandbox.state.stat().st_uid == 0
-    assert (open_sandbox.state / "output.log").stat().st_uid == 0
-    assert (open_sandbox.state / "result").stat().st_uid == 0
-    assert str((open_sandbox.state / "relay").stat().st_uid) == nobody
-    assert str((open_sandbox.workspace / "mine").stat().st_uid) == nobody
+    for name in ("output.log", "result"):
+        assert (open_sandbox.state / name).stat().st_uid == 0
+    assert staging.stat().st_uid == 0
+    assert (staging.stat().st_mode & 0o777) == 0o700
+    assert str((open_sandbox.state / "run.sh").stat().st_uid) == nobody
+    assert str(open_sandbox.workspace.stat().st_uid) == nobody

@@ -22,10 +22,11 @@ import boto3
 import paramiko
 import pytest
 
-from controlplane.adapters.ssh import Remote, SshConnector
+from controlplane.adapters.ssh import InstanceNotReady, Remote, SshConnector
 from controlplane.core import provisioning, sshkeys
+from controlplane.core.bundle import StartBundle
 from controlplane.core.userdata import WrapperConfig, render
-from local import emulator, sandbox, sshd
+from local import emulator, sandbox, sshd, users
 from local.guard import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
 from local.sandbox import InstanceSandbox, SandboxConfig
 
@@ -294,16 +295,15 @@ def test_the_job_wrapper_runs_in_a_sandbox_and_terminates_its_instance_through_t
     job_id = "job-0123456789abcdef0123"
     team = sshkeys.generate("team")
     host_key = sshkeys.derive_host_key(sshkeys.new_seed(), job_id)
+    job_user, relay_user = users.instance_users()
     config = WrapperConfig(
         job_id=job_id,
         team_id="team-42",
         instance_type="t3.micro",
-        envs={"GREETING": "hello from the sandbox"},
-        setup="echo setting up",
-        run='echo "$GREETING"; command -v shutdown',
         max_runtime_seconds=60,
         drain_timeout_seconds=20,
-        ssh_user=getpass.getuser(),
+        ssh_user=job_user,
+        relay_user=relay_user,
         ssh_authorized_key=team.public_openssh,
         host_private_key=host_key.private_openssh,
         host_public_key=host_key.public_openssh,
@@ -318,12 +318,32 @@ def test_the_job_wrapper_runs_in_a_sandbox_and_terminates_its_instance_through_t
         **role_of(ec2, instance_id, "team-42"),
     )
     state_dir = box.root / "var/lib/ec2jobs"
+    start = StartBundle(
+        job_id=job_id, team_id="team-42", instance_type="t3.micro", envs={"GREETING": "hello from the sandbox"},
+        setup="echo setting up", run='echo "$GREETING"; command -v shutdown; id -un',
+    )  # fmt: skip
+    assert box.ssh is not None
+
+    def deliver() -> bool:  # the relay's first act, over SSH as the relay user with the pinned host key
+        try:
+            session = SshConnector(connect_timeout=5).connect(
+                Remote(box.ssh.host, box.ssh.port, relay_user), team.private_openssh, host_key.public_openssh
+            )
+        except InstanceNotReady:
+            return False
+        try:
+            return session.deliver_bundle(start.tar())
+        finally:
+            session.close()
+
+    wait_for(deliver, what="the start bundle delivered")
     wait_for(lambda: (state_dir / "result").exists(), what="the wrapper's result")
     result = dict(line.split("=", 1) for line in (state_dir / "result").read_text().splitlines())
     assert result["reason"] == "SUCCEEDED", (state_dir / "wrapper.log").read_text()
     output = (state_dir / "output.log").read_text()
     assert "setting up\nhello from the sandbox\n" in output
     assert f"{sandbox.SHIM_DIR}/shutdown" in output  # a login shell still finds the shims first
+    assert output.endswith(f"\n{job_user}\n")  # the job runs as the AMI's login user, not as the relay
 
     # the deadline sleeper was scheduled by `shutdown -h +11` (60 s + the default 600 s grace, rounded up)
     schedule = sandbox.read_schedule(box.root)
@@ -335,7 +355,7 @@ def test_the_job_wrapper_runs_in_a_sandbox_and_terminates_its_instance_through_t
     # the relay's part, over SSH with the pinned host key: status, then the drained marker
     assert box.ssh is not None
     session = SshConnector(connect_timeout=5).connect(
-        Remote(box.ssh.host, box.ssh.port, getpass.getuser()), team.private_openssh, host_key.public_openssh
+        Remote(box.ssh.host, box.ssh.port, relay_user), team.private_openssh, host_key.public_openssh
     )
     try:
         status, size = session.status()

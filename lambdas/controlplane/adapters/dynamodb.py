@@ -411,12 +411,13 @@ class DynamoJobStore:
     def claim_relay(self, job_id: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool:
         """Hold the job's relay lease for `owner` until `until`: granted when nobody holds it, it expired, or
         `owner` holds it already; only while the job is PROVISIONING or RUNNING, or FAILED / SPOT_INTERRUPTED (its
-        instance streams on through AWS's two-minute notice). One conditional UpdateItem (not a state change: the
+        instance streams on through AWS's two-minute notice), or CANCELLED (its instance stops the job while the
+        relay reads the tail; the relay checks the window). One conditional UpdateItem (not a state change: the
         version stays). False when another relay loop holds it or the job is in another state."""
         return self._lease_write(
             job_id,
             "SET relay_owner = :owner, relay_lease_until = :until",
-            "(#status IN (:provisioning, :running) OR (#status = :failed AND failure_reason = :spot)) AND "
+            "(#status IN (:provisioning, :running, :cancelled) OR (#status = :failed AND failure_reason = :spot)) AND "
             "(attribute_not_exists(relay_lease_until) OR relay_lease_until < :now OR relay_owner = :owner)",
             {
                 ":owner": owner,
@@ -424,6 +425,7 @@ class DynamoJobStore:
                 ":now": _instant(now),
                 ":provisioning": str(JobStatus.PROVISIONING),
                 ":running": str(JobStatus.RUNNING),
+                ":cancelled": str(JobStatus.CANCELLED),
                 ":failed": str(JobStatus.FAILED),
                 ":spot": str(FailureReason.SPOT_INTERRUPTED),
             },

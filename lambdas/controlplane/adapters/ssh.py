@@ -78,6 +78,35 @@ class SshSession:
                 values[key] = value
         return (values if "exit_code" in values else None), size
 
+    def run_with_input(self, command: str, data: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+        """Run `command` with `data` on its standard input; (exit status, stdout+stderr)."""
+        try:
+            stdin, stdout, _ = self.client.exec_command(command, timeout=timeout)
+            stdout.channel.set_combine_stderr(True)
+            stdin.write(data)
+            stdin.flush()
+            stdin.channel.shutdown_write()
+            output = stdout.read()
+            return stdout.channel.recv_exit_status(), output
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise ConnectionLost(type(error).__name__) from None
+
+    def deliver_bundle(self, tar: bytes) -> bool:
+        """Unpack the start bundle into relay/bundle (via bundle.new and a directory rename, so the wrapper sees all
+        of it or nothing). Idempotent: True once it is there (delivered now or before); False if it could not be."""
+        rc, _ = self.run_with_input(
+            f"S={STATE_DIR}/relay; umask 077; [ -d $S/bundle ] && exit 0; rm -rf $S/bundle.new && "
+            "mkdir $S/bundle.new && tar -x -f - -C $S/bundle.new --no-same-owner --no-same-permissions && "
+            "mv -T $S/bundle.new $S/bundle",
+            tar,
+        )
+        return rc == 0
+
+    def request_cancel(self) -> bool:
+        """Tell the wrapper to stop the job (it then records a CANCELLED result and drains as usual)."""
+        rc, _ = self.run(f"touch {STATE_DIR}/relay/cancel")
+        return rc == 0
+
     def mark_drained(self) -> bool:
         rc, _ = self.run(f"touch {STATE_DIR}/relay/drained")
         return rc == 0

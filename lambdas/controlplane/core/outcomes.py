@@ -19,6 +19,8 @@ def from_result(job: Job, result: dict[str, str]) -> tuple[JobStatus, dict[str, 
     if reason == "SUCCEEDED" and exit_code == 0:
         return JobStatus.SUCCEEDED, fields
     minutes = job.spec.max_runtime_minutes if job.spec else None
+    if reason == "CANCELLED":
+        return JobStatus.CANCELLED, fields | {"failure_message": "cancelled by request"}
     if reason == "SETUP_FAILED":
         fields |= {
             "failure_reason": FailureReason.SETUP_FAILED,
@@ -42,6 +44,10 @@ VISIBILITY_GRACE_SECONDS = 600.0
 # AWS reclaims a spot instance two minutes after its interruption warning; the instance keeps running (and the relay
 # keeps streaming what it writes) until then (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html).
 SPOT_NOTICE_SECONDS = 120.0
+# A job cancelled while RUNNING is stopped on its instance (SIGTERM, SIGKILL 10 s later) and the relay reads what it
+# wrote to the end before the instance terminates; past this long after the cancel, the instance is terminated
+# whatever is left unread (the log is then final but not complete).
+CANCEL_DRAIN_SECONDS = 30.0
 
 
 # A running instance still without a public IPv4 address this long after launch has none: EC2 assigns it at launch.
@@ -70,22 +76,27 @@ def not_yet_visible(job: Job, now: dt.datetime) -> bool:
 
 
 def streams_after_end(job: Job, now: dt.datetime) -> bool:
-    """Does the relay keep streaming an ended job? Only a spot-interrupted one, through AWS's two-minute notice (plus
-    a minute's margin): its instance still runs and writes; the job's end is already decided."""
-    return (
-        job.status == JobStatus.FAILED
-        and job.failure_reason == FailureReason.SPOT_INTERRUPTED
-        and job.instance_id is not None
-        and job.ended_at is not None
-        and (now - job.ended_at).total_seconds() < SPOT_NOTICE_SECONDS + 60
-    )
+    """Does the relay keep streaming an ended job? A spot-interrupted one, through AWS's two-minute notice (plus a
+    minute's margin): its instance still runs and writes; and a cancelled one, while its instance stops the job and
+    the relay reads the tail (CANCEL_DRAIN_SECONDS, plus a margin). The job's end is already decided."""
+    if job.instance_id is None or job.ended_at is None:
+        return False
+    since = (now - job.ended_at).total_seconds()
+    if job.status == JobStatus.FAILED and job.failure_reason == FailureReason.SPOT_INTERRUPTED:
+        return since < SPOT_NOTICE_SECONDS + 60
+    if job.status == JobStatus.CANCELLED:
+        return since < CANCEL_DRAIN_SECONDS + 15
+    return False
 
 
 def ended_job_grace(job: Job, ended_grace_seconds: float) -> float:
     """How long after a job ended its still-running instance is left alone: its self-termination normally takes
-    seconds; a spot-interrupted one also keeps its two-minute notice, which AWS ends by reclaiming it."""
+    seconds; a spot-interrupted one also keeps its two-minute notice, which AWS ends by reclaiming it; a cancelled
+    one is stopping its job and draining its output for up to CANCEL_DRAIN_SECONDS."""
     if job.failure_reason == FailureReason.SPOT_INTERRUPTED:
         return ended_grace_seconds + SPOT_NOTICE_SECONDS
+    if job.status == JobStatus.CANCELLED:
+        return ended_grace_seconds + CANCEL_DRAIN_SECONDS
     return ended_grace_seconds
 
 

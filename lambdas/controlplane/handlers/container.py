@@ -231,6 +231,8 @@ def _pipeline_from_environment() -> Pipeline:
         bootstrap,
         LaunchSettings(
             ssh_user=settings.ssh_user,
+            relay_user=settings.relay_user,
+            bundle_timeout_seconds=settings.bundle_timeout_seconds,
             drain_timeout_seconds=settings.drain_timeout_seconds,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             boot_allowance_seconds=settings.boot_allowance_seconds,
@@ -245,7 +247,7 @@ def _pipeline_from_environment() -> Pipeline:
         locator,
         SshConnector(),
         RelaySettings(
-            ssh_user=settings.ssh_user,
+            ssh_user=settings.relay_user,
             ssh_port=settings.ssh_port,
             budget_seconds=settings.relay_budget_seconds,
             flush_interval_seconds=settings.log_flush_seconds,

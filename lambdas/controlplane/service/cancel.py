@@ -1,6 +1,10 @@
-"""Cancel: the job ends CANCELLED at once (a conditional write, so a job that already ended answers 409), and any
-instance launched for it is terminated. A job cancelled before launch never gets an instance: Validate and Launch
-check the job's state, and Launch terminates an instance that started while the job was being cancelled."""
+"""Cancel: the job ends CANCELLED at once (a conditional write, so a job that already ended answers 409).
+
+A RUNNING job's instance is left to the log relay, which stops the job on it (SIGTERM, then SIGKILL), reads what it
+wrote to the end and lets it terminate itself — within CANCEL_DRAIN_SECONDS, after which the relay (or, if the relay
+is gone, the reconciler) terminates it. Any other job's instance (still booting: its job has not started) is
+terminated at once. A job cancelled before launch never gets an instance: Validate and Launch check the job's state,
+and Launch terminates an instance that started while the job was being cancelled."""
 
 from __future__ import annotations
 
@@ -29,14 +33,23 @@ class CancelService:
         job = self.jobs.get(job_id)
         if job is None or job.team_id != team_id:
             raise NotFound("job", job_id)
-        if job.status.terminal:
-            raise Conflict(f"job {job_id} already ended ({job.status}); only active jobs can be cancelled")
-        try:
-            job = self.jobs.transition(job_id, JobStatus.CANCELLED, fields={"failure_message": "cancelled by request"})
-        except TransitionRefused as refused:
-            raise Conflict(
-                f"job {job_id} already ended ({refused.current}); only active jobs can be cancelled"
-            ) from None
+        fields = {"failure_message": "cancelled by request"}
+        for _ in range(5):  # conditional on the status read: RUNNING decides who ends the instance
+            if job.status.terminal:
+                raise Conflict(f"job {job_id} already ended ({job.status}); only active jobs can be cancelled")
+            previous = job.status
+            try:
+                job = self.jobs.transition(job_id, JobStatus.CANCELLED, expected=previous, fields=fields)
+                break
+            except TransitionRefused:
+                current = self.jobs.get(job_id)
+                if current is None:
+                    raise NotFound("job", job_id) from None
+                job = current
+        else:
+            raise UpstreamUnavailable(f"job {job_id} kept changing state while being cancelled; try again")
+        if previous == JobStatus.RUNNING and job.instance_id:
+            return job, []  # the relay stops it and drains its output (bounded: CANCEL_DRAIN_SECONDS)
         return job, self.terminate_instances(job)
 
     def terminate_instances(self, job: Job) -> list[str]:

@@ -56,6 +56,8 @@ SPOT_OPTIONS = {
 @dataclass(frozen=True)
 class LaunchSettings:
     ssh_user: str
+    relay_user: str
+    bundle_timeout_seconds: int
     drain_timeout_seconds: int
     shutdown_grace_seconds: int
     boot_allowance_seconds: int
@@ -177,13 +179,12 @@ class LaunchService:
                         job_id=job.job_id,
                         team_id=job.team_id,
                         instance_type=job.instance_type,
-                        envs=dict(spec.envs),
-                        setup=spec.setup,
-                        run=spec.run,
                         max_runtime_seconds=spec.max_runtime_minutes * 60,
                         shutdown_grace_seconds=self.settings.shutdown_grace_seconds,
                         drain_timeout_seconds=self.settings.drain_timeout_seconds,
+                        bundle_timeout_seconds=self.settings.bundle_timeout_seconds,
                         ssh_user=self.settings.ssh_user,
+                        relay_user=self.settings.relay_user,
                         ssh_authorized_key=team_key.public_openssh,
                         host_private_key=host_key.private_openssh,
                         host_public_key=host_key.public_openssh,

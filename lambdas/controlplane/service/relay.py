@@ -2,12 +2,20 @@
 it is written, and finish the job when the wrapper has recorded its outcome.
 
 One invocation streams for a bounded budget (minutes, below the Lambda timeout); the workflow calls it again until
-it reports finished. Per invocation: locate the instance; connect (backing off while it boots: the job stays
-PROVISIONING; the first successful connection moves it to RUNNING); follow the output file from the committed byte
-offset (`tail -F`), flushing chunks at least every FLUSH_INTERVAL or FLUSH_BYTES and committing the offset only
-after they are written; when the output has stopped, check the wrapper's `result`; once it exists, read through to
-the file's final size, commit the log as complete, record the outcome on the job, and write the `drained` marker the
-wrapper waits for before it terminates the instance. A dropped connection resumes from the committed offset.
+it reports finished. Per invocation: locate the instance; connect (retrying every half second once it has an
+address: the job stays PROVISIONING); the first successful connection moves it to RUNNING and hands the instance the
+job's start bundle (envs, setup, run: core/bundle.py), which the wrapper waits for before it starts the job, so the
+relay is already following the output when the job's first line is written; follow the output file from the
+committed byte offset (`tail -F`), flushing chunks at least every FLUSH_INTERVAL or FLUSH_BYTES and committing the
+offset only after they are written; when the output has stopped, check the wrapper's `result`; once it exists, read
+through to the file's final size, commit the log as complete (and whole), record the outcome on the job, and write
+the `drained` marker the wrapper waits for before it terminates the instance. A dropped connection resumes from the
+committed offset.
+
+Cancel: the API ends a RUNNING job CANCELLED and leaves its instance to the relay, which notices within
+`cancel_check_seconds`, writes the wrapper's `relay/cancel` marker (the job is stopped: SIGTERM, then SIGKILL) and
+reads the output to its end as for any result, so the log is complete; the instance is terminated by the relay
+CANCEL_DRAIN_SECONDS after the cancel at the latest (the log is then final but not complete).
 
 At most one relay loop streams a job: each invocation first claims the job's relay lease (a conditional write on
 the job) for LEASE_SECONDS and renews it while it streams, never past its Lambda's remaining time (service/
@@ -32,6 +40,7 @@ from typing import Any, Protocol
 from controlplane.adapters.logs import DynamoLogStore, LogWriteAbandoned
 from controlplane.adapters.ssh import STATE_DIR, ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
 from controlplane.core import logchunks, outcomes
+from controlplane.core.bundle import StartBundle
 from controlplane.core.errors import TransitionRefused
 from controlplane.core.launch_errors import AUTH_CODES
 from controlplane.core.lifecycle import FailureReason, JobStatus
@@ -61,6 +70,10 @@ class RelaySettings:
     stall_seconds: float = 20.0  # the job ended but the stream delivers nothing: reconnect
     idle_before_status_seconds: float = 0.3
     max_backoff_seconds: float = 10.0
+    connect_retry_seconds: float = 0.5  # the instance has an address but SSH is not ready yet: retry this often
+    locate_seconds: float = 2.0  # while not connected, DescribeInstances at most this often
+    cancel_check_seconds: float = 2.0  # while streaming, read the job's status this often (is it cancelled?)
+    cancel_drain_seconds: float = outcomes.CANCEL_DRAIN_SECONDS
     lease_seconds: float = LEASE_SECONDS  # a dead relay's lease ends within this (service/relay_lease.py)
 
 
@@ -176,9 +189,13 @@ class RelayService:
         relayed = 0
         connections = 0
         last_reason = "not connected yet"
+        located: Located | None = None
+        located_at = float("-inf")
         while self.clock() < deadline:
             hold.renew_if_due()
-            located = self.locator.locate(job)
+            if located is None or located.host is None or self.clock() - located_at >= self.settings.locate_seconds:
+                located, located_at = self.locator.locate(job), self.clock()
+            pause = backoff
             if located.state in GONE_STATES:
                 self._instance_gone(job, located)
                 return RelayOutcome(True, f"the instance is {located.state}", relayed, connections)
@@ -188,6 +205,7 @@ class RelayService:
                     return RelayOutcome(True, "the instance has no public IPv4 address", relayed, connections)
                 last_reason = located.unverified or f"the instance is {located.state} and has no address yet"
                 job = self._waiting(job, last_reason)
+                pause = min(backoff, self.settings.locate_seconds)
             else:
                 job = self._remember_address(job, located.host)
                 try:
@@ -199,12 +217,14 @@ class RelayService:
                 except InstanceNotReady as not_ready:
                     last_reason = not_ready.reason
                     job = self._waiting(job, f"the instance is {located.state}; SSH: {not_ready.reason}")
+                    pause = self.settings.connect_retry_seconds  # a booting instance: each try is cheap
                 else:
                     connections += 1
                     try:
                         job = self._running(job)
                         if job.status.terminal and not outcomes.streams_after_end(job, utcnow()):
                             return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
+                        self._start(session, job)
                         outcome = self._stream(session, job, deadline, hold)
                         relayed += outcome.relayed_bytes
                         drops = 0
@@ -214,15 +234,18 @@ class RelayService:
                         if self.clock() >= deadline:
                             break
                         last_reason = outcome.detail
+                        pause = backoff
                     except ConnectionLost as lost:
                         last_reason = f"the connection dropped ({lost}); resuming from the committed offset"
                         logger.info("relay reconnecting", extra={"job_id": job_id, "reason": last_reason})
                         # Reconnect promptly after a blip; repeated drops back off like an unreachable instance.
                         backoff = min(0.25 * 2**drops, self.settings.max_backoff_seconds)
+                        pause = backoff
                         drops += 1
+                        located = None  # where is it now (and is it still there)?
                     finally:
                         session.close()
-            pause = min(backoff, max(0.0, deadline - self.clock()))
+            pause = min(pause, max(0.0, deadline - self.clock()))
             if pause <= 0:
                 break
             self.sleep(pause)
@@ -292,6 +315,24 @@ class RelayService:
         except TransitionRefused:
             return self.jobs.get(job.job_id) or job
 
+    def _start(self, session: SshSession, job: Job) -> None:
+        """Hand the instance the job's start bundle (idempotent: a reconnection finds it there), or, for a job
+        cancelled before it started, the cancel marker instead."""
+        if job.status == JobStatus.CANCELLED:
+            session.request_cancel()
+            return
+        if job.spec is None or job.instance_type is None:
+            raise ConnectionLost("the job has no task spec to start")  # never for a launched job
+        tar = StartBundle.for_spec(job.job_id, job.team_id, job.instance_type, job.spec).tar()
+        if not session.deliver_bundle(tar):
+            raise ConnectionLost("the start bundle could not be written on the instance")
+
+    def _cancel_by(self, job: Job) -> float:
+        """The relay clock's time by which a cancelled job's instance is terminated, drained or not."""
+        ended = job.ended_at or utcnow()
+        left = self.settings.cancel_drain_seconds - (utcnow() - ended).total_seconds()
+        return self.clock() + max(0.0, left)
+
     def _stream(self, session: SshSession, job: Job, deadline: float, hold: LeaseHold) -> RelayOutcome:
         """Follow the output from the committed offset. Writing to DynamoDB overlaps reading the next bytes (one
         write in flight at a time, so commits stay in order); every exit waits for that write first."""
@@ -312,6 +353,10 @@ class RelayService:
         last_status = 0.0
         final_size: int | None = None
         result: dict[str, str] | None = None
+        cancel_by: float | None = None
+        last_cancel_check = self.clock()
+        if job.status == JobStatus.CANCELLED:
+            cancel_by = self._cancel_by(job)
 
         def settle() -> None:
             nonlocal in_flight, committed
@@ -365,6 +410,18 @@ class RelayService:
                 ):
                     flush(final=False)
                     pending_since = now
+                if cancel_by is None and now - last_cancel_check >= settings.cancel_check_seconds:
+                    last_cancel_check = now
+                    current = self.jobs.get(job.job_id)
+                    if current is not None and current.status == JobStatus.CANCELLED:
+                        logger.info("the job was cancelled: stopping it", extra={"job_id": job.job_id})
+                        session.request_cancel()
+                        job, cancel_by = current, self._cancel_by(current)
+                if cancel_by is not None and now >= cancel_by and final_size is None:
+                    flush(final=False)
+                    settle()
+                    self._cancel_unfinished(job)
+                    return RelayOutcome(True, "cancelled: the drain bound was reached", offset - start)
                 quiet = now - last_data >= settings.idle_before_status_seconds
                 if final_size is None and (ended or (quiet and now - last_status >= settings.status_poll_seconds)):
                     last_status = now
@@ -379,7 +436,7 @@ class RelayService:
                 if final_size is not None and offset + len(pending) >= final_size:
                     flush(final=True)
                     settle()
-                    self.logs.commit(job.job_id, offset, complete=True)
+                    self.logs.commit(job.job_id, offset, complete=True, drained=True)
                     self._finish(job, result or {})
                     self._mark_drained(session, job)
                     return RelayOutcome(True, "the output is drained", offset - start)
@@ -393,6 +450,18 @@ class RelayService:
                 in_flight.cancel()
                 wait([in_flight])
             writer.shutdown(wait=True)
+
+    def _cancel_unfinished(self, job: Job) -> None:
+        """A cancelled job's instance did not finish within the drain bound: terminate it now; the log is final
+        without the tail the instance did not hand over."""
+        logger.warning("cancel drain bound reached; terminating the instance", extra={"job_id": job.job_id})
+        if self.terminator is not None:
+            try:
+                self.terminator.terminate(job)
+            except Exception:  # noqa: BLE001 - the reconciler terminates an ended job's instance if this failed
+                logger.warning("could not terminate a cancelled job's instance", extra={"job_id": job.job_id})
+        progress = self.logs.progress(job.job_id)
+        self.logs.commit(job.job_id, progress.committed, complete=True)
 
     def _report_drain(self, session: SshSession, committed: int) -> None:
         """Tell the wrapper how far the output is durably written (`relay/progress`, replaced atomically): while it

@@ -3,12 +3,14 @@
 # Rendered by controlplane/core/userdata.py, which substitutes the @@NAME@@ placeholders (shell-quoted values and
 # quoted here-documents) and strips full-line comments and blank lines to save user-data bytes.
 #
-# It schedules a last-resort shutdown, pins the SSH host key, installs the relay's login key, runs the job's setup
-# and run as the login user (one deadline for both), records the outcome in $STATE/result, waits for the log relay
-# to mark the output drained, then terminates the instance.
+# It schedules a last-resort shutdown, pins the SSH host key, lets the relay's login user in, takes the job user's
+# ways to root away, waits for the start bundle (envs, setup, run) the relay delivers over SSH, runs setup and run
+# as the job user (one deadline for both) with their output copied by root into output.log, records the outcome in
+# $STATE/result, waits for the log relay to mark the output drained, then terminates the instance. A cancel (the
+# relay's relay/cancel marker) stops the job (SIGTERM, then SIGKILL) and goes through the same drain.
 # No `set -e` (a failed bookkeeping step must never skip termination), never `set -x` (this script holds the
 # SSH host private key). Test seams: EC2JOBS_ROOT (prefix of every path, empty on EC2), EC2JOBS_IMDS_ENDPOINT, and
-# the commands shutdown, aws, systemctl and curl taken from PATH.
+# the commands shutdown, aws, systemctl, curl, useradd, gpasswd and iptables taken from PATH.
 
 # Step 1, before anything that could fail: the OS-level deadline (the instance terminates on shutdown).
 START=$EPOCHSECONDS
@@ -24,12 +26,18 @@ WORKDIR=$ROOT/workspace
 JOB_ID=@@JOB_ID@@
 INSTANCE_TYPE=@@INSTANCE_TYPE@@
 JOB_USER=@@SSH_USER@@
+RELAY_USER=@@RELAY_USER@@
+RELAY_HOME=$ROOT/var/lib/$RELAY_USER
+RELAY=$STATE/relay
 AUTHORIZED_KEY=@@SSH_AUTHORIZED_KEY@@
 HOST_PUBLIC_KEY=@@HOST_PUBLIC_KEY@@
 MAX_RUNTIME=@@MAX_RUNTIME_SECONDS@@
 SHUTDOWN_MINUTES=@@SHUTDOWN_MINUTES@@
 DRAIN_TIMEOUT=@@DRAIN_TIMEOUT_SECONDS@@
-HAS_SETUP=@@HAS_SETUP@@
+BUNDLE_TIMEOUT=@@BUNDLE_TIMEOUT_SECONDS@@
+CANCEL_GRACE=@@CANCEL_GRACE_SECONDS@@
+HAS_SETUP=0
+CANCELLED=
 KILL_AFTER=30
 BASH_BIN=$BASH
 # The child bash that runs a phase: $1 workdir, $2 env file, $3 phase script, $4 bash. A login shell first (so
@@ -85,10 +93,24 @@ identify_user() {
   [ -n "$JOB_HOME" ] || JOB_HOME=$ROOT/home/$JOB_USER
 }
 
-# Step 2: the pinned host key (the relay trusts only it) and the relay's login key.
+# Step 2: the relay's login user, a system user created here when missing (several boots of one image may race
+# for /etc/passwd's lock: retried). Its password is "*" (no password, but not locked: sshd refuses locked accounts
+# when it does not use PAM). Without root (a local sandbox run as one user) the relay logs in as that user.
+ensure_relay_user() {
+  [ "$IS_ROOT" = 1 ] || return 0
+  local try
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    id -u "$RELAY_USER" >/dev/null 2>&1 && return 0
+    useradd --system --no-create-home --home-dir "/var/lib/$RELAY_USER" --shell /bin/bash -p '*' "$RELAY_USER" \
+      >/dev/null 2>&1 && { log "created the relay user $RELAY_USER"; return 0; }
+    sleep 0.5
+  done
+  id -u "$RELAY_USER" >/dev/null 2>&1 || log "ERROR: could not create the relay user $RELAY_USER"
+}
+
+# Step 3: the pinned host key (the relay trusts only it) and the relay's login key, in a home only root can change.
 install_ssh_keys() {
-  local dir=$ROOT/etc/ssh ssh_dir=$JOB_HOME/.ssh
-  local keys=$JOB_HOME/.ssh/authorized_keys
+  local dir=$ROOT/etc/ssh keys=$RELAY_HOME/.ssh/authorized_keys
   mkdir -p "$dir"
   put_file "$dir/ssh_host_ed25519_key" 600 <<'@@HOST_KEY_DELIM@@'
 @@HOST_PRIVATE_KEY@@
@@ -98,6 +120,12 @@ install_ssh_keys() {
   else
     log "ERROR: could not install the SSH host key"
   fi
+  mkdir -p "$RELAY_HOME/.ssh" && chmod 755 "$RELAY_HOME" "$RELAY_HOME/.ssh"
+  if printf '%s\n' "$AUTHORIZED_KEY" | put_file "$keys" 644; then
+    log "authorized the relay's key for $RELAY_USER"
+  else
+    log "ERROR: could not authorize the relay's key for $RELAY_USER"
+  fi
   # Reload a running sshd so it serves the new key (a socket-activated one reads it on the next connection).
   if systemctl try-reload-or-restart ssh.service >/dev/null 2>&1; then
     log "reloaded ssh.service"
@@ -106,41 +134,79 @@ install_ssh_keys() {
   else
     log "warning: could not reload sshd"
   fi
-  mkdir -p "$ssh_dir" && chmod 700 "$ssh_dir"
-  touch "$keys" && chmod 600 "$keys"
-  if ! grep -qxF -- "$AUTHORIZED_KEY" "$keys" 2>/dev/null; then
-    if [ -s "$keys" ] && [ -n "$(tail -c 1 "$keys")" ]; then
-      printf '\n' >>"$keys"
-    fi
-    if printf '%s\n' "$AUTHORIZED_KEY" >>"$keys"; then
-      log "authorized the relay's key for $JOB_USER"
-    else
-      log "ERROR: could not authorize the relay's key for $JOB_USER"
-    fi
-  fi
-  give "$JOB_HOME" "$ssh_dir" "$keys"
 }
 
-# Steps 3 and 4: the workdir, the phase scripts and the environment, all readable by the job user.
+# Step 4: the job user keeps no way to root (so it can rewrite neither the outcome nor what the relay reads) and no
+# IMDS (whose user data holds the host key). Best effort, each step logged: sudoers lines naming the user, the
+# groups that are root in disguise, and an iptables owner rule for IMDS.
+drop_privileges() {
+  [ "$SWITCH_USER" = 1 ] || return 0
+  local file group uid pattern
+  pattern="^[[:space:]]*${JOB_USER//./\\.}[[:space:]]"
+  for file in "$ROOT/etc/sudoers" "$ROOT"/etc/sudoers.d/*; do
+    [ -f "$file" ] && grep -q "$pattern" "$file" 2>/dev/null || continue
+    if sed -i "/$pattern/d" "$file"; then
+      log "removed $JOB_USER's sudo rights from $file"
+    else
+      log "ERROR: could not remove $JOB_USER's sudo rights from $file"
+    fi
+  done
+  for group in $(id -nG "$JOB_USER" 2>/dev/null); do
+    case $group in
+      sudo | admin | wheel | docker | lxd)
+        gpasswd -d "$JOB_USER" "$group" >/dev/null 2>&1 && log "removed $JOB_USER from group $group" ||
+          log "ERROR: could not remove $JOB_USER from group $group" ;;
+    esac
+  done
+  uid=$(id -u "$JOB_USER")
+  if iptables -w 10 -I OUTPUT 1 -d 169.254.169.254/32 -m owner --uid-owner "$uid" -j REJECT >/dev/null 2>&1; then
+    log "blocked IMDS for $JOB_USER"
+  else
+    log "warning: could not block IMDS for $JOB_USER (iptables)"
+  fi
+  ip6tables -w 10 -I OUTPUT 1 -d fd00:ec2::254/128 -m owner --uid-owner "$uid" -j REJECT >/dev/null 2>&1
+}
+
+# Step 5: the start bundle. The relay unpacks it into relay/bundle (a directory rename: all of it or nothing);
+# copied into root's state directory, with the job's own files handed to the job user.
+wait_for_bundle() {
+  local end=$((EPOCHSECONDS + BUNDLE_TIMEOUT)) name
+  log "waiting for the start bundle from the relay (up to ${BUNDLE_TIMEOUT}s)"
+  while :; do
+    if [ -e "$RELAY/cancel" ]; then
+      log "cancelled before the job started"
+      CANCELLED=1
+      return 1
+    fi
+    if [ -f "$RELAY/bundle/run.sh" ]; then
+      if ! grep -qxF "job_id=$JOB_ID" "$RELAY/bundle/meta" 2>/dev/null; then
+        log "ERROR: the start bundle is not for job $JOB_ID; ignored"
+      else
+        break
+      fi
+    fi
+    if ((EPOCHSECONDS >= end)); then
+      log "no start bundle after ${BUNDLE_TIMEOUT}s: the relay never reached this instance; terminating"
+      return 1
+    fi
+    sleep 0.2
+  done
+  for name in env.sh setup.sh run.sh; do
+    put_file "$STATE/$name" 600 <"$RELAY/bundle/$name" || log "ERROR: could not write $name"
+  done
+  give "$STATE/env.sh" "$STATE/setup.sh" "$STATE/run.sh"
+  grep -q '[^[:space:]]' "$STATE/setup.sh" 2>/dev/null && HAS_SETUP=1
+  log "start bundle received"
+  return 0
+}
+
+# The workdir, readable and writable by the job user; output.log stays root's (a root process copies the job's
+# output into it from a pipe, so the job can neither truncate nor replace what the relay reads by offset).
 write_inputs() {
   mkdir -p "$WORKDIR" && chmod 755 "$WORKDIR"
   give "$WORKDIR"
-  put_file "$STATE/env.sh" 600 <<'@@ENV_DELIM@@'
-@@ENV_BODY@@
-@@ENV_DELIM@@
-  [ $? = 0 ] || log "ERROR: could not write env.sh"
-  put_file "$STATE/setup.sh" 600 <<'@@SETUP_DELIM@@'
-@@SETUP_BODY@@
-@@SETUP_DELIM@@
-  [ $? = 0 ] || log "ERROR: could not write setup.sh"
-  put_file "$STATE/run.sh" 600 <<'@@RUN_DELIM@@'
-@@RUN_BODY@@
-@@RUN_DELIM@@
-  [ $? = 0 ] || log "ERROR: could not write run.sh"
-  give "$STATE/env.sh" "$STATE/setup.sh" "$STATE/run.sh"
+  mkdir -p "$JOB_HOME" && give "$JOB_HOME"
   : >>"$OUTPUT" && chmod 644 "$OUTPUT"
-  # output.log stays root's (the job writes it through the descriptor the wrapper opened, never by path), so the
-  # job cannot truncate or replace what the relay reads by offset; the same for result.
 }
 
 # job_command PHASE SECONDS: the phase as the job user, killed (with its process group) at the deadline.
@@ -158,9 +224,11 @@ job_command() {
   "${cmd[@]}" "$BASH_BIN" -c "$LAUNCHER" "ec2jobs-$1" "$WORKDIR" "$STATE/env.sh" "$STATE/$1.sh" "$BASH_BIN"
 }
 
-# run_phase PHASE: sets PHASE, CODE and REASON.
+# run_phase PHASE: sets PHASE, CODE and REASON. The job writes into a FIFO; a root `cat` appends it to output.log.
+# While the phase runs, a cancel marker from the relay stops it: SIGTERM to every process holding the pipe, then
+# SIGKILL after CANCEL_GRACE seconds.
 run_phase() {
-  local remaining rc
+  local remaining rc fifo copier job
   PHASE=$1
   remaining=$((START + MAX_RUNTIME - EPOCHSECONDS))
   if ((remaining <= 0)); then
@@ -170,11 +238,36 @@ run_phase() {
     return
   fi
   printf '%s\n' "$PHASE" | put_file "$STATE/phase" 644 || log "warning: could not write the phase file"
+  fifo=$STATE/pipe.$PHASE
+  rm -f "$fifo"
+  if ! mkfifo -m 600 "$fifo"; then
+    log "ERROR: could not create the output pipe"
+    CODE=125
+    REASON=EXIT_NONZERO
+    return
+  fi
+  cat "$fifo" >>"$OUTPUT" &
+  copier=$!
   log "$PHASE starting (${remaining}s left before the max runtime)"
-  job_command "$PHASE" "$remaining" </dev/null >>"$OUTPUT" 2>&1
+  job_command "$PHASE" "$remaining" </dev/null >"$fifo" 2>&1 &
+  job=$!
+  while kill -0 "$job" 2>/dev/null; do
+    if [ -z "$CANCELLED" ] && [ -e "$RELAY/cancel" ]; then
+      CANCELLED=1
+      log "cancelled: stopping the job (SIGTERM, SIGKILL after ${CANCEL_GRACE}s)"
+      stop_holders "$fifo" "$CANCEL_GRACE"
+    fi
+    sleep 0.2
+  done
+  wait "$job"
   rc=$?
+  stop_holders "$fifo" 5
+  wait "$copier"
+  rm -f "$fifo"
   CODE=$rc
-  if ((rc == 0)); then
+  if [ -n "$CANCELLED" ]; then
+    REASON=CANCELLED
+  elif ((rc == 0)); then
     REASON=SUCCEEDED
   elif (((rc == 124 || rc == 137) && EPOCHSECONDS >= START + MAX_RUNTIME)); then
     REASON=MAX_RUNTIME
@@ -186,7 +279,7 @@ run_phase() {
   log "$PHASE finished with exit code $rc ($REASON)"
 }
 
-# Step 5: setup (if any), then run only if setup succeeded.
+# Step 6: setup (if any), then run only if setup succeeded.
 run_job() {
   if [ "$HAS_SETUP" = 1 ]; then
     run_phase setup
@@ -195,9 +288,11 @@ run_job() {
   run_phase run
 }
 
-# PIDs (other than ours) holding $1 open for writing.
+# PIDs (other than ours) holding $1 open for writing; with the job in its own user, only that user's processes
+# (runuser and timeout, root's, end by themselves once the job's processes are gone, and say nothing in its output).
 holders() {
-  local link dir pid found=" " fd flags
+  local link dir pid found=" " fd flags owner job_uid=
+  [ "$SWITCH_USER" = 1 ] && job_uid=$(id -u "$JOB_USER")
   while IFS=$'\t' read -r link dir fd; do
     [ "$link" = "$1" ] || continue
     pid=${dir#/proc/}
@@ -208,27 +303,32 @@ holders() {
     # Writers only (access mode O_WRONLY or O_RDWR): a reader such as the relay's SSH read must be left alone.
     flags=$(sed -n 's/^flags:[[:space:]]*//p' "/proc/$pid/fdinfo/$fd" 2>/dev/null)
     [ -n "$flags" ] && (((8#$flags & 3) == 0)) && continue
+    if [ -n "$job_uid" ]; then
+      owner=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$pid/status" 2>/dev/null)
+      [ "$owner" = "$job_uid" ] || continue
+    fi
     case $found in *" $pid "*) ;; *) found+="$pid " ;; esac
   done < <(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -type l -printf '%l\t%h\t%f\n' 2>/dev/null)
   found=${found# }
   printf '%s' "${found% }"
 }
 
-# Job processes that outlived their phase (backgrounded, daemonized) must not write output after the result.
-stop_leftovers() {
-  local target pids
-  target=$(readlink -f -- "$OUTPUT") || target=$OUTPUT
+# stop_holders PIPE GRACE: stop every process still writing into the phase's output pipe: the job at a cancel, or
+# processes that outlived their phase (backgrounded, daemonized), which must not write output after the result.
+# SIGTERM, then SIGKILL after GRACE seconds.
+stop_holders() {
+  local target=$1 grace=$2 pids tries
   pids=$(holders "$target")
   [ -n "$pids" ] || return 0
-  log "stopping leftover job processes that still hold output.log: $pids"
+  log "stopping job processes that still write output: $pids"
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null
-  for _ in {1..25}; do
+  for ((tries = grace * 5; tries > 0; tries--)); do
     sleep 0.2
     pids=$(holders "$target")
     [ -n "$pids" ] || return 0
   done
-  log "killing leftover job processes: $pids"
+  log "killing job processes: $pids"
   # shellcheck disable=SC2086
   kill -KILL $pids 2>/dev/null
   for _ in {1..25}; do
@@ -236,17 +336,17 @@ stop_leftovers() {
     pids=$(holders "$target")
     [ -n "$pids" ] || return 0
   done
-  log "warning: processes still hold output.log: $pids"
+  log "warning: processes still hold the output pipe: $pids"
 }
 
-# Step 6: the outcome, written once every job process is gone (output.log is complete).
+# Step 7: the outcome, written once every job process is gone (output.log is complete).
 write_result() {
   printf 'phase=%s\nexit_code=%s\nreason=%s\nfinished_at=%s\n' "$PHASE" "$CODE" "$REASON" "$EPOCHSECONDS" |
     put_file "$STATE/result" 644 || log "ERROR: could not write the result"
   log "result: phase=$PHASE exit_code=$CODE reason=$REASON"
 }
 
-# Step 7: the relay creates $STATE/relay/drained once the whole output is written to the logs table (not just
+# Step 8: the relay creates $STATE/relay/drained once the whole output is written to the logs table (not just
 # read). Until then it keeps $STATE/relay/progress at the byte offset it has durably written: a backlog (output
 # written faster than the logs table accepts it) drains for as long as that keeps advancing; DRAIN_TIMEOUT seconds
 # without progress (the relay is gone) end the wait. The OS-level shutdown scheduled in step 1 stays the hard bound.
@@ -275,7 +375,7 @@ imds_get() {
   curl -sf --max-time 10 -H "X-aws-ec2-metadata-token: $1" "$IMDS/latest/meta-data/$2"
 }
 
-# Step 8: terminate through the EC2 API, else shut down (the instance's shutdown behaviour is terminate). Once.
+# Step 9: terminate through the EC2 API, else shut down (the instance's shutdown behaviour is terminate). Once.
 terminate_self() {
   [ -z "$TERMINATING" ] || return 0
   TERMINATING=1
@@ -327,10 +427,14 @@ on_exit() {
 }
 
 main() {
-  mkdir -p "$STATE/relay" && chmod 755 "$STATE" "$STATE/relay"
+  mkdir -p "$RELAY" && chmod 755 "$STATE" && chmod 700 "$RELAY"
   identify_user
-  give "$STATE/relay"  # the one place the relay (logged in as the job user) writes: its drained marker
-  log "ec2jobs wrapper for job $JOB_ID on $INSTANCE_TYPE: max runtime ${MAX_RUNTIME}s, user $JOB_USER"
+  ensure_relay_user
+  if [ "$IS_ROOT" = 1 ]; then  # the one place the relay writes: the bundle, its progress, cancel and drained
+    chown "$RELAY_USER:$(id -g "$RELAY_USER" 2>/dev/null)" "$RELAY" 2>/dev/null ||
+      log "ERROR: could not give $RELAY to $RELAY_USER"
+  fi
+  log "ec2jobs wrapper for job $JOB_ID on $INSTANCE_TYPE: max runtime ${MAX_RUNTIME}s, job user $JOB_USER"
   if [ "$IS_ROOT" = 1 ] && [ "$USER_EXISTS" = 0 ]; then
     log "warning: user $JOB_USER does not exist; the job runs as root"
   fi
@@ -339,11 +443,18 @@ main() {
   else
     log "ERROR: scheduling the deadline shutdown failed (status $DEADLINE_RC)"
   fi
-  install_reboot_guard
   install_ssh_keys
+  install_reboot_guard
+  drop_privileges
   write_inputs
-  run_job
-  stop_leftovers
+  if wait_for_bundle; then
+    run_job
+  elif [ -n "$CANCELLED" ]; then
+    PHASE=start CODE= REASON=CANCELLED
+  else
+    terminate_self
+    return
+  fi
   write_result
   wait_drained
   terminate_self

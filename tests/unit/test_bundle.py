@@ -1,0 +1,77 @@
+"""The start bundle: the job's envs, setup and run, byte for byte, as the relay hands them to the instance."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from controlplane.core.bundle import StartBundle, pack, unpack
+from controlplane.core.errors import InvalidSpec
+
+BASH = shutil.which("bash") or "/bin/bash"
+TRICKY = {
+    "QUOTES": "it's \"quoted\" and 'single'",
+    "DOLLAR": "$HOME ${PATH} $(id) `id` \\n",
+    "MULTILINE": "first line\nEOF\n  indented\n",
+    "UNICODE": "ünïcødé ✓ 日本語",
+    "EMPTY": "",
+}
+
+
+def make(**overrides: object) -> StartBundle:
+    values: dict[str, object] = {"job_id": "job-1", "team_id": "team-1", "instance_type": "g5.xlarge",
+                                 "envs": TRICKY, "setup": "pip install x\n", "run": "python train.py"}  # fmt: skip
+    return StartBundle(**(values | overrides))  # type: ignore[arg-type]
+
+
+def test_files_carry_the_text_verbatim_and_the_env_file_round_trips_through_bash(tmp_path: Path) -> None:
+    files = make().files()
+    assert files["setup.sh"] == b"pip install x\n"
+    assert files["run.sh"] == b"python train.py"
+    assert files["meta"] == b"version=1\njob_id=job-1\n"
+    env = tmp_path / "env.sh"
+    env.write_bytes(files["env.sh"])
+    names = "QUOTES DOLLAR MULTILINE UNICODE EMPTY EC2JOBS_JOB_ID"
+    script = f'. "$1"; for n in {names}; do printf "%s\\0" "${{!n}}"; done'
+    shown = (
+        subprocess.run(
+            [BASH, "-c", script, "x", str(env)], capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"}
+        )
+        .stdout.decode()
+        .split("\0")[:-1]
+    )
+    assert shown == [*TRICKY.values(), "job-1"]
+
+
+def test_ours_win_over_the_users_and_pythonunbuffered_is_the_users() -> None:
+    text = make(envs={"EC2JOBS_JOB_ID": "spoof", "PYTHONUNBUFFERED": ""}).files()["env.sh"].decode()
+    assert text.index("export EC2JOBS_JOB_ID=spoof") < text.index("export EC2JOBS_JOB_ID=job-1")
+    assert text.index("export PYTHONUNBUFFERED=1") < text.index("export PYTHONUNBUFFERED=''")
+
+
+def test_tar_round_trips_and_is_deterministic_whatever_the_env_order() -> None:
+    first = make(envs={"A": "1", "B": "2"}).tar()
+    assert first == make(envs={"B": "2", "A": "1"}).tar()
+    assert unpack(first) == make(envs={"A": "1", "B": "2"}).files()
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"run": "a\0b"}, {"setup": "\ud800"}, {"envs": {"BAD-NAME": "x"}}, {"envs": {"A": "\0"}}]
+)
+def test_text_a_shell_cannot_carry_is_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(InvalidSpec):
+        make(**overrides).files()
+
+
+def test_pack_refuses_paths() -> None:
+    with pytest.raises(ValueError, match="plain name"):
+        pack({"../x": b""})
+
+
+def test_repr_shows_no_text() -> None:
+    text = repr(make(envs={"SECRETISH": "value-123"}, run="echo hidden"))
+    assert "value-123" not in text
+    assert "hidden" not in text
