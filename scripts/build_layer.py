@@ -42,7 +42,7 @@ IMPLEMENTATION = "cp"
 # keys, clients("…") / provider_client("…") in lambdas/. botocore's data for every other service (about 430 of
 # them, 60 % of the zipped layer) is left out. tests/infra/test_build_layer.py reads lambdas/ and fails when the code
 # calls a service that is not here.
-BOTOCORE_SERVICES = frozenset({"dynamodb", "ec2", "events", "iam", "secretsmanager", "stepfunctions", "sts"})
+BOTOCORE_SERVICES = frozenset({"dynamodb", "ec2", "events", "iam", "s3", "secretsmanager", "stepfunctions", "sts"})
 # Where the layer is mounted on Lambda: the path compiled into the bytecode (tracebacks), whatever the build path.
 LAMBDA_LAYER_PATH = "/opt/python"
 _IS_RUNTIME = "import sys; print(sys.implementation.name, *sys.version_info[:2], sys.version_info.releaselevel)"

@@ -31,6 +31,7 @@ SETTINGS_CONTEXT = (
     "instanceEventsReservedConcurrency",
     "reconcileReservedConcurrency",
     "accountConcurrency",
+    "artifactExpiryDays",
 )
 VALIDATION_REPORT = "validation-report.json"
 

@@ -8,6 +8,7 @@ from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct
 
 from stacks.api import Api
+from stacks.artifacts import Artifacts
 from stacks.events import Events
 from stacks.functions import Functions
 from stacks.settings import Settings
@@ -26,6 +27,9 @@ class ControlPlaneStack(Stack):
         Tags.of(self).add("ec2jobs:managed-by", "ec2jobs")
         storage = Storage(self, "Storage")
         functions = Functions(self, "Functions", storage=storage, settings=settings)
+        # After the functions: InstanceTransferRole's trust policy names the Lambda roles that may assume it.
+        artifacts = Artifacts(self, "Artifacts", settings=settings, transfer_role_users=functions.transfer_role_users)
+        functions.use_artifacts(artifacts, settings)
         workflow = Workflow(
             self,
             "Workflow",
@@ -44,6 +48,7 @@ class ControlPlaneStack(Stack):
             workflow=workflow.state_machine,
         )
         self.storage, self.functions, self.workflow, self.api, self.events = storage, functions, workflow, api, events
+        self.artifacts = artifacts
 
         CfnOutput(self, "ApiUrl", value=api.url, description="the API's base URL (EC2JOBS_API_URL)")
         CfnOutput(
@@ -61,6 +66,12 @@ class ControlPlaneStack(Stack):
         CfnOutput(self, "StateTableName", value=storage.state.table_name, description="teams, tokens, providers")
         CfnOutput(self, "JobsTableName", value=storage.jobs.table_name, description="jobs")
         CfnOutput(self, "LogsTableName", value=storage.logs.table_name, description="jobs' output")
+        CfnOutput(
+            self,
+            "ArtifactBucketName",
+            value=artifacts.bucket.bucket_name,
+            description="uploads, outputs and checkpoints: teams/<team>/... (docs/artifacts.md)",
+        )
         CfnOutput(
             self,
             "SecretsPrefix",

@@ -21,6 +21,7 @@ from constructs import Construct
 
 from controlplane.adapters import schema, statemachine
 from stacks import nag
+from stacks.artifacts import Artifacts
 from stacks.settings import LAMBDAS_DIR, Settings
 from stacks.storage import Storage
 
@@ -67,6 +68,19 @@ class SecretKind(Enum):
     TEAM_SSH_KEY = "teams/*/ssh-key*"
 
 
+# S3 actions on the artifacts bucket (stacks/artifacts.py), objects under teams/ only. READ: downloads (presigned
+# GET), listings (ListObjectsV2 is s3:ListBucket). WRITE adds uploads: s3:PutObject authorises PutObject, presigned
+# PUTs, CreateMultipartUpload, UploadPart and CompleteMultipartUpload; aborting and listing an upload's parts are
+# their own actions. No DeleteObject: the bucket's lifecycle rule removes objects.
+BUCKET_ACTIONS: dict[Access, tuple[str, ...]] = {
+    Access.READ: ("s3:ListBucket",),
+    Access.WRITE: ("s3:ListBucket",),
+}
+OBJECT_ACTIONS: dict[Access, tuple[str, ...]] = {
+    Access.READ: ("s3:GetObject",),
+    Access.WRITE: ("s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"),
+}
+
 SECRET_READ = ("secretsmanager:GetSecretValue",)
 SECRET_CREATE = ("secretsmanager:CreateSecret", "secretsmanager:TagResource")  # created with tags
 SECRET_DELETE = ("secretsmanager:DeleteSecret",)
@@ -82,6 +96,9 @@ class FunctionSpec:
     tables: Mapping[str, Access] = field(default_factory=dict)  # schema logical name → access
     secrets: Mapping[SecretKind, tuple[str, ...]] = field(default_factory=dict)
     publishes_events: bool = False  # its job store puts Job State Change events (events.py grants PutEvents)
+    artifacts: Access | None = None  # the artifacts bucket (use_artifacts grants it and sets ARTIFACT_*)
+    # may assume InstanceTransferRole (named in its trust policy) to mint an instance's per-job S3 credentials
+    assumes_transfer_role: bool = False
 
 
 def _step(
@@ -89,6 +106,8 @@ def _step(
     description: str,
     tables: Mapping[str, Access],
     secrets: Mapping[SecretKind, tuple[str, ...]] | None = None,
+    artifacts: Access | None = None,
+    assumes_transfer_role: bool = False,
 ) -> FunctionSpec:
     return FunctionSpec(
         construct_id="".join(part.capitalize() for part in step.split("_")),
@@ -98,6 +117,8 @@ def _step(
         tables=tables,
         secrets=secrets or {},
         publishes_events=True,  # every step's job store publishes Job State Change events
+        artifacts=artifacts,
+        assumes_transfer_role=assumes_transfer_role,
     )
 
 
@@ -115,6 +136,10 @@ API = FunctionSpec(
     # the job's instance with it.
     secrets={SecretKind.PROVIDER_KEYS: SECRET_READ + SECRET_CREATE + SECRET_DELETE},
     publishes_events=True,
+    # Presigns uploads (workdir, file_mounts; multipart: Create/Complete/Abort, ListParts) and downloads of outputs,
+    # lists a job's outputs.
+    artifacts=RW,
+    assumes_transfer_role=True,
 )
 AUTHORIZER = FunctionSpec(
     construct_id="Authorizer",
@@ -144,6 +169,10 @@ STEPS: dict[str, FunctionSpec] = {
         tables={JOBS: RW, STATE: R, LOGS: RW},
         # Reads the team's key, never creates one: a key made now could not log in to an instance already running.
         secrets={SecretKind.PROVIDER_KEYS: SECRET_READ, SecretKind.TEAM_SSH_KEY: SECRET_READ},
+        # Hands the instance its start bundle and per-job S3 credentials (InstanceTransferRole, narrowed by a
+        # session policy), reads and writes the job's objects.
+        artifacts=RW,
+        assumes_transfer_role=True,
     ),
     "record_failure": _step(
         "record_failure",
@@ -256,6 +285,47 @@ class Functions(Construct):
             self.functions[spec.construct_id] = function
             if spec.publishes_events:
                 self.publishers.append(function)
+
+    @property
+    def transfer_role_users(self) -> list[iam.IRole]:
+        """The Lambda roles InstanceTransferRole trusts (the functions whose spec says assumes_transfer_role)."""
+        return [
+            cast(iam.IRole, self.functions[spec.construct_id].role) for spec in FUNCTIONS if spec.assumes_transfer_role
+        ]
+
+    def use_artifacts(self, artifacts: Artifacts, settings: Settings) -> None:
+        """The artifacts bucket and InstanceTransferRole, once they exist (the role's trust names these functions'
+        roles, so it is made after them): each function's bucket grant from its spec, sts:AssumeRole on the role for
+        those that assume it, and the ARTIFACT_* / INSTANCE_TRANSFER_ROLE_ARN variables controlplane.config reads."""
+        for spec in FUNCTIONS:
+            if spec.artifacts is None:
+                if spec.assumes_transfer_role:
+                    raise ValueError(f"{spec.construct_id} assumes InstanceTransferRole without bucket access")
+                continue
+            function = self.functions[spec.construct_id]
+            iam.Grant.add_to_principal(
+                grantee=function,
+                actions=list(BUCKET_ACTIONS[spec.artifacts]),
+                resource_arns=[artifacts.bucket.bucket_arn],
+            )
+            iam.Grant.add_to_principal(
+                grantee=function, actions=list(OBJECT_ACTIONS[spec.artifacts]), resource_arns=[artifacts.objects_arn]
+            )
+            function.add_environment("ARTIFACT_BUCKET", artifacts.bucket.bucket_name)
+            function.add_environment("ARTIFACT_EXPIRY_DAYS", str(settings.artifact_expiry_days))
+            if spec.assumes_transfer_role:
+                iam.Grant.add_to_principal(
+                    grantee=function, actions=["sts:AssumeRole"], resource_arns=[artifacts.transfer_role.role_arn]
+                )
+                function.add_environment("INSTANCE_TRANSFER_ROLE_ARN", artifacts.transfer_role.role_arn)
+            nag.acknowledge(
+                function.role,
+                "AwsSolutions-IAM5",
+                "The artifacts bucket's objects are written at run time under teams/<team>/... (uploads, outputs, "
+                "checkpoints), so they cannot be named in the template; the grant is bounded to that prefix of the "
+                "control plane's own bucket, for only the actions this function calls (no DeleteObject).",
+                finding=artifacts.objects_finding(),
+            )
 
     @staticmethod
     def _acknowledge(

@@ -55,6 +55,9 @@ class Settings:
     secrets_prefix: str = "ec2jobs"  # SECRETS_PREFIX: Secrets Manager names <prefix>/teams/...
     log_retention_days: int = 90  # CloudWatch Logs retention of the functions, state machine and API access logs
     log_chunk_ttl_days: int = 30  # LOG_RETENTION_DAYS: jobs' output chunks expire (DynamoDB TTL) after this
+    # ARTIFACT_EXPIRY_DAYS: objects in the artifacts bucket (uploads, outputs, checkpoints) expire this many days after
+    # they were last written (an S3 lifecycle rule; docs/artifacts.md)
+    artifact_expiry_days: int = 30
     api_cloudwatch_role: bool = True  # set API Gateway's account-level CloudWatch role (needed for its logs)
     # Reserved concurrency (0 = none) so that running jobs, each holding one relay invocation from the shared pool,
     # never starve the API, the authorizer, EC2 event handling or the reconciler. Each is also that function's cap.
@@ -87,6 +90,10 @@ class Settings:
             )
         if not 1 <= self.log_chunk_ttl_days <= 3650:
             raise ValueError(f"logChunkTtlDays {self.log_chunk_ttl_days}: 1..3650")
+        if self.artifact_expiry_days < 1:
+            raise ValueError(
+                f"artifactExpiryDays {self.artifact_expiry_days}: at least 1 (S3 lifecycle expiration counts days)"
+            )
         for name, value in self.reservations.items():
             if value < 0:
                 raise ValueError(f"{name} {value}: a number of concurrent executions, or 0 for no reservation")
@@ -158,6 +165,7 @@ class Settings:
             secrets_prefix=text("secretsPrefix", defaults.secrets_prefix),
             log_retention_days=number("logRetentionDays", defaults.log_retention_days),
             log_chunk_ttl_days=number("logChunkTtlDays", defaults.log_chunk_ttl_days),
+            artifact_expiry_days=number("artifactExpiryDays", defaults.artifact_expiry_days),
             api_cloudwatch_role=flag("apiGatewayCloudWatchRole", defaults.api_cloudwatch_role),
             api_reserved_concurrency=number("apiReservedConcurrency", defaults.api_reserved_concurrency),
             authorizer_reserved_concurrency=number(

@@ -60,7 +60,8 @@ class Synth:
         return matches[0]
 
     def label(self, logical_id: str) -> str:
-        """A readable name for a resource: table:jobs, function:<handler>, bus, state-machine, log-group:<handler>."""
+        """A readable name for a resource: table:jobs, function:<handler>, bus, state-machine, log-group:<handler>,
+        bucket (the artifacts bucket), transfer-role (InstanceTransferRole)."""
         if not self._labels:
             stack = self.stack
             for name, table in stack.storage.tables.items():
@@ -72,10 +73,13 @@ class Synth:
                 self._labels[group] = f"log-group:{handler}"
             self._labels[self.logical_id(stack.events.bus)] = "bus"
             self._labels[self.logical_id(stack.workflow.state_machine)] = "state-machine"
+            self._labels[self.logical_id(stack.artifacts.bucket)] = "bucket"
+            self._labels[self.logical_id(stack.artifacts.transfer_role)] = "transfer-role"
         return self._labels.get(logical_id, logical_id)
 
     def resource_label(self, resource: Any) -> str:
-        """An IAM statement's resource as a label: table:jobs, table:jobs/index/*, secret:ec2jobs/teams/*/..."""
+        """An IAM statement's resource as a label: table:jobs, table:jobs/index/*, secret:ec2jobs/teams/*/...,
+        bucket/teams/*"""
         if resource == "*":
             return "*"
         if isinstance(resource, dict) and "Fn::GetAtt" in resource:
@@ -93,6 +97,9 @@ class Synth:
             index = re.fullmatch(r"<(table:\w+)>(/index/\*)", text)
             if index:
                 return index.group(1) + index.group(2)
+            objects = re.fullmatch(r"<bucket>(/.+)", text)
+            if objects:
+                return "bucket" + objects.group(1)
             return text
         if isinstance(resource, dict) and len(resource) == 1:  # a pseudo parameter inside a join
             key = next(iter(resource))

@@ -115,6 +115,13 @@ def test_environment(synth: Synth, handler: str) -> None:
     # the API starts executions; the reconciler starts relay-only ones when a relay loop died
     if handler in {"controlplane.handlers.api.handler", "controlplane.handlers.reconcile.handler"}:
         expected["STATE_MACHINE_ARN"] = {"Ref": synth.logical_id(synth.stack.workflow.state_machine)}
+    # the API presigns uploads and downloads, the relay hands instances their per-job S3 credentials
+    if handler in {"controlplane.handlers.api.handler", HANDLERS["relay"]}:
+        expected["ARTIFACT_BUCKET"] = {"Ref": synth.logical_id(synth.stack.artifacts.bucket)}
+        expected["ARTIFACT_EXPIRY_DAYS"] = "30"  # artifactExpiryDays
+        expected["INSTANCE_TRANSFER_ROLE_ARN"] = {
+            "Fn::GetAtt": [synth.logical_id(synth.stack.artifacts.transfer_role), "Arn"]
+        }
     assert variables == expected
     assert "PROVIDER_ENDPOINT_URL" not in variables  # providers' calls go to AWS itself
 

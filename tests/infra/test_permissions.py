@@ -17,6 +17,12 @@ CREATE = {"secretsmanager:CreateSecret", "secretsmanager:TagResource"}  # create
 DELETE = {"secretsmanager:DeleteSecret"}
 PROVIDER_KEYS = "secret:ec2jobs/teams/*/providers/*"
 TEAM_SSH_KEY = "secret:ec2jobs/teams/*/ssh-key*"
+# The artifacts bucket: listing the bucket, reading and writing objects under teams/ (no DeleteObject: lifecycle).
+ARTIFACTS_RW = {("s3:ListBucket", "bucket")} | {
+    (action, "bucket/teams/*")
+    for action in ("s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")
+}
+ASSUME_TRANSFER_ROLE = {("sts:AssumeRole", "transfer-role")}
 # Actions without resource-level permissions in IAM: the only ones that may (and must) name "*".
 UNSCOPABLE = {
     "xray:PutTraceSegments",
@@ -40,18 +46,28 @@ class Uses:
     secrets: dict[str, set[str]] = field(default_factory=dict)
     publishes: bool = True  # its job store puts Job State Change events
     starts_workflow: bool = False
+    artifacts: frozenset[tuple[str, str]] = frozenset()  # the artifacts bucket, InstanceTransferRole
 
 
 USES: dict[str, Uses] = {
-    # providers (state), job submission and cancel (jobs), logs pages; provider keys stored, deleted, read to cancel
+    # providers (state), job submission and cancel (jobs), logs pages; provider keys stored, deleted, read to cancel;
+    # presigned uploads and downloads, listings of a job's outputs
     "controlplane.handlers.api.handler": Uses(
-        {"state": WRITE, "jobs": WRITE, "logs": READ}, {PROVIDER_KEYS: GET | CREATE | DELETE}, starts_workflow=True
+        {"state": WRITE, "jobs": WRITE, "logs": READ},
+        {PROVIDER_KEYS: GET | CREATE | DELETE},
+        starts_workflow=True,
+        artifacts=frozenset(ARTIFACTS_RW | ASSUME_TRANSFER_ROLE),
     ),
     "controlplane.handlers.authorizer.handler": Uses({"state": READ}, publishes=False),  # token hash → team
     HANDLERS["validate"]: Uses({"jobs": WRITE, "state": READ}),
     HANDLERS["bootstrap"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
     HANDLERS["launch"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
-    HANDLERS["relay"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET}),
+    # ... and an instance's per-job S3 credentials (InstanceTransferRole), the job's objects
+    HANDLERS["relay"]: Uses(
+        {"jobs": WRITE, "state": READ, "logs": WRITE},
+        {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET},
+        artifacts=frozenset(ARTIFACTS_RW | ASSUME_TRANSFER_ROLE),
+    ),
     HANDLERS["record_failure"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}),
     # state + provider keys: DescribeInstances' StateReason (a spot reclaim whose warning was missed)
     "controlplane.handlers.events.instance_state": Uses(
@@ -73,6 +89,7 @@ def expected(handler: str, uses: Uses) -> set[tuple[str, str]]:
     if uses.starts_workflow:
         pairs.add(("states:StartExecution", "state-machine"))
     pairs |= {("logs:CreateLogStream", f"log-group:{handler}"), ("logs:PutLogEvents", f"log-group:{handler}")}
+    pairs |= uses.artifacts
     return pairs | {("xray:PutTraceSegments", "*"), ("xray:PutTelemetryRecords", "*")}
 
 

@@ -20,6 +20,7 @@ CUSTOM = {
     "logRetentionDays": "30",  # as `-c logRetentionDays=30` passes it: a string
     "logChunkTtlDays": "7",
     "apiGatewayCloudWatchRole": "false",
+    "artifactExpiryDays": "7",
     "stackName": "acme-jobs",
 }
 
@@ -38,6 +39,7 @@ def test_cdk_json_holds_the_defaults() -> None:
         "instanceEventsReservedConcurrency": 10,
         "reconcileReservedConcurrency": 2,
         "accountConcurrency": 1000,
+        "artifactExpiryDays": 30,
     }
     assert Settings.from_context(context) == Settings()
 
@@ -45,6 +47,7 @@ def test_cdk_json_holds_the_defaults() -> None:
 def test_context_strings_are_parsed() -> None:
     settings = Settings.from_context(CUSTOM)
     assert (settings.log_retention_days, settings.log_chunk_ttl_days, settings.api_cloudwatch_role) == (30, 7, False)
+    assert settings.artifact_expiry_days == 7
 
 
 @pytest.mark.parametrize(

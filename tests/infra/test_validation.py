@@ -85,7 +85,7 @@ def test_every_acknowledgement_has_a_reason_and_the_template_carries_it(
         assert len(reason) >= 80, f"{rule}: {reason!r} is not a reason"
     rules = {rule for _, rule, _ in calls}
     assert {rule.split("[")[0] for rule in rules} == {
-        "AwsSolutions-IAM5",  # X-Ray / log delivery "*", the jobs table's index/*, the teams/* secret names
+        "AwsSolutions-IAM5",  # X-Ray / log delivery "*", the jobs table's index/*, teams/* secrets and objects
         "AwsSolutions-IAM4",  # API Gateway's account-level CloudWatch role
         "AwsSolutions-L1",  # python3.12, the layer's ABI
         "AwsSolutions-APIG2",  # request validation in the api Lambda
@@ -93,6 +93,7 @@ def test_every_acknowledgement_has_a_reason_and_the_template_carries_it(
         "AwsSolutions-APIG4",  # GET /openapi.json is public
         "AwsSolutions-COG4",  # a Lambda TOKEN authorizer, not Cognito
         "AwsSolutions-SQS3",  # the events' dead-letter queue has no DLQ of its own
+        "AwsSolutions-S1",  # the artifacts bucket: CloudTrail data events instead of server access logs
     }
     in_template = {
         (entry["id"], entry["reason"])
