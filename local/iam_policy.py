@@ -10,7 +10,9 @@ UnsupportedPolicy) anything outside that subset instead of guessing:
   ArnLike, ArnNotEquals, ArnNotLike, Null, each with the `...IfExists` suffix; condition keys are case-insensitive,
   values may hold policy variables;
 - an explicit Deny wins; otherwise an Allow is needed in the identity policies and, when the principal has a
-  permissions boundary, in the boundary too (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html).
+  permissions boundary, in the boundary too, and, when a role session was given a session policy at AssumeRole,
+  in the session policy too (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
+  https://docs.aws.amazon.com/IAM/latest/UserGuide/access_policies.html#policies_session).
 
 A key absent from the request context makes a positive operator false and a negated one true; a policy variable
 that cannot be resolved makes its statement not apply (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html).
@@ -202,19 +204,67 @@ def decide(documents: Iterable[Mapping[str, Any]], request: Request) -> Decision
     return Decision.ALLOW if allowed else Decision.IMPLICIT_DENY
 
 
+IDENTITY = "identity-based policy"
+BOUNDARY = "permissions boundary"
+SESSION = "session policy"
+
+
+def explain(
+    identity: Iterable[Mapping[str, Any]],
+    request: Request,
+    boundary: Mapping[str, Any] | None = None,
+    session: Mapping[str, Any] | None = None,
+) -> tuple[Decision, str | None]:
+    """(decision, the policy type that decided a denial: IDENTITY, BOUNDARY or SESSION; None when allowed).
+
+    Identity policies, the permissions boundary (when the principal has one) and the session policy (when the role
+    session was given one at AssumeRole) must all allow; an explicit Deny in any of them wins
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html,
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/access_policies.html#policies_session)."""
+    kinds = [(IDENTITY, list(identity))]
+    if boundary is not None:
+        kinds.append((BOUNDARY, [boundary]))
+    if session is not None:
+        kinds.append((SESSION, [session]))
+    decisions = [(kind, decide(documents, request)) for kind, documents in kinds]
+    for kind, decision in decisions:
+        if decision is Decision.EXPLICIT_DENY:
+            return decision, kind
+    for kind, decision in decisions:
+        if decision is not Decision.ALLOW:
+            return decision, kind
+    return Decision.ALLOW, None
+
+
 def authorize(
-    identity: Iterable[Mapping[str, Any]], request: Request, boundary: Mapping[str, Any] | None = None
+    identity: Iterable[Mapping[str, Any]],
+    request: Request,
+    boundary: Mapping[str, Any] | None = None,
+    session: Mapping[str, Any] | None = None,
 ) -> Decision:
-    """Identity policies, then (when the principal has one) its permissions boundary: both must allow."""
-    decision = decide(identity, request)
-    if decision is not Decision.ALLOW or boundary is None:
-        return decision
-    bounded = decide([boundary], request)
-    return Decision.ALLOW if bounded is Decision.ALLOW else bounded
+    """Identity policies, the permissions boundary and the session policy (each when present): all must allow."""
+    return explain(identity, request, boundary, session)[0]
 
 
-def allowed(identity: Iterable[Mapping[str, Any]], request: Request, boundary: Mapping[str, Any] | None = None) -> bool:
-    return authorize(identity, request, boundary) is Decision.ALLOW
+def allowed(
+    identity: Iterable[Mapping[str, Any]],
+    request: Request,
+    boundary: Mapping[str, Any] | None = None,
+    session: Mapping[str, Any] | None = None,
+) -> bool:
+    return authorize(identity, request, boundary, session) is Decision.ALLOW
 
 
-__all__ = ["Decision", "Request", "UnsupportedPolicy", "allowed", "authorize", "decide", "substitute"]
+__all__ = [
+    "BOUNDARY",
+    "IDENTITY",
+    "SESSION",
+    "Decision",
+    "Request",
+    "UnsupportedPolicy",
+    "allowed",
+    "authorize",
+    "decide",
+    "explain",
+    "substitute",
+]

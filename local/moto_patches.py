@@ -12,6 +12,11 @@ when a moto upgrade moves what these patch). Applied inside the emulator process
 - EventBridge targets: moto raises NotImplementedError for Lambda and Step Functions targets. Here a rule invokes
   a Lambda target asynchronously (a thread, like EventBridge) and starts an execution of a state machine target
   with the event (or the target's Input / InputPath) as input.
+- S3 presigned URLs under IAM enforcement: moto's authoriser reads the `Authorization` header that a presigned
+  request (query-string SigV4) does not have, and answers 500. Here such a request is authorised as AWS does: 403
+  `AccessDenied` "Request has expired" once `X-Amz-Date` + `X-Amz-Expires` has passed
+  (https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html), else the signer's permissions
+  (moto's evaluator, for the access key in `X-Amz-Credential`; role sessions are checked by local/iam_conditions.py).
 """
 
 from __future__ import annotations
@@ -193,12 +198,68 @@ def execute_state_machines() -> None:
     default_user_config.setdefault("stepfunctions", {})["execute_state_machine"] = True
 
 
+def presigned_expired(query: dict[str, list[str]], now: float) -> bool:
+    """Has a query-string-signed (presigned) request expired? (X-Amz-Date is yyyymmddTHHMMSSZ, UTC.)"""
+    import calendar
+    import time as _time
+
+    try:
+        signed = _time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+        expires = int(query["X-Amz-Expires"][0])
+    except (KeyError, IndexError, ValueError):
+        return True  # malformed: AWS refuses it
+    return now > calendar.timegm(signed) + expires
+
+
+def _patch_presigned_s3() -> None:
+    import time as _time
+    from urllib.parse import parse_qs, urlparse
+
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.s3.exceptions import S3ClientError
+
+    original = ActionAuthenticatorMixin._authenticate_and_authorize_action
+
+    def authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
+        headers = self.headers
+        query = parse_qs(urlparse(self.uri).query)
+        enforcing = ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+        if not enforcing or "Authorization" in headers or "X-Amz-Credential" not in query:
+            original(self, iam_request_cls, resource)
+            return
+        if presigned_expired(query, _time.time()):
+            raise S3ClientError("AccessDenied", "Request has expired")
+        credential = query["X-Amz-Credential"][0]
+        synthesized = dict(headers) | {"Authorization": f"AWS4-HMAC-SHA256 Credential={credential}, Signature=x"}
+        if "X-Amz-Security-Token" in query:  # a role session's URL: moto looks its token up in the headers
+            synthesized["X-Amz-Security-Token"] = query["X-Amz-Security-Token"][0]
+        saved = self.headers
+        self.headers = synthesized
+        try:
+            request = iam_request_cls(
+                account_id=self.current_account,
+                method=self.method,
+                path=self.raw_path,
+                data=self.data,
+                body=self.raw_body,
+                headers=synthesized,
+                action=self._get_action(),
+            )
+            request.check_action_permitted(resource)  # the URL's signature is not re-computed (moto cannot)
+        finally:
+            self.headers = saved
+
+    ActionAuthenticatorMixin._authenticate_and_authorize_action = authorize  # type: ignore[method-assign]
+
+
 def apply() -> None:
     """Apply every patch once (idempotent)."""
     for name, patch in (
         ("iam_resource", _patch_iam_resource),
         ("lambda_in_process", _patch_lambda_in_process),
         ("event_targets", _patch_event_targets),
+        ("presigned_s3", _patch_presigned_s3),
     ):
         if name not in _APPLIED:
             patch()

@@ -285,7 +285,7 @@ class InstanceSandbox:
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
-        self._root = (config.base_dir / config.instance_id).absolute()
+        self._root = users.instance_root(config.base_dir, config.instance_id)
         self._lock = threading.Lock()
         self._booted = False
         self._stopped = False
@@ -374,6 +374,7 @@ class InstanceSandbox:
             shared.mkdir(parents=True, exist_ok=True)
             shared.chmod(0o755)
         users.make_traversable(root)
+        users.make_traversable(SHIM_DIR)  # the job user's login shell finds the shims before any real command
         home = root / "home" / self._login_user()
         home.mkdir(parents=True, exist_ok=True)
         profile = home / ".profile"

@@ -6,10 +6,13 @@ can switch users), so the separation the wrapper makes on EC2 is not there local
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -64,6 +67,40 @@ def _useradd() -> str:
         if os.access(candidate, os.X_OK):
             return candidate
     raise RuntimeError("useradd is not installed (package passwd)")
+
+
+_shared_lock = threading.Lock()
+_shared: list[Path] = []
+
+
+def _shared_instances_dir() -> Path:
+    """One directory per process for the sandboxes' roots, which the job and relay users can traverse (0711 in the
+    world-traversable /tmp): a caller's directory may sit under a private one (pytest's, mode 0700, which another
+    pytest session resets at its start), so roots do not live there; removed when the process exits."""
+    with _shared_lock:
+        if not _shared:
+            made = Path(tempfile.mkdtemp(prefix="ec2jobs-instances-"))
+            made.chmod(0o711)
+            atexit.register(shutil.rmtree, made, True)
+            _shared.append(made)
+        return _shared[0]
+
+
+def instance_root(base_dir: Path, instance_id: str) -> Path:
+    """Where a sandbox's root is: base_dir/instance_id, which is a link into the shared directory when the job and
+    relay run as users of their own (so they can reach it whatever base_dir's parents allow)."""
+    wanted = (base_dir / instance_id).absolute()
+    if not separated():
+        return wanted
+    if wanted.is_symlink():
+        return wanted.resolve()
+    if wanted.exists():  # made by the caller: used as it is (made traversable at boot)
+        return wanted
+    real = Path(tempfile.mkdtemp(prefix=f"{instance_id}-", dir=_shared_instances_dir()))
+    real.chmod(0o755)
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    wanted.symlink_to(real, target_is_directory=True)
+    return real
 
 
 def make_traversable(path: Path) -> None:

@@ -178,3 +178,31 @@ def test_moto_contract_internals_used_by_the_middleware() -> None:
     assert "permissions_boundary_arn" in source
     assert "managed_policies" in source
     assert "self.policies" in source
+
+
+def test_moto_contract_keeps_the_session_policy_given_to_assume_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """local/iam_conditions.py reads AssumeRole's `Policy` from moto's AssumedRole.policy: if moto stops keeping it,
+    every session policy (an instance's storage grant) would silently stop narrowing anything."""
+    from moto import mock_aws
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # in-process moto, not the discard port
+    from moto.sts.models import sts_backends
+
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]})
+    role = "arn:aws:iam::123456789012:role/any"
+    with mock_aws():
+        sts = boto3.client("sts", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+        narrowed = sts.assume_role(RoleArn=role, RoleSessionName="narrowed", Policy=policy)["Credentials"]
+        plain = sts.assume_role(RoleArn=role, RoleSessionName="plain")["Credentials"]
+        backend = sts_backends["123456789012"]["aws"]
+        sessions = [backend.get_assumed_role_from_access_key(c["AccessKeyId"]) for c in (narrowed, plain)]
+        assert [getattr(session, "policy", "no such session") for session in sessions] == [policy, None]
+
+
+def test_moto_contract_s3_bucket_addressing_used_by_the_middleware() -> None:
+    """How moto's server tells a virtual-host request from a path-style one (local/iam_conditions.s3_call)."""
+    from moto.s3.responses import S3Response
+    from moto.s3.utils import bucket_name_from_url
+
+    assert isinstance(inspect.getattr_static(S3Response, "subdomain_based_buckets"), staticmethod)
+    assert bucket_name_from_url("http://bkt.s3.amazonaws.com/k") == "bkt"

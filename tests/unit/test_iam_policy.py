@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.core import provisioning
-from local.iam_policy import Decision, Request, UnsupportedPolicy, allowed, authorize
+from controlplane.core import grants, provisioning
+from local.iam_policy import (
+    BOUNDARY,
+    IDENTITY,
+    SESSION,
+    Decision,
+    Request,
+    UnsupportedPolicy,
+    allowed,
+    authorize,
+    explain,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ME = "arn:aws:ec2:us-east-1:123456789012:instance/i-0000000000000000a"
@@ -113,3 +123,53 @@ def test_operators_variables_and_explicit_deny() -> None:
 def test_what_the_evaluator_does_not_implement_is_refused_not_ignored(statement: dict[str, object]) -> None:
     with pytest.raises(UnsupportedPolicy):
         authorize([{"Statement": [statement]}], Request("s3:GetObject", "x", {"k": "v", "aws:CurrentTime": "y"}))
+
+
+def test_a_session_policy_narrows_a_role_session_to_the_intersection() -> None:
+    bucket = "arn:aws:s3:::artifacts"
+    role = [
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": f"{bucket}/teams/*"},
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": bucket,
+                    "Condition": {"StringLike": {"s3:prefix": ["teams/*"]}},
+                },
+            ],
+        }
+    ]
+    session = grants.session_policy("artifacts", "team-a", "job-1", read_prefixes=["teams/team-a/uploads/up-1/"])
+    own = Request("s3:PutObject", f"{bucket}/teams/team-a/jobs/job-1/outputs/m")
+    assert explain(role, own, session=session) == (Decision.ALLOW, None)
+    assert explain(role, Request("s3:PutObject", f"{bucket}/teams/team-a/jobs/job-2/m"), session=session) == (
+        Decision.IMPLICIT_DENY,
+        SESSION,
+    )
+    assert allowed(role, Request("s3:GetObject", f"{bucket}/teams/team-a/uploads/up-1/archive.tar.gz"), None, session)
+    assert not allowed(role, Request("s3:PutObject", f"{bucket}/teams/team-a/uploads/up-1/x"), None, session)
+    listing = Request("s3:ListBucket", bucket, {"s3:prefix": "teams/team-a/jobs/job-1/"})
+    assert allowed(role, listing, None, session)
+    assert not allowed(role, Request("s3:ListBucket", bucket, {"s3:prefix": "teams/"}), None, session)
+    assert not allowed(role, Request("s3:ListBucket", bucket, {"s3:prefix": ""}), None, session)
+    # a session policy never adds: the role does not allow the root, whatever the session says
+    everything = {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    assert explain(role, Request("s3:PutObject", f"{bucket}/root"), session=everything) == (
+        Decision.IMPLICIT_DENY,
+        IDENTITY,
+    )
+    assert allowed(role, own)  # no session policy: the role alone
+
+
+def test_explicit_deny_anywhere_wins_and_names_where_it_is() -> None:
+    allow = {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    deny = {"Statement": [{"Effect": "Deny", "Action": "s3:PutObject", "Resource": "*"}]}
+    put = Request("s3:PutObject", "arn:aws:s3:::b/k")
+    assert explain([allow], put, allow, deny) == (Decision.EXPLICIT_DENY, SESSION)
+    assert explain([allow], put, deny, allow) == (Decision.EXPLICIT_DENY, BOUNDARY)
+    # an explicit deny in the session policy outranks the identity policies' silence (reported as explicit)
+    assert explain([{"Statement": []}], put, None, deny) == (Decision.EXPLICIT_DENY, SESSION)
+    assert explain([allow], put, {"Statement": []}, allow) == (Decision.IMPLICIT_DENY, BOUNDARY)
+    assert explain([allow], put, allow, allow) == (Decision.ALLOW, None)
