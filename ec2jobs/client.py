@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Final
 
 JsonObject = dict[str, Any]
@@ -233,6 +233,41 @@ class Client:
         raise ApiError(
             status, "NOT_SUPPORTED", "this API does not support cancelling jobs yet (POST /jobs/{id}/cancel is missing)"
         )
+
+    # -- uploads and outputs ---------------------------------------------------------------------------------
+
+    def create_upload(self, kind: str, size: int, sha256: str) -> JsonObject:
+        """POST /uploads: {upload_id, kind, size, part_size, parts: [{part_number, url}], expires_at}. The URLs are
+        bearer credentials until they expire: never print them."""
+        body = {"kind": kind, "size": size, "sha256": sha256}
+        return _object(self._request("POST", "/uploads", body=body)[1])
+
+    def refresh_upload_parts(self, upload_id: str) -> JsonObject:
+        """POST /uploads/{id}/parts: fresh URLs for every part of a pending upload (same shape as create_upload)."""
+        return _object(self._request("POST", f"/uploads/{_segment(upload_id)}/parts")[1])
+
+    def complete_upload(self, upload_id: str, parts: Sequence[Mapping[str, Any]]) -> JsonObject:
+        """POST /uploads/{id}/complete with every part's {part_number, etag} ([] for a single-PUT upload):
+        {upload_id, kind, size, status: complete}."""
+        body = {"parts": [{"part_number": int(p["part_number"]), "etag": str(p["etag"])} for p in parts]}
+        return _object(self._request("POST", f"/uploads/{_segment(upload_id)}/complete", body=body)[1])
+
+    def list_outputs(
+        self, job_id: str, kind: str = "outputs", cursor: str | None = None, limit: int | None = None
+    ) -> JsonObject:
+        """GET /jobs/{id}/outputs: {job_id, kind, files: [{path, size, last_modified, url}], expires_at,
+        next_cursor}; `kind` is outputs or checkpoints."""
+        return self._get(f"/jobs/{_segment(job_id)}/outputs", {"kind": kind, "cursor": cursor, "limit": limit})
+
+    def iter_outputs(self, job_id: str, kind: str = "outputs") -> Generator[JsonObject, None, None]:
+        """Every file of a job's outputs (or checkpoints), following next_cursor."""
+        cursor: str | None = None
+        while True:
+            page = self.list_outputs(job_id, kind, cursor)
+            yield from page.get("files") or []
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     # -- tokens ----------------------------------------------------------------------------------------------
 

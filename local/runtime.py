@@ -24,7 +24,7 @@ import boto3
 
 from local import emulator, faults, guard, users
 from local.apigw import LocalApiGateway, LocalHttpApi
-from local.resources import ControlPlaneNames, create_tables
+from local.resources import ControlPlaneNames, create_artifacts, create_tables
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_POLICY_FILE = REPO / "policy" / "provider-policy.json"
@@ -89,12 +89,16 @@ class LocalControlPlane:
         return container.get().teams.issue_token(team_id)
 
 
-def control_plane_environment(names: ControlPlaneNames, endpoint: str, state_machine_arn: str) -> dict[str, str]:
-    """The Lambda environment of every control-plane function, locally."""
+def control_plane_environment(
+    names: ControlPlaneNames, endpoint: str, state_machine_arn: str, transfer_role_arn: str = ""
+) -> dict[str, str]:
+    """The Lambda environment of every control-plane function, locally (the artifacts bucket's name and
+    InstanceTransferRole's ARN included: `create_artifacts` makes both)."""
     return (
         names.environment(state_machine_arn=state_machine_arn)
         | LOCAL_SETTINGS
         | {
+            "INSTANCE_TRANSFER_ROLE_ARN": transfer_role_arn,
             "EVENT_BUS_NAME": f"{names.prefix}-bus",
             # the job's user and the relay's (real local users as root, else both are the current user)
             "SSH_USER": users.instance_users()[0],
@@ -141,10 +145,12 @@ def _create_resources(
             }
         ),
     )["Role"]["Arn"]
+    # The artifacts bucket and InstanceTransferRole, which only the functions' role may assume (as deployed).
+    transfer_role_arn = create_artifacts(boto3.client("s3"), iam, names, [role])
     lambdas = boto3.client("lambda")
     sfn = boto3.client("stepfunctions")
     # The workflow functions do not need the state machine's ARN; the API (in this process) does.
-    base_env = control_plane_environment(names, endpoint, "") | overrides
+    base_env = control_plane_environment(names, endpoint, "", transfer_role_arn) | overrides
     base_env.pop("STATE_MACHINE_ARN", None)
     code = _zip()
     arns: dict[str, str] = {}
@@ -194,7 +200,8 @@ def _create_resources(
     eventbridge.put_targets(
         Rule=f"{names.prefix}-spot-interruptions", Targets=[{"Id": "instance-events", "Arn": arns["instance_events"]}]
     )
-    return state_machine_arn, control_plane_environment(names, endpoint, state_machine_arn) | overrides, arns
+    env = control_plane_environment(names, endpoint, state_machine_arn, transfer_role_arn) | overrides
+    return state_machine_arn, env, arns
 
 
 def start(

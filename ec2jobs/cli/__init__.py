@@ -8,6 +8,8 @@ Layout (one module per command group, over the Python client in ec2jobs/client.p
   config.py            API URL and token resolution   commands/jobs.py       submit | jobs | status | logs | cancel
   output.py, costs.py  printing, prices and costs     commands/catalog.py    catalog
   tasks.py             task YAML files and --env      commands/tokens.py     tokens list | revoke
+  inputs.py            workdir/file_mounts uploads,   commands/download.py   download (outputs, checkpoints)
+                       --secret
   errors.py            exit codes, CliError
 """
 

@@ -1,4 +1,5 @@
-"""`ec2jobs submit|jobs|status|logs|cancel`: a team's jobs (submit with `--env`, follow status and output)."""
+"""`ec2jobs submit|jobs|status|logs|cancel`: a team's jobs (submit with `--env` and `--secret`, uploading a local
+workdir and file_mounts first; follow status and output)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ec2jobs.cli.args import Parents, positive
 from ec2jobs.cli.config import client_for
 from ec2jobs.cli.costs import cost_cell, cost_fields, hourly, job_cost, market, market_detail
 from ec2jobs.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from ec2jobs.cli.inputs import apply_secrets, local_inputs, parse_secret_options, upload_inputs
 from ec2jobs.cli.output import dash, duration, price, timestamp
 from ec2jobs.cli.tasks import apply_envs, parse_env_options, read_task_file
 from ec2jobs.client import TERMINAL_STATUSES, ApiError, Client, JsonObject, log_final, log_tail_missing
@@ -45,16 +47,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise UsageError("--json and --follow cannot be combined")
     spec = read_task_file(Path(args.file))
     spec = apply_envs(spec, parse_env_options(args.env or []), args.file)
+    spec = apply_secrets(spec, parse_secret_options(args.secret or []), args.file)
+    if args.resume_from:
+        spec["resume_from"] = args.resume_from
+    local = local_inputs(spec, Path.cwd(), args.file)  # refuses S3 mounts and missing paths before any request
     from_file = spec.pop("provider_id", None)
     client = client_for(args)
     provider_id = _pick_provider(client, args.provider, from_file)
+    # While following (or printing JSON), stdout carries the job's output (or the JSON) only: our lines go to stderr.
+    say = output.err if args.follow or args.json else output.out
+    spec = upload_inputs(client, spec, local, say)
     job = client.submit_job(provider_id, spec, args.idempotency_key)
     if args.json:
         output.print_json(job)
         return EXIT_OK
     job_id = str(job.get("job_id"))
-    # While following, stdout carries the job's output only; ec2jobs's own lines go to stderr.
-    say = output.err if args.follow else output.out
     say(f"submitted job {job_id} ({job.get('status')})")
     say(f"  instance type: {dash(job.get('instance_type'))} in {dash(job.get('region'))}, $/h {hourly(job)}")
     for note in job.get("notes") or []:
@@ -323,6 +330,16 @@ def register(commands: Any, parents: Parents) -> None:
         metavar="NAME[=VALUE]",
         help="set an env of the task; NAME alone takes its value from your environment (repeatable; fills an env "
         "the YAML leaves without a value)",
+    )
+    submit.add_argument(
+        "--secret",
+        action="append",
+        metavar="NAME[=VALUE]",
+        help="a secret of the task (sealed, never shown); NAME alone takes its value from your environment "
+        "(repeatable; fills a secret the YAML declares as NAME: null)",
+    )
+    submit.add_argument(
+        "--resume-from", metavar="JOB", help="restore this earlier job's last checkpoints before setup runs"
     )
     submit.add_argument("--follow", "-f", action="store_true", help="show status changes and logs until it ends")
     submit.add_argument("--idempotency-key", metavar="KEY", help="a retry with the same key never makes a second job")
