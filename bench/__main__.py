@@ -1,13 +1,14 @@
-"""`make bench` / `python -m bench`: the five benchmarks in one run, one table (measured vs target, pass or miss) and
+"""`make bench` / `python -m bench`: the six benchmarks in one run, one table (measured vs target, pass or miss) and
 bench/results/latest.json (date, machine, figures, details). This machine is shared and noisy: compare figures
 within one run (ratios), not across runs.
 
-    python -m bench                       # all five, full size (writes bench/results/latest.json)
-    python -m bench --quick               # all five, small sizes (a smoke run; writes bench/results/partial.json)
+    python -m bench                       # all six, full size (writes bench/results/latest.json)
+    python -m bench --quick               # all six, small sizes (a smoke run; writes bench/results/partial.json)
     python -m bench --only launch,cost    # a subset (also partial.json)
 
 Sections: coldstart (3), relay (2: throughput on its own emulator, latency on the embedded control plane), launch
-(1), cost (4), scale (5). Nothing here talks to real AWS: local/guard.py refuses anything but loopback.
+(1), cost (4), scale (5), artifacts (6: code in, results out, on the embedded control plane). Nothing here talks
+to real AWS: local/guard.py refuses anything but loopback.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from bench.report import RESULTS_DIR, Figure, Results, notes, table
 
-SECTIONS = ("coldstart", "relay", "launch", "cost", "scale")
+SECTIONS = ("coldstart", "relay", "launch", "cost", "scale", "artifacts")
 FULL = {
     "launch_jobs": 20,
     "bootstraps": 2,
@@ -35,6 +36,9 @@ FULL = {
     "cost_seconds": 30.0,
     "active": 1000,
     "total": 10_000,
+    "transfer_megabytes": 200,
+    "workdir_megabytes": 100,
+    "transfer_rounds": 3,
 }
 QUICK = FULL | {
     "launch_jobs": 4,
@@ -46,6 +50,9 @@ QUICK = FULL | {
     "cost_seconds": 10.0,
     "active": 120,
     "total": 600,
+    "transfer_megabytes": 24,
+    "workdir_megabytes": 10,
+    "transfer_rounds": 2,
 }
 
 
@@ -107,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         from bench import relay
 
         _section(results, "relay_throughput", lambda: relay.throughput(args.megabytes))
-    if {"launch", "relay", "cost"} & set(args.sections):
+    if {"launch", "relay", "cost", "artifacts"} & set(args.sections):
         _plane_sections(results, args)
     if "scale" in args.sections:
         from bench import scale
 
         _section(results, "scale", lambda: scale.run(args.active, args.total))
-    order = {name: i for i, name in enumerate(["1", "2", "3", "4", "5"])}
+    order = {name: i for i, name in enumerate(["1", "2", "3", "4", "5", "6"])}
     results.figures.sort(key=lambda f: order.get(f.section[:1], 9))
     wall = time.monotonic() - started
     print()
@@ -150,6 +157,16 @@ def _plane_sections(results: Results, args: argparse.Namespace) -> None:
 
             _section(results, "relay_latency", lambda: relay.latency(session, provider_id, args.latency_seconds))
             _section(results, "first_line", lambda: relay.first_line(session, provider_id, args.first_line_jobs))
+        if "artifacts" in args.sections:
+            from bench import artifacts
+
+            _section(
+                results,
+                "artifacts",
+                lambda: artifacts.run(
+                    session, provider_id, args.transfer_megabytes, args.workdir_megabytes, args.transfer_rounds
+                ),
+            )
         if "launch" in args.sections:
             from bench import launch
 

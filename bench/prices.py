@@ -2,9 +2,9 @@
 dollars.
 
 us-east-1, on-demand, x86_64, no free tier, no Savings Plans; from the services' public pricing pages
-(aws.amazon.com/{lambda,step-functions,dynamodb,secrets-manager,api-gateway,eventbridge}/pricing), as of
-PRICES_AS_OF. The deployed memory sizes and the relay's streaming budget come from the CDK stack itself
-(stacks/functions.py), not from copies.
+(aws.amazon.com/{lambda,step-functions,dynamodb,secrets-manager,api-gateway,eventbridge,s3}/pricing), as of
+PRICES_AS_OF (S3's as of S3_PRICES_AS_OF). The deployed memory sizes and the relay's streaming budget come from the
+CDK stack itself (stacks/functions.py), not from copies.
 """
 
 from __future__ import annotations
@@ -25,8 +25,21 @@ DYNAMODB_READ_UNIT = 0.125 / 1_000_000  # on-demand read request unit (4 KB stro
 SECRETS_MANAGER_CALL = 0.05 / 10_000
 EVENTBRIDGE_EVENT = 1.00 / 1_000_000  # custom events put (PutEvents entries, 64 KB each); AWS service events free
 API_GATEWAY_REQUEST = 3.50 / 1_000_000  # REST API, first 333 million requests a month
+# S3 Standard (https://aws.amazon.com/s3/pricing/, "Storage & requests"; docs/artifacts.md "Costs"). Requests are
+# billed by class: PUT, COPY, POST and LIST (PutObject, UploadPart, Create/CompleteMultipartUpload, ListObjectsV2)
+# at one price, GET and all other requests (GetObject, HeadObject) at another; DELETE is free. STS AssumeRole, which
+# issues an instance's grants, has no charge.
+S3_PRICES_AS_OF = "2026-12-02"
+S3_PUT_REQUEST = 0.005 / 1_000  # PUT, COPY, POST, LIST requests
+S3_GET_REQUEST = 0.0004 / 1_000  # GET, SELECT and all other requests
+S3_GB_MONTH = 0.023  # S3 Standard storage, first 50 TB a month
+# Storage is billed in GB-months from byte-hours: 1 GB = 2**30 bytes, divided by the hours of the month
+# (https://aws.amazon.com/s3/faqs/, "Billing"); the benchmarks use an average month.
+S3_GB_BYTES = 2**30
+HOURS_PER_MONTH = 730.0  # 365 × 24 / 12
 # Not priced (nothing counted against them here, or not per job): EC2 API calls (free), X-Ray traces, CloudWatch
-# Logs ingestion of the functions' own logs, Secrets Manager's $0.40 per secret-month, DynamoDB storage.
+# Logs ingestion of the functions' own logs, Secrets Manager's $0.40 per secret-month, DynamoDB storage, S3 data
+# transfer (in, and to EC2 in the region: free; out to the internet: $0.09 per GB after the first 100 GB a month).
 
 
 @dataclass
@@ -41,6 +54,9 @@ class Usage:
     secrets_manager_calls: float = 0.0
     eventbridge_events: float = 0.0
     api_requests: float = 0.0
+    s3_put_requests: float = 0.0
+    s3_get_requests: float = 0.0
+    s3_gb_months: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -61,6 +77,9 @@ UNIT_PRICES: dict[str, float] = {
     "secrets_manager_calls": SECRETS_MANAGER_CALL,
     "eventbridge_events": EVENTBRIDGE_EVENT,
     "api_requests": API_GATEWAY_REQUEST,
+    "s3_put_requests": S3_PUT_REQUEST,
+    "s3_get_requests": S3_GET_REQUEST,
+    "s3_gb_months": S3_GB_MONTH,
 }
 
 
@@ -73,6 +92,11 @@ def dollars(usage: Usage) -> dict[str, float]:
 def gb_seconds(duration_seconds: float, memory_mb: int) -> float:
     """Lambda bills duration rounded up to the millisecond, times the configured memory."""
     return math.ceil(max(duration_seconds, 0.0) * 1000) / 1000 * memory_mb / 1024
+
+
+def gb_months(size_bytes: float, hours: float) -> float:
+    """S3 storage of `size_bytes` kept `hours`, in GB-months (GB = 2**30 bytes, an average month)."""
+    return max(size_bytes, 0.0) / S3_GB_BYTES * max(hours, 0.0) / HOURS_PER_MONTH
 
 
 # -- DynamoDB request units ------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
     region: str = Field(alias="AWS_REGION", default="us-east-1")
+    endpoint_url: str = Field(
+        alias="AWS_ENDPOINT_URL",
+        default="",
+        description="unset on AWS; the emulator's loopback endpoint locally (instances then reach S3 there too)",
+    )
     state_table: str = Field(alias="STATE_TABLE", description="teams, tokens, providers, bootstrap cache")
     jobs_table: str = Field(alias="JOBS_TABLE")
     logs_table: str = Field(alias="LOGS_TABLE")

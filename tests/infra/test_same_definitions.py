@@ -141,13 +141,16 @@ def test_the_same_tables(synth: Synth, local_plane: Recorder) -> None:
             assert deployed[key] == local[name][key]
         assert sorted(deployed["AttributeDefinitions"], key=str) == sorted(local[name]["AttributeDefinitions"], key=str)
         assert deployed.get("GlobalSecondaryIndexes") == local[name].get("GlobalSecondaryIndexes")
-    (ttl,) = local_plane.requests("update_time_to_live")
-    logs = synth.resources[synth.logical_id(synth.stack.storage.logs)]["Properties"]
-    assert (
-        ttl["TimeToLiveSpecification"]
-        == logs["TimeToLiveSpecification"]
-        == {
-            "AttributeName": "expires_at",
-            "Enabled": True,
-        }
-    )
+    local_ttl = {
+        request["TableName"].removeprefix("ec2jobs-"): request["TimeToLiveSpecification"]
+        for request in local_plane.requests("update_time_to_live")
+    }
+    deployed_ttl = {
+        name: synth.resources[synth.logical_id(table)]["Properties"]["TimeToLiveSpecification"]
+        for name, table in synth.stack.storage.tables.items()
+        if "TimeToLiveSpecification" in synth.resources[synth.logical_id(table)]["Properties"]
+    }
+    assert local_ttl == deployed_ttl == {
+        "logs": {"AttributeName": "expires_at", "Enabled": True},
+        "state": {"AttributeName": "ttl", "Enabled": True},
+    }

@@ -44,11 +44,13 @@ def test_point_in_time_recovery_encryption_and_retention(synth: Synth, spec: sch
     assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
 
 
-def test_log_chunks_expire_by_ttl_and_nothing_else_does(synth: Synth) -> None:
+def test_log_chunks_and_upload_records_expire_by_ttl_and_jobs_never_do(synth: Synth) -> None:
     assert _table(synth, "logs")["Properties"]["TimeToLiveSpecification"] == {
         "AttributeName": "expires_at",
         "Enabled": True,
     }
     assert schema.LOGS.ttl_attribute == "expires_at"
-    for name in ("state", "jobs"):
-        assert "TimeToLiveSpecification" not in _table(synth, name)["Properties"]
+    # Only items carrying `ttl` expire in the state table: upload records (adapters/uploads.py), never a team,
+    # token or provider.
+    assert _table(synth, "state")["Properties"]["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    assert "TimeToLiveSpecification" not in _table(synth, "jobs")["Properties"]

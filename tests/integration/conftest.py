@@ -16,7 +16,7 @@ import pytest
 
 from local import emulator, guard
 from local.apigw import HttpResponse, LocalApiGateway
-from local.resources import ControlPlaneNames, create_tables
+from local.resources import ControlPlaneNames, create_artifacts, create_tables
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_POLICY = json.loads((REPO / "policy" / "provider-policy.json").read_text())
@@ -86,6 +86,7 @@ def control_plane(emu: emulator.EmulatorInfo) -> Iterator[ControlPlane]:
     boto3.setup_default_session()  # forget credentials an earlier test's default session resolved
     names = ControlPlaneNames(f"it{uuid.uuid4().hex[:6]}")
     create_tables(boto3.client("dynamodb"), names)
+    create_artifacts(boto3.client("s3"), boto3.client("iam"), names, ["arn:aws:iam::123456789012:root"])
     state_machine_arn = boto3.client("stepfunctions").create_state_machine(
         name=f"{names.prefix}-jobs",
         definition=json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}}),

@@ -150,7 +150,7 @@ def test_ids_are_bounded_before_they_become_dynamodb_keys(control_plane: Control
 
 
 def test_bodies_over_the_limit_and_non_standard_json_are_refused(control_plane: ControlPlane, tenant: Tenant) -> None:
-    big = json.dumps({"provider_id": tenant.provider_id, "run": "x" * (1024 * 1024)})
+    big = json.dumps({"provider_id": tenant.provider_id, "run": "x" * (4 * 1024 * 1024)})
     _error(control_plane.call("POST", "/jobs", tenant.token, body=big), 413, "PAYLOAD_TOO_LARGE")
     for text in ('{"run": NaN}', '{"max_runtime_minutes": ' + "9" * 5000 + "}", "{not json"):
         response = control_plane.call("POST", "/jobs", tenant.token, body=text)

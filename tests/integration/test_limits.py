@@ -25,10 +25,11 @@ from tests.unit.test_dynamodb_item_limit import AWS_ITEM_LIMIT, dynamodb_item_si
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
 
 
-def _run_of(total_spec_bytes: int, body: dict[str, Any]) -> str:
-    """A compressible `run` (a comment: it gzips into user data easily) making the stored spec this many bytes."""
-    overhead = stored_spec_bytes(TaskSpec.model_validate({k: v for k, v in body.items() if k != "provider_id"}))
-    return "true # " + "x" * (total_spec_bytes - overhead - len("true # ") + 1)
+def _env_of(total_spec_bytes: int, body: dict[str, Any]) -> str:
+    """An env value making the stored spec this many bytes (envs stay in the job record; a long run would move to
+    the artifacts bucket)."""
+    spec = {k: v for k, v in body.items() if k != "provider_id"} | {"envs": {"BLOB": ""}}
+    return "x" * (total_spec_bytes - stored_spec_bytes(TaskSpec.model_validate(spec)))
 
 
 def _jobs_item(cp: ControlPlane, job_id: str) -> dict[str, Any]:
@@ -38,20 +39,40 @@ def _jobs_item(cp: ControlPlane, job_id: str) -> dict[str, Any]:
     return dict(item)
 
 
-def test_a_404_kb_run_is_refused_with_400_invalid_spec_and_an_11_mb_body_with_413(
+def test_a_404_kb_env_is_refused_with_400_invalid_spec_and_an_11_mb_body_with_413(
     control_plane: ControlPlane, tenant: Tenant
 ) -> None:
-    # ~404 KB: a spec the job item could not hold; 11 MB (gzips to ~20 KB): a body no Lambda could receive.
-    for run, status, code in (("true # " + "x" * 404_000, 400, "INVALID_SPEC"), ("echo hello\n" * 1_000_000, 413,
-                              "PAYLOAD_TOO_LARGE")):  # fmt: skip
-        body = {"provider_id": tenant.provider_id, "resources": {"cpus": "2"}, "run": run}
+    # ~404 KB of envs: a spec the job item could not hold; 11 MB (gzips to ~20 KB): a body no Lambda could receive.
+    for fields, status, code, advice in (
+        ({"envs": {"BLOB": "x" * 404_000}, "run": "true"}, 400, "INVALID_SPEC", "script in your repository or image"),
+        ({"run": "echo hello\n" * 1_000_000}, 413, "PAYLOAD_TOO_LARGE", "script in your workdir"),
+    ):
+        body = {"provider_id": tenant.provider_id, "resources": {"cpus": "2"}} | fields
         response = control_plane.call("POST", "/jobs", tenant.token, body=body)
         assert response.status == status, response.body[:300]
         error = response.json()
         assert error["code"] == code
         if code == "INVALID_SPEC":
             assert "at most 262,144 bytes" in error["message"]
-        assert "script in your repository or image" in error["message"]
+        assert advice in error["message"]
+
+
+def test_a_404_kb_run_is_kept_in_the_artifacts_bucket_and_the_job_record_names_it(
+    control_plane: ControlPlane, tenant: Tenant
+) -> None:
+    run = "true # " + "x" * 404_000
+    body = {"provider_id": tenant.provider_id, "resources": {"cpus": "2"}, "run": run}
+    response = control_plane.call("POST", "/jobs", tenant.token, body=body)
+    assert response.status == 202, response.body[:300]
+    job_id = response.json()["job_id"]
+    item = _jobs_item(control_plane, job_id)
+    assert len(json.dumps(item)) < 10_000  # the item holds a placeholder, not the script
+    view = control_plane.call("GET", f"/jobs/{job_id}", tenant.token).json()
+    assert view["spec"]["run"].startswith(f"# ec2jobs: this job's run ({len(run):,} bytes, sha256 ")
+    key = view["stored_scripts"]["run"]
+    assert key == f"teams/{tenant.team_id}/jobs/{job_id}/task/run.sh"
+    stored = control_plane.admin("s3").get_object(Bucket=control_plane.names.bucket, Key=key)["Body"].read()
+    assert stored == run.encode()
 
 
 def test_a_console_spec_over_the_bound_is_recorded_failed_without_it(
@@ -78,13 +99,12 @@ def test_a_spec_at_the_bound_launches_and_every_later_update_fits(
     from controlplane.service.failures import MAX_MESSAGE, fail_job
 
     body: dict[str, Any] = {"provider_id": tenant.provider_id, "resources": {"cpus": "2"}, "run": "x"}
-    body["run"] = _run_of(MAX_SPEC_BYTES, body)
+    body["envs"] = {"BLOB": _env_of(MAX_SPEC_BYTES, body)}
     response = control_plane.call("POST", "/jobs", tenant.token, body=body)
     assert response.status == 202, response.body[:300]
     job_id = response.json()["job_id"]
-    assert stored_spec_bytes(TaskSpec.model_validate({"resources": {"cpus": "2"}, "run": body["run"]})) == (
-        MAX_SPEC_BYTES
-    )
+    spec = {"resources": {"cpus": "2"}, "run": "x", "envs": body["envs"]}
+    assert stored_spec_bytes(TaskSpec.model_validate(spec)) == MAX_SPEC_BYTES
 
     workflow.run(job_id, tenant.team_id)  # Validate, Bootstrap, Launch: PROVISIONING with its instance
 

@@ -75,3 +75,41 @@ def test_repr_shows_no_text() -> None:
     text = repr(make(envs={"SECRETISH": "value-123"}, run="echo hidden"))
     assert "value-123" not in text
     assert "hidden" not in text
+
+
+def test_secrets_are_exported_like_envs_and_ours_still_win(tmp_path: Path) -> None:
+    files = make(envs={"A": "1"}, secrets={"HF_TOKEN": "hf_abc 'quoted'", "EC2JOBS_JOB_ID": "spoof"}).files()
+    env = tmp_path / "env.sh"
+    env.write_bytes(files["env.sh"])
+    shown = subprocess.run(
+        [BASH, "-c", '. "$1"; printf "%s|%s|%s" "$HF_TOKEN" "$A" "$EC2JOBS_JOB_ID"', "x", str(env)],
+        capture_output=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    ).stdout.decode()
+    assert shown == "hf_abc 'quoted'|1|job-1"
+
+
+def test_our_directories_follow_the_sandbox_root(tmp_path: Path) -> None:
+    env = tmp_path / "env.sh"
+    env.write_bytes(make().files()["env.sh"])
+    script = '. "$1"; printf "%s %s" "$EC2JOBS_OUTPUT_DIR" "$EC2JOBS_CHECKPOINT_DIR"'
+    on_ec2 = subprocess.run(
+        [BASH, "-c", script, "x", str(env)], capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"}
+    ).stdout.decode()
+    assert on_ec2 == "/workspace/outputs /workspace/checkpoints"
+    local = subprocess.run(
+        [BASH, "-c", script, "x", str(env)],
+        capture_output=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "EC2JOBS_ROOT": "/sandbox"},
+    ).stdout.decode()
+    assert local == "/sandbox/workspace/outputs /sandbox/workspace/checkpoints"
+
+
+def test_inputs_are_name_value_lines_and_the_transfer_tool_travels_along() -> None:
+    files = make(inputs={"workdir_key": "teams/t/uploads/up-1/archive.tar.gz", "sync_seconds": "120"}).files()
+    assert files["inputs"] == b"sync_seconds=120\nworkdir_key=teams/t/uploads/up-1/archive.tar.gz\n"
+    assert files["ec2jobs_transfer.py"].startswith(b"#!") or b"import" in files["ec2jobs_transfer.py"]
+    with pytest.raises(ValueError, match="cannot be carried"):
+        make(inputs={"workdir_url": "https://x\nsync_seconds=1"}).files()

@@ -163,12 +163,16 @@ class Sandbox:
         path.write_text(decode(render(job.config)), encoding="utf-8")
         return path
 
-    def deliver(self, job: Job) -> None:
-        """What the relay does over SSH: the start bundle, unpacked, renamed into place."""
+    def deliver(self, job: Job, tool: str | None = None) -> None:
+        """What the relay does over SSH: the start bundle, unpacked, renamed into place (and, with `tool`, a stand-in
+        for the instance's S3 client plus a grants file)."""
         staging = self.state / "relay" / "bundle.new"
         staging.mkdir(parents=True)
         for name, data in job.bundle.files().items():
             (staging / name).write_bytes(data)
+        if tool is not None:
+            (staging / "ec2jobs_transfer.py").write_text(tool)
+            (self.state / "relay" / "grants.json").write_text("{}")
         staging.rename(self.state / "relay" / "bundle")
 
     def run(self, job: Job, timeout: float = 30, *, deliver: bool = True) -> Outcome:
@@ -202,11 +206,12 @@ def make_config(**overrides: Any) -> Job:
         "host_private_key": HOST_PRIVATE,
         "host_public_key": HOST_PUBLIC,
     } | overrides
-    spec = {name: values.pop(name) for name in ("envs", "setup", "run") if name in values}
+    spec = {name: values.pop(name) for name in ("envs", "setup", "run", "inputs") if name in values}
     config = WrapperConfig(**values)
     bundle = StartBundle(
         job_id=config.job_id, team_id=config.team_id, instance_type=config.instance_type,
         envs=spec.get("envs", {}), setup=spec.get("setup"), run=spec.get("run", "echo hello"),
+        inputs=spec.get("inputs", {}),
     )  # fmt: skip
     return Job(config, bundle)
 
@@ -510,6 +515,84 @@ def test_state_files_are_readable_and_only_the_relay_dir_is_private_to_the_relay
         assert ((sandbox.state / name).stat().st_mode & 0o777) == 0o600, name
     assert (sandbox.state.stat().st_mode & 0o777) == 0o755
     assert ((sandbox.state / "relay").stat().st_mode & 0o777) == 0o700
+
+
+# -- inputs and outputs (a stand-in S3 client that records its calls) ---------------------------------------------
+
+
+TOOL = """
+import os, sys
+args = sys.argv[3:]
+with open(os.environ["EC2JOBS_ROOT"] + "/../logs/transfer.log", "a") as log:
+    log.write(" ".join(a.replace(os.environ["EC2JOBS_ROOT"], "$ROOT") for a in args) + "\\n")
+if os.environ.get("FAIL_" + args[0].replace("-", "_").upper()):
+    sys.stderr.write("ec2jobs_transfer: " + args[0] + " failed: HTTP 503 SlowDown\\n")
+    sys.exit(1)
+if args[0] == "extract":
+    with open(args[2] + "/from-the-archive.txt", "w") as out:
+        out.write("unpacked")
+if args[0] == "sync-up":
+    with open(args[args.index("--state") + 1], "w") as state:
+        state.write("{}")
+"""
+
+
+@pytest.fixture
+def with_python(sandbox: Sandbox) -> Sandbox:
+    python = shutil.which("python3", path=SYSTEM_PATH)
+    if python is None:
+        pytest.skip("no python3")
+    (sandbox.tools / "python3").symlink_to(python)
+    return sandbox
+
+
+def test_outputs_and_checkpoints_are_uploaded_after_the_job_and_the_workdir_fetched_before(
+    with_python: Sandbox,
+) -> None:
+    sandbox = with_python
+    job = make_config(
+        run="cat from-the-archive.txt\n"
+        'echo model >"$EC2JOBS_OUTPUT_DIR/model.bin"; echo c >"$EC2JOBS_CHECKPOINT_DIR/c"',
+        inputs={"workdir_key": "teams/t/uploads/up-1/archive.tar.gz", "sync_seconds": "120"},
+    )
+    sandbox.deliver(job, tool=TOOL)
+    outcome = sandbox.run(job, deliver=False)
+    assert outcome.result()["reason"] == "SUCCEEDED", outcome.output()
+    assert outcome.output() == "unpacked"
+    assert (outcome.result()["outputs"], outcome.result()["checkpoints"]) == ("ok", "ok")
+    calls = (sandbox.logs / "transfer.log").read_text().splitlines()
+    assert calls[0] == "extract teams/t/uploads/up-1/archive.tar.gz $ROOT/workspace/workdir"
+    assert calls[1:] == [
+        "sync-up $ROOT/workspace/outputs outputs --state $ROOT/var/lib/ec2jobs/sync-outputs.json",
+        "sync-up $ROOT/workspace/checkpoints checkpoints --state $ROOT/var/lib/ec2jobs/sync-checkpoints.json",
+    ]
+
+
+def test_a_failed_upload_is_retried_then_recorded_and_a_failed_input_stops_the_job(
+    with_python: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = with_python
+    job = make_config(run='echo x >"$EC2JOBS_OUTPUT_DIR/model.bin"', inputs={"sync_seconds": "120"})
+    sandbox.deliver(job, tool=TOOL)
+    env = sandbox.environment() | {"FAIL_SYNC_UP": "1", "EC2JOBS_UPLOAD_RETRY_SECONDS": "0"}
+    monkeypatch.setattr(sandbox, "environment", lambda: env)
+    outcome = sandbox.run(job, deliver=False)
+    assert outcome.result()["reason"] == "SUCCEEDED"
+    assert outcome.result()["outputs"] == "failed"
+    assert outcome.result()["checkpoints"] == "none"  # nothing was written there
+    assert (sandbox.state / "wrapper.log").read_text().count("uploading outputs failed (attempt") == 3
+
+    fresh = Sandbox(sandbox.base / "second")
+    (fresh.tools / "python3").symlink_to(shutil.which("python3", path=SYSTEM_PATH) or "python3")
+    bad = make_config(run="echo never", inputs={"workdir_key": "teams/t/uploads/up-2/archive.tar.gz"})
+    fresh.deliver(bad, tool=TOOL)
+    monkeypatch.setattr(fresh, "environment", lambda: fresh.__class__.environment(fresh) | {"FAIL_EXTRACT": "1"})
+    outcome = fresh.run(bad, deliver=False)
+    assert outcome.result()["reason"] == "INPUTS_FAILED"
+    assert (
+        outcome.output()
+        == "ec2jobs: fetching the workdir failed: ec2jobs_transfer: extract failed: HTTP 503 SlowDown\n"
+    )
 
 
 # -- the start bundle and cancel ---------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ def job(**fields: object) -> Job:
         ({"phase": "setup", "exit_code": "2", "reason": "SETUP_FAILED"}, JobStatus.FAILED, "SETUP_FAILED"),
         ({"phase": "run", "exit_code": "124", "reason": "MAX_RUNTIME"}, JobStatus.FAILED, "MAX_RUNTIME"),
         ({"phase": "run", "exit_code": "0", "reason": "GARBLED"}, JobStatus.FAILED, "EXIT_NONZERO"),
+        ({"phase": "inputs", "exit_code": "1", "reason": "INPUTS_FAILED"}, JobStatus.FAILED, "INPUTS_FAILED"),
+        ({"phase": "run", "exit_code": "143", "reason": "CANCELLED"}, JobStatus.CANCELLED, None),
     ],
 )
 def test_the_wrappers_result_decides_status_and_reason(
@@ -55,6 +57,22 @@ def test_a_lost_instance_is_spot_max_runtime_or_lost() -> None:
     reason, message = outcomes.lost_instance(job(deadline_at=T0 + dt.timedelta(hours=1)), "Client.InternalError", T0)
     assert reason == "INSTANCE_LOST"
     assert "Client.InternalError" in message
+
+
+def test_an_instance_that_never_got_its_bundle_says_so() -> None:
+    reason, message = outcomes.lost_instance(job(status="PROVISIONING"), "Client.InstanceInitiatedShutdown", T0)
+    assert reason == "INSTANCE_LOST"
+    assert "start bundle" in message
+    assert "BUNDLE_TIMEOUT_SECONDS" in message
+
+
+def test_failed_uploads_are_recorded_whatever_the_outcome() -> None:
+    result = {"phase": "run", "exit_code": "0", "reason": "SUCCEEDED", "outputs": "failed", "checkpoints": "ok"}
+    target, fields = outcomes.from_result(job(), result)
+    assert target == JobStatus.SUCCEEDED
+    assert fields["upload_failures"] == ["outputs"]
+    view = job(status="SUCCEEDED", upload_failures=["outputs"]).public()
+    assert any("upload of its outputs failed" in note for note in view["notes"])
 
 
 def test_billing_is_launch_to_end_with_a_one_minute_minimum() -> None:

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from controlplane.core.errors import InvalidSpec, describe_validation_problems
+from controlplane.core.inputs import LOCAL_WORKDIR_HELP, S3_MOUNT_HELP
 from controlplane.core.models import JobRequest
 from controlplane.core.spec import TaskSpec, task_from_yaml
 from controlplane.core.spec_compat import (
@@ -57,14 +58,13 @@ def test_given_a_skypilot_resources_field_when_validated_then_the_rejection_says
     assert any(action in problems[0]["msg"].lower() for action in ACTIONS)
 
 
-def test_given_workdir_then_the_api_sentence_says_to_clone_in_setup() -> None:
-    # Given the API's request model (POST /jobs body) with SkyPilot's `workdir: .`
+def test_given_a_local_workdir_then_the_api_sentence_says_how_to_upload_it() -> None:
+    # Given the API's request model (POST /jobs body) with SkyPilot's `workdir: .` (a path on the sender's disk)
     problems = _problems({"provider_id": "p-1", "run": "python train.py", "workdir": "."}, JobRequest)
-    # Then the one sentence the API returns tells the user what works today
+    # Then the one sentence the API returns tells the user what works: the CLI uploads it, or POST /uploads
     summary, details = describe_validation_problems(problems)
-    assert summary.startswith("workdir: is not supported yet: clone your code in `setup`")
-    assert "git clone" in summary
-    assert details == [{"field": "workdir", "message": TASK_FIELD_ADVICE["workdir"]}]
+    assert summary == f"workdir: {LOCAL_WORKDIR_HELP}"
+    assert details == [{"field": "workdir", "message": LOCAL_WORKDIR_HELP}]
 
 
 def test_given_several_skypilot_fields_then_each_gets_its_own_advice_and_other_problems_stay() -> None:
@@ -79,7 +79,7 @@ def test_given_several_skypilot_fields_then_each_gets_its_own_advice_and_other_p
     )
     by_loc = {p["loc"]: p for p in problems}
     assert by_loc[("num_nodes",)]["msg"] == TASK_FIELD_ADVICE["num_nodes"]
-    assert by_loc[("file_mounts",)]["msg"] == TASK_FIELD_ADVICE["file_mounts"]
+    assert S3_MOUNT_HELP in by_loc[("file_mounts",)]["msg"]
     assert by_loc[("resources", "cloud")]["msg"] == RESOURCES_FIELD_ADVICE["cloud"]
     assert by_loc[("resources", "ports")]["msg"] == RESOURCES_FIELD_ADVICE["ports"]
     assert by_loc[("colour",)]["type"] == "extra_forbidden"  # not a SkyPilot field: the generic refusal

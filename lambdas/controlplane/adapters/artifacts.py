@@ -270,6 +270,19 @@ class ArtifactStore:
 
     # -- instance credentials ---------------------------------------------------------------------------------------
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store a small object (a job's large setup/run script) from the control plane itself."""
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(f"storing {key}", error) from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(f"reading {key}", error) from None
+
     def scoped_credentials(
         self,
         sts: Any,

@@ -73,7 +73,7 @@ JOBS_BY_TEAM_STATUS = "by_team_status"
 JOBS_ACTIVE = "active"
 JOBS_BY_INSTANCE = "by_instance"
 
-STATE = TableSpec(logical_name="state", partition_key="pk", sort_key="sk")
+STATE = TableSpec(logical_name="state", partition_key="pk", sort_key="sk", ttl_attribute="ttl")  # upload records
 JOBS = TableSpec(
     logical_name="jobs",
     partition_key="job_id",

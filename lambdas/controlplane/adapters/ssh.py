@@ -102,6 +102,15 @@ class SshSession:
         )
         return rc == 0
 
+    def write_grants(self, document: bytes) -> bool:
+        """Replace relay/grants.json (the instance's short-lived S3 credentials), atomically, readable only by the
+        relay user and root."""
+        rc, _ = self.run_with_input(
+            f"S={STATE_DIR}/relay; umask 077; cat > $S/grants.json.tmp && mv -f $S/grants.json.tmp $S/grants.json",
+            document,
+        )
+        return rc == 0
+
     def request_cancel(self) -> bool:
         """Tell the wrapper to stop the job (it then records a CANCELLED result and drains as usual)."""
         rc, _ = self.run(f"touch {STATE_DIR}/relay/cancel")

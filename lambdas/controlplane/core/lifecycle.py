@@ -34,6 +34,7 @@ class FailureReason(StrEnum):
     QUOTA = "QUOTA"
     LAUNCH_ERROR = "LAUNCH_ERROR"
     SETUP_FAILED = "SETUP_FAILED"
+    INPUTS_FAILED = "INPUTS_FAILED"
     EXIT_NONZERO = "EXIT_NONZERO"
     MAX_RUNTIME = "MAX_RUNTIME"
     SPOT_INTERRUPTED = "SPOT_INTERRUPTED"
@@ -48,6 +49,8 @@ FAILURE_REASON_HELP: dict[FailureReason, str] = {
     FailureReason.QUOTA: "An EC2 service quota (vCPU or spot count) is too low; request an increase.",
     FailureReason.LAUNCH_ERROR: "RunInstances failed for another reason; the message carries AWS's text.",
     FailureReason.SETUP_FAILED: "The task's `setup` commands exited non-zero; `run` never started.",
+    FailureReason.INPUTS_FAILED: "The job's workdir, file_mounts or resume_from checkpoints could not be fetched onto "
+    "the instance (the log says why); `setup` never started.",
     FailureReason.EXIT_NONZERO: "The task's `run` commands exited non-zero (see exit_code).",
     FailureReason.MAX_RUNTIME: "The job exceeded max_runtime_minutes and its instance was terminated.",
     FailureReason.SPOT_INTERRUPTED: "AWS reclaimed the spot instance.",

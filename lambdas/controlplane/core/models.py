@@ -6,9 +6,10 @@ import datetime as dt
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from controlplane.core import catalog
+from controlplane.core.inputs import check_secret_names
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.markets import Market, UseSpot
 from controlplane.core.spec import TaskSpec
@@ -23,6 +24,8 @@ REDACTED = "<redacted>"
 # Ids the API accepts in a path or body before they become DynamoDB keys (what intake accepts for a job_id).
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_ID_LENGTH = 64
+MAX_SECRETS = 50
+MAX_SECRETS_BYTES = 64 * 1024  # sealed in the job record (a DynamoDB item of at most 400 KB)
 
 
 def _schema(**keywords: Any) -> dict[str, Any]:
@@ -115,17 +118,30 @@ class Job(BaseModel):
     deadline_at: dt.datetime | None = None  # launched_at + max runtime + grace: past it the reconciler terminates
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
+    upload_failures: list[str] = Field(default_factory=list)  # "outputs"/"checkpoints" whose last upload failed
+    stored_scripts: dict[str, str] = Field(default_factory=dict)  # setup/run kept in the artifacts bucket: name → key
+    secret_names: list[str] = Field(default_factory=list)  # the job's secrets (values only sealed, below)
+    sealed_secrets: str | None = Field(default=None, repr=False)  # core/sealing.py: never shown, never in clear
     version: int = 1
 
     def public(self) -> dict[str, Any]:
         """What users see: everything except idempotency bookkeeping. Env values are redacted (they often carry
         tokens such as HF_TOKEN); the names stay visible."""
-        body = self.model_dump(mode="json", exclude={"request_hash", "version"})
+        body = self.model_dump(mode="json", exclude={"request_hash", "version", "sealed_secrets", "secret_names"})
         if self.status == JobStatus.PROVISIONING and self.status_detail:
             body["notes"] = [*self.notes, f"not running yet: {self.status_detail}"]
+        if self.upload_failures:
+            areas = " and ".join(self.upload_failures)
+            body["notes"] = [
+                *body["notes"],
+                f"the last upload of its {areas} failed after retries: what earlier syncs uploaded is kept (ec2jobs "
+                "download lists it); the instance's wrapper.log has the error",
+            ]
         if self.spec is not None:
             spec = self.spec.model_dump(mode="json", exclude_none=True)
             spec["envs"] = {name: REDACTED for name in self.spec.envs}
+            if self.secret_names:
+                spec["secrets"] = {name: REDACTED for name in self.secret_names}
             body["spec"] = spec
         return body
 
@@ -225,7 +241,42 @@ class JobRequest(TaskSpec):
         description="the provider (AWS account) to launch in",
     )
 
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="values exported to setup and run like envs, but sealed at rest, delivered over SSH and never "
+        "shown back (the job shows their names); only here, never in event or console input",
+    )
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secrets(cls, raw: Any) -> dict[str, str]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ValueError("secrets must be a mapping of NAME: value")
+        if len(raw) > MAX_SECRETS:
+            raise ValueError(f"secrets has {len(raw)} entries; at most {MAX_SECRETS} are allowed")
+        missing = [name for name, value in raw.items() if value is None]
+        if missing:
+            raise ValueError(
+                f"secrets {', '.join(map(str, missing))} {'has' if len(missing) == 1 else 'have'} no value: pass it "
+                f"at submit time with `ec2jobs submit --secret {missing[0]}` (from your environment)"
+            )
+        values: dict[str, str] = {}
+        for name, value in raw.items():
+            if not isinstance(value, str) or "\x00" in value:
+                raise ValueError(f"secrets value of {name} must be a string without NUL bytes")
+            values[str(name)] = value
+        if sum(len(n) + len(v.encode()) for n, v in values.items()) > MAX_SECRETS_BYTES:
+            raise ValueError(f"secrets hold more than {MAX_SECRETS_BYTES // 1024} KiB; keep large files in the workdir")
+        return values
+
+    @model_validator(mode="after")
+    def _secret_names(self) -> JobRequest:
+        check_secret_names(list(self.secrets), dict(self.envs))
+        return self
+
     def task_spec(self) -> TaskSpec:
-        """The spec without provider_id. Passes the validated field values through (no re-parse), so Resources
-        keeps what the user typed for the GPU (the alias note depends on it)."""
+        """The spec without provider_id and secrets. Passes the validated field values through (no re-parse), so
+        Resources keeps what the user typed for the GPU (the alias note depends on it)."""
         return TaskSpec.model_validate({name: getattr(self, name) for name in TaskSpec.model_fields})

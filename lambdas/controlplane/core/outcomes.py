@@ -16,11 +16,20 @@ def from_result(job: Job, result: dict[str, str]) -> tuple[JobStatus, dict[str, 
     exit_code = int(code_text) if code_text.lstrip("-").isdigit() else None
     phase = result.get("phase", "run")
     fields: dict[str, Any] = {"exit_code": exit_code}
+    failed_uploads = [area for area in ("outputs", "checkpoints") if result.get(area) == "failed"]
+    if failed_uploads:
+        fields["upload_failures"] = failed_uploads
     if reason == "SUCCEEDED" and exit_code == 0:
         return JobStatus.SUCCEEDED, fields
     minutes = job.spec.max_runtime_minutes if job.spec else None
     if reason == "CANCELLED":
         return JobStatus.CANCELLED, fields | {"failure_message": "cancelled by request"}
+    if reason == "INPUTS_FAILED":
+        return JobStatus.FAILED, fields | {
+            "failure_reason": FailureReason.INPUTS_FAILED,
+            "failure_message": "the job's inputs could not be fetched onto the instance (its log says why); setup "
+            "never started",
+        }
     if reason == "SETUP_FAILED":
         fields |= {
             "failure_reason": FailureReason.SETUP_FAILED,
@@ -108,6 +117,12 @@ def lost_instance(job: Job, state_reason: str, now: dt.datetime) -> tuple[Failur
         minutes = job.spec.max_runtime_minutes if job.spec else "?"
         return FailureReason.MAX_RUNTIME, f"the instance reached the job's deadline (max_runtime_minutes {minutes})"
     detail = f" ({state_reason})" if state_reason else ""
+    if job.status == JobStatus.PROVISIONING and state_reason in {"", "Client.InstanceInitiatedShutdown"}:
+        return FailureReason.INSTANCE_LOST, (
+            f"the instance ended{detail} before the relay handed it the job's start bundle: an instance the relay "
+            "cannot reach terminates itself after BUNDLE_TIMEOUT_SECONDS (15 minutes by default) without running "
+            "anything — see the job's status_detail for what the relay last saw"
+        )
     return FailureReason.INSTANCE_LOST, f"the instance ended{detail} before the job's exit status was relayed"
 
 

@@ -36,6 +36,7 @@ from pydantic import (
 
 from controlplane.core import catalog
 from controlplane.core.errors import InvalidSpec
+from controlplane.core.inputs import WORKDIR_PATH, MountsSource, WorkdirSource, parse_file_mounts, parse_workdir
 from controlplane.core.markets import AUTO, Market, UseSpot, markets_for
 from controlplane.core.spec_compat import (
     RESOURCES_FIELD_ADVICE,
@@ -68,6 +69,7 @@ MAX_SPEC_BYTES = 256 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GPU_COUNT = re.compile(r"(?P<whole>[0-9]{1,6})(?:\.0*)?", re.ASCII)  # "8", "8.0": ACCELERATORS_JSON_SCHEMA
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_JOB_ID = re.compile(r"job-[0-9a-f]{20}")
 _AMOUNT = re.compile(r"\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-z]*)\s*(?P<plus>\+)?\s*", re.ASCII)
 
 _GIB = 1024**3
@@ -377,6 +379,13 @@ class TaskSpec(BaseModel):
         default=MAX_RUNTIME_DEFAULT_MINUTES,
         description=f"hard deadline enforced on the instance (1..{MAX_RUNTIME_LIMIT_MINUTES})",
     )
+    workdir: WorkdirSource | None = Field(
+        default=None, description=f"code for the job, at {WORKDIR_PATH} (the working directory of setup and run)"
+    )
+    file_mounts: MountsSource | None = Field(default=None, description="files placed at their paths before setup")
+    resume_from: str | None = Field(
+        default=None, description="a job of the same team whose last checkpoints are restored before setup"
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -458,6 +467,25 @@ class TaskSpec(BaseModel):
             raise ValueError("run must be a non-empty string of shell commands")
         if "\x00" in raw:
             raise ValueError("run contains a NUL byte")
+        return raw
+
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _workdir(cls, raw: Any) -> Any:
+        return parse_workdir(raw)
+
+    @field_validator("file_mounts", mode="before")
+    @classmethod
+    def _file_mounts(cls, raw: Any) -> Any:
+        return parse_file_mounts(raw)
+
+    @field_validator("resume_from", mode="before")
+    @classmethod
+    def _resume_from(cls, raw: Any) -> str | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, str) or not _JOB_ID.fullmatch(raw):
+            raise ValueError("resume_from must be the id of an earlier job of your team (job-<20 hex digits>)")
         return raw
 
     @field_validator("max_runtime_minutes", mode="before")

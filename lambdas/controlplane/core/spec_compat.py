@@ -31,15 +31,6 @@ _ONE_VOLUME = (
 
 # Top-level SkyPilot task fields (sky/utils/schemas.py get_task_schema) → what to do instead, today.
 TASK_FIELD_ADVICE: Mapping[str, str] = {
-    "workdir": (
-        "is not supported yet: clone your code in `setup` instead (e.g. `git clone --depth 1 "
-        "https://github.com/you/project.git`); setup and run start in the same directory, so `run` can "
-        "`cd project`"
-    ),
-    "file_mounts": (
-        "is not supported yet: download the files in `setup` instead (curl/wget, `git clone`, "
-        "`huggingface-cli download`, or `aws s3 cp` with credentials you pass in envs); local files are not uploaded"
-    ),
     "num_nodes": (
         f"is not supported: {_ONE_INSTANCE}. Remove num_nodes and ask for one bigger instance (e.g. accelerators: "
         "H100:8), or submit one job per node"
@@ -53,8 +44,8 @@ TASK_FIELD_ADVICE: Mapping[str, str] = {
         f"(overrides of SkyPilot's ~/.sky/config.yaml) is not supported: ec2jobs does not read that file; {_REMOVE_IT}"
     ),
     "secrets": (
-        "is not supported yet: pass the values as envs instead (`ec2jobs submit --env NAME` takes NAME from your "
-        "environment, `--env NAME=VALUE` sets it); the API never shows env values back"
+        "can only be given to POST /jobs (`ec2jobs submit --secret NAME`): an automation event or a console "
+        "execution input is kept in Step Functions' execution history, where a secret must never be"
     ),
     "managed_secrets": (
         "is not supported: pass the values as envs instead (`ec2jobs submit --env NAME` takes NAME from your "

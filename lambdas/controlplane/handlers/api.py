@@ -23,12 +23,14 @@ from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import JobRequest, ProviderCreate, utcnow
 from controlplane.handlers import container, http_errors, request_guard
 from controlplane.handlers import schemas as views
+from controlplane.handlers.api_artifacts import router as artifacts_router
 from controlplane.handlers.openapi_doc import ID_PATTERN, MAX_ID_LENGTH, document, responses
 
 logger = Logger(service="ec2jobs-api")
 tracer = Tracer(service="ec2jobs-api")
 metrics = Metrics(namespace="ec2jobs", service="ec2jobs-api")
 app = APIGatewayRestResolver(enable_validation=True)
+app.include_router(artifacts_router)  # uploads, outputs and checkpoints (handlers/api_artifacts.py)
 
 # Routes API Gateway serves without the authorizer (read by the CDK stack and the local API front).
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({("GET", "/openapi.json")})

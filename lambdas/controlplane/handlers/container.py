@@ -12,10 +12,13 @@ from controlplane.service.teams import TeamService
 
 if TYPE_CHECKING:
     from controlplane.adapters.dynamodb import DynamoJobStore
+    from controlplane.adapters.uploads import DynamoUploadStore
     from controlplane.service.cancel import CancelService
     from controlplane.service.instance_events import InstanceEventsService
+    from controlplane.service.outputs import OutputsService
     from controlplane.service.pipeline import Pipeline
     from controlplane.service.reconcile import Reconciler
+    from controlplane.service.uploads import UploadService
 
 
 @dataclass
@@ -30,6 +33,8 @@ _pipeline: Pipeline | None = None
 _instance_events: InstanceEventsService | None = None
 _cancel: CancelService | None = None
 _reconciler: Reconciler | None = None
+_uploads: UploadService | None = None
+_outputs: OutputsService | None = None
 
 
 def reconciler() -> Reconciler:
@@ -132,6 +137,52 @@ def instance_events() -> InstanceEventsService:
     return _instance_events
 
 
+def upload_store() -> DynamoUploadStore:
+    """Upload records in the state table (adapters/uploads.py): what submit and intake check a job's uploads in."""
+    from controlplane import config
+    from controlplane.adapters import aws
+    from controlplane.adapters.uploads import DynamoUploadStore
+
+    return DynamoUploadStore(aws.resource("dynamodb").Table(config.get().state_table))
+
+
+def _artifact_pages() -> Any:
+    """The artifacts bucket with output pages (adapters/uploads.py); None without ARTIFACT_BUCKET."""
+    from controlplane import config
+    from controlplane.adapters import artifacts
+    from controlplane.adapters.uploads import ArtifactPages
+
+    bucket = config.get().artifact_bucket
+    return ArtifactPages(artifacts.s3_client(), bucket) if bucket else None
+
+
+def uploads() -> UploadService:
+    """POST /uploads and friends (service/uploads.py)."""
+    global _uploads
+    if _uploads is None:
+        from controlplane import config
+        from controlplane.adapters import artifacts
+        from controlplane.service.uploads import UploadService, UploadSettings
+
+        _uploads = UploadService(
+            upload_store(),
+            _artifact_pages(),
+            UploadSettings(expiry_days=config.get().artifact_expiry_days),
+            artifacts.choose_part_size,
+        )
+    return _uploads
+
+
+def outputs() -> OutputsService:
+    """GET /jobs/{id}/outputs (service/outputs.py)."""
+    global _outputs
+    if _outputs is None:
+        from controlplane.service.outputs import OutputsService
+
+        _outputs = OutputsService(job_store(), _artifact_pages())
+    return _outputs
+
+
 def get() -> Services:
     global _services
     if _services is None:
@@ -149,8 +200,10 @@ def pipeline() -> Pipeline:
 
 def use(services: Services | None, workflow: Pipeline | None = None) -> None:
     """Install (or with None, forget) the services the handlers use."""
-    global _services, _pipeline, _instance_events, _cancel, _reconciler
+    global _services, _pipeline, _instance_events, _cancel, _reconciler, _uploads, _outputs
     _services = services
+    _uploads = None
+    _outputs = None
     _pipeline = workflow
     _instance_events = None
     _cancel = None
@@ -184,8 +237,27 @@ def _from_environment() -> Services:
             providers,
             StepFunctionsStarter(aws.client("stepfunctions"), settings.state_machine_arn),
             DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
+            SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix),
+            uploads=upload_store(),
+            scripts=_artifact_pages(),
         ),
     )
+
+
+def _instance_grants(settings: Any) -> Any:
+    """The relay's issuer of instances' S3 grants; None when the stack has no artifacts bucket configured."""
+    from controlplane.adapters import artifacts, aws
+    from controlplane.service.job_io import ArtifactSettings, InstanceGrants
+
+    chosen = ArtifactSettings(
+        bucket=settings.artifact_bucket,
+        role_arn=settings.instance_transfer_role_arn,
+        region=settings.region,
+        endpoint_url=settings.endpoint_url,
+    )
+    if not chosen.enabled:
+        return None
+    return InstanceGrants(artifacts.ArtifactStore(artifacts.s3_client(), chosen.bucket), aws.client("sts"), chosen)
 
 
 def _pipeline_from_environment() -> Pipeline:
@@ -254,5 +326,8 @@ def _pipeline_from_environment() -> Pipeline:
         ),
         lease=jobs,
         terminator=locator,
+        grants=_instance_grants(settings),
+        scripts=_artifact_pages(),
     )
-    return Pipeline(jobs, providers, secrets, IntakeService(jobs, providers), bootstrap, launch, relay)
+    intake = IntakeService(jobs, providers, uploads=upload_store())
+    return Pipeline(jobs, providers, secrets, intake, bootstrap, launch, relay)

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-MAX_BODY_BYTES = 1024 * 1024  # a task spec must fit a 256 KiB job item; 1 MiB leaves room for whitespace
+# A job's setup and run may be megabytes (stored in the artifacts bucket, not in the job item); under Lambda's 6 MB
+# invocation payload with room for JSON escaping and the event around the body.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # the task spec nests 3 levels; nothing legitimate needs more
 JSON_MEDIA_TYPE = "application/json"
 _CHARSETS = {"utf-8", "utf8", "us-ascii"}
@@ -90,8 +92,8 @@ def _too_large() -> Rejection:
     return Rejection(
         413,
         "PAYLOAD_TOO_LARGE",
-        f"the request body exceeds {MAX_BODY_BYTES:,} bytes; a task spec must fit in 262,144 bytes: put a long "
-        "`run` or `setup` in a script in your repository or image",
+        f"the request body exceeds {MAX_BODY_BYTES:,} bytes: put very long `run` or `setup` text in a script in your "
+        "workdir and call it",
     )
 
 

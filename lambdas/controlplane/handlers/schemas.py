@@ -6,9 +6,9 @@ handlers/api.py still return the records' `public()` dicts, and tests check thos
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.markets import UseSpot
@@ -47,16 +47,25 @@ class ProviderList(BaseModel):
     providers: list[Provider]
 
 
+class SpecView(TaskSpec):
+    """The task spec as a job shows it: env and secret values are <redacted>."""
+
+    secrets: dict[str, str] = Field(default_factory=dict, description="the job's secrets: names, values <redacted>")
+
+
 def _job_view() -> type[BaseModel]:
-    """Job.public(): every Job field but the idempotency bookkeeping, all always present; the spec with env values
-    redacted (names kept)."""
-    hidden = {"request_hash", "version", "spec"}
+    """Job.public(): every Job field but the idempotency bookkeeping and the sealed secrets, all always present; the
+    spec with env and secret values redacted (names kept)."""
+    hidden = {"request_hash", "version", "spec", "sealed_secrets", "secret_names"}
     fields: dict[str, Any] = {
         name: (field.annotation, Field(description=field.description))
         for name, field in Job.model_fields.items()
         if name not in hidden
     }
-    fields["spec"] = (TaskSpec | None, Field(description="the task spec as submitted; env values are <redacted>"))
+    fields["spec"] = (
+        SpecView | None,
+        Field(description="the task spec as submitted; env and secret values are <redacted>"),
+    )
     return create_model("Job", **fields)
 
 
@@ -143,3 +152,95 @@ class Token(BaseModel):
 
 class TokenList(BaseModel):
     tokens: list[Token]
+
+
+# -- uploads and outputs (handlers/api_artifacts.py; docs/artifacts.md) -------------------------------------------
+
+UPLOAD_ID_PATTERN = r"^up-[0-9a-f]{20}$"
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer as JSON Schema has it: 5 or 5.0, never `true` or "5" (pydantic's lax int takes both)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+MAX_UPLOAD_BYTES = 50 * 1024**3  # service/uploads.py MAX_UPLOAD_BYTES
+
+
+class UploadCreate(BaseModel):
+    """POST /uploads: what is about to be uploaded (the archive the CLI packed)."""
+
+    model_config = ConfigDict(extra="forbid", title="UploadCreate")
+
+    kind: Literal["workdir", "file_mounts"] = Field(description="what the archive is for (the spec field it fills)")
+    size: JsonInt = Field(ge=1, le=MAX_UPLOAD_BYTES, description="the archive's size in bytes (1 byte to 50 GiB)")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="the archive's SHA-256, 64 lowercase hex digits (recorded)"
+    )
+
+
+class UploadPartUrl(BaseModel):
+    part_number: int = Field(description="1..N: bytes (N-1) x part_size onwards, part_size of them (the last fewer)")
+    url: str = Field(description="a presigned PUT; send the part's bytes as the body and keep the ETag answered")
+
+
+class UploadUrls(BaseModel):
+    """POST /uploads (201) and POST /uploads/{upload_id}/parts (200): where to PUT the bytes."""
+
+    model_config = ConfigDict(title="UploadUrls")
+
+    upload_id: str = Field(description="up- and 20 hex digits; name it in workdir/file_mounts once complete")
+    kind: Literal["workdir", "file_mounts"]
+    size: int
+    part_size: int = Field(description="bytes per part; one part (a single PUT) when size <= part_size")
+    parts: list[UploadPartUrl]
+    expires_at: dt.datetime = Field(
+        description="the URLs stop working at the latest then (sooner if the signer's session ends: a 403 means "
+        "ask POST /uploads/{upload_id}/parts for fresh ones)"
+    )
+
+
+class UploadPartDone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    part_number: JsonInt = Field(ge=1, le=10000)
+    etag: str = Field(min_length=1, max_length=128, description="the ETag header the part's PUT answered")
+
+
+class UploadCompleteRequest(BaseModel):
+    """POST /uploads/{upload_id}/complete: every part's ETag (an empty list for a single-PUT upload)."""
+
+    model_config = ConfigDict(extra="forbid", title="UploadCompleteRequest")
+
+    parts: list[UploadPartDone] = Field(default_factory=list, max_length=1000)
+
+
+class UploadCompleted(BaseModel):
+    model_config = ConfigDict(title="UploadCompleted")
+
+    upload_id: str
+    kind: Literal["workdir", "file_mounts"]
+    size: int
+    status: Literal["complete"]
+
+
+class OutputFile(BaseModel):
+    path: str = Field(description="relative to the job's outputs (or checkpoints) folder, '/'-separated")
+    size: int
+    last_modified: dt.datetime
+    url: str = Field(description="a presigned GET of the file, valid until expires_at at the latest")
+
+
+class OutputListing(BaseModel):
+    """GET /jobs/{job_id}/outputs: the files the job's instance stored, in key order."""
+
+    model_config = ConfigDict(title="OutputListing")
+
+    job_id: str
+    kind: Literal["outputs", "checkpoints"]
+    files: list[OutputFile]
+    expires_at: dt.datetime = Field(description="the URLs stop working at the latest then (at most an hour)")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")

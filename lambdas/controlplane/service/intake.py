@@ -44,6 +44,7 @@ from controlplane.core.models import Job, Provider, check_team_id, utcnow
 from controlplane.core.ports import JobStore, ProviderStore
 from controlplane.core.spec import TaskSpec, check_spec_size
 from controlplane.service.failures import fail_job
+from controlplane.service.uploads import UploadReader, check_spec_uploads
 
 SUBMISSION_DETAIL_TYPE = "Job Submission"
 NOT_AN_OBJECT = "the execution input must be a JSON object (see docs/events.md, 'Console executions')"
@@ -106,9 +107,10 @@ def _valid_key(value: Any) -> str | None:
 
 
 class IntakeService:
-    def __init__(self, jobs: JobStore, providers: ProviderStore) -> None:
+    def __init__(self, jobs: JobStore, providers: ProviderStore, uploads: UploadReader | None = None) -> None:
         self.jobs = jobs
         self.providers = providers
+        self.uploads = uploads  # the team's uploads, which workdir/file_mounts may name (service/uploads.py)
 
     def validate(self, raw: Any, execution_name: str | None, execution_arn: str | None) -> Plan:
         if not isinstance(raw, dict):
@@ -287,6 +289,7 @@ class IntakeService:
         try:
             selection = catalog.get().select(spec.resources, region)
             userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
+            check_spec_uploads(self.uploads, team_id, spec)
         except InvalidSpec as error:
             self._record_invalid(
                 Job.model_validate(base | {"spec": spec, "name": spec.name, "region": region}), error.message

@@ -8,10 +8,11 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
-from controlplane.core import catalog, logchunks, userdata
+from controlplane.core import bundle, catalog, logchunks, sealing, userdata
 from controlplane.core.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
+    InvalidSpec,
     NotFound,
     TransitionRefused,
     UpstreamUnavailable,
@@ -20,8 +21,9 @@ from controlplane.core.ids import job_id_for_idempotency_key, new_job_id
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.markets import submission_pricing
 from controlplane.core.models import Job, JobRequest, utcnow
-from controlplane.core.ports import JobPage, JobStore, LogProgress, ProviderStore, WorkflowStarter
+from controlplane.core.ports import JobPage, JobStore, LogProgress, ProviderStore, SecretStore, WorkflowStarter
 from controlplane.core.spec import check_spec_size
+from controlplane.service.uploads import UploadReader, check_spec_uploads
 
 MAX_PAGE = 100
 
@@ -33,8 +35,15 @@ class Submission:
 
 
 def request_fingerprint(request: JobRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The request's identity for Idempotency-Key replays: secret values are left out (only their names count),
+    so the stored hash says nothing about them."""
+    body = request.model_dump(mode="json", exclude={"secrets"}) | {"secret_names": sorted(request.secrets)}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ScriptStore(Protocol):
+    def put_bytes(self, key: str, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,22 @@ MIN_LOG_PAGE = 1024
 
 class JobService:
     def __init__(
-        self, jobs: JobStore, providers: ProviderStore, starter: WorkflowStarter, logs: LogReader | None = None
+        self,
+        jobs: JobStore,
+        providers: ProviderStore,
+        starter: WorkflowStarter,
+        logs: LogReader | None = None,
+        secrets: SecretStore | None = None,
+        uploads: UploadReader | None = None,
+        scripts: ScriptStore | None = None,
     ) -> None:
+        self.scripts = scripts  # the artifacts bucket, for setup/run too large for the job record
         self.jobs = jobs
         self.providers = providers
         self.starter = starter
         self.log_reader = logs
+        self.secrets = secrets
+        self.uploads = uploads  # the team's uploads, which workdir/file_mounts may name (service/uploads.py)
 
     def submit(self, team_id: str, request: JobRequest, idempotency_key: str | None = None) -> Submission:
         fingerprint = request_fingerprint(request)
@@ -77,10 +96,14 @@ class JobService:
         provider = self.providers.get(team_id, request.provider_id)
         if provider is None:
             raise NotFound("provider", request.provider_id)
-        spec = request.task_spec()
+        spec, scripts = bundle.split_scripts(request.task_spec())  # megabyte scripts go to the bucket, not the item
         check_spec_size(spec)  # before anything else: a spec the job record cannot hold is never stored
         selection = catalog.get().select(spec.resources, spec.resources.region or provider.region)
         userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
+        self._check_resume_from(team_id, spec.resume_from)
+        check_spec_uploads(self.uploads, team_id, spec)
+        sealed = self._seal(team_id, job_id, request.secrets)
+        stored_scripts = self._store_scripts(team_id, job_id, scripts)
         pricing = submission_pricing(spec.resources.use_spot, selection.instance_type, selection.hourly_price)
         now = utcnow()
         job, created = self.jobs.create(
@@ -97,6 +120,9 @@ class JobService:
                 use_spot=spec.resources.use_spot,
                 notes=[*selection.notes, *pricing.notes],
                 request_hash=fingerprint,
+                secret_names=sorted(request.secrets),
+                sealed_secrets=sealed,
+                stored_scripts=stored_scripts,
                 created_at=now,
                 updated_at=now,
             )
@@ -104,6 +130,36 @@ class JobService:
         if not created:  # a concurrent request with the same key won the insert
             return Submission(self._replay(job, fingerprint), replayed=True)
         return Submission(self._start(job), replayed=False)
+
+    def _check_resume_from(self, team_id: str, resume_from: str | None) -> None:
+        """resume_from names an earlier job of the same team (another team's is as unknown as a missing one)."""
+        if resume_from is None:
+            return
+        earlier = self.jobs.get(resume_from)
+        if earlier is None or earlier.team_id != team_id:
+            raise InvalidSpec(f"resume_from: your team has no job {resume_from}")
+
+    def _store_scripts(self, team_id: str, job_id: str, scripts: dict[str, str]) -> dict[str, str]:
+        """Keep large setup/run text in the artifacts bucket (the relay hands it to the instance)."""
+        if not scripts:
+            return {}
+        if self.scripts is None:
+            raise InvalidSpec(
+                f"setup and run are over {bundle.INLINE_SCRIPTS_BYTES // 1024} KiB together, and this deployment "
+                "has no artifacts bucket to keep them in: put the long text in a script in your workdir"
+            )
+        keys = {}
+        for name, text in scripts.items():
+            keys[name] = bundle.script_key(team_id, job_id, name)
+            self.scripts.put_bytes(keys[name], text.encode("utf-8"))
+        return keys
+
+    def _seal(self, team_id: str, job_id: str, values: dict[str, str]) -> str | None:
+        if not values:
+            return None
+        if self.secrets is None:
+            raise RuntimeError("JobService needs a SecretStore to seal secrets")
+        return sealing.seal(self.secrets.team_key(team_id).host_key_seed, job_id, values)
 
     def _replay(self, job: Job, fingerprint: str) -> Job:
         if job.request_hash != fingerprint:

@@ -39,13 +39,14 @@ from typing import Any, Protocol
 
 from controlplane.adapters.logs import DynamoLogStore, LogWriteAbandoned
 from controlplane.adapters.ssh import STATE_DIR, ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
-from controlplane.core import logchunks, outcomes
+from controlplane.core import logchunks, outcomes, sealing
 from controlplane.core.bundle import StartBundle
 from controlplane.core.errors import TransitionRefused
 from controlplane.core.launch_errors import AUTH_CODES
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
-from controlplane.core.ports import JobStore, SecretStore
+from controlplane.core.ports import JobStore, SecretStore, TeamKey
+from controlplane.service import job_io
 from controlplane.service.relay_lease import LEASE_SECONDS, LeaseHold, RelayLease
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,10 @@ class InstanceLocator(Protocol):
     def locate(self, job: Job) -> Located: ...
 
 
+class ScriptReader(Protocol):
+    def get_bytes(self, key: str) -> bytes: ...
+
+
 class InstanceTerminator(Protocol):
     def terminate(self, job: Job) -> None: ...
 
@@ -131,7 +136,11 @@ class RelayService:
         sleep: Callable[[float], None] = time.sleep,
         lease: RelayLease | None = None,
         terminator: InstanceTerminator | None = None,
+        grants: job_io.InstanceGrants | None = None,
+        scripts: ScriptReader | None = None,
     ) -> None:
+        self.grants = grants
+        self.scripts = scripts
         self.lease = lease
         self.terminator = terminator
         self.jobs = jobs
@@ -224,7 +233,7 @@ class RelayService:
                         job = self._running(job)
                         if job.status.terminal and not outcomes.streams_after_end(job, utcnow()):
                             return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
-                        self._start(session, job)
+                        self._start(session, job, team_key)
                         outcome = self._stream(session, job, deadline, hold)
                         relayed += outcome.relayed_bytes
                         drops = 0
@@ -315,17 +324,40 @@ class RelayService:
         except TransitionRefused:
             return self.jobs.get(job.job_id) or job
 
-    def _start(self, session: SshSession, job: Job) -> None:
-        """Hand the instance the job's start bundle (idempotent: a reconnection finds it there), or, for a job
-        cancelled before it started, the cancel marker instead."""
+    def _start(self, session: SshSession, job: Job, team_key: TeamKey) -> None:
+        """Hand the instance the job's start bundle (idempotent: a reconnection finds it there) and fresh grants,
+        or, for a job cancelled before it started, the cancel marker instead."""
         if job.status == JobStatus.CANCELLED:
             session.request_cancel()
             return
         if job.spec is None or job.instance_type is None:
             raise ConnectionLost("the job has no task spec to start")  # never for a launched job
-        tar = StartBundle.for_spec(job.job_id, job.team_id, job.instance_type, job.spec).tar()
-        if not session.deliver_bundle(tar):
+        secrets = sealing.unseal(team_key.host_key_seed, job.job_id, job.sealed_secrets) if job.sealed_secrets else {}
+        spec = job.spec
+        if job.stored_scripts:  # setup/run too large for the job record: kept in the artifacts bucket
+            if self.scripts is None:
+                raise ConnectionLost("the job's scripts are in the artifacts bucket, which this relay cannot read")
+            texts = {name: self.scripts.get_bytes(key).decode("utf-8") for name, key in job.stored_scripts.items()}
+            spec = spec.model_copy(update=texts)
+        start = StartBundle.for_spec(
+            job.job_id, job.team_id, job.instance_type, spec, secrets=secrets, inputs=job_io.inputs(job)
+        )
+        if not session.deliver_bundle(start.tar()):
             raise ConnectionLost("the start bundle could not be written on the instance")
+        self._grant(session, job)
+
+    def _grant(self, session: SshSession, job: Job) -> None:
+        """Write the instance's short-lived S3 credentials (best effort: without them its uploads fail, are retried
+        and are reported on the job; the stream goes on)."""
+        if self.grants is None:
+            return
+        try:
+            document = self.grants.issue(job)
+        except Exception:  # noqa: BLE001 - an STS or config failure must not stop the log stream
+            logger.warning("could not issue the instance's storage grants", extra={"job_id": job.job_id})
+            return
+        if not session.write_grants(document):
+            logger.warning("could not write the instance's storage grants", extra={"job_id": job.job_id})
 
     def _cancel_by(self, job: Job) -> float:
         """The relay clock's time by which a cancelled job's instance is terminated, drained or not."""
@@ -355,6 +387,7 @@ class RelayService:
         result: dict[str, str] | None = None
         cancel_by: float | None = None
         last_cancel_check = self.clock()
+        grant_due = self.clock() + job_io.GRANT_REFRESH_SECONDS
         if job.status == JobStatus.CANCELLED:
             cancel_by = self._cancel_by(job)
 
@@ -410,6 +443,9 @@ class RelayService:
                 ):
                     flush(final=False)
                     pending_since = now
+                if now >= grant_due and job.status != JobStatus.CANCELLED:
+                    grant_due = now + job_io.GRANT_REFRESH_SECONDS
+                    self._grant(session, job)
                 if cancel_by is None and now - last_cancel_check >= settings.cancel_check_seconds:
                     last_cancel_check = now
                     current = self.jobs.get(job.job_id)

@@ -9,8 +9,9 @@
 # $STATE/result, waits for the log relay to mark the output drained, then terminates the instance. A cancel (the
 # relay's relay/cancel marker) stops the job (SIGTERM, then SIGKILL) and goes through the same drain.
 # No `set -e` (a failed bookkeeping step must never skip termination), never `set -x` (this script holds the
-# SSH host private key). Test seams: EC2JOBS_ROOT (prefix of every path, empty on EC2), EC2JOBS_IMDS_ENDPOINT, and
-# the commands shutdown, aws, systemctl, curl, useradd, gpasswd and iptables taken from PATH.
+# SSH host private key). Test seams: EC2JOBS_ROOT (prefix of every path, empty on EC2), EC2JOBS_IMDS_ENDPOINT,
+# EC2JOBS_UPLOAD_RETRY_SECONDS, and the commands shutdown, aws, systemctl, curl, useradd, gpasswd and iptables taken
+# from PATH.
 
 # Step 1, before anything that could fail: the OS-level deadline (the instance terminates on shutdown).
 START=$EPOCHSECONDS
@@ -23,6 +24,14 @@ IMDS=${EC2JOBS_IMDS_ENDPOINT:-http://169.254.169.254}
 STATE=$ROOT/var/lib/ec2jobs
 OUTPUT=$STATE/output.log
 WORKDIR=$ROOT/workspace
+JOB_DIR=$WORKDIR
+OUTPUTS=$WORKDIR/outputs
+CHECKPOINTS=$WORKDIR/checkpoints
+TRANSFER=$STATE/ec2jobs_transfer.py
+GRANTS=$STATE/relay/grants.json
+SYNC_SECONDS=120
+UPLOAD_RETRY=${EC2JOBS_UPLOAD_RETRY_SECONDS:-5}
+SYNCER=
 JOB_ID=@@JOB_ID@@
 INSTANCE_TYPE=@@INSTANCE_TYPE@@
 JOB_USER=@@SSH_USER@@
@@ -38,6 +47,7 @@ BUNDLE_TIMEOUT=@@BUNDLE_TIMEOUT_SECONDS@@
 CANCEL_GRACE=@@CANCEL_GRACE_SECONDS@@
 HAS_SETUP=0
 CANCELLED=
+UPLOADS=
 KILL_AFTER=30
 BASH_BIN=$BASH
 # The child bash that runs a phase: $1 workdir, $2 env file, $3 phase script, $4 bash. A login shell first (so
@@ -191,7 +201,7 @@ wait_for_bundle() {
     fi
     sleep 0.2
   done
-  for name in env.sh setup.sh run.sh; do
+  for name in env.sh setup.sh run.sh inputs ec2jobs_transfer.py; do
     put_file "$STATE/$name" 600 <"$RELAY/bundle/$name" || log "ERROR: could not write $name"
   done
   give "$STATE/env.sh" "$STATE/setup.sh" "$STATE/run.sh"
@@ -200,11 +210,153 @@ wait_for_bundle() {
   return 0
 }
 
+# input NAME: a value from the bundle's inputs (empty when absent).
+input() {
+  sed -n "s/^$1=//p" "$STATE/inputs" 2>/dev/null | head -n 1
+}
+
+# transfer ARGS...: the instance's S3 client, with the relay's short-lived grants (as root: the job cannot read them).
+transfer() {
+  timeout 3600 python3 "$TRANSFER" --grants "$GRANTS" "$@"
+}
+
+# inputs_failed MESSAGE: the job cannot start; the reason goes to its own log (the user sees it) and the result.
+inputs_failed() {
+  printf 'ec2jobs: %s\n' "$1" >>"$OUTPUT"
+  log "inputs failed: $1"
+  PHASE=inputs CODE=1 REASON=INPUTS_FAILED
+}
+
+# Step 5b: the job's inputs, before setup: its workdir (an uploaded archive, or a git clone as the job user), its
+# file_mounts, and the checkpoints it resumes from. Returns 1 (with INPUTS_FAILED) when one cannot be fetched.
+fetch_inputs() {
+  local key url ref secret mounts resume err token placed tries line
+  SYNC_SECONDS=$(input sync_seconds)
+  [[ $SYNC_SECONDS =~ ^[0-9]{1,6}$ ]] && ((SYNC_SECONDS >= 10)) || SYNC_SECONDS=120
+  key=$(input workdir_key) url=$(input workdir_url) ref=$(input workdir_ref) secret=$(input workdir_token_secret)
+  mounts=$(input mounts_key) resume=$(input resume_prefix)
+  if [ -n "$key$url" ]; then
+    JOB_DIR=$WORKDIR/workdir
+    mkdir -p "$JOB_DIR" && chmod 755 "$JOB_DIR" && give "$JOB_DIR"
+  fi
+  [ -n "$key$mounts$resume" ] || [ -n "$url" ] || return 0
+  if [ -n "$key$mounts$resume" ]; then
+    command -v python3 >/dev/null 2>&1 || { inputs_failed "python3 is not installed on the image"; return 1; }
+    for ((tries = 0; tries < 300; tries++)); do
+      [ -s "$GRANTS" ] && break
+      sleep 0.2
+    done
+    [ -s "$GRANTS" ] || { inputs_failed "the relay handed over no storage grants (60 s)"; return 1; }
+  fi
+  if [ -n "$key" ]; then
+    err=$(transfer extract "$key" "$JOB_DIR" 2>&1 >/dev/null) || { inputs_failed "fetching the workdir failed: $err"; return 1; }
+    give_tree "$JOB_DIR"
+    log "workdir unpacked into $JOB_DIR"
+  elif [ -n "$url" ]; then
+    token=
+    if [ -n "$secret" ]; then
+      token=$(. "$STATE/env.sh" && printf '%s' "${!secret}")
+      [ -n "$token" ] || { inputs_failed "workdir.token_secret names $secret, which has no value"; return 1; }
+    fi
+    err=$(git_clone "$url" "$ref" "$token" 2>&1) || { inputs_failed "cloning the workdir failed: ${err##*$'\n'}"; return 1; }
+    log "workdir cloned into $JOB_DIR"
+  fi
+  if [ -n "$mounts" ]; then
+    placed=$(transfer mounts "$mounts" "$ROOT" 2>"$STATE/mounts.err") ||
+      { inputs_failed "placing the file_mounts failed: $(tail -n 1 "$STATE/mounts.err")"; return 1; }
+    while IFS= read -r line; do  # "placed <path> (file)" / "placed <path> (dir, N files)"
+      line=${line#placed }
+      line=${line% (*}
+      [ -e "$line" ] && give_tree "$line"
+    done < <(printf '%s\n' "$placed" | grep '^placed ')
+    log "file_mounts placed"
+  fi
+  if [ -n "$resume" ]; then
+    err=$(transfer sync-down checkpoints "$CHECKPOINTS" --from-prefix "$resume" 2>&1 >/dev/null) ||
+      { inputs_failed "restoring the checkpoints of resume_from failed: $err"; return 1; }
+    give_tree "$CHECKPOINTS"
+    log "checkpoints restored from $resume"
+  fi
+  return 0
+}
+
+# git_clone URL REF TOKEN: clone as the job user (a token, if any, only through GIT_ASKPASS's environment).
+git_clone() {
+  local -a as=() auth=()
+  command -v git >/dev/null 2>&1 || { echo "git is not installed on the image"; return 1; }
+  [ "$SWITCH_USER" = 1 ] && as=(runuser -u "$JOB_USER" --)
+  if [ -n "$3" ]; then
+    printf '#!/bin/sh\ncase "$1" in Username*) echo x-access-token ;; *) printf "%%s\\n" "$EC2JOBS_GIT_TOKEN" ;; esac\n' |
+      put_file "$STATE/askpass" 755 || return 1
+    auth=("GIT_ASKPASS=$STATE/askpass" "EC2JOBS_GIT_TOKEN=$3")
+  fi
+  "${as[@]}" env "HOME=$JOB_HOME" GIT_TERMINAL_PROMPT=0 "${auth[@]}" git clone --quiet -- "$1" "$JOB_DIR" || return 1
+  if [ -n "$2" ]; then
+    "${as[@]}" env "HOME=$JOB_HOME" GIT_TERMINAL_PROMPT=0 "${auth[@]}" git -C "$JOB_DIR" checkout --quiet "$2" ||
+      return 1
+  fi
+}
+
+# give_tree PATH: everything under PATH to the job user.
+give_tree() {
+  [ "$IS_ROOT" = 1 ] && [ "$USER_EXISTS" = 1 ] || return 0
+  chown -R "$JOB_USER:$JOB_GROUP" "$1" 2>/dev/null || log "warning: could not chown $1 to $JOB_USER"
+}
+
+# sync_area AREA: upload what changed in outputs or checkpoints (new and changed files only).
+sync_area() {
+  local dir=$OUTPUTS
+  [ "$1" = checkpoints ] && dir=$CHECKPOINTS
+  [ -s "$GRANTS" ] && [ -n "$(find "$dir" -mindepth 1 -print -quit 2>/dev/null)" ] || return 0
+  transfer sync-up "$dir" "$1" --state "$STATE/sync-$1.json" >>"$STATE/wrapper.log" 2>&1
+}
+
+# While the job runs: outputs and checkpoints are uploaded every SYNC_SECONDS (what changed since the last time).
+start_syncer() {
+  command -v python3 >/dev/null 2>&1 || return 0
+  (
+    while :; do
+      for ((left = SYNC_SECONDS * 5; left > 0; left--)); do
+        [ -e "$STATE/syncer.stop" ] && exit 0
+        sleep 0.2
+      done
+      sync_area checkpoints || log "warning: syncing checkpoints failed (retried next time)"
+      sync_area outputs || log "warning: syncing outputs failed (retried next time)"
+    done
+  ) &
+  SYNCER=$!
+}
+
+# After the job: the last upload of each area, retried, and its outcome for the result (ok, failed or none).
+final_sync() {
+  local area tries status
+  if [ -n "$SYNCER" ]; then
+    touch "$STATE/syncer.stop"
+    wait "$SYNCER"
+  fi
+  UPLOADS=
+  [ -n "$CANCELLED" ] && return 0  # a cancelled job keeps what the periodic syncs uploaded
+  command -v python3 >/dev/null 2>&1 || return 0
+  for area in outputs checkpoints; do
+    status=none
+    for tries in 1 2 3; do
+      if sync_area "$area"; then
+        [ -e "$STATE/sync-$area.json" ] && status=ok
+        break
+      fi
+      status=failed
+      log "uploading $area failed (attempt $tries of 3)"
+      ((tries < 3)) && sleep $((tries * UPLOAD_RETRY))
+    done
+    UPLOADS+="$area=$status"$'\n'
+  done
+}
+
 # The workdir, readable and writable by the job user; output.log stays root's (a root process copies the job's
 # output into it from a pipe, so the job can neither truncate nor replace what the relay reads by offset).
 write_inputs() {
-  mkdir -p "$WORKDIR" && chmod 755 "$WORKDIR"
-  give "$WORKDIR"
+  mkdir -p "$WORKDIR" "$OUTPUTS" "$CHECKPOINTS" && chmod 755 "$WORKDIR" "$OUTPUTS" "$CHECKPOINTS"
+  give "$WORKDIR" "$OUTPUTS" "$CHECKPOINTS"
   mkdir -p "$JOB_HOME" && give "$JOB_HOME"
   : >>"$OUTPUT" && chmod 644 "$OUTPUT"
 }
@@ -221,7 +373,7 @@ job_command() {
   if command -v stdbuf >/dev/null 2>&1; then
     cmd+=(stdbuf -oL -eL)
   fi
-  "${cmd[@]}" "$BASH_BIN" -c "$LAUNCHER" "ec2jobs-$1" "$WORKDIR" "$STATE/env.sh" "$STATE/$1.sh" "$BASH_BIN"
+  "${cmd[@]}" "$BASH_BIN" -c "$LAUNCHER" "ec2jobs-$1" "$JOB_DIR" "$STATE/env.sh" "$STATE/$1.sh" "$BASH_BIN"
 }
 
 # run_phase PHASE: sets PHASE, CODE and REASON. The job writes into a FIFO; a root `cat` appends it to output.log.
@@ -341,8 +493,8 @@ stop_holders() {
 
 # Step 7: the outcome, written once every job process is gone (output.log is complete).
 write_result() {
-  printf 'phase=%s\nexit_code=%s\nreason=%s\nfinished_at=%s\n' "$PHASE" "$CODE" "$REASON" "$EPOCHSECONDS" |
-    put_file "$STATE/result" 644 || log "ERROR: could not write the result"
+  printf 'phase=%s\nexit_code=%s\nreason=%s\n%sfinished_at=%s\n' "$PHASE" "$CODE" "$REASON" "$UPLOADS" \
+    "$EPOCHSECONDS" | put_file "$STATE/result" 644 || log "ERROR: could not write the result"
   log "result: phase=$PHASE exit_code=$CODE reason=$REASON"
 }
 
@@ -448,7 +600,11 @@ main() {
   drop_privileges
   write_inputs
   if wait_for_bundle; then
-    run_job
+    if fetch_inputs; then
+      start_syncer
+      run_job
+    fi
+    final_sync
   elif [ -n "$CANCELLED" ]; then
     PHASE=start CODE= REASON=CANCELLED
   else
