@@ -352,8 +352,10 @@ def _mount_entries(planned: list[tuple[int, str, Path, str]], extra_ignore_file:
 
 
 def check_remote_path(remote: str) -> str:
-    """A file_mounts destination: an absolute path without `..` (normalized: `//` and `.` collapse, no trailing
-    slash). PackingError otherwise."""
+    """A file_mounts destination: an absolute path, or one under the job user's home (`~/…`, as SkyPilot allows),
+    without `..` (normalized: `//` and `.` collapse, no trailing slash). PackingError otherwise."""
+    if isinstance(remote, str) and remote.startswith("~/"):
+        return "~" + check_remote_path(remote[1:])
     if not isinstance(remote, str) or not remote.startswith("/"):
         raise PackingError(f"file_mounts destination {remote!r} must be an absolute path (start with /)")
     if "\x00" in remote or "\\" in remote:

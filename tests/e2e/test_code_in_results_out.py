@@ -95,7 +95,10 @@ def test_code_in_results_out(local: tuple[Local, Path], tmp_path: Path) -> None:
     mounted = tmp_path / "train.jsonl"
     mounted.write_bytes(b'{"text": "hello"}\n' * 50)
 
-    with packing.pack_directory(project) as workdir, packing.pack_mounts({"/data/train.jsonl": str(mounted)}) as mounts:
+    config = tmp_path / "app.json"
+    config.write_text('{"lr": 0.1}')
+    mount_map = {"/data/train.jsonl": str(mounted), "~/.config/app.json": str(config)}
+    with packing.pack_directory(project) as workdir, packing.pack_mounts(mount_map) as mounts:
         workdir_upload = upload(client, "workdir", workdir)
         mounts_upload = upload(client, "file_mounts", mounts)
     task = {
@@ -103,7 +106,7 @@ def test_code_in_results_out(local: tuple[Local, Path], tmp_path: Path) -> None:
         "workdir": {"upload": workdir_upload},
         "file_mounts": {"upload": mounts_upload},
         "secrets": {"HF_TOKEN": "hf_e2e_secret_value"},
-        "setup": "test ! -e noise.log && echo 'workdir ok'",
+        "setup": "test ! -e noise.log && grep -q lr ~/.config/app.json && echo 'workdir ok'",
         "run": "python3 train.py",
     }
     status, body = client.call("POST", "/jobs", task)

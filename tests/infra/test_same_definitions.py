@@ -150,7 +150,11 @@ def test_the_same_tables(synth: Synth, local_plane: Recorder) -> None:
         for name, table in synth.stack.storage.tables.items()
         if "TimeToLiveSpecification" in synth.resources[synth.logical_id(table)]["Properties"]
     }
-    assert local_ttl == deployed_ttl == {
-        "logs": {"AttributeName": "expires_at", "Enabled": True},
-        "state": {"AttributeName": "ttl", "Enabled": True},
-    }
+    assert (
+        local_ttl
+        == deployed_ttl
+        == {
+            "logs": {"AttributeName": "expires_at", "Enabled": True},
+            "state": {"AttributeName": "ttl", "Enabled": True},
+        }
+    )

@@ -138,3 +138,39 @@ def _jobs(tenant: Tenant) -> Any:
     from controlplane.handlers import container
 
     return [j.job_id for j in container.get().jobs.list(tenant.team_id, None, 100, None).jobs]
+
+
+SKYPILOT_STYLE_TASKS = {
+    # Shapes SkyPilot's example task files use: a local workdir, mounts from local files (one into the home
+    # directory), a GPU, setup and run.
+    "finetune.yaml": (
+        "name: finetune\n"
+        "resources:\n  accelerators: L4:1\n  disk_size: 256\n"
+        "workdir: .\n"
+        "file_mounts:\n  ~/.kaggle/kaggle.json: ./kaggle.json\n  /data: ./data\n"
+        "setup: |\n  pip install -r requirements.txt\n"
+        "run: |\n  python train.py --data /data\n"
+    ),
+    "cpu-workdir.yaml": "resources:\n  cpus: 4+\nworkdir: .\nrun: python train.py\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SKYPILOT_STYLE_TASKS))
+def test_skypilot_style_tasks_with_a_local_workdir_and_local_file_mounts_are_accepted(
+    name: str,
+    tenant: Tenant,
+    api_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "kaggle.json").write_text("{}")
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "requirements.txt").write_text("numpy\n")
+    (tmp_path / name).write_text(SKYPILOT_STYLE_TASKS[name])
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, api_url, tenant.token, "submit", name, "--provider", tenant.provider_id)
+    assert code == 0, err
+    assert "submitted job " in out

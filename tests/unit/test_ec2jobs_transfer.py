@@ -975,3 +975,15 @@ def test_source_is_python_3_8_and_stdlib_only() -> None:
             newer = {k.arg for k in node.keywords} & {"kw_only", "slots", "match_args", "strict"}
             assert not newer, f"line {node.lineno}: {newer} needs 3.10"
     compile(source, str(SCRIPT), "exec")
+
+
+def test_home_relative_mounts_go_to_the_given_home(tmp_path: Path) -> None:
+    secret = tmp_path / "kaggle.json"
+    secret.write_text("{}")
+    root, home = tmp_path / "root", tmp_path / "home" / "ubuntu"
+    with pack_mounts({"~/.kaggle/kaggle.json": secret, "/data/x": secret}) as packed:
+        lines = t.place_mounts(str(packed.path), str(root), str(home))
+        with pytest.raises(t.TransferError, match="no home directory"):
+            t.place_mounts(str(packed.path), str(root))
+    assert lines == [f"placed {root}/data/x (file)", f"placed {home}/.kaggle/kaggle.json (file)"]
+    assert (home / ".kaggle" / "kaggle.json").read_text() == "{}"

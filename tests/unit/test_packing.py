@@ -383,7 +383,9 @@ def test_pack_mounts_is_deterministic_and_ordered_by_remote_path(tmp_path: Path)
     ("remote", "message"),
     [
         ("data/x", "absolute"),
-        ("~/data", "absolute"),
+        ("~data", "absolute"),
+        ("~/../etc", r"'\.\.'"),
+        ("~/", "not be /"),
         ("/data/../etc/passwd", r"'\.\.'"),
         ("/..", r"'\.\.'"),
         ("/", "not be /"),
@@ -423,3 +425,16 @@ def test_gzip_stream_is_valid(tmp_path: Path, pack: Callable[..., PackedArchive]
     with gzip.open(archive.path) as handle:
         data = handle.read()
     assert len(data) % tarfile.RECORDSIZE == 0
+
+
+def test_pack_mounts_keeps_home_relative_destinations(tmp_path: Path) -> None:
+    """SkyPilot's `~/.kaggle/kaggle.json: ~/.kaggle/kaggle.json`: `~/` is the job user's home on the instance."""
+    write(tmp_path, "f")
+    assert check_remote_path("~/.kaggle//kaggle.json") == "~/.kaggle/kaggle.json"
+    packed = pack_mounts({"~/.kaggle/kaggle.json": tmp_path / "f"})
+    try:
+        with tarfile.open(packed.path, "r:gz") as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest["mounts"] == {"0": {"remote_path": "~/.kaggle/kaggle.json", "type": "file"}}
+    finally:
+        packed.remove()

@@ -905,7 +905,10 @@ def _open_archive(archive: str) -> tarfile.TarFile:
 
 
 def check_remote_path(remote: Any) -> str:
-    """A mount destination from the manifest: absolute, no '..', not / (as ec2jobs/packing.py makes them)."""
+    """A mount destination from the manifest: absolute or under the job user's home (`~/`), no '..', not / or ~
+    itself (as ec2jobs/packing.py makes them)."""
+    if isinstance(remote, str) and remote.startswith("~/"):
+        return "~" + check_remote_path(remote[1:])
     if not isinstance(remote, str) or not remote.startswith("/") or "\x00" in remote:
         raise TransferError(f"mounts manifest: {remote!r} is not an absolute path")
     if ".." in remote.split("/"):
@@ -916,8 +919,9 @@ def check_remote_path(remote: Any) -> str:
     return normalized
 
 
-def place_mounts(archive: str, root: str) -> list[str]:
-    """Place each mount of a `pack_mounts` archive at root + remote_path; one line per mount placed."""
+def place_mounts(archive: str, root: str, home: str = "") -> list[str]:
+    """Place each mount of a `pack_mounts` archive at root + remote_path (home + the rest for `~/...`); one line per
+    mount placed."""
     with _open_archive(archive) as tar:
         members = tar.getmembers()
         if not members or members[0].name != MANIFEST_NAME or not members[0].isreg():
@@ -943,7 +947,12 @@ def place_mounts(archive: str, root: str) -> list[str]:
         lines = []
         for index in sorted(manifest, key=int):
             remote, kind = manifest[index]
-            dest = root.rstrip("/") + remote if root else remote
+            if remote.startswith("~/"):
+                if not home:
+                    raise TransferError(f"mount {remote}: no home directory given (--home)")
+                dest = home.rstrip("/") + remote[1:]
+            else:
+                dest = root.rstrip("/") + remote if root else remote
             if kind == "file":
                 if len(groups[index]) != 1:
                     raise TransferError(f"mounts archive: the file for {remote} is missing")
@@ -1227,6 +1236,7 @@ def _parser() -> _Parser:
     mounts = commands.add_parser("mounts", help="download a file_mounts archive and place each mount")
     mounts.add_argument("key")
     mounts.add_argument("root", help='prefix for every mount path ("" on EC2)')
+    mounts.add_argument("--home", default="", help="the job user's home, where ~/ mounts go")
     up = commands.add_parser("sync-up", help="upload new or changed files")
     up.add_argument("local_dir")
     up.add_argument("prefix", help="outputs or checkpoints")
@@ -1255,7 +1265,7 @@ def run(args: argparse.Namespace) -> None:
         elif args.command == "mounts":
             archive = s3.download_temporary(args.key)
             try:
-                lines = place_mounts(archive, args.root)
+                lines = place_mounts(archive, args.root, args.home)
             finally:
                 os.unlink(archive)
             for line in lines:

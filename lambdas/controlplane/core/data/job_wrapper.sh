@@ -262,7 +262,7 @@ fetch_inputs() {
     log "workdir cloned into $JOB_DIR"
   fi
   if [ -n "$mounts" ]; then
-    placed=$(transfer mounts "$mounts" "$ROOT" 2>"$STATE/mounts.err") ||
+    placed=$(transfer mounts "$mounts" "$ROOT" --home "$JOB_HOME" 2>"$STATE/mounts.err") ||
       { inputs_failed "placing the file_mounts failed: $(tail -n 1 "$STATE/mounts.err")"; return 1; }
     while IFS= read -r line; do  # "placed <path> (file)" / "placed <path> (dir, N files)"
       line=${line#placed }
