@@ -39,6 +39,7 @@ FULL = {
     "transfer_megabytes": 200,
     "workdir_megabytes": 100,
     "transfer_rounds": 3,
+    "workdir_jobs": 5,
 }
 QUICK = FULL | {
     "launch_jobs": 4,
@@ -53,6 +54,7 @@ QUICK = FULL | {
     "transfer_megabytes": 24,
     "workdir_megabytes": 10,
     "transfer_rounds": 2,
+    "workdir_jobs": 3,
 }
 
 
@@ -164,7 +166,12 @@ def _plane_sections(results: Results, args: argparse.Namespace) -> None:
                 results,
                 "artifacts",
                 lambda: artifacts.run(
-                    session, provider_id, args.transfer_megabytes, args.workdir_megabytes, args.transfer_rounds
+                    session,
+                    provider_id,
+                    args.transfer_megabytes,
+                    args.workdir_megabytes,
+                    args.transfer_rounds,
+                    args.workdir_jobs,
                 ),
             )
         if "launch" in args.sections:

@@ -12,6 +12,12 @@ bench/prices.py.
   while streaming are counted in a window of steady output and scaled to an hour; each further relay invocation
   of the hour is charged like a whole relay step of the short job (an upper bound); the reconciler's sweeps (one
   a minute) are charged to the job in full (an upper bound: one job).
+- S3 (the artifacts bucket), in both: a typical job's bytes (bench/s3cost.py TypicalJob: a 50 MB workdir per
+  launch, checkpoints synced every 2 minutes with 5 files changed, all kept until they expire), priced from the
+  requests the CLI, the API and the instance's transfer tool make. Those requests are counted on a real run first
+  (a workdir uploaded through the API, a job fetching it, a sync-up of 5 changed files, a sync-up of none) and
+  checked against bench/s3cost.py's model, which then prices the typical sizes. A job's outputs (1 GB, kept 30
+  days) are priced on their own row: they are the user's data, proportional to it, not to launches or hours.
 
     python -m bench.cost [--seconds 30]
 """
@@ -20,18 +26,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bench import prices
+from bench import artifacts, prices, s3cost
 from bench.awsops import Op
 from bench.plane import Session
 from bench.prices import Deployment, Usage
 from bench.report import Figure
+from bench.s3cost import Requests, TypicalJob
+from controlplane import config
 from controlplane.adapters import events as event_patterns
 from controlplane.adapters import statemachine
+from ec2jobs import packing
 from local import runtime
 
 SECTION = "4 cost"
@@ -51,6 +62,7 @@ phase("typical", 1.0, {seconds})
 phase("busy", 0.1, {seconds})
 EOF"""
 _ENDED = frozenset({"LambdaFunctionSucceeded", "LambdaFunctionFailed", "LambdaFunctionTimedOut"})
+COUNT_WORKDIR_BYTES = 9 * 1024 * 1024  # more than one 8 MiB part: the counted upload is a multipart upload
 
 
 @dataclass
@@ -270,6 +282,59 @@ def _follow_hour(session: Session, job_id: str, units: Units, deployment: Deploy
     return usage_of(measured, units, deployment).scaled(3600 / requests) + per_authorization.scaled(12)
 
 
+def count_s3(session: Session, provider_id: str, typical: TypicalJob) -> dict[str, Any]:
+    """The S3 requests of a real run, by price class (the recorder must be on): a workdir uploaded through the API
+    as the CLI does, a job (`true`) fetching it on its instance, then, with that job's grants, a sync-up of
+    `typical.files_per_sync` changed files and a sync-up of none. Each is checked against bench/s3cost.py."""
+    bucket = config.get().artifact_bucket
+
+    def s3_since(mark: int) -> Requests:
+        time.sleep(0.3)  # the recorder's tail thread
+        ops = [op for op in session.recorder.since(mark) if not op.by_bench]
+        return s3cost.count(((op.method, op.url) for op in ops), bucket)
+
+    counted: dict[str, Requests] = {}
+    expected: dict[str, Requests] = {}
+    with tempfile.TemporaryDirectory(prefix="ec2jobs-bench-cost-") as name:
+        tmp = Path(name)
+        (tmp / "project").mkdir()
+        artifacts.incompressible(tmp / "project" / "data.bin", COUNT_WORKDIR_BYTES)
+        with packing.pack_directory(tmp / "project") as archive:
+            mark = session.recorder.mark()
+            created = artifacts.upload_through_api(session, archive.path, archive.size, archive.sha256)
+            counted["workdir upload"], expected["workdir upload"] = s3_since(mark), s3cost.cli_upload(archive.size)
+        mark = session.recorder.mark()
+        task = {"name": "bench-cost-s3", "run": "true", "workdir": {"upload": created["upload_id"]}}
+        job_id = artifacts.submit(session, task | _p(provider_id))
+        session.wait_done(job_id, timeout=300)
+        time.sleep(1.0)
+        counted["job with that workdir"], expected["job with that workdir"] = s3_since(mark), Requests(get=1)
+        artifacts.issue_grants(session, job_id, tmp / "grants.json")
+        tool = artifacts.Tool(tmp / "grants.json", tmp)
+        (tmp / "checkpoints").mkdir()
+        sizes = s3cost.split(typical.checkpoint_bytes, typical.files_per_sync)
+        for index, size in enumerate(sizes):
+            artifacts.incompressible(tmp / "checkpoints" / f"step-{index}.ckpt", size)
+        for label, want in (
+            (f"sync-up of {len(sizes)} changed files", s3cost.sync_up(sizes)),
+            ("sync-up, none", Requests()),
+        ):
+            mark = session.recorder.mark()
+            tool("sync-up", str(tmp / "checkpoints"), "checkpoints", "--state", str(tmp / "sync-state.json"))
+            counted[label], expected[label] = s3_since(mark), want
+    mismatches = [
+        f"{label}: counted {counted[label]}, model {expected[label]}"
+        for label in counted
+        if counted[label] != expected[label]
+    ]
+    return {
+        "counted": {label: vars(requests) for label, requests in counted.items()},
+        "model": {label: vars(requests) for label, requests in expected.items()},
+        "archive_bytes": archive.size,
+        "mismatches": mismatches,
+    }
+
+
 def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list[Figure], dict[str, Any]]:
     deployment = prices.deployment()
     units = Units(session)
@@ -311,34 +376,80 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
         + reentry_usage.scaled(invocations_per_hour)
         + usage_of(sweep, units, deployment).scaled(sweeps_per_hour)
     )
+    # S3: a typical job's bytes, from requests counted on a real run and checked against the model
+    typical_job = TypicalJob(keep_days=float(s3cost.expiry_days()))
+    s3_counted = count_s3(session, provider_id, typical_job)
+    launch_s3, hour_s3, outputs_s3 = (
+        s3cost.launch_usage(typical_job),
+        s3cost.hour_usage(typical_job),
+        s3cost.outputs_usage(typical_job),
+    )
+    per_launch_all = per_launch + launch_s3
     hours: dict[str, Usage] = {}
     for phase, (start, end) in windows.items():
         window = Measured(ops=[op for op in streaming if start <= op.seen_at <= end])
         rate = usage_of(window, units, deployment).scaled(3600 / (end - start))
-        hours[phase] = fixed_hour + rate
-    launch_cost = prices.dollars(per_launch)["total"]
+        hours[phase] = fixed_hour + rate + hour_s3
+    launch_cost = prices.dollars(per_launch_all)["total"]
     typical = prices.dollars(hours["typical"])["total"] if "typical" in hours else None
     busy = prices.dollars(hours["busy"])["total"] if "busy" in hours else None
+    check = (
+        "requests as counted on a real run"
+        if not s3_counted["mismatches"]
+        else "MODEL DIFFERS FROM THE COUNT: " + "; ".join(s3_counted["mismatches"])
+    )
+    launch_requests, hour_requests = s3cost.launch_requests(typical_job), s3cost.hour_requests(typical_job)
+    outputs_requests = s3cost.outputs_requests(typical_job)
     figures = [
         Figure(
             SECTION,
-            "per job launch (a job running `true`, submit → end)",
+            "per job launch (a job running `true`, submit → end; S3 for a typical job's workdir)",
             launch_cost,
             "$",
             ("<=", LAUNCH_TARGET),
             f"{per_launch.lambda_requests:.0f} invocations, {per_launch.state_transitions:.0f} transitions, "
-            f"{per_launch.dynamodb_write_units:.0f} WRU, {per_launch.dynamodb_read_units:.0f} RRU",
+            f"{per_launch.dynamodb_write_units:.0f} WRU, {per_launch.dynamodb_read_units:.0f} RRU; "
+            f"S3 ${_total(launch_s3):.5f}",
         ),
         Figure(
             SECTION,
-            "per job-hour, typical logs (a 100-byte line per second)",
+            f"… of which S3: a {typical_job.workdir_bytes / s3cost.MB:.0f} MB workdir uploaded and fetched, the last "
+            f"checkpoint sync, both kept {typical_job.keep_days:.0f} days",
+            _total(launch_s3),
+            "$",
+            note=f"{launch_requests.put} PUT-class + {launch_requests.get} GET-class requests "
+            f"({_s3_lines(launch_s3)}); {typical_job.describe()}; {check}",
+        ),
+        Figure(
+            SECTION,
+            "per job-hour, typical logs (a 100-byte line per second; S3 checkpoint syncs)",
             typical,
             "$",
             ("<=", HOUR_TARGET),
             _hour_note(hours.get("typical")),
         ),
+        Figure(
+            SECTION,
+            f"… of which S3: {typical_job.syncs_per_hour:.0f} checkpoint syncs of {typical_job.files_per_sync} "
+            f"changed files ({typical_job.checkpoint_bytes / s3cost.MB:.0f} MB)",
+            _total(hour_s3),
+            "$",
+            note=f"{hour_requests.put} PUTs per sync, no LIST (sync-up's changes come from its state file); "
+            f"{_s3_lines(hour_s3)}",
+        ),
         Figure(SECTION, "per job-hour, busy logs (10 lines per second)", busy, "$", note=_hour_note(hours.get("busy"))),
         Figure(SECTION, "a client following the log once a second, per hour", _total(follow_hour), "$"),
+        Figure(
+            SECTION,
+            f"a job's outputs in S3: {typical_job.outputs_bytes / s3cost.MB / 1000:.0f} GB in "
+            f"{typical_job.outputs_files} files, uploaded at its end, downloaded once, kept "
+            f"{typical_job.keep_days:.0f} days",
+            _total(outputs_s3),
+            "$",
+            note=f"{outputs_requests.put} PUT/LIST-class + {outputs_requests.get} GET-class requests "
+            f"({_s3_lines(outputs_s3)}); not included: data transfer out to the internet ($0.09 per GB after the "
+            "first 100 GB a month), free within the region",
+        ),
     ]
     details = {
         "prices_as_of": prices.PRICES_AS_OF,
@@ -350,8 +461,9 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
             "memory_mb": dict(deployment.memory_mb),
         },
         "per_launch": {
-            "usage": per_launch.as_dict(),
-            "dollars": _rounded(prices.dollars(per_launch)),
+            "usage": per_launch_all.as_dict(),
+            "dollars": _rounded(prices.dollars(per_launch_all)),
+            "without_s3": _rounded(prices.dollars(per_launch)),
             "operations": dict(Counter(op.name for op in launch.ops)),
             "invocations": [(".".join(h.split(".")[-2:]), round(s, 3)) for h, s in launch.invocations],
             "submit_to_end_seconds": round(launch_seconds, 1),
@@ -365,6 +477,14 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
         },
         "relay_reentry_upper_bound": reentry_usage.as_dict(),
         "follow_log_per_hour": {"usage": follow_hour.as_dict(), "dollars": _rounded(prices.dollars(follow_hour))},
+        "s3": {
+            "prices_as_of": prices.S3_PRICES_AS_OF,
+            "typical_job": vars(typical_job) | {"description": typical_job.describe()},
+            "requests_check": s3_counted,
+            "per_launch": {"usage": launch_s3.as_dict(), "dollars": _rounded(prices.dollars(launch_s3))},
+            "per_hour": {"usage": hour_s3.as_dict(), "dollars": _rounded(prices.dollars(hour_s3))},
+            "outputs": {"usage": outputs_s3.as_dict(), "dollars": _rounded(prices.dollars(outputs_s3))},
+        },
     }
     return figures, details
 
@@ -379,6 +499,13 @@ def _p(provider_id: str) -> dict[str, str]:
 
 def _rounded(lines: dict[str, float]) -> dict[str, float]:
     return {k: float(f"{v:.3g}") if v else 0.0 for k, v in lines.items()}
+
+
+def _s3_lines(usage: Usage) -> str:
+    """`requests $x, storage $y` of a usage's S3 lines."""
+    lines = prices.dollars(usage)
+    requests = lines["s3_put_requests"] + lines["s3_get_requests"]
+    return f"requests ${requests:.5f}, storage ${lines['s3_gb_months']:.5f}"
 
 
 def _hour_note(usage: Usage | None) -> str:

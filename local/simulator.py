@@ -118,6 +118,10 @@ def _set_state(instance: Any, state: str) -> None:
     instance._state = InstanceState(state, _STATE_CODES[state])
 
 
+_ACTIVE: list[InstanceSimulator] = []  # simulators started in this process (RunInstances tells each)
+_ACTIVE_LOCK = threading.Lock()
+
+
 class InstanceSimulator:
     def __init__(self, endpoint: str, base_dir: Path, poll_seconds: float = 0.2) -> None:
         self.endpoint = endpoint
@@ -127,15 +131,47 @@ class InstanceSimulator:
         self.ended: set[str] = set()
         self._free = [f"127.0.0.{n}" for n in range(10, 251)]
         self._lock = threading.Lock()
+        self._observing = threading.RLock()  # RunInstances' own thread and the watch loop both observe instances
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="instance-simulator")
 
     def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._hook_run_instances()
         self._thread.start()
+
+    def _hook_run_instances(self) -> None:
+        """Give a launched instance its loopback address inside RunInstances itself: moto invents a public IP, and
+        a caller (the relay) that read it before the watch loop's next tick would try to reach a real-looking
+        address (blocked: a 10 s connect timeout, and traffic that must never leave loopback)."""
+        from moto.ec2.models.instances import InstanceBackend
+
+        with _ACTIVE_LOCK:
+            _ACTIVE.append(self)
+            original = InstanceBackend.run_instances
+            if getattr(original, "_ec2jobs_simulator", False):
+                return
+
+            def run_instances(backend: Any, *args: Any, **kwargs: Any) -> Any:
+                reservation = original(backend, *args, **kwargs)
+                with _ACTIVE_LOCK:
+                    running = [s for s in _ACTIVE if not s._stop.is_set()]
+                for simulator in running:
+                    for instance in reservation.instances:
+                        try:
+                            simulator._observe(backend.account_id, backend.region_name, instance)
+                        except Exception:  # the watch loop retries on its next tick
+                            logger.exception("instance simulator could not start %s at launch", instance.id)
+                return reservation
+
+            run_instances._ec2jobs_simulator = True  # type: ignore[attr-defined]
+            setattr(InstanceBackend, "run_instances", run_instances)  # noqa: B010 - moto's method, patched once
 
     def stop(self) -> None:
         self._stop.set()
+        with _ACTIVE_LOCK:
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)
         self._thread.join(5)
         for sandbox in list(self.sandboxes.values()):
             sandbox.shutdown()
@@ -157,6 +193,10 @@ class InstanceSimulator:
                     self._observe(account, region, instance)
 
     def _observe(self, account: str, region: str, instance: Any) -> None:
+        with self._observing:
+            self._observe_locked(account, region, instance)
+
+    def _observe_locked(self, account: str, region: str, instance: Any) -> None:
         instance_id = str(instance.id)
         state = str(instance._state.name)
         if instance_id in self.ended:

@@ -1,4 +1,5 @@
-"""The benchmarks' pure pieces: pricing arithmetic, DynamoDB request units, the execution-history reading."""
+"""The benchmarks' pure pieces: pricing arithmetic, DynamoDB request units, the execution-history reading, and the
+S3 lines of the cost model (request classes, the requests each transfer makes, a typical job priced by hand)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import datetime as dt
 
 import pytest
 
-from bench import prices
+from bench import prices, s3cost
 from bench.cost import workflow_of
 from bench.prices import Usage
+from bench.s3cost import Requests, TypicalJob
+
+MIB = 1024 * 1024
+BUCKET = "ec2jobs-artifacts"
 
 
 def test_usage_is_priced_line_by_line_at_the_list_prices() -> None:
@@ -21,6 +26,9 @@ def test_usage_is_priced_line_by_line_at_the_list_prices() -> None:
         secrets_manager_calls=10_000,
         eventbridge_events=1_000_000,
         api_requests=1_000_000,
+        s3_put_requests=1000,
+        s3_get_requests=1000,
+        s3_gb_months=1,
     )
     lines = prices.dollars(usage)
     assert lines["lambda_requests"] == pytest.approx(0.20)
@@ -31,6 +39,9 @@ def test_usage_is_priced_line_by_line_at_the_list_prices() -> None:
     assert lines["secrets_manager_calls"] == pytest.approx(0.05)
     assert lines["eventbridge_events"] == pytest.approx(1.00)
     assert lines["api_requests"] == pytest.approx(3.50)
+    assert lines["s3_put_requests"] == pytest.approx(0.005)  # PUT, COPY, POST, LIST: $0.005 per 1,000
+    assert lines["s3_get_requests"] == pytest.approx(0.0004)  # GET and all other requests: $0.0004 per 1,000
+    assert lines["s3_gb_months"] == pytest.approx(0.023)  # S3 Standard, first 50 TB
     assert lines["total"] == pytest.approx(sum(v for k, v in lines.items() if k != "total"))
 
 
@@ -114,3 +125,89 @@ def test_deployed_memory_and_relay_budget_come_from_the_stack() -> None:
     assert deployment.memory("controlplane.handlers.api.handler") == 512
     assert deployment.memory("controlplane.handlers.workflow.relay") == 256
     assert deployment.relay_budget_seconds == 600
+
+
+# -- S3 ---------------------------------------------------------------------------------------------------------
+
+
+def test_s3_storage_is_byte_hours_in_binary_gigabytes_over_an_average_month() -> None:
+    assert prices.gb_months(2**30, 730) == pytest.approx(1.0)
+    assert prices.gb_months(50_000_000, 30 * 24) == pytest.approx(50_000_000 / 1_073_741_824 * 720 / 730)
+    assert prices.gb_months(50_000_000, 30 * 24) == pytest.approx(0.045928, rel=1e-4)
+    assert prices.gb_months(-1, 10) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "kind"),
+    [
+        ("PUT", f"http://127.0.0.1:5000/{BUCKET}/teams/t/uploads/up-1/archive.tar.gz?X-Amz-Signature=x", "put"),
+        ("PUT", f"http://127.0.0.1:5000/{BUCKET}/k?partNumber=2&uploadId=abc", "put"),  # UploadPart
+        ("POST", f"http://127.0.0.1:5000/{BUCKET}/k?uploads", "put"),  # CreateMultipartUpload
+        ("POST", f"http://127.0.0.1:5000/{BUCKET}/k?uploadId=abc", "put"),  # CompleteMultipartUpload
+        ("GET", f"http://127.0.0.1:5000/{BUCKET}?list-type=2&prefix=teams%2Ft%2F", "put"),  # ListObjectsV2
+        ("GET", f"http://127.0.0.1:5000/{BUCKET}/?list-type=2", "put"),
+        ("GET", f"http://127.0.0.1:5000/{BUCKET}/k?uploadId=abc", "put"),  # ListParts
+        ("GET", f"http://127.0.0.1:5000/{BUCKET}/teams/t/jobs/j/outputs/model.bin", "get"),
+        ("HEAD", f"http://127.0.0.1:5000/{BUCKET}/teams/t/uploads/up-1/archive.tar.gz", "get"),
+        ("DELETE", f"http://127.0.0.1:5000/{BUCKET}/k?uploadId=abc", None),  # AbortMultipartUpload: free
+        ("POST", f"http://127.0.0.1:5000/{BUCKET}?delete", None),  # DeleteObjects: free
+        ("PUT", "http://127.0.0.1:5000/another-bucket/k", None),
+        ("POST", "http://127.0.0.1:5000/", None),  # DynamoDB, STS, ...
+    ],
+)
+def test_recorded_requests_fall_into_s3_price_classes(method: str, url: str, kind: str | None) -> None:
+    assert s3cost.request_class(method, url, BUCKET) == kind
+
+
+def test_recorded_requests_are_counted_by_class() -> None:
+    requests = [
+        ("POST", f"http://h/{BUCKET}/k?uploads"),
+        ("PUT", f"http://h/{BUCKET}/k?partNumber=1&uploadId=u"),
+        ("POST", f"http://h/{BUCKET}/k?uploadId=u"),
+        ("HEAD", f"http://h/{BUCKET}/k"),
+        ("POST", "http://h/"),
+    ]
+    assert s3cost.count(requests, BUCKET) == Requests(put=3, get=1)
+
+
+def test_each_transfer_makes_the_requests_its_code_makes() -> None:
+    # the CLI through the API: one presigned PUT up to one 8 MiB part, else Create + parts + Complete; HeadObject
+    assert s3cost.cli_upload(8 * MIB) == Requests(put=1, get=1)
+    assert s3cost.cli_upload(8 * MIB + 1) == Requests(put=2 + 2, get=1)
+    assert s3cost.cli_upload(50_000_000) == Requests(put=6 + 2, get=1)  # ceil(50e6 / 8 MiB) = 6 parts
+    # the instance's tool: one PUT up to 64 MiB, else 64 MiB parts between Create and Complete; no listing
+    assert s3cost.tool_upload(64 * MIB) == Requests(put=1)
+    assert s3cost.tool_upload(64 * MIB + 1) == Requests(put=2 + 2)
+    assert s3cost.sync_up([800_000] * 5) == Requests(put=5)
+    assert s3cost.sync_up([]) == Requests()
+    # ec2jobs download: the API's listing (1,000 keys a page) and one GET a file
+    assert s3cost.download(10) == Requests(put=1, get=10)
+    assert s3cost.download(1001) == Requests(put=2, get=1001)
+    assert s3cost.split(10, 3) == [4, 3, 3]
+
+
+def test_a_typical_job_is_priced_by_hand() -> None:
+    job = TypicalJob()  # 50 MB workdir; 5 files (4 MB) changed per 2-minute sync; 1 GB outputs in 10 files; 30 days
+    assert job.syncs_per_hour == 30
+    # per launch: the workdir's 8 PUT-class + 1 HEAD, the instance's GET, the last sync's 5 PUTs; the workdir and
+    # the last checkpoints stored 30 days (720 of an average month's 730 hours)
+    assert s3cost.launch_requests(job) == Requests(put=13, get=2)
+    launch = prices.dollars(s3cost.launch_usage(job))
+    assert launch["s3_put_requests"] == pytest.approx(13 * 0.005 / 1000)
+    assert launch["s3_get_requests"] == pytest.approx(2 * 0.0004 / 1000)
+    assert launch["s3_gb_months"] == pytest.approx(54_000_000 / 2**30 * 720 / 730 * 0.023)
+    assert launch["total"] == pytest.approx(0.0012067, rel=1e-4)
+    # per job-hour: 30 syncs × 5 PUTs; 4 MB held for the hour
+    assert s3cost.hour_requests(job) == Requests(put=5)
+    hour = prices.dollars(s3cost.hour_usage(job))
+    assert hour["s3_put_requests"] == pytest.approx(150 * 0.005 / 1000)
+    assert hour["total"] == pytest.approx(0.00075 + 4_000_000 / 2**30 / 730 * 0.023)
+    # outputs: 10 files of 100 MB, each 2 parts of 64 MiB (Create + 2 + Complete), one listing and 10 GETs
+    assert s3cost.outputs_requests(job) == Requests(put=10 * 4 + 1, get=10)
+    outputs = prices.dollars(s3cost.outputs_usage(job))
+    assert outputs["s3_gb_months"] == pytest.approx(1e9 / 2**30 * 720 / 730 * 0.023)
+    assert outputs["total"] == pytest.approx(0.021335, rel=1e-4)
+
+
+def test_the_expiry_the_cost_model_keeps_objects_for_is_the_deployed_default() -> None:
+    assert s3cost.expiry_days() == 30

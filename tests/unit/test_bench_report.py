@@ -1,5 +1,5 @@
-"""The benchmarks' table, verdicts, the emulator request-log parsing, -X importtime parsing and the assets' sizes (no
-emulator)."""
+"""The benchmarks' table, verdicts, the emulator request-log parsing, -X importtime parsing, the assets' sizes and
+the code-in-results-out section's rows (no emulator)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import base64
 import json
 from pathlib import Path
 
+import pytest
+
+from bench import artifacts
 from bench.awsops import OBSERVER_AGENT, parse_entry, parse_stream
 from bench.coldstart import asset_excluded, importtime_by_package, layer_excluded, zipped_size
 from bench.launch import _untagged_run
@@ -151,3 +154,71 @@ def test_sizes_count_what_each_asset_ships_the_layers_bytecode_but_not_the_code_
 def test_notes_list_each_annotated_figure_once() -> None:
     figures = [Figure("1 launch", "chain", 1.0, "ms", note="20 jobs"), Figure("2 relay", "p50", 0.3, "s")]
     assert notes(figures) == "  [1] chain: 20 jobs"
+
+
+def _sample(seconds: float, on_instance: float, raced: bool, workdir: bool = False) -> dict[str, object]:
+    sample: dict[str, object] = {"seconds": seconds, "running_to_line_seconds": on_instance, "raced": raced}
+    if workdir:
+        sample |= {"pack_seconds": 1.0, "upload_seconds": 0.5, "archive_bytes": 100_000_000, "parts": 12}
+    return sample
+
+
+def test_first_line_medians_leave_out_the_local_race_only_when_both_kinds_have_a_clean_sample() -> None:
+    runs = {
+        "plain": [_sample(2.0, 1.0, False), _sample(12.0, 1.0, True), _sample(12.5, 1.2, True)],
+        "workdir": [_sample(6.0, 1.6, False, True), _sample(16.0, 1.8, True, True), _sample(5.0, 1.6, False, True)],
+    }
+    summary = artifacts.first_line_summary(runs)
+    assert summary["over"] == "samples without the race"
+    assert (summary["no_workdir_seconds"], summary["workdir_seconds"]) == (2.0, 5.5)
+    assert summary["raced"] == {"plain": 2, "workdir": 1}
+    # pack 1.0 + upload 0.5 + (1.6 - 1.0) on the instance, from all samples: the race comes before RUNNING
+    assert summary["workdir_share_seconds"] == pytest.approx(2.1)
+    runs["plain"] = [_sample(12.0, 1.0, True), _sample(11.0, 1.0, True), _sample(13.0, 1.0, True)]
+    summary = artifacts.first_line_summary(runs)
+    assert summary["over"] == "all samples"
+    assert (summary["no_workdir_seconds"], summary["workdir_seconds"]) == (12.0, 6.0)
+
+
+def test_a_failed_relay_invocation_is_a_retry_and_other_failures_are_not() -> None:
+    def scheduled(step: str) -> dict[str, object]:
+        resource = f"arn:aws:lambda:us-east-1:123456789012:function:ec2jobs-{step}"
+        return {"type": "LambdaFunctionScheduled", "lambdaFunctionScheduledEventDetails": {"resource": resource}}
+
+    failed = {"type": "LambdaFunctionFailed"}
+    assert artifacts.relay_retried([scheduled("launch"), scheduled("relay"), failed, scheduled("relay")])
+    assert not artifacts.relay_retried([scheduled("launch"), failed, scheduled("launch"), scheduled("relay")])
+
+
+def test_the_section_rows_put_the_targets_on_the_ratios() -> None:
+    names = [n for group in artifacts.METHODS.values() for n in group]
+    moved = {
+        "median_mb_per_second": dict.fromkeys(names, 100.0) | {"client_upload_boto3": 200.0},
+        "rounds": 3,
+        "api_upload": {"parts": 24, "part_size": 8 * 1024 * 1024},
+        "tool_part_bytes": 64 * 1024 * 1024,
+        "tool_multipart": True,
+    }
+    started = {
+        "samples": {"plain": [{}], "workdir": [{}]},
+        "raced": {"plain": 0, "workdir": 0},
+        "over": "all samples",
+        "no_workdir_seconds": 2.0,
+        "workdir_seconds": 5.5,
+        "pack_seconds": 1.0,
+        "upload_seconds": 0.5,
+        "running_to_line_seconds": {"plain": 1.0, "workdir": 1.6},
+        "workdir_share_seconds": 2.1,
+        "archive_bytes": 100_000_000,
+        "upload_parts": 12,
+    }
+    rows = artifacts.figures(moved, started, 200, 100)
+    targeted = [row for row in rows if row.target is not None]
+    assert [row.unit for row in targeted] == ["×"] * 5
+    assert all(row.target == (">=", 0.8) for row in targeted)
+    assert targeted[0].value == 0.5  # 100 MB/s against boto3's 200
+    assert targeted[0].verdict == "MISS"
+    assert [row.verdict for row in targeted[1:]] == ["pass"] * 4
+    assert rows[-2].value == pytest.approx(3.5)  # the difference: informational
+    assert rows[-2].target is None
+    assert "not covered: the network" in rows[0].note

@@ -786,3 +786,35 @@ def test_as_root_the_job_runs_as_the_ssh_user_and_cannot_forge_its_result(open_s
     assert (staging.stat().st_mode & 0o777) == 0o700
     assert str((open_sandbox.state / "run.sh").stat().st_uid) == nobody
     assert str(open_sandbox.workspace.stat().st_uid) == nobody
+
+
+def test_a_git_workdir_is_cloned_at_its_ref_before_setup(sandbox: Sandbox, tmp_path: Path) -> None:
+    git = shutil.which("git", path=SYSTEM_PATH)
+    if git is None:
+        pytest.skip("no git")
+    (sandbox.tools / "git").symlink_to(git)
+    repo = tmp_path / "repo"
+    env = {"PATH": SYSTEM_PATH, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+
+    def run_git(*args: str) -> None:
+        subprocess.run([git, "-C", str(repo), *args], check=True, env=env, capture_output=True)
+
+    repo.mkdir()
+    run_git("init", "-q")
+    (repo / "train.py").write_text("v1\n")
+    run_git("add", ".")
+    run_git("-c", "user.email=t@e", "-c", "user.name=t", "commit", "-q", "-m", "one")
+    run_git("tag", "v1")
+    (repo / "train.py").write_text("v2\n")
+    run_git("-c", "user.email=t@e", "-c", "user.name=t", "commit", "-q", "-am", "two")
+    job = make_config(setup="cat train.py", run="pwd", inputs={"workdir_url": str(repo), "workdir_ref": "v1"})
+    outcome = sandbox.run(job)
+    assert outcome.result()["reason"] == "SUCCEEDED", outcome.output()
+    assert outcome.output() == f"v1\n{sandbox.workspace}/workdir\n"
+
+    failing = Sandbox(sandbox.base / "second")
+    (failing.tools / "git").symlink_to(git)
+    missing = make_config(run="echo never", inputs={"workdir_url": str(tmp_path / "nowhere")})
+    outcome = failing.run(missing)
+    assert outcome.result()["reason"] == "INPUTS_FAILED"
+    assert outcome.output().startswith("ec2jobs: cloning the workdir failed: ")
