@@ -3,6 +3,7 @@ authorizer + api Lambdas behind the local API Gateway front."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -79,6 +80,15 @@ class ControlPlane:
 
 @pytest.fixture(scope="session")
 def control_plane(emu: emulator.EmulatorInfo) -> Iterator[ControlPlane]:
+    with running_control_plane(emu) as plane:
+        yield plane
+
+
+@contextlib.contextmanager
+def running_control_plane(emu: emulator.EmulatorInfo) -> Iterator[ControlPlane]:
+    """A control plane with tables of its own in the emulator; on exit, this process is back to what it was (an
+    outer control plane, if one was running, is usable again). Modules whose reconciler sweeps every active job use
+    their own (`control_plane = module_control_plane()`), so that they do not sweep every other module's jobs."""
     saved = dict(os.environ)
     guard.apply_isolated_environment(emu.endpoint)
     os.environ["AWS_ACCESS_KEY_ID"] = emu.access_key_id  # the control plane's own (administrator) identity
@@ -114,6 +124,19 @@ def control_plane(emu: emulator.EmulatorInfo) -> Iterator[ControlPlane]:
         os.environ.clear()
         os.environ.update(saved)
         boto3.setup_default_session()
+        if "STATE_TABLE" in saved:  # an outer control plane: its clients are made anew, with the same guard
+            aws.resource("dynamodb").meta.client.meta.events.register("before-call.dynamodb.Scan", _refuse_scan)
+
+
+def module_control_plane() -> Any:
+    """A module-scoped `control_plane` fixture with tables of its own (assign it to `control_plane` in a module)."""
+
+    @pytest.fixture(scope="module")
+    def control_plane(emu: emulator.EmulatorInfo) -> Iterator[ControlPlane]:
+        with running_control_plane(emu) as plane:
+            yield plane
+
+    return control_plane
 
 
 @pytest.fixture

@@ -13,7 +13,10 @@ from controlplane.core import provisioning
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.service.reconcile import Reconciler, ReconcileSettings
 from local.ec2_consistency import LaggingDescribe, lagging_clients
-from tests.integration.conftest import ControlPlane, ProviderCalls, Tenant, Workflow
+from tests.integration.conftest import ControlPlane, ProviderCalls, Tenant, Workflow, module_control_plane
+
+# The reconciler sweeps every active job: tables of this module's own, not every other module's jobs.
+control_plane = module_control_plane()
 
 TASK = {"resources": {"cpus": "2"}, "run": "sleep 1000"}
 

@@ -17,8 +17,12 @@ from tests.integration.conftest import (
     ProviderCalls,
     Tenant,
     Workflow,
+    module_control_plane,
     register_provider,
 )
+
+# The reconciler sweeps every active job: tables of this module's own, not every other module's jobs.
+control_plane = module_control_plane()
 
 TASK = {"resources": {"cpus": "2"}, "run": "sleep 1000"}
 
@@ -47,8 +51,7 @@ def jobs() -> Any:
 
 def relay_executions(cp: ControlPlane, job_id: str) -> list[dict[str, Any]]:
     sfn = cp.admin("stepfunctions")
-    machine = sfn.list_state_machines()["stateMachines"][0]["stateMachineArn"]
-    found = sfn.list_executions(stateMachineArn=machine)["executions"]
+    found = sfn.list_executions(stateMachineArn=cp.state_machine_arn)["executions"]
     return [sfn.describe_execution(executionArn=e["executionArn"]) for e in found if e["name"].startswith(job_id)]
 
 
