@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from controlplane.adapters.artifacts import ArtifactStore, _unavailable
+from controlplane.adapters.dynamodb import _instant, _is_condition_failure
 from controlplane.core import grants
 
 TTL_ATTRIBUTE = "ttl"
@@ -46,23 +47,8 @@ class Upload(BaseModel):
     expires_at: dt.datetime  # when the archive (and this record) goes: written + ARTIFACT_EXPIRY_DAYS
 
 
-def _instant(value: dt.datetime) -> str:
-    """Fixed-width UTC ISO text, so instants compare as strings (the open markers' sort keys)."""
-    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
-
-
 def _epoch(value: dt.datetime) -> int:
     return int(value.timestamp())
-
-
-def _is_condition_failure(error: ClientError) -> bool:
-    code = error.response.get("Error", {}).get("Code")
-    if code == "ConditionalCheckFailedException":
-        return True
-    if code == "TransactionCanceledException":
-        reasons = error.response.get("CancellationReasons", [])
-        return any(reason.get("Code") == "ConditionalCheckFailed" for reason in reasons)
-    return False
 
 
 class DynamoUploadStore:
