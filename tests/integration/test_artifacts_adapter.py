@@ -4,6 +4,7 @@ refusals against a small loopback HTTP server."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -31,6 +32,9 @@ from controlplane.adapters.artifacts import (
 )
 from controlplane.core import grants
 from controlplane.core.errors import InvalidRequest
+from controlplane.core.models import Job
+from controlplane.core.spec import TaskSpec
+from controlplane.service.job_io import ArtifactSettings, InstanceGrants
 from ec2jobs import transfer
 from ec2jobs.packing import pack_directory
 from ec2jobs.transfer import TransferError
@@ -249,6 +253,40 @@ def test_list_prefix_reads_every_page_of_one_job_area(store: ArtifactStore, s3: 
     assert store.list_prefix(TEAM, "job-2", "outputs") == []
     with pytest.raises(grants.GrantRefused):
         store.list_prefix(TEAM, "job-1", "logs")
+
+
+def test_has_checkpoints_sees_one_object_under_the_jobs_own_checkpoints_only(
+    store: ArtifactStore, s3: Any, aws: Callable[[str], Any]
+) -> None:
+    """InstanceGrants.has_checkpoints (ArtifactStore.any_under: one ListObjectsV2, MaxKeys=1): False until an object
+    exists under the job's own checkpoints/ (not its outputs, not another job's whose id extends it), then True."""
+    issuer = InstanceGrants(store, aws("sts"), ArtifactSettings(bucket=store.bucket, role_arn="", region="us-east-1"))
+    job = Job(
+        job_id="job-1", team_id=TEAM, provider_id="p", region="us-east-1", spec=TaskSpec(run="x"), attempt=2,
+        created_at=dt.datetime.now(dt.UTC), updated_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    calls: list[dict[str, Any]] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        calls.append(dict(params))
+
+    s3.meta.events.register("provide-client-params.s3.ListObjectsV2", record)
+    try:
+        assert not issuer.has_checkpoints(job)
+        s3.put_object(Bucket=store.bucket, Key=grants.job_area_prefix(TEAM, "job-1", "outputs") + "m.bin", Body=b"m")
+        s3.put_object(Bucket=store.bucket, Key=grants.job_area_prefix(TEAM, "job-10", "checkpoints") + "c", Body=b"c")
+        assert not issuer.has_checkpoints(job)
+        for step in range(3):
+            key = f"{grants.job_area_prefix(TEAM, 'job-1', 'checkpoints')}step-{step}.pt"
+            s3.put_object(Bucket=store.bucket, Key=key, Body=b"c")
+        assert issuer.has_checkpoints(job)
+    finally:
+        s3.meta.events.unregister("provide-client-params.s3.ListObjectsV2", record)
+    assert [(c["Prefix"], c["MaxKeys"]) for c in calls] == [(f"teams/{TEAM}/jobs/job-1/checkpoints/", 1)] * 3
+    with pytest.raises(InvalidRequest):
+        store.any_under(f"teams/{TEAM}/jobs/job-1/checkpoints")  # a partial name, not a folder
+    with pytest.raises(InvalidRequest):
+        store.any_under("elsewhere/")
 
 
 # -- instance credentials ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from controlplane.core.bundle import StartBundle, pack, unpack
 from controlplane.core.errors import InvalidSpec
+from controlplane.core.spec import TaskSpec
 
 BASH = shutil.which("bash") or "/bin/bash"
 TRICKY = {
@@ -113,3 +114,27 @@ def test_inputs_are_name_value_lines_and_the_transfer_tool_travels_along() -> No
     assert files["ec2jobs_transfer.py"].startswith(b"#!") or b"import" in files["ec2jobs_transfer.py"]
     with pytest.raises(ValueError, match="cannot be carried"):
         make(inputs={"workdir_url": "https://x\nsync_seconds=1"}).files()
+
+
+def test_env_sh_exports_the_attempt_and_the_restarts(tmp_path: Path) -> None:
+    """Given a bundle for attempt 3 after 2 restarts, Then env.sh exports EC2JOBS_ATTEMPT=3 and EC2JOBS_RESTARTS=2
+    (after anything else of that name: ours win); a first attempt shows 1 and 0."""
+    spec = TaskSpec(run="python train.py", envs={"A": "1"})
+    third = StartBundle.for_spec("job-1", "team-1", "g5.xlarge", spec, attempt=3, restarts=2)
+    env = tmp_path / "env.sh"
+    script = '. "$1"; printf "%s|%s|%s" "$EC2JOBS_ATTEMPT" "$EC2JOBS_RESTARTS" "$A"'
+    shown = []
+    for bundle in (third, StartBundle.for_spec("job-1", "team-1", "g5.xlarge", spec), make(envs={}, attempt=2)):
+        env.write_bytes(bundle.files()["env.sh"])
+        shown.append(
+            subprocess.run(
+                [BASH, "-c", script, "x", str(env)], capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"}
+            ).stdout.decode()
+        )
+    assert shown == ["3|2|1", "1|0|1", "2|0|"]
+    text = make(envs={}, secrets={"EC2JOBS_ATTEMPT": "spoof"}, attempt=3, restarts=2).files()["env.sh"].decode()
+    assert text.index("export EC2JOBS_ATTEMPT=spoof") < text.index(
+        "export EC2JOBS_ATTEMPT=3\nexport EC2JOBS_RESTARTS=2\n"
+    )
+    with pytest.raises(ValueError, match="count from 1"):
+        StartBundle.for_spec("job-1", "team-1", "g5.xlarge", spec, attempt=0).files()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -10,6 +11,9 @@ import pytest
 from controlplane.core import grants
 from controlplane.core.errors import InvalidRequest
 from controlplane.core.grants import GrantRefused, session_policy
+from controlplane.core.models import Job
+from controlplane.core.spec import TaskSpec
+from controlplane.service import job_io
 
 BUCKET = "ec2jobs-artifacts-123456789012"
 
@@ -141,3 +145,44 @@ def test_too_large_a_policy_is_refused_before_sts_sees_it() -> None:
     reads.append(f"teams/{team}/uploads/{'z' * 64}/")
     with pytest.raises(GrantRefused, match=r"over AWS's 2048-character session-policy limit"):
         session_policy("b" * 40, team, job, read_prefixes=reads)
+
+
+# -- service/job_io.py: what an attempt's instance fetches and may read ----------------------------------------------
+
+EARLIER = "job-0123456789abcdef0123"
+NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+def job_on_attempt(attempt: int, resume_from: str | None = None) -> Job:
+    return Job(
+        job_id="job-ffffffffffffffffffff", team_id="t-1", provider_id="p", region="us-east-1",
+        spec=TaskSpec(run="python train.py", resume_from=resume_from), attempt=attempt, created_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+
+
+def test_a_later_attempt_with_synced_checkpoints_restores_its_own() -> None:
+    """Given attempt 2 of a job that resumed from an earlier job, When its first attempt synced checkpoints, Then
+    the instance restores the job's own (resume_own=1), and the grant needs no extra read prefix for them."""
+    second = job_on_attempt(2, resume_from=EARLIER)
+    own = grants.job_area_prefix("t-1", "job-ffffffffffffffffffff", "checkpoints")
+    values = job_io.inputs(second, own_checkpoints=True)
+    assert (values["resume_prefix"], values["resume_own"]) == (own, "1")
+    assert own.startswith(grants.job_prefix("t-1", second.job_id))  # always readable: the JobReadWrite statement
+    assert job_io.read_prefixes(second) == [grants.job_area_prefix("t-1", EARLIER, "checkpoints")]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "own_checkpoints", "resume_from", "expected"),
+    [
+        (2, False, EARLIER, f"teams/t-1/jobs/{EARLIER}/checkpoints/"),  # nothing synced yet: resume_from's again
+        (1, True, EARLIER, f"teams/t-1/jobs/{EARLIER}/checkpoints/"),  # the first attempt never restores its own
+        (2, False, None, None),
+        (1, False, None, None),
+    ],
+)
+def test_otherwise_the_checkpoints_are_resume_froms_if_any(
+    attempt: int, own_checkpoints: bool, resume_from: str | None, expected: str | None
+) -> None:
+    values = job_io.inputs(job_on_attempt(attempt, resume_from), own_checkpoints=own_checkpoints)
+    assert values.get("resume_prefix") == expected
+    assert "resume_own" not in values

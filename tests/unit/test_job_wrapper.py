@@ -534,6 +534,11 @@ if args[0] == "extract":
 if args[0] == "sync-up":
     with open(args[args.index("--state") + 1], "w") as state:
         state.write("{}")
+if args[0] == "sync-down":
+    with open(args[2] + "/restored.pt", "w") as out:
+        out.write("from an earlier sync")
+    if os.environ.get("INTERRUPT_DURING_INPUTS"):  # the relay's interrupt marker, while the inputs are fetched
+        open(os.environ["EC2JOBS_ROOT"] + "/var/lib/ec2jobs/relay/interrupt", "w").close()
 """
 
 
@@ -701,6 +706,182 @@ def test_cancel_before_the_bundle_records_a_cancelled_start(sandbox: Sandbox) ->
     assert not (sandbox.workspace / "ran").exists()
 
 
+# -- interrupt (AWS takes the instance; the job runs again as its next attempt) -----------------------------------
+
+
+def follow(sandbox: Sandbox, steps: list[tuple[bytes | str, str]]) -> threading.Thread:
+    """A stand-in relay: for each (what to wait for, marker to write), wait until output.log holds the bytes (or, for
+    "result", until the result exists), then touch relay/<marker>. Started at once; join it after the run."""
+
+    def relay() -> None:
+        output = sandbox.state / "output.log"
+        deadline = time.monotonic() + 25
+        for wanted, marker in steps:
+            while time.monotonic() < deadline:
+                if wanted == "result":
+                    if (sandbox.state / "result").exists():
+                        break
+                elif isinstance(wanted, bytes) and wanted in (output.read_bytes() if output.exists() else b""):
+                    break
+                time.sleep(0.05)
+            (sandbox.state / "relay" / marker).touch()
+
+    thread = threading.Thread(target=relay)
+    thread.start()
+    return thread
+
+
+def test_interrupt_stops_the_job_then_uploads_its_outputs_and_checkpoints(with_python: Sandbox) -> None:
+    """Given a running job that saves a checkpoint when it gets SIGTERM, When the relay writes relay/interrupt,
+    Then the job gets SIGTERM at once, its checkpoint is written, the last sync of outputs and checkpoints runs (unlike
+    a cancel), the result is INTERRUPTED, and the wrapper drains and terminates as usual."""
+    sandbox = with_python
+    job = make_config(
+        drain_timeout_seconds=30,
+        cancel_grace_seconds=5,
+        inputs={"sync_seconds": "120"},
+        run="trap 'echo step-7 >\"$EC2JOBS_CHECKPOINT_DIR/last.ckpt\"; echo got TERM; exit 143' TERM\n"
+        'echo partial >"$EC2JOBS_OUTPUT_DIR/metrics.json"\necho working\nwhile :; do sleep 0.1; done',
+    )
+    sandbox.deliver(job, tool=TOOL)
+    relay = follow(sandbox, [(b"working", "interrupt"), ("result", "drained")])
+    try:
+        outcome = sandbox.run(job, deliver=False)
+    finally:
+        relay.join()
+    assert outcome.result() | {"finished_at": ""} == {
+        "phase": "run", "exit_code": "143", "reason": "INTERRUPTED", "outputs": "ok", "checkpoints": "ok",
+        "finished_at": "",
+    }  # fmt: skip
+    lines = outcome.output().splitlines()  # bash may report the killed `sleep` ("Terminated") in between
+    assert (lines[0], lines[-1]) == ("working", "got TERM")
+    assert (sandbox.workspace / "checkpoints" / "last.ckpt").read_text() == "step-7\n"
+    assert (sandbox.logs / "transfer.log").read_text().splitlines() == [
+        "sync-up $ROOT/workspace/outputs outputs --state $ROOT/var/lib/ec2jobs/sync-outputs.json",
+        "sync-up $ROOT/workspace/checkpoints checkpoints --state $ROOT/var/lib/ec2jobs/sync-checkpoints.json",
+    ]
+    log = (sandbox.state / "wrapper.log").read_text()
+    assert "interrupted: stopping the job for its next attempt (SIGTERM, SIGKILL after 5s)" in log
+    assert "killing job processes" not in log  # it ended on SIGTERM, within the grace
+    assert log.index("interrupted: stopping") < log.index("result: phase=run exit_code=143 reason=INTERRUPTED")
+    assert "drained marker found" in log
+    assert outcome.elapsed < 15
+    assert sandbox.calls("aws") == [TERMINATE]
+
+
+@pytest.mark.parametrize("when", ["before the bundle", "while the inputs are fetched"])
+def test_an_interrupt_before_the_job_starts_records_an_interrupted_start(
+    with_python: Sandbox, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """Given relay/interrupt before the bundle arrives, or while the inputs are fetched (between the bundle and
+    setup), Then neither setup nor run starts, nothing is uploaded, the result is phase=start reason=INTERRUPTED,
+    and the instance terminates."""
+    sandbox = with_python
+    resume = "teams/team-42/jobs/job-0123456789abcdef0123/checkpoints/"
+    job = make_config(setup="touch setup-ran", run="touch run-ran", inputs={"resume_prefix": resume, "resume_own": "1"})
+    if when == "before the bundle":
+        (sandbox.state / "relay").mkdir(parents=True)
+        (sandbox.state / "relay" / "interrupt").touch()
+    else:
+        sandbox.deliver(job, tool=TOOL)
+        env = sandbox.environment() | {"INTERRUPT_DURING_INPUTS": "1"}
+        monkeypatch.setattr(sandbox, "environment", lambda: env)
+    outcome = sandbox.run(job, deliver=False)
+    assert outcome.result() | {"finished_at": ""} == {
+        "phase": "start", "exit_code": "", "reason": "INTERRUPTED", "finished_at": ""
+    }  # fmt: skip
+    assert not (sandbox.workspace / "setup-ran").exists()
+    assert not (sandbox.workspace / "run-ran").exists()
+    transfers = (sandbox.logs / "transfer.log").read_text().splitlines() if when != "before the bundle" else []
+    assert [line for line in transfers if line.startswith("sync-up")] == []
+    assert "interrupted before the job started" in (sandbox.state / "wrapper.log").read_text()
+    assert sandbox.calls("aws") == [TERMINATE]
+
+
+def test_a_cancel_wins_over_an_interrupt(with_python: Sandbox) -> None:
+    """Given a job stopping for an interrupt (it traps SIGTERM and keeps going), When a cancel arrives during the
+    grace, Then the result is CANCELLED and there is no last sync; and with both markers there before the bundle,
+    the result is a CANCELLED start."""
+    sandbox = with_python
+    job = make_config(
+        cancel_grace_seconds=2,
+        inputs={"sync_seconds": "120"},
+        run="trap 'echo got TERM' TERM\necho x >\"$EC2JOBS_OUTPUT_DIR/out\"\necho working\nwhile :; do sleep 0.1; done",
+    )
+    sandbox.deliver(job, tool=TOOL)
+    relay = follow(sandbox, [(b"working", "interrupt"), (b"got TERM", "cancel")])
+    try:
+        outcome = sandbox.run(job, deliver=False)
+    finally:
+        relay.join()
+    assert (outcome.result()["phase"], outcome.result()["reason"]) == ("run", "CANCELLED")
+    assert outcome.result()["exit_code"] in {"137", "143"}  # as the cancel of a job ignoring SIGTERM
+    assert "outputs" not in outcome.result()
+    assert not (sandbox.logs / "transfer.log").exists()  # no upload at all: a cancelled job gets no last sync
+    log = (sandbox.state / "wrapper.log").read_text()
+    assert "cancelled while the job was stopping for the interrupt" in log
+    assert outcome.elapsed < 15
+
+    both = Sandbox(sandbox.base / "second")
+    (both.state / "relay").mkdir(parents=True)
+    (both.state / "relay" / "interrupt").touch()
+    (both.state / "relay" / "cancel").touch()
+    outcome = both.run(make_config(run="touch ran"), deliver=False)
+    assert (outcome.result()["phase"], outcome.result()["reason"]) == ("start", "CANCELLED")
+    assert not (both.workspace / "ran").exists()
+
+
+def test_an_interrupt_during_or_right_after_setup_means_run_never_starts(sandbox: Sandbox) -> None:
+    """Given a setup that succeeds just as relay/interrupt appears (it writes the marker as its last act), Then run
+    never starts, whether the wrapper sees the marker while setup ends or between setup and run: the result names
+    setup, INTERRUPTED."""
+    job = make_config(
+        setup='echo preparing\ntouch "$EC2JOBS_ROOT/var/lib/ec2jobs/relay/interrupt"\nexit 0', run="touch run-ran"
+    )
+    outcome = sandbox.run(job)
+    assert (outcome.result()["phase"], outcome.result()["reason"]) == ("setup", "INTERRUPTED")
+    assert not (sandbox.workspace / "run-ran").exists()
+    assert outcome.output().splitlines()[0] == "preparing"
+    assert "interrupted" in (sandbox.state / "wrapper.log").read_text()
+
+
+def test_checkpoints_of_the_previous_attempt_are_restored_into_the_sync_state(with_python: Sandbox) -> None:
+    """Given inputs resume_prefix=<the job's own checkpoints> and resume_own=1 (attempt 2 on), Then the wrapper
+    restores them before setup with the periodic sync's state file (so they are not uploaded again), hands them to
+    the job, and says so in its log."""
+    sandbox = with_python
+    own = "teams/team-42/jobs/job-0123456789abcdef0123/checkpoints/"
+    job = make_config(
+        setup='cat "$EC2JOBS_CHECKPOINT_DIR/restored.pt"; echo " (attempt $EC2JOBS_ATTEMPT)"',
+        inputs={"resume_prefix": own, "resume_own": "1", "sync_seconds": "120"},
+    )
+    sandbox.deliver(job, tool=TOOL)
+    outcome = sandbox.run(job, deliver=False)
+    assert outcome.result()["reason"] == "SUCCEEDED", outcome.output()
+    assert outcome.output() == "from an earlier sync (attempt 1)\nhello\n"
+    calls = (sandbox.logs / "transfer.log").read_text().splitlines()
+    assert calls[0] == (
+        f"sync-down checkpoints $ROOT/workspace/checkpoints --from-prefix {own} "
+        "--state $ROOT/var/lib/ec2jobs/sync-checkpoints.json"
+    )
+    # the periodic and the last sync use that same state file
+    assert (
+        "sync-up $ROOT/workspace/checkpoints checkpoints --state $ROOT/var/lib/ec2jobs/sync-checkpoints.json" in calls
+    )
+    assert "checkpoints restored from the previous attempt" in (sandbox.state / "wrapper.log").read_text()
+
+    other = Sandbox(sandbox.base / "second")
+    (other.tools / "python3").symlink_to(shutil.which("python3", path=SYSTEM_PATH) or "python3")
+    earlier = "teams/team-42/jobs/job-earlier/checkpoints/"
+    job = make_config(inputs={"resume_prefix": earlier, "sync_seconds": "120"})
+    other.deliver(job, tool=TOOL)
+    other.run(job, deliver=False)
+    calls = (other.logs / "transfer.log").read_text().splitlines()
+    # resume_from's checkpoints are another job's: not recorded as this job's uploads (no --state)
+    assert calls[0] == f"sync-down checkpoints $ROOT/workspace/checkpoints --from-prefix {earlier}"
+    assert f"checkpoints restored from {earlier}" in (other.state / "wrapper.log").read_text()
+
+
 HEREDOC_LOOKALIKES = """echo "start $# args"
 cat <<EOF
 EOF
@@ -786,6 +967,34 @@ def test_as_root_the_job_runs_as_the_ssh_user_and_cannot_forge_its_result(open_s
     assert (staging.stat().st_mode & 0o777) == 0o700
     assert str((open_sandbox.state / "run.sh").stat().st_uid) == nobody
     assert str(open_sandbox.workspace.stat().st_uid) == nobody
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser", path=SYSTEM_PATH) is None, reason="needs root")
+def test_as_root_a_setup_that_exits_0_on_sigterm_is_not_followed_by_run(open_sandbox: Sandbox) -> None:
+    """Given the job runs as an unprivileged user (so only its own processes get SIGTERM and its exit code is what
+    the wrapper sees) and a setup that traps SIGTERM and exits 0, When it is interrupted, Then run never starts:
+    the result is setup, exit code 0, INTERRUPTED."""
+    if subprocess.run(["id", "-u", "nobody"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("no user 'nobody'")
+    for path in (open_sandbox.base, open_sandbox.tools, open_sandbox.shims):
+        path.chmod(0o755)
+    job = make_config(
+        ssh_user="nobody",
+        relay_user="root",
+        cancel_grace_seconds=5,
+        setup="trap 'echo setup got TERM; exit 0' TERM\necho preparing\nwhile :; do sleep 0.1; done",
+        run="echo run started",
+    )
+    relay = follow(open_sandbox, [(b"preparing", "interrupt")])
+    try:
+        outcome = open_sandbox.run(job)
+    finally:
+        relay.join()
+    assert outcome.result() | {"finished_at": ""} == {
+        "phase": "setup", "exit_code": "0", "reason": "INTERRUPTED", "finished_at": ""
+    }  # fmt: skip
+    assert "run started" not in outcome.output()
+    assert outcome.output().splitlines()[-1] == "setup got TERM"
 
 
 def test_a_git_workdir_is_cloned_at_its_ref_before_setup(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -263,6 +263,18 @@ class ArtifactStore:
             raise _unavailable(f"listing {prefix}", error) from None
         return found
 
+    def any_under(self, prefix: str) -> bool:
+        """Whether any object's key starts with `prefix` (a `teams/...` folder ending in '/'): one ListObjectsV2
+        with MaxKeys=1."""
+        self._check_key(prefix)
+        if not prefix.endswith("/"):
+            raise InvalidRequest(f"{prefix!r} is not a folder prefix (it must end with '/')")
+        try:
+            response = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(f"listing {prefix}", error) from None
+        return int(response.get("KeyCount", len(response.get("Contents", [])))) > 0
+
     def presign_get(self, key: str, expires_seconds: int) -> str:
         """A GET URL for `key`, valid `expires_seconds` (1..3600)."""
         self._check_key(key)

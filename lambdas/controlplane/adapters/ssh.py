@@ -116,6 +116,13 @@ class SshSession:
         rc, _ = self.run(f"touch {STATE_DIR}/relay/cancel")
         return rc == 0
 
+    def request_stop(self) -> bool:
+        """Tell the wrapper AWS is taking the instance (relay/interrupt): it stops the job as for a cancel (SIGTERM,
+        SIGKILL after the grace) but still uploads its outputs and checkpoints for the next attempt, then records an
+        INTERRUPTED result (phase `start` if the job had not started) and drains as usual. A cancel wins."""
+        rc, _ = self.run(f"touch {STATE_DIR}/relay/interrupt")
+        return rc == 0
+
     def mark_drained(self) -> bool:
         rc, _ = self.run(f"touch {STATE_DIR}/relay/drained")
         return rc == 0

@@ -10,11 +10,13 @@ it (and root) can read, `relay/bundle.new`, then renamed to `relay/bundle` (a di
 wrapper, polling for `relay/bundle/run.sh`, sees all of it or none). The wrapper, as root, copies it into its own
 state directory and hands the job user only the job's files. Files:
 - `env.sh`: `export NAME='value'` lines: PYTHONUNBUFFERED=1 (the user's value wins), the user's envs in name order,
-  the job's secrets (opened from the job record by the relay), then EC2JOBS_* (ours always win);
+  the job's secrets (opened from the job record by the relay), then EC2JOBS_* (ours always win), among them
+  EC2JOBS_ATTEMPT (1-based) and EC2JOBS_RESTARTS (the relaunches before this attempt);
 - `setup.sh` (empty when there is no setup) and `run.sh`: the job's text, byte for byte;
 - `inputs`: `name=value` lines telling the wrapper what to fetch before setup and how often to sync: `workdir_key`
   (an uploaded archive's S3 key) or `workdir_url`/`workdir_ref`/`workdir_token_secret` (a git repository),
-  `mounts_key`, `resume_prefix` (a previous job's checkpoints), `sync_seconds`;
+  `mounts_key`, `resume_prefix` (the checkpoints restored before setup: a previous job's, or with `resume_own=1`
+  the job's own from its previous attempt), `sync_seconds`;
 - `ec2jobs_transfer.py`: the instance's S3 client (core/data/ec2jobs_transfer.py, standard library only), which
   uses the short-lived grants the relay writes next to the bundle (`relay/grants.json`);
 - `meta`: `version=1` and `job_id=<id>` lines (the wrapper checks the job id: a bundle for another job is refused).
@@ -66,6 +68,8 @@ class StartBundle:
     setup: str | None = None
     run: str
     inputs: Mapping[str, str] = field(default_factory=dict)  # see the module docstring (`inputs`)
+    attempt: int = 1  # the job's current attempt (1-based): EC2JOBS_ATTEMPT
+    restarts: int = 0  # relaunches before this attempt: EC2JOBS_RESTARTS
 
     def __repr__(self) -> str:
         return f"StartBundle(job_id={self.job_id!r}, team_id={self.team_id!r})"
@@ -80,10 +84,12 @@ class StartBundle:
         *,
         secrets: Mapping[str, str] | None = None,
         inputs: Mapping[str, str] | None = None,
+        attempt: int = 1,
+        restarts: int = 0,
     ) -> StartBundle:
         return cls(
             job_id=job_id, team_id=team_id, instance_type=instance_type, envs=dict(spec.envs), setup=spec.setup,
-            run=spec.run, secrets=dict(secrets or {}), inputs=dict(inputs or {}),
+            run=spec.run, secrets=dict(secrets or {}), inputs=dict(inputs or {}), attempt=attempt, restarts=restarts,
         )  # fmt: skip
 
     def files(self) -> dict[str, bytes]:
@@ -96,7 +102,9 @@ class StartBundle:
             check_text(f"the value of secret {name}", value)
             envs[name] = value
         return {
-            "env.sh": env_file(envs, self.job_id, self.team_id, self.instance_type).encode("utf-8"),
+            "env.sh": env_file(
+                envs, self.job_id, self.team_id, self.instance_type, attempt=self.attempt, restarts=self.restarts
+            ).encode("utf-8"),
             "setup.sh": (self.setup or "").encode("utf-8"),
             "run.sh": self.run.encode("utf-8"),
             "inputs": inputs_file(self.inputs).encode("utf-8"),
@@ -119,8 +127,12 @@ def check_text(what: str, text: str) -> None:
         raise InvalidSpec(f"{what} is not valid Unicode text (it contains a lone surrogate)") from None
 
 
-def env_file(envs: Mapping[str, str], job_id: str, team_id: str, instance_type: str) -> str:
+def env_file(
+    envs: Mapping[str, str], job_id: str, team_id: str, instance_type: str, *, attempt: int = 1, restarts: int = 0
+) -> str:
     """env.sh: PYTHONUNBUFFERED=1 (the user's value wins), the user's envs, then ours (ours always win)."""
+    if attempt < 1 or restarts < 0:
+        raise ValueError(f"attempt {attempt} / restarts {restarts}: attempts count from 1, restarts from 0")
     lines = ["export PYTHONUNBUFFERED=1"]
     for name in sorted(envs):  # sorted: the same envs in any order make the same bytes
         value = envs[name]
@@ -132,6 +144,8 @@ def env_file(envs: Mapping[str, str], job_id: str, team_id: str, instance_type: 
         f"export EC2JOBS_JOB_ID={shlex.quote(job_id)}",
         f"export EC2JOBS_TEAM_ID={shlex.quote(team_id)}",
         f"export EC2JOBS_INSTANCE_TYPE={shlex.quote(instance_type)}",
+        f"export EC2JOBS_ATTEMPT={shlex.quote(str(attempt))}",
+        f"export EC2JOBS_RESTARTS={shlex.quote(str(restarts))}",
     ]
     lines += [f'export {name}="${{EC2JOBS_ROOT:-}}{path}"' for name, path in OUR_DIRS.items()]
     return "\n".join(lines) + "\n"

@@ -40,8 +40,12 @@ class ArtifactSettings:
         return f"https://s3.{self.region}.amazonaws.com", "virtual"
 
 
-def inputs(job: Job) -> dict[str, str]:
-    """The bundle's `inputs` for a job: what to fetch before setup, and how often to sync."""
+def inputs(job: Job, own_checkpoints: bool = False) -> dict[str, str]:
+    """The bundle's `inputs` for a job: what to fetch before setup, and how often to sync.
+
+    The checkpoints restored before setup (`resume_prefix`): on attempt 2 on, when an earlier attempt synced some
+    (`own_checkpoints`, from `InstanceGrants.has_checkpoints`), the job's own, with `resume_own=1` (the wrapper then
+    records them as already uploaded); otherwise `resume_from`'s, if the spec names one."""
     spec = job.spec
     values = {"sync_seconds": str(bundle.SYNC_SECONDS)}
     if spec is None:
@@ -56,13 +60,17 @@ def inputs(job: Job) -> dict[str, str]:
             values["workdir_token_secret"] = spec.workdir.token_secret
     if spec.file_mounts is not None:
         values["mounts_key"] = grants.upload_key(job.team_id, spec.file_mounts.upload)
-    if spec.resume_from:
+    if job.attempt > 1 and own_checkpoints:
+        values["resume_prefix"] = grants.job_area_prefix(job.team_id, job.job_id, "checkpoints")
+        values["resume_own"] = "1"
+    elif spec.resume_from:
         values["resume_prefix"] = grants.job_area_prefix(job.team_id, spec.resume_from, "checkpoints")
     return values
 
 
 def read_prefixes(job: Job) -> list[str]:
-    """What the job may read beyond its own prefix: its uploads and the checkpoints it resumes from."""
+    """What the job may read beyond its own prefix: its uploads and the checkpoints it resumes from. (An attempt
+    that restores its own checkpoints needs nothing here: the job's own prefix is always readable.)"""
     spec = job.spec
     if spec is None:
         return []
@@ -101,3 +109,8 @@ class InstanceGrants:
             "credentials": credentials,
         }
         return json.dumps(document).encode()
+
+    def has_checkpoints(self, job: Job) -> bool:
+        """Whether an earlier attempt synced any checkpoint (an object under the job's own checkpoints prefix),
+        read with the control plane's own credentials: what `inputs(job, own_checkpoints=...)` needs."""
+        return self.store.any_under(grants.job_area_prefix(job.team_id, job.job_id, "checkpoints"))

@@ -7,7 +7,10 @@
 # ways to root away, waits for the start bundle (envs, setup, run) the relay delivers over SSH, runs setup and run
 # as the job user (one deadline for both) with their output copied by root into output.log, records the outcome in
 # $STATE/result, waits for the log relay to mark the output drained, then terminates the instance. A cancel (the
-# relay's relay/cancel marker) stops the job (SIGTERM, then SIGKILL) and goes through the same drain.
+# relay's relay/cancel marker) stops the job (SIGTERM, then SIGKILL) and goes through the same drain. An interrupt
+# (relay/interrupt: AWS is taking the instance and the job will run again as its next attempt) stops it the same
+# way, but the last sync of outputs and checkpoints still runs, since the next attempt resumes from them. A cancel
+# wins over an interrupt.
 # No `set -e` (a failed bookkeeping step must never skip termination), never `set -x` (this script holds the
 # SSH host private key). Test seams: EC2JOBS_ROOT (prefix of every path, empty on EC2), EC2JOBS_IMDS_ENDPOINT,
 # EC2JOBS_UPLOAD_RETRY_SECONDS, and the commands shutdown, aws, systemctl, curl, useradd, gpasswd and iptables taken
@@ -47,6 +50,7 @@ BUNDLE_TIMEOUT=@@BUNDLE_TIMEOUT_SECONDS@@
 CANCEL_GRACE=@@CANCEL_GRACE_SECONDS@@
 HAS_SETUP=0
 CANCELLED=
+INTERRUPTED=
 UPLOADS=
 KILL_AFTER=30
 BASH_BIN=$BASH
@@ -183,11 +187,7 @@ wait_for_bundle() {
   local end=$((EPOCHSECONDS + BUNDLE_TIMEOUT)) name
   log "waiting for the start bundle from the relay (up to ${BUNDLE_TIMEOUT}s)"
   while :; do
-    if [ -e "$RELAY/cancel" ]; then
-      log "cancelled before the job started"
-      CANCELLED=1
-      return 1
-    fi
+    stop_requested "before the job started" && return 1
     if [ -f "$RELAY/bundle/run.sh" ]; then
       if ! grep -qxF "job_id=$JOB_ID" "$RELAY/bundle/meta" 2>/dev/null; then
         log "ERROR: the start bundle is not for job $JOB_ID; ignored"
@@ -210,6 +210,21 @@ wait_for_bundle() {
   return 0
 }
 
+# stop_requested WHEN: the relay's cancel or interrupt marker (a cancel wins) found before a phase starts: the job
+# does not start (or run does not follow setup). Sets CANCELLED or INTERRUPTED, and REASON; 1 when neither is there.
+stop_requested() {
+  if [ -e "$RELAY/cancel" ]; then
+    CANCELLED=1 REASON=CANCELLED
+    log "cancelled $1"
+  elif [ -e "$RELAY/interrupt" ]; then
+    INTERRUPTED=1 REASON=INTERRUPTED
+    log "interrupted $1: nothing more runs on this instance (the next attempt starts elsewhere)"
+  else
+    return 1
+  fi
+  return 0
+}
+
 # input NAME: a value from the bundle's inputs (empty when absent).
 input() {
   sed -n "s/^$1=//p" "$STATE/inputs" 2>/dev/null | head -n 1
@@ -228,13 +243,15 @@ inputs_failed() {
 }
 
 # Step 5b: the job's inputs, before setup: its workdir (an uploaded archive, or a git clone as the job user), its
-# file_mounts, and the checkpoints it resumes from. Returns 1 (with INPUTS_FAILED) when one cannot be fetched.
+# file_mounts, and the checkpoints it resumes from: resume_from's, or (resume_own=1, attempt 2 on) the job's own
+# from the previous attempt's last sync, recorded in the periodic sync's state so they are not uploaded again.
+# Returns 1 (with INPUTS_FAILED) when one cannot be fetched.
 fetch_inputs() {
-  local key url ref secret mounts resume err token placed tries line
+  local key url ref secret mounts resume own err token placed tries line
   SYNC_SECONDS=$(input sync_seconds)
   [[ $SYNC_SECONDS =~ ^[0-9]{1,6}$ ]] && ((SYNC_SECONDS >= 10)) || SYNC_SECONDS=120
   key=$(input workdir_key) url=$(input workdir_url) ref=$(input workdir_ref) secret=$(input workdir_token_secret)
-  mounts=$(input mounts_key) resume=$(input resume_prefix)
+  mounts=$(input mounts_key) resume=$(input resume_prefix) own=$(input resume_own)
   if [ -n "$key$url" ]; then
     JOB_DIR=$WORKDIR/workdir
     mkdir -p "$JOB_DIR" && chmod 755 "$JOB_DIR" && give "$JOB_DIR"
@@ -271,7 +288,13 @@ fetch_inputs() {
     done < <(printf '%s\n' "$placed" | grep '^placed ')
     log "file_mounts placed"
   fi
-  if [ -n "$resume" ]; then
+  if [ -n "$resume" ] && [ "$own" = 1 ]; then
+    err=$(transfer sync-down checkpoints "$CHECKPOINTS" --from-prefix "$resume" \
+      --state "$STATE/sync-checkpoints.json" 2>&1 >/dev/null) ||
+      { inputs_failed "restoring the checkpoints of the previous attempt failed: $err"; return 1; }
+    give_tree "$CHECKPOINTS"
+    log "checkpoints restored from the previous attempt ($resume)"
+  elif [ -n "$resume" ]; then
     err=$(transfer sync-down checkpoints "$CHECKPOINTS" --from-prefix "$resume" 2>&1 >/dev/null) ||
       { inputs_failed "restoring the checkpoints of resume_from failed: $err"; return 1; }
     give_tree "$CHECKPOINTS"
@@ -335,7 +358,8 @@ final_sync() {
     wait "$SYNCER"
   fi
   UPLOADS=
-  [ -n "$CANCELLED" ] && return 0  # a cancelled job keeps what the periodic syncs uploaded
+  # A cancelled job keeps what the periodic syncs uploaded; an interrupted one is synced (its next attempt resumes).
+  [ -n "$CANCELLED" ] && return 0
   command -v python3 >/dev/null 2>&1 || return 0
   for area in outputs checkpoints; do
     status=none
@@ -377,8 +401,8 @@ job_command() {
 }
 
 # run_phase PHASE: sets PHASE, CODE and REASON. The job writes into a FIFO; a root `cat` appends it to output.log.
-# While the phase runs, a cancel marker from the relay stops it: SIGTERM to every process holding the pipe, then
-# SIGKILL after CANCEL_GRACE seconds.
+# While the phase runs, a cancel or interrupt marker from the relay stops it: SIGTERM to every process holding the
+# pipe, then SIGKILL after CANCEL_GRACE seconds (a cancel after an interrupt still turns the outcome into CANCELLED).
 run_phase() {
   local remaining rc fifo copier job
   PHASE=$1
@@ -408,17 +432,27 @@ run_phase() {
       CANCELLED=1
       log "cancelled: stopping the job (SIGTERM, SIGKILL after ${CANCEL_GRACE}s)"
       stop_holders "$fifo" "$CANCEL_GRACE"
+    elif [ -z "$CANCELLED$INTERRUPTED" ] && [ -e "$RELAY/interrupt" ]; then
+      INTERRUPTED=1
+      log "interrupted: stopping the job for its next attempt (SIGTERM, SIGKILL after ${CANCEL_GRACE}s)"
+      stop_holders "$fifo" "$CANCEL_GRACE"
     fi
     sleep 0.2
   done
   wait "$job"
   rc=$?
+  if [ -n "$INTERRUPTED" ] && [ -z "$CANCELLED" ] && [ -e "$RELAY/cancel" ]; then
+    CANCELLED=1  # cancelled while the interrupt stopped the job: a cancel wins (and skips the last sync)
+    log "cancelled while the job was stopping for the interrupt"
+  fi
   stop_holders "$fifo" 5
   wait "$copier"
   rm -f "$fifo"
   CODE=$rc
   if [ -n "$CANCELLED" ]; then
     REASON=CANCELLED
+  elif [ -n "$INTERRUPTED" ]; then
+    REASON=INTERRUPTED
   elif ((rc == 0)); then
     REASON=SUCCEEDED
   elif (((rc == 124 || rc == 137) && EPOCHSECONDS >= START + MAX_RUNTIME)); then
@@ -431,11 +465,13 @@ run_phase() {
   log "$PHASE finished with exit code $rc ($REASON)"
 }
 
-# Step 6: setup (if any), then run only if setup succeeded.
+# Step 6: setup (if any), then run only if setup succeeded and was not stopped (a setup that traps SIGTERM may
+# still exit 0), and no cancel or interrupt arrived in between.
 run_job() {
   if [ "$HAS_SETUP" = 1 ]; then
     run_phase setup
-    [ "$CODE" = 0 ] || return
+    [ "$CODE" = 0 ] && [ -z "$CANCELLED$INTERRUPTED" ] || return
+    stop_requested "after setup, before run" && return
   fi
   run_phase run
 }
@@ -582,7 +618,7 @@ main() {
   mkdir -p "$RELAY" && chmod 755 "$STATE" && chmod 700 "$RELAY"
   identify_user
   ensure_relay_user
-  if [ "$IS_ROOT" = 1 ]; then  # the one place the relay writes: the bundle, its progress, cancel and drained
+  if [ "$IS_ROOT" = 1 ]; then  # the one place the relay writes: bundle, progress, cancel, interrupt, drained
     chown "$RELAY_USER:$(id -g "$RELAY_USER" 2>/dev/null)" "$RELAY" 2>/dev/null ||
       log "ERROR: could not give $RELAY to $RELAY_USER"
   fi
@@ -600,13 +636,17 @@ main() {
   drop_privileges
   write_inputs
   if wait_for_bundle; then
-    if fetch_inputs; then
+    if ! fetch_inputs; then
+      final_sync
+    elif stop_requested "before the job started"; then
+      PHASE=start CODE=  # nothing ran: nothing new to upload
+    else
       start_syncer
       run_job
+      final_sync
     fi
-    final_sync
-  elif [ -n "$CANCELLED" ]; then
-    PHASE=start CODE= REASON=CANCELLED
+  elif [ -n "$CANCELLED$INTERRUPTED" ]; then
+    PHASE=start CODE=  # REASON: CANCELLED or INTERRUPTED (stop_requested)
   else
     terminate_self
     return
