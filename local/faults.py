@@ -19,10 +19,11 @@ every firing to `<plan>.fired.jsonl`, so a test proves that its fault really hap
                  and the instances keep running.
 
 Rules match on: `service`, `operation`, `job` (the job id of the Lambda invocation, of the instances a request
-names, or found in the request), `zone` (a request naming none gets the rule's first zone, as if AWS chose it),
-`access_key`, `contains`, `bytes` (ssh_drop: after this many bytes of a stream); `skip` lets the first matches
-pass, `every` fires on every n-th match, `times` bounds the firings. Test-side, FaultPlan writes plans and reads
-firings.
+names, or found in the request), `region` (the region a request is signed for: the endpoint's), `zone` (a request
+naming none gets the rule's first zone, as if AWS chose it), `access_key`, `contains`, `bytes` (ssh_drop: after this
+many bytes of a stream); `skip` lets the first matches pass, `every` fires on every n-th match, `times` bounds the
+firings. A test makes a fault end (say, capacity comes back) with `times`, or by removing the rule
+(`FaultPlan.remove`). Test-side, FaultPlan writes plans and reads firings.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class FaultPlan:
         self.rules.append({"id": rule_id, "kind": kind} | match)
         self._write()
         return rule_id
+
+    def remove(self, rule_id: str) -> None:
+        """Take a rule out of the plan: from now on it never fires (its firings stay recorded)."""
+        self.rules = [rule for rule in self.rules if rule["id"] != rule_id]
+        self._write()
 
     def set_down(self, down: bool) -> None:
         self.down = down
@@ -147,7 +153,8 @@ class Faults:
                     continue
                 self._fired[rule_id] = self._fired.get(rule_id, 0) + 1
                 record = {"rule": rule_id, "kind": kind, "at": time.time()}
-                record |= {k: v for k, v in facts.items() if k in {"service", "operation", "job", "zone"} and v}
+                fact_names = {"service", "operation", "job", "region", "zone"}
+                record |= {k: v for k, v in facts.items() if k in fact_names and v}
                 with fired_path(self.path).open("a") as sink:
                     sink.write(json.dumps(record, default=sorted) + "\n")
                 return rule
@@ -157,7 +164,7 @@ class Faults:
 def _matches(rule: dict[str, Any], facts: dict[str, Any]) -> bool:
     if rule.get("bytes") is not None and int(facts.get("bytes", 0)) < int(rule["bytes"]):
         return False
-    for name in ("service", "operation", "access_key", "function", "when", "detail_type", "state"):
+    for name in ("service", "operation", "access_key", "region", "function", "when", "detail_type", "state"):
         wanted = rule.get(name)
         if wanted is not None and facts.get(name) not in (wanted if isinstance(wanted, list) else [wanted]):
             return False
@@ -247,8 +254,8 @@ def error_response(service: str, rule: dict[str, Any], facts: dict[str, Any]) ->
 def _default_message(code: str, rule: dict[str, Any], facts: dict[str, Any]) -> str:
     if code == "InsufficientInstanceCapacity":
         zones = list(rule.get("zone") or [])
-        requested = facts.get("zone") or (zones[0] if zones else "us-east-1a")
         region = str(facts.get("region") or "us-east-1")
+        requested = facts.get("zone") or (zones[0] if zones else f"{region}a")
         others = [f"{region}{letter}" for letter in "abcdef" if f"{region}{letter}" != requested]
         return (
             "We currently do not have sufficient capacity in the Availability Zone you requested "

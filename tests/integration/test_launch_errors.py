@@ -62,6 +62,7 @@ def test_given_no_capacity_in_the_first_zone_then_the_zones_aws_names_are_tried(
 
     result = workflow.launch(state)
 
+    assert result["launch"] == {"next": "relay", "wait_seconds": 0}
     record = job(control_plane, tenant, state["job_id"])
     assert record["status"] == "PROVISIONING"
     assert record["availability_zone"] == "us-east-1c"
@@ -86,6 +87,8 @@ def test_given_no_capacity_anywhere_then_capacity_with_the_zones_tried(
     assert "g4dn.xlarge" in record["failure_message"]
     assert "us-east-1b" in record["failure_message"]
     assert "Resubmit later" in record["failure_message"]
+    assert record["failure_message"].startswith("AWS has no on-demand capacity for g4dn.xlarge in us-east-1")
+    assert (record["waiting_since"], record["regions_tried"]) == (None, [])  # no job_recovery: no waiting
     assert 2 <= run_calls(provider_calls) <= 6
     assert instances_of(control_plane, state["job_id"]) == []
 

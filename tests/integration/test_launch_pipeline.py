@@ -93,6 +93,7 @@ def test_given_a_gpu_job_when_the_workflow_runs_then_every_resource_is_right(
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     instance_tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert instance_tags[provisioning.JOB_TAG] == job_id
+    assert instance_tags[provisioning.ATTEMPT_TAG] == "1"
     assert instance_tags[provisioning.TEAM_TAG] == tenant.team_id
     assert instance_tags["Name"] == f"ec2jobs-finetune-{job_id}"
     shutdown = ec2.describe_instance_attribute(
@@ -104,7 +105,8 @@ def test_given_a_gpu_job_when_the_workflow_runs_then_every_resource_is_right(
     assert volume["Encrypted"] is True
     assert volume["Size"] == 120
     assert volume["VolumeType"] == "gp3"
-    assert {t["Key"]: t["Value"] for t in volume.get("Tags", [])}.get(provisioning.JOB_TAG) == job_id
+    volume_tags = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}
+    assert (volume_tags.get(provisioning.JOB_TAG), volume_tags.get(provisioning.ATTEMPT_TAG)) == (job_id, "1")
 
     # User data: the job wrapper with this job's id, pinned host key and the relay's login key — and nothing of the
     # job's own text (its commands and envs travel in the start bundle, over SSH).
@@ -118,7 +120,8 @@ def test_given_a_gpu_job_when_the_workflow_runs_then_every_resource_is_right(
     assert host_key.public_openssh in script
     assert team_key(tenant).public_openssh in script
 
-    # The job record.
+    # The job record, and the workflow's next step: relay the instance's output.
+    assert state["launch"] == {"next": "relay", "wait_seconds": 0}
     record_view = job(control_plane, tenant, job_id)
     assert record_view["status"] == "PROVISIONING"
     assert record_view["instance_id"] == instance["InstanceId"]

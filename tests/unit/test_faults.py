@@ -35,6 +35,35 @@ def test_rules_match_only_what_they_name(tmp_path: Path) -> None:
     assert faults.take("ssh_drop", job="j", bytes=10) is None  # another kind
 
 
+def test_a_rule_naming_a_region_matches_only_requests_signed_for_it(tmp_path: Path) -> None:
+    plan = FaultPlan(tmp_path / "plan.json")
+    rule = plan.add("aws_error", service="ec2", operation="RunInstances", region="us-east-1", times=2)
+    faults = Faults(plan.path)
+    base = {"service": "ec2", "operation": "RunInstances", "zone": None}
+
+    assert faults.take("aws_error", **base, region="us-west-2") is None  # capacity elsewhere
+    assert faults.take("aws_error", **base, region="us-east-1") is not None
+    assert faults.take("aws_error", **(base | {"zone": "us-east-1c"}), region="us-east-1") is not None
+    assert faults.take("aws_error", **base, region="us-east-1") is None  # fired its `times`: capacity is back
+    assert [firing["region"] for firing in plan.fired(rule)] == ["us-east-1", "us-east-1"]
+
+
+def test_a_removed_rule_stops_firing(tmp_path: Path) -> None:
+    plan = FaultPlan(tmp_path / "plan.json")
+    rule = plan.add("aws_error", service="ec2", operation="RunInstances", region=["us-east-1", "us-west-2"])
+    kept = plan.add("aws_error", service="ec2", operation="TerminateInstances")
+    faults = Faults(plan.path)
+    run = {"service": "ec2", "operation": "RunInstances", "region": "us-west-2"}
+    assert faults.take("aws_error", **run) is not None
+
+    plan.remove(rule)
+
+    assert faults.take("aws_error", **run) is None
+    assert faults.take("aws_error", service="ec2", operation="TerminateInstances") is not None
+    assert [r["id"] for r in plan.rules] == [kept]
+    assert len(plan.fired(rule)) == 1  # what fired before stays recorded
+
+
 def test_an_ssh_drop_waits_for_its_byte_count(tmp_path: Path) -> None:
     plan = FaultPlan(tmp_path / "plan.json")
     plan.add("ssh_drop", job="j", bytes=1000, times=1)
@@ -68,6 +97,11 @@ def test_errors_are_answered_in_each_services_protocol() -> None:
     assert b"(us-east-1a)" in body  # the zone AWS names, as EC2's message does
     assert b"us-east-1b" in body  # and where to try instead
 
+    anywhere = {"id": "r", "code": "InsufficientInstanceCapacity", "region": "us-west-2"}
+    _, _, body = error_response("ec2", anywhere, {"body": "Action=RunInstances", "region": "us-west-2"})
+    assert b"(us-west-2a)" in body  # AWS's choice in the request's own region
+    assert b"us-east-1" not in body
+
 
 def test_request_facts_read_service_operation_and_key() -> None:
     environ = {
@@ -76,6 +110,7 @@ def test_request_facts_read_service_operation_and_key() -> None:
     }
     facts = request_facts(environ, b'{"RequestItems": {}}')
     assert (facts["service"], facts["operation"], facts["access_key"]) == ("dynamodb", "BatchWriteItem", "AKIAEXAMPLE")
+    assert facts["region"] == "us-east-1"  # the region the request is signed for: what `region` rules match
 
 
 def test_the_job_of_an_invocation_and_the_crash_name() -> None:

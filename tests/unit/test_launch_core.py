@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -12,10 +13,14 @@ from controlplane.core.launch_errors import (
     after_spot,
     capacity_exhausted,
     classify,
+    next_region_note,
     no_spot_capacity,
     quota_family,
+    regions_exhausted,
     requested_zones,
     spot_fallback_note,
+    waiting_for_capacity,
+    zone_letters,
     zones_named,
 )
 from controlplane.core.lifecycle import FailureReason
@@ -142,6 +147,71 @@ class TestClientToken:
 
         legacy = "ec2jobs-" + hashlib.sha256(b"t1\x00job-1\x00us-east-1b").hexdigest()[:48]
         assert client_token("t1", "job-1", "us-east-1b", Market.ON_DEMAND) == legacy
+        # A first attempt in the job's first region, before any wait for capacity: still that token.
+        assert client_token("t1", "job-1", "us-east-1b", Market.ON_DEMAND, 0, 1, None, 0) == legacy
+
+    def test_given_attempts_regions_and_capacity_rounds_then_each_request_has_its_own_stable_token(self) -> None:
+        variants: list[tuple[int, str | None, int]] = [  # (attempt, region, capacity round)
+            (1, None, 0),
+            (2, None, 0),
+            (3, None, 0),
+            (1, "us-west-2", 0),
+            (1, None, 1),
+            (1, None, 2),
+            (2, "us-west-2", 1),
+        ]
+        for zone in (None, "us-east-1b"):
+            for market in (Market.SPOT, Market.ON_DEMAND):
+                tokens = [client_token("t1", "job-1", zone, market, 0, *v) for v in variants]
+                assert len(set(tokens)) == len(variants)
+                again = [client_token("t1", "job-1", zone, market, 0, *v) for v in variants]
+                assert tokens == again  # a retried step of an attempt repeats its token
+                assert all(len(token) <= 64 and token.isascii() for token in tokens)
+        # The profile-propagation round and the attempt are different counters: never the same token.
+        assert client_token("t1", "job-1", None, round_=2) != client_token("t1", "job-1", None, attempt=2)
+
+
+class TestRegionsAndWaiting:
+    """The sentences of the region walk and of waiting for capacity."""
+
+    LAST = "AWS has no on-demand capacity for g5.xlarge in us-west-2 right now (tried: AWS's choice, us-west-2b)."
+
+    def test_given_one_region_and_no_wait_then_the_message_is_the_region_walks_as_before(self) -> None:
+        assert regions_exhausted("g5.xlarge", ["us-east-1"], self.LAST) == self.LAST
+
+    def test_given_several_regions_then_each_is_named_before_the_last_walk(self) -> None:
+        text = regions_exhausted("g5.xlarge", ["us-east-1", "eu-west-1", "us-west-2"], self.LAST)
+        assert text == f"AWS had no capacity for g5.xlarge in us-east-1, eu-west-1 and us-west-2. {self.LAST}"
+
+    def test_given_a_wait_then_how_long_and_the_limit(self) -> None:
+        text = regions_exhausted("g5.xlarge", ["us-east-1", "us-west-2"], self.LAST, 241, 240)
+        assert text.startswith(
+            "AWS had no capacity for g5.xlarge in us-east-1 and us-west-2; waited 241 minutes "
+            "(job_recovery.max_wait_minutes 240). "
+        )
+        assert regions_exhausted("g5.xlarge", ["us-east-1"], self.LAST, 60, 60).startswith(
+            "AWS had no capacity for g5.xlarge in us-east-1; waited 60 minutes"
+        )
+
+    def test_the_waiting_detail_says_where_when_and_until_when(self) -> None:
+        retry_at = dt.datetime(2026, 3, 1, 12, 1, 5, tzinfo=dt.UTC)
+        until = dt.datetime(2026, 3, 1, 16, 0, 30, tzinfo=dt.UTC)
+        zones = ["AWS's choice", "us-west-2b", "us-west-2a", "us-west-2b"]
+        assert waiting_for_capacity("g5.xlarge", ["us-east-1", "us-west-2"], zones, retry_at, until, 240) == (
+            "no capacity for g5.xlarge in us-east-1 and us-west-2 (b, a); trying again at 12:01:05 UTC, until "
+            "16:00 UTC (max_wait_minutes 240)"
+        )
+        next_day = until + dt.timedelta(days=1)
+        assert "until 2026-03-02 16:00 UTC" in waiting_for_capacity(
+            "g5.xlarge", ["us-east-1"], [], retry_at, next_day, 1680
+        )
+        assert "us-east-1;" in waiting_for_capacity("g5.xlarge", ["us-east-1"], ["AWS's choice"], retry_at, until, 5)
+
+    def test_zone_letters_and_the_next_region_note(self) -> None:
+        assert zone_letters("us-east-1", ["us-east-1a", "AWS's choice", "us-west-2c", "us-east-1f"]) == ("a", "f")
+        assert next_region_note("g5.xlarge", "us-east-1", "us-west-2") == (
+            "no capacity for g5.xlarge in us-east-1: trying us-west-2"
+        )
 
 
 class TestSpotErrors:
@@ -285,6 +355,26 @@ class TestProvisioning:
         assert statement["Condition"]["StringEquals"] == {f"ec2:ResourceTag/{provisioning.TEAM_TAG}": "team-a"}
         assert "aws:ARN" not in json.dumps(policy)
         assert json.loads(provisioning.policy_json(policy)) == policy
+
+    def test_instances_and_volumes_carry_the_attempt(self) -> None:
+        tags = {t["Key"]: t["Value"] for t in provisioning.instance_tags("team-a", "p1", "job-1", "train", 3)}
+        assert tags[provisioning.ATTEMPT_TAG] == "3"
+        assert tags[provisioning.JOB_TAG] == "job-1"
+        first = {t["Key"]: t["Value"] for t in provisioning.instance_tags("team-a", "p1", "job-1", None)}
+        assert first[provisioning.ATTEMPT_TAG] == "1"
+
+    @pytest.mark.parametrize(
+        ("tags", "attempt"),
+        [
+            ([{"Key": provisioning.ATTEMPT_TAG, "Value": "4"}], 4),
+            ([{"Key": provisioning.JOB_TAG, "Value": "job-1"}], 1),  # launched before attempts existed
+            ([{"Key": provisioning.ATTEMPT_TAG, "Value": "x"}], 1),
+            ([{"Key": provisioning.ATTEMPT_TAG, "Value": "0"}], 1),
+            (None, 1),
+        ],
+    )
+    def test_the_attempt_of_an_instance(self, tags: list[dict[str, str]] | None, attempt: int) -> None:
+        assert provisioning.instance_attempt({"InstanceId": "i-1", "Tags": tags}) == attempt
 
     def test_only_ec2_may_assume_the_role(self) -> None:
         (statement,) = provisioning.role_trust_policy()["Statement"]

@@ -9,7 +9,9 @@ then tries on-demand (`Classified.spot_unavailable`); spot capacity errors walk 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -204,3 +206,62 @@ def after_spot(message: str, spot_why: str | None) -> str:
     if spot_why:
         return f"{message} (use_spot: auto tried spot first: {spot_why})"
     return f"{message} (use_spot: auto tried spot first; see the job's notes)"
+
+
+def _listed(items: Sequence[str]) -> str:
+    """ "a", "a and b", "a, b and c"."""
+    if len(items) <= 1:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def next_region_note(instance_type: str, region: str, next_region: str) -> str:
+    """The note a job gets when no zone of `region` had capacity and the launch moves on to `next_region`."""
+    return f"no capacity for {instance_type} in {region}: trying {next_region}"
+
+
+def zone_letters(region: str, zones: Sequence[str]) -> tuple[str, ...]:
+    """The zones tried in `region` by their letters ("us-east-1b" → "b"); AWS's choice of zone has none."""
+    return tuple(dict.fromkeys(z[len(region) :] for z in zones if z.startswith(region) and len(z) > len(region)))
+
+
+def _utc(instant: dt.datetime, seconds: bool, date: bool) -> str:
+    shape = ("%Y-%m-%d " if date else "") + ("%H:%M:%S" if seconds else "%H:%M")
+    return instant.astimezone(dt.UTC).strftime(shape) + " UTC"
+
+
+def waiting_for_capacity(
+    instance_type: str,
+    regions: Sequence[str],
+    last_zones: Sequence[str],
+    retry_at: dt.datetime,
+    until: dt.datetime,
+    max_wait_minutes: int,
+) -> str:
+    """WAITING_CAPACITY's status detail: the regions that had no capacity (the last one with the zones its walk
+    tried), when the launch tries again and until when it keeps trying."""
+    letters = zone_letters(regions[-1], last_zones) if regions else ()
+    where = _listed(list(regions)) + (f" ({', '.join(letters)})" if letters else "")
+    other_day = until.astimezone(dt.UTC).date() != retry_at.astimezone(dt.UTC).date()
+    return (
+        f"no capacity for {instance_type} in {where}; trying again at {_utc(retry_at, True, False)}, until "
+        f"{_utc(until, False, other_day)} (max_wait_minutes {max_wait_minutes})"
+    )
+
+
+def regions_exhausted(
+    instance_type: str,
+    regions: Sequence[str],
+    last: str,
+    waited_minutes: int | None = None,
+    max_wait_minutes: int | None = None,
+) -> str:
+    """The CAPACITY failure after every region had no capacity (and, with job_recovery, after waiting): the regions
+    tried, how long the launch waited, then what the last region's walk found (`last`). One region without waiting:
+    `last` alone, as before regions and waiting existed."""
+    if len(regions) <= 1 and waited_minutes is None:
+        return last
+    head = f"AWS had no capacity for {instance_type} in {_listed(list(regions))}"
+    if waited_minutes is not None:
+        head += f"; waited {waited_minutes} minutes (job_recovery.max_wait_minutes {max_wait_minutes})"
+    return f"{head}. {last}"

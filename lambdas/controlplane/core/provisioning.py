@@ -13,6 +13,7 @@ from typing import Any
 MANAGED_BY_TAG = "ec2jobs:managed-by"
 TEAM_TAG = "ec2jobs:team-id"
 JOB_TAG = "ec2jobs:job-id"
+ATTEMPT_TAG = "ec2jobs:attempt"  # the job's attempt an instance (and its volume) was launched for; absent: attempt 1
 PROVIDER_TAG = "ec2jobs:provider-id"
 SELF_TERMINATION_POLICY_NAME = "ec2jobs-self-termination"
 
@@ -53,9 +54,26 @@ def team_tags(team_id: str, provider_id: str) -> list[dict[str, str]]:
     ]
 
 
-def instance_tags(team_id: str, provider_id: str, job_id: str, name: str | None) -> list[dict[str, str]]:
+def instance_tags(
+    team_id: str, provider_id: str, job_id: str, name: str | None, attempt: int = 1
+) -> list[dict[str, str]]:
     label = f"ec2jobs-{name}-{job_id}" if name else f"ec2jobs-{job_id}"
-    return [{"Key": "Name", "Value": label[:255]}, {"Key": JOB_TAG, "Value": job_id}, *team_tags(team_id, provider_id)]
+    return [
+        {"Key": "Name", "Value": label[:255]},
+        {"Key": JOB_TAG, "Value": job_id},
+        {"Key": ATTEMPT_TAG, "Value": str(attempt)},
+        *team_tags(team_id, provider_id),
+    ]
+
+
+def instance_attempt(instance: dict[str, Any]) -> int:
+    """The job attempt an instance (as DescribeInstances shows it) was launched for: its ATTEMPT_TAG, and 1 for an
+    instance launched before attempts existed (no tag) or with a tag that is not a positive number."""
+    for tag in instance.get("Tags") or ():
+        if tag.get("Key") == ATTEMPT_TAG:
+            value = str(tag.get("Value", ""))
+            return int(value) if value.isdecimal() and int(value) > 0 else 1
+    return 1
 
 
 def role_trust_policy() -> dict[str, Any]:

@@ -10,6 +10,13 @@ region's other zones. `use_spot: auto` walks the zones on spot first and, when n
 quota (or the spot service-linked role) is missing, records the switch and walks them again on-demand: the cheaper
 market wherever it exists before the dearer one anywhere. The step never runs into its Lambda timeout: when time
 runs short it hands over to the workflow's retry (UpstreamUnavailable).
+
+Attempts (managed recovery, core/recovery.py): every instance is tagged with the job's attempt and the ClientToken
+includes it, so a retried step finds (or EC2 deduplicates) only its own attempt's instance; a live instance of an
+earlier attempt is terminated, never adopted. Regions: when no zone (and market) of the job's region has capacity,
+the job moves on to the next region of `resources.region` (the workflow bootstraps it, then launches again); when
+none is left, a job with `job_recovery.max_wait_minutes` waits in WAITING_CAPACITY and tries every region again after
+`capacity_retry_seconds` (each such round with new tokens), until the wait runs out: then FAILED / CAPACITY.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -32,11 +39,14 @@ from controlplane.core.launch_errors import (
     after_spot,
     capacity_exhausted,
     classify,
+    next_region_note,
     no_spot_capacity,
+    regions_exhausted,
     requested_zones,
     spot_fallback_note,
+    waiting_for_capacity,
 )
-from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.lifecycle import LAUNCHABLE, FailureReason, JobStatus
 from controlplane.core.markets import Market, hourly_price, market_of
 from controlplane.core.models import BootstrapRecord, Job, utcnow
 from controlplane.core.ports import JobStore, ProviderClients, ProviderCredentials, SecretStore
@@ -62,25 +72,64 @@ class LaunchSettings:
     shutdown_grace_seconds: int
     boot_allowance_seconds: int
     profile_propagation_wait_seconds: float
+    capacity_retry_seconds: int = 60  # WAITING_CAPACITY: the pause before every region is tried again
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What the Launch step tells the workflow to do next: `relay` (the instance is recorded, PROVISIONING),
+    `bootstrap` (the job moved on to another region: bootstrap it, then launch again) or `wait` (no region had
+    capacity: WAITING_CAPACITY, launch again after `wait_seconds`)."""
+
+    job: Job
+    next: Literal["relay", "bootstrap", "wait"]
+    wait_seconds: int = 0
 
 
 def client_token(
-    team_id: str, job_id: str, zone: str | None, market: Market = Market.ON_DEMAND, round_: int = 0
+    team_id: str,
+    job_id: str,
+    zone: str | None,
+    market: Market = Market.ON_DEMAND,
+    round_: int = 0,
+    attempt: int = 1,
+    region: str | None = None,
+    capacity_round: int = 0,
 ) -> str:
-    """Deterministic per (team, job, zone, market, round) attempt; 56 ASCII characters (EC2 allows 64). Hashed so
-    that job ids users choose cannot collide with another team's or another tool's tokens in the same account. A spot
-    and an on-demand request in the same zone are different requests, so they get different tokens (one token for two
-    requests is IdempotentParameterMismatch); on-demand round-0 tokens are the ones earlier releases sent.
+    """Deterministic per (team, job, zone, market, round, attempt, region, capacity round) request; 56 ASCII
+    characters (EC2 allows 64). Hashed so that job ids users choose cannot collide with another team's or another
+    tool's tokens in the same account. A spot and an on-demand request in the same zone are different requests, so
+    they get different tokens (one token for two requests is IdempotentParameterMismatch); on-demand round-0 tokens of
+    a first attempt in the job's first region are the ones earlier releases sent.
 
     `round_` counts the retries after an instance profile IAM has not propagated yet. EC2 documents what a repeated
     *successful* request returns for its token, not whether a failed one keeps its token; if it did, a retry with the
     same token could replay the first failure and a new team's first launch would never succeed. So each such retry
-    uses a new round, recorded on the job before the request (a retried step resumes with the same token)."""
+    uses a new round, recorded on the job before the request (a retried step resumes with the same token). For the
+    same reason each attempt of the job (`attempt`), each region after the job's first (`region`, None for the first)
+    and each round over the regions after waiting for capacity (`capacity_round`) is a new request with a new token."""
     material = f"{team_id}\x00{job_id}\x00{zone or ''}" + ("\x00spot" if market == Market.SPOT else "")
     if round_:
         material += f"\x00round{round_}"
+    if attempt != 1:
+        material += f"\x00attempt{attempt}"
+    if region:
+        material += f"\x00region{region}"
+    if capacity_round:
+        material += f"\x00capacity{capacity_round}"
     digest = hashlib.sha256(material.encode()).hexdigest()
     return f"ec2jobs-{digest[:48]}"
+
+
+def job_regions(job: Job) -> tuple[str, ...]:
+    """The job's regions in order: `resources.region` (a list), else the region it was submitted to."""
+    regions = job.spec.resources.regions if job.spec is not None else ()
+    return regions or (job.region,)
+
+
+def _token_region(job: Job) -> str | None:
+    """The region as its ClientToken names it: None in the job's first region (the tokens earlier releases sent)."""
+    return None if job.region == job_regions(job)[0] else job.region
 
 
 @dataclass(frozen=True)
@@ -91,8 +140,27 @@ class Launched:
     notes: tuple[str, ...] = ()
 
 
+class _NoCapacity(Exception):
+    """No zone (in any market of the job) of the job's region had capacity: the region is exhausted."""
+
+    def __init__(self, failure: JobFailed, zones: list[str], notes: list[str]) -> None:
+        super().__init__(failure.message)
+        self.failure = failure  # today's CAPACITY failure for this region (with why auto left spot)
+        self.zones = zones  # the zones the last market's walk tried
+        self.notes = notes  # the notes the walk left (already on the job: see _remember_attempt)
+
+
 def _no_deadline() -> float:
     return float("inf")
+
+
+def _live(instance: dict[str, Any]) -> bool:
+    return instance.get("State", {}).get("Name") in LIVE_STATES
+
+
+def _terminable(instance: dict[str, Any]) -> bool:
+    """Live and not already on its way out."""
+    return _live(instance) and instance.get("State", {}).get("Name") != "shutting-down"
 
 
 def _failed(reason: FailureReason, message: str, fell_back: bool, spot_why: str | None) -> JobFailed:
@@ -137,6 +205,7 @@ class LaunchService:
         bootstrap: BootstrapService,
         settings: LaunchSettings,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.jobs = jobs
         self.secrets = secrets
@@ -145,6 +214,7 @@ class LaunchService:
         self.bootstrap = bootstrap
         self.settings = settings
         self.sleep = sleep
+        self.clock = clock
 
     def launch(
         self,
@@ -152,17 +222,21 @@ class LaunchService:
         credentials: ProviderCredentials,
         record: BootstrapRecord,
         time_left: Callable[[], float] = _no_deadline,
-    ) -> Job:
-        """Start the job's instance (or find the one an earlier attempt started) and move the job to PROVISIONING.
+    ) -> LaunchResult:
+        """Start the job's instance for its current attempt (or find the one a retried step started) and move the
+        job to PROVISIONING (`relay`); or move it to its next region (`bootstrap`) or to WAITING_CAPACITY (`wait`)
+        when its region has no capacity. `record` is the bootstrap of the region the workflow bootstrapped last;
         `time_left` returns the seconds the Lambda has left."""
         ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
         if job.status.terminal:
             self.reap(job, credentials)
             raise JobNotActive(f"job {job.job_id} is already {job.status}")
-        if job.status != JobStatus.LAUNCHING:
+        if job.status not in LAUNCHABLE:
             if job.instance_id:  # a retried step after the job was recorded: nothing to do
-                return job
+                return LaunchResult(job, "relay")
             raise JobFailed(FailureReason.LAUNCH_ERROR, f"the launch step ran for a {job.status} job (not validated)")
+        if record.region != job.region:  # the job moved on to another region: bootstrap it first
+            return LaunchResult(job, "bootstrap")
         spec = job.spec
         if spec is None or job.instance_type is None:
             raise JobFailed(FailureReason.INVALID_SPEC, "the job has no valid task spec")
@@ -170,6 +244,7 @@ class LaunchService:
         host_key = sshkeys.derive_host_key(team_key.host_key_seed, job.job_id)
         notes: list[str] = []
         try:
+            self._end_earlier_attempts_elsewhere(job, credentials)
             instance = self._existing(ec2, job)
             if instance is None:
                 family = images.family_for_instance(catalog.get().instances[job.instance_type])
@@ -201,6 +276,8 @@ class LaunchService:
                 launched = self._run(ec2, job, request, record, time_left)
                 instance = launched.instance
                 notes += launched.notes
+        except _NoCapacity as exhausted:
+            return self._no_capacity(job, exhausted)
         except ClientError as error:
             raise self._unexpected(error, job) from None
         except BotoCoreError as error:
@@ -230,22 +307,39 @@ class LaunchService:
 
     @staticmethod
     def _existing(ec2: Ec2Account, job: Job) -> dict[str, Any] | None:
-        """The instance an earlier attempt launched for this job. If somehow several are alive, keep the first
-        and terminate the others: one job, one instance, always."""
+        """The instance a retried step of the job's current attempt launched (an instance without an attempt tag
+        is attempt 1's). A live instance of an earlier attempt is terminated, never adopted; if somehow several of
+        the current attempt are alive, keep the first and terminate the others: one job, one instance, always."""
         found = ec2.instances_of_job(job.team_id, job.job_id)
-        live = [i for i in found if i.get("State", {}).get("Name") in LIVE_STATES]
-        if len(live) > 1:
-            ec2.terminate([str(i["InstanceId"]) for i in live[1:]])
+        ours = [i for i in found if provisioning.instance_attempt(i) == job.attempt]
+        live = [i for i in ours if _live(i)]
+        surplus = [i for i in found if provisioning.instance_attempt(i) < job.attempt and _terminable(i)]
+        surplus += [i for i in live[1:] if _terminable(i)]
+        if surplus:
+            ec2.terminate([str(i["InstanceId"]) for i in surplus])
         if live:
             return live[0]
-        return found[0] if found else None
+        return ours[0] if ours else None
+
+    def _end_earlier_attempts_elsewhere(self, job: Job, credentials: ProviderCredentials) -> None:
+        """Terminate live instances of earlier attempts in the other regions those attempts ran in (the job's own
+        region is swept by `_existing`): the next attempt never runs next to an earlier one."""
+        for region in dict.fromkeys(a.region for a in job.attempts if a.region and a.region != job.region):
+            there = Ec2Account(self.clients("ec2", credentials, region), region)
+            stale = [
+                str(i["InstanceId"])
+                for i in there.instances_of_job(job.team_id, job.job_id)
+                if provisioning.instance_attempt(i) < job.attempt and _terminable(i)
+            ]
+            if stale:
+                there.terminate(stale)
 
     def _request(
         self, job: Job, record: BootstrapRecord, image_id: str, root_device: str, disk_gib: int, user_data: bytes
     ) -> dict[str, Any]:
         assert job.spec is not None
         assert job.instance_type is not None
-        tags = provisioning.instance_tags(job.team_id, job.provider_id, job.job_id, job.name)
+        tags = provisioning.instance_tags(job.team_id, job.provider_id, job.job_id, job.name, job.attempt)
         request: dict[str, Any] = {
             "ImageId": image_id,
             "InstanceType": job.instance_type,
@@ -306,13 +400,23 @@ class LaunchService:
             if time_left() < TIME_RESERVE_SECONDS:
                 raise UpstreamUnavailable("the launch step is running out of time; the workflow retries it")
             spot = market == Market.SPOT
-            attempt = dict(request, ClientToken=client_token(job.team_id, job.job_id, zone, market, round_))
+            token = client_token(
+                job.team_id,
+                job.job_id,
+                zone,
+                market,
+                round_,
+                attempt=job.attempt,
+                region=_token_region(job),
+                capacity_round=job.capacity_round,
+            )
+            this = dict(request, ClientToken=token)
             if spot:
-                attempt["InstanceMarketOptions"] = SPOT_OPTIONS
+                this["InstanceMarketOptions"] = SPOT_OPTIONS
             if zone:
-                attempt["Placement"] = {"AvailabilityZone": zone}
+                this["Placement"] = {"AvailabilityZone": zone}
             try:
-                return Launched(ec2.run_instance(attempt), tuple(notes))
+                return Launched(ec2.run_instance(this), tuple(notes))
             except ClientError as error:
                 code, message = error_code(error), error_message(error)
                 verdict = classify(
@@ -362,7 +466,9 @@ class LaunchService:
                     continue
                 if fallback is None:
                     exhausted = capacity_exhausted(instance.name, job.region, walk.tried, spot, walk.last_capacity)
-                    raise _failed(FailureReason.CAPACITY, exhausted, fell_back, spot_why)
+                    raise _NoCapacity(
+                        _failed(FailureReason.CAPACITY, exhausted, fell_back, spot_why), walk.tried, notes
+                    )
                 spot_why = no_spot_capacity(instance.name, job.region, walk.tried, walk.last_capacity)
             elif fallback is not None and verdict.spot_unavailable:  # the spot quota or the spot role
                 spot_why = verdict.spot_unavailable
@@ -381,18 +487,86 @@ class LaunchService:
         fields: dict[str, Any] = {"launch_market": market, "launch_zone": zone}
         if note is not None:
             fields["notes"] = list(dict.fromkeys([*job.notes, note]))
-        try:
-            self.jobs.update(job.job_id, fields, expected=JobStatus.LAUNCHING)
-        except TransitionRefused:
-            raise JobNotActive(f"job {job.job_id} stopped launching (cancelled?)") from None
+        self._update(job, fields)
 
     def _remember_round(self, job: Job, round_: int) -> None:
         """Record the next profile-propagation round before its request (a new ClientToken), so that a retried step
         repeats exactly the request that may have succeeded."""
+        self._update(job, {"launch_round": round_})
+
+    def _update(self, job: Job, fields: dict[str, Any]) -> Job:
+        """Change the job while it is still launching its current attempt (else: it was cancelled, failed, or a
+        newer attempt began: this step stops)."""
         try:
-            self.jobs.update(job.job_id, {"launch_round": round_}, expected=JobStatus.LAUNCHING)
+            return self.jobs.update(job.job_id, fields, expected=LAUNCHABLE, attempt=job.attempt)
         except TransitionRefused:
-            raise JobNotActive(f"job {job.job_id} stopped launching (cancelled?)") from None
+            raise JobNotActive(f"job {job.job_id} stopped launching attempt {job.attempt} (cancelled?)") from None
+
+    # -- no capacity: the next region, waiting, or CAPACITY ---------------------------------------------------------
+
+    def _no_capacity(self, job: Job, exhausted: _NoCapacity) -> LaunchResult:
+        """No zone of the job's region had capacity: move on to its next region (`bootstrap`); after the last,
+        wait for capacity if its job_recovery allows (`wait`), else fail with CAPACITY."""
+        assert job.spec is not None
+        assert job.instance_type is not None
+        regions = job_regions(job)
+        tried = list(dict.fromkeys([*job.regions_tried, job.region]))
+        start = regions.index(tried[0]) if tried[0] in regions else 0
+        rotated = regions[start:] + regions[:start]  # this round began in tried[0]
+        next_region = next((region for region in rotated if region not in tried), None)
+        if next_region is not None:
+            note = next_region_note(job.instance_type, job.region, next_region)
+            moved = self._update(
+                job,
+                {
+                    "region": next_region,
+                    "launch_zone": None,
+                    "launch_market": None,
+                    "launch_round": 0,
+                    "regions_tried": tried,
+                    "status_detail": note,
+                    "notes": list(dict.fromkeys([*job.notes, *exhausted.notes, note])),
+                },
+            )
+            return LaunchResult(moved, "bootstrap")
+        policy = job.spec.job_recovery
+        now = self.clock()
+        if policy is None or policy.max_wait_minutes <= 0:
+            raise JobFailed(
+                FailureReason.CAPACITY, regions_exhausted(job.instance_type, tried, exhausted.failure.message)
+            )
+        since = job.waiting_since or now
+        until = since + dt.timedelta(minutes=policy.max_wait_minutes)
+        if now >= until:
+            waited = int((now - since).total_seconds() // 60)
+            message = regions_exhausted(
+                job.instance_type, tried, exhausted.failure.message, waited, policy.max_wait_minutes
+            )
+            raise JobFailed(FailureReason.CAPACITY, message)
+        pause = self.settings.capacity_retry_seconds
+        retry_at = now + dt.timedelta(seconds=pause)
+        fields: dict[str, Any] = {
+            "waiting_since": since,
+            "capacity_retry_at": retry_at,
+            "capacity_round": job.capacity_round + 1,
+            "regions_tried": [],
+            "region": tried[0],  # the next round begins where this one did
+            "launch_zone": None,
+            "launch_market": None,
+            "launch_round": 0,
+            "status_detail": waiting_for_capacity(
+                job.instance_type, tried, exhausted.zones, retry_at, until, policy.max_wait_minutes
+            ),
+        }
+        if job.status == JobStatus.WAITING_CAPACITY:
+            return LaunchResult(self._update(job, fields), "wait", pause)
+        try:
+            waiting = self.jobs.transition(
+                job.job_id, JobStatus.WAITING_CAPACITY, expected=JobStatus.LAUNCHING, fields=fields, attempt=job.attempt
+            )
+        except TransitionRefused:
+            raise JobNotActive(f"job {job.job_id} stopped launching attempt {job.attempt} (cancelled?)") from None
+        return LaunchResult(waiting, "wait", pause)
 
     def _await_tagged(self, ec2: Ec2Account, job: Job, time_left: Callable[[], float]) -> dict[str, Any] | None:
         for pause in (1.0, 2.0, 4.0, 8.0):
@@ -426,9 +600,9 @@ class LaunchService:
         host_public_key: str,
         record: BootstrapRecord,
         notes: list[str],
-    ) -> Job:
+    ) -> LaunchResult:
         assert job.spec is not None
-        now = utcnow()
+        now = self.clock()
         launched = instance.get("LaunchTime")
         launched_at = launched if isinstance(launched, dt.datetime) else now
         deadline = launched_at + dt.timedelta(
@@ -453,18 +627,33 @@ class LaunchService:
             "launched_at": launched_at,
             "deadline_at": deadline,
             "notes": list(dict.fromkeys([*job.notes, *record.notes, *notes])),
+            # No longer waiting for capacity, nor walking the regions (None: removed).
+            "waiting_since": None,
+            "capacity_retry_at": None,
+            "status_detail": None,
+            "regions_tried": None,
+            "capacity_round": None,
         }
         try:
-            return self.jobs.transition(job.job_id, JobStatus.PROVISIONING, expected=JobStatus.LAUNCHING, fields=fields)
+            recorded = self.jobs.transition(
+                job.job_id, JobStatus.PROVISIONING, expected=LAUNCHABLE, fields=fields, attempt=job.attempt
+            )
+            return LaunchResult(recorded, "relay")
         except TransitionRefused:
             current = self.jobs.get(job.job_id)
         if current is not None and current.instance_id == instance_id:
-            return current  # a concurrent attempt recorded the same instance
-        # Cancelled or failed while we launched, or another attempt recorded another instance: ours must not bill.
+            return LaunchResult(current, "relay")  # a concurrent step recorded the same instance
+        # Cancelled or failed while we launched, another step recorded another instance, or the attempt is over:
+        # ours must not bill.
         try:
             ec2.terminate([instance_id])
         except (ClientError, BotoCoreError):
             raise UpstreamUnavailable(f"could not terminate surplus instance {instance_id}; retrying") from None
         if current is not None and not current.status.terminal:
-            return current
+            if current.attempt == job.attempt:
+                return LaunchResult(current, "relay")
+            raise JobNotActive(
+                f"job {job.job_id} is on attempt {current.attempt}, not {job.attempt}; instance {instance_id} of the "
+                "earlier attempt was terminated"
+            )
         raise JobNotActive(f"job {job.job_id} ended while its instance started; instance {instance_id} was terminated")
