@@ -1,4 +1,5 @@
-"""What the CLI prints: plain lines, tables and `label: value` fields; secrets redacted from error lines."""
+"""What the CLI prints: plain lines, tables (plain, or a small `rich` one) and `label: value` fields; secrets redacted
+from error lines."""
 
 from __future__ import annotations
 
@@ -58,6 +59,31 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     widths = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
     for row in [list(headers), *cells]:
         out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def rich_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A small `rich` table on stdout under a `title:` line: cells are plain text (never markup), colour only on a
+    terminal; off a terminal it is as wide as its cells (never wrapped to 80 columns), with no trailing spaces."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    view = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
+    for header in headers:
+        view.add_column(header, no_wrap=True)
+    for row in rows:
+        view.add_row(*(Text(dash(cell)) for cell in row))
+    terminal = sys.stdout.isatty()
+    console = Console(file=sys.stdout, highlight=False, width=None if terminal else 1000)
+    out(f"{title}:")
+    if terminal:
+        console.print(view)
+        return
+    with console.capture() as captured:
+        console.print(view)
+    for line in captured.get().splitlines():
+        out(line.rstrip())
 
 
 def fields(pairs: Sequence[tuple[str, Any]]) -> None:

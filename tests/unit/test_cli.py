@@ -75,6 +75,7 @@ class FakeJob:
     timeline: list[tuple[str, int, dict[str, Any]]]  # (status, log pieces released, fields set from then on)
     pieces: list[str]
     tick: int = -1
+    advance_on_logs: bool = True  # False: only GETs of the job step its life (every status is seen once)
 
     def advance(self) -> None:
         """Every GET of the job or its logs is one step of its life (the last step repeats)."""
@@ -271,7 +272,8 @@ class FakeApi:
         return 200, {"jobs": page, "next_cursor": str(start + limit) if more else None}
 
     def logs(self, job: FakeJob, after: str | None) -> tuple[int, Any]:
-        job.advance()
+        if job.advance_on_logs:
+            job.advance()
         offset = int(after) if after and after.isdigit() else 0
         if after is not None and (not after.isdigit() or offset > job.released):
             return 400, {"code": "INVALID_REQUEST", "message": f"cursor {after!r} is not one we issued"}
@@ -835,6 +837,171 @@ def test_given_a_job_launched_seconds_ago_then_its_cost_so_far_counts_ec2s_minim
     cost = cli.job_cost(job, NOW)
 
     assert (cost.seconds, cost.amount, cost.running) == (60.0, 0.06, True)
+
+
+# -- managed recovery (job_recovery: attempts, RECOVERING, WAITING_CAPACITY) -----------------------------------
+
+OTHER_INSTANCE = "i-0fedcba9876543210"
+MARKER = "--- attempt 2 on g4dn.xlarge in us-east-1c (on-demand), after SPOT_INTERRUPTED ---\n"
+RECOVERY_PIECES = ["attempt 1 from step 0\nstep 1\n", "step 2\n", MARKER, "attempt 2 from step 2\nstep 3\n"]
+RECOVERING_DETAIL = (
+    "attempt 1 ended (AWS is reclaiming the spot instance (a 2-minute interruption warning)); relaunching: "
+    "SPOT_INTERRUPTED (restart 1 of max_restarts 10)"
+)
+WAITING_DETAIL = (
+    "no capacity for g4dn.xlarge in us-east-1 (a, b, c, d, e, f); trying again at 03:33:00 UTC, until 04:31 UTC "
+    "(max_wait_minutes 60)"
+)
+POLICY = {"max_restarts_on_errors": 2, "recover_on_exit_codes": [], "max_restarts": 10, "max_wait_minutes": 60,
+          "strategy": "FAILOVER"}  # fmt: skip
+SPOT_ATTEMPT = {
+    "attempt": 1, "instance_id": INSTANCE_ID, "instance_type": "g4dn.xlarge", "region": "us-east-1",
+    "availability_zone": "us-east-1b", "market": "spot", "hourly_price": None, "launched_at": LAUNCHED_AT,
+    "ended_at": "2026-11-24T03:21:00+00:00", "end_reason": "SPOT_INTERRUPTED", "exit_code": None,
+    "message": "AWS is reclaiming the spot instance", "billed_seconds": 1200, "cost_estimate": None,
+}  # fmt: skip
+
+
+def _recovering_job(api: FakeApi) -> str:
+    """A spot job AWS interrupts after two lines: RECOVERING, then attempt 2 waits for capacity, launches on-demand
+    in another zone and succeeds; its log goes on after the marker line."""
+    second = {
+        "instance_id": OTHER_INSTANCE,
+        "instance_state": "pending",
+        "market": "on-demand",
+        "availability_zone": "us-east-1c",
+        "launched_at": "2026-11-24T03:25:00+00:00",
+        "status_detail": None,
+    }
+    timeline: list[tuple[str, int, dict[str, Any]]] = [
+        ("RUNNING", 1, {}),
+        ("RUNNING", 2, {}),
+        ("RECOVERING", 2, {"status_detail": RECOVERING_DETAIL, "attempts": [SPOT_ATTEMPT]}),
+        ("LAUNCHING", 2, {"attempt": 2, "instance_id": None, "status_detail": "launching attempt 2"}),
+        ("WAITING_CAPACITY", 2, {"status_detail": WAITING_DETAIL}),
+        ("WAITING_CAPACITY", 2, {}),
+        ("PROVISIONING", 2, second),
+        ("RUNNING", 4, {"instance_state": "running"}),
+        (
+            "SUCCEEDED",
+            4,
+            {
+                "exit_code": 0,
+                "billed_seconds": 1500,
+                "cost_estimate": 0.0438,
+                "attempts": [
+                    SPOT_ATTEMPT,
+                    SPOT_ATTEMPT | second | {"attempt": 2, "end_reason": "SUCCEEDED", "cost_estimate": 0.0438},
+                ],
+            },
+        ),
+    ]
+    _put_job(api, "job-rec", "RUNNING", use_spot="auto", market="spot", instance_id=INSTANCE_ID, attempt=1,
+             launched_at=LAUNCHED_AT, spec={"run": "python train.py", "job_recovery": POLICY})  # fmt: skip
+    api.jobs["job-rec"].timeline = timeline
+    api.jobs["job-rec"].pieces = RECOVERY_PIECES
+    api.jobs["job-rec"].log = "".join(RECOVERY_PIECES)
+    api.jobs["job-rec"].advance_on_logs = False
+    return "job-rec"
+
+
+def test_following_a_job_across_attempts_shows_why_it_waits_and_the_whole_log(
+    api: FakeApi, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs_commands, "_sleep", lambda _seconds: None)
+    job_id = _recovering_job(api)
+
+    code = jobs_commands._follow_job(Client(api.url, TOKEN), job_id, 0.01)
+
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.out == "".join(RECOVERY_PIECES)  # one stream: attempt 1, the marker, attempt 2
+    changes = [line.split(": ", 1)[1] for line in captured.err.splitlines() if line.startswith("[")]
+    assert changes == [
+        f"RUNNING (instance {INSTANCE_ID}, g4dn.xlarge)",
+        f"RECOVERING (instance {INSTANCE_ID}, g4dn.xlarge): {RECOVERING_DETAIL}",
+        "LAUNCHING (attempt 2)",
+        f"WAITING_CAPACITY (attempt 2): {WAITING_DETAIL}",  # once, not at every poll
+        f"PROVISIONING (attempt 2, instance {OTHER_INSTANCE}, g4dn.xlarge, EC2 state pending)",
+        f"RUNNING (attempt 2, instance {OTHER_INSTANCE}, g4dn.xlarge)",
+    ]
+    assert (
+        captured.err.splitlines()[-1]
+        == "job job-rec SUCCEEDED: exit code 0 after 2 attempts (billed 25m 00s, about $0.0438)"
+    )
+
+
+def test_status_of_a_relaunched_job_lists_its_attempts_and_what_the_ended_ones_cost(
+    api: FakeApi, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(output, "now", lambda: NOW)
+    current = SPOT_ATTEMPT | {
+        "attempt": 2,
+        "instance_id": OTHER_INSTANCE,
+        "availability_zone": "us-east-1c",
+        "market": "on-demand",
+        "hourly_price": 0.526,
+        "launched_at": "2026-11-24T03:25:00+00:00",
+        "ended_at": None,
+        "end_reason": None,
+        "billed_seconds": None,
+        "message": None,
+    }
+    on_demand = SPOT_ATTEMPT | {"market": "on-demand", "hourly_price": 0.526, "cost_estimate": 0.1753}
+    _put_job(api, "job-two", "RUNNING", attempt=2, attempts=[SPOT_ATTEMPT, current], market="on-demand",
+             hourly_price=0.526, launched_at="2026-11-24T03:25:00+00:00", instance_id=OTHER_INSTANCE,
+             spec={"run": "x", "job_recovery": POLICY})  # fmt: skip
+    _put_job(api, "job-od", "RUNNING", attempt=2, attempts=[on_demand, current], market="on-demand",
+             hourly_price=0.526, launched_at="2026-11-24T03:25:00+00:00", spec={"run": "x"})  # fmt: skip
+
+    shown = run("status", "job-two")
+
+    fields = _fields(shown.out)
+    assert fields["attempt"] == "2 of at most 13 (job_recovery)"  # 1 + max_restarts 10 + max_restarts_on_errors 2
+    assert fields["earlier attempts"] == "1 ended: billed 20m 00s, cost n/a (no spot price is recorded)"
+    assert fields["cost so far"] == "about $0.0526 (estimate at 0.5260 $/h on-demand)"  # this attempt: 6 minutes
+    lines = shown.out.splitlines()
+    table = lines[lines.index("attempts:") + 1 :]
+    assert table[0].split() == ["ATTEMPT", "INSTANCE", "ZONE", "MARKET", "ENDED", "REASON", "COST"]
+    assert table[2].split() == ["1", INSTANCE_ID, "us-east-1b", "spot", "2026-11-24", "03:21:00Z",
+                                "SPOT_INTERRUPTED", "<=0.1753"]  # fmt: skip
+    assert table[3].split() == ["2", OTHER_INSTANCE, "us-east-1c", "on-demand", "-", "-", "~0.0526"]
+    both_priced = _fields(run("status", "job-od").out)
+    assert both_priced["earlier attempts"] == "1 ended: billed 20m 00s, $0.1753"
+    assert both_priced["attempt"] == "2"  # no job_recovery in the spec: no bound to show
+
+
+def test_status_of_a_job_waiting_for_capacity_says_until_when_once(api: FakeApi, run: Any) -> None:
+    note = f"waiting for capacity: {WAITING_DETAIL}"
+    _put_job(api, "job-wait", "WAITING_CAPACITY", status_detail=WAITING_DETAIL, notes=["A10 is sold as A10G", note],
+             attempts=[SPOT_ATTEMPT | {"instance_id": None, "ended_at": None, "end_reason": None,
+                                       "billed_seconds": None, "launched_at": None}],
+             spec={"run": "x", "job_recovery": POLICY})  # fmt: skip
+
+    shown = run("status", "job-wait")
+
+    fields = _fields(shown.out)
+    assert fields["status"] == "WAITING_CAPACITY"
+    assert fields["status detail"] == WAITING_DETAIL
+    assert fields["note"] == "A10 is sold as A10G"  # the API's note repeating the detail is not shown twice
+    assert fields["attempt"] == "1 of at most 13 (job_recovery)"
+    assert "cost so far" not in fields  # nothing launched
+    assert "attempts:" not in shown.out  # one attempt: no table
+
+
+def test_jobs_filters_on_the_recovery_states_and_refuses_unknown_ones(api: FakeApi, run: Any) -> None:
+    _put_job(api, "job-wait", "WAITING_CAPACITY")
+    _put_job(api, "job-rec", "RECOVERING", market="spot", launched_at=LAUNCHED_AT)
+
+    waiting = run("jobs", "--status", "waiting_capacity")
+    recovering = run("jobs", "--status", "RECOVERING")
+    unknown = run("jobs", "--status", "RESTARTING")
+
+    assert [line.split()[0] for line in waiting.out.splitlines()[1:]] == ["job-wait"]
+    assert [line.split()[:3] for line in recovering.out.splitlines()[1:]] == [["job-rec", "-", "RECOVERING"]]
+    assert unknown.code == 2
+    assert "RECOVERING" in unknown.err
+    assert "WAITING_CAPACITY" in unknown.err
 
 
 def test_logs_prints_what_is_there_and_follows_to_the_end(api: FakeApi, run: Any, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ workdir and file_mounts first; follow status and output)."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import sys
 import time
@@ -17,11 +18,26 @@ from ec2jobs.cli.config import client_for
 from ec2jobs.cli.costs import cost_cell, cost_fields, hourly, job_cost, market, market_detail
 from ec2jobs.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from ec2jobs.cli.inputs import apply_secrets, local_inputs, parse_secret_options, upload_inputs
-from ec2jobs.cli.output import dash, duration, price, timestamp
+from ec2jobs.cli.output import dash, duration, number, price, timestamp
 from ec2jobs.cli.tasks import apply_envs, parse_env_options, read_task_file
 from ec2jobs.client import TERMINAL_STATUSES, ApiError, Client, JsonObject, log_final, log_tail_missing
 
-JOB_STATUSES = ("PENDING", "LAUNCHING", "PROVISIONING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+_DETAIL_PREFIXES = ("not running yet", "recovering", "waiting for capacity")
+JOB_STATUSES = (
+    "PENDING",
+    "LAUNCHING",
+    "WAITING_CAPACITY",
+    "PROVISIONING",
+    "RUNNING",
+    "RECOVERING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+)
+# Between attempts (job_recovery, docs/recovery.md): not running and not ended; status_detail says why and what next.
+BETWEEN_ATTEMPTS = frozenset({"RECOVERING", "WAITING_CAPACITY"})
+# States whose output the log stream may still carry: the job runs, or its ended attempt's tail is being drained.
+STREAMING = frozenset({"RUNNING", "RECOVERING"})
 LOG_GRACE_SECONDS = 60.0  # after the job ended, how long to wait for the rest of its log before giving up
 MAX_PAGE = 100  # the API's largest page of jobs
 
@@ -72,9 +88,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _follow_job(client, job_id, args.poll)
 
 
+def _attempt(job: Mapping[str, Any]) -> int:
+    """The job's current attempt (1 for a job from before attempts existed)."""
+    value = job.get("attempt")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
 def _status_line(job: Mapping[str, Any]) -> str:
     status = job.get("status")
     details = []
+    if _attempt(job) > 1:
+        details.append(f"attempt {_attempt(job)}")
     if job.get("instance_id"):
         details.append(f"instance {job['instance_id']}")
         if job.get("instance_type"):
@@ -82,6 +106,8 @@ def _status_line(job: Mapping[str, Any]) -> str:
     if job.get("instance_state") and status != "RUNNING":
         details.append(f"EC2 state {job['instance_state']}")
     suffix = f" ({', '.join(details)})" if details else ""
+    if status in BETWEEN_ATTEMPTS and job.get("status_detail"):
+        suffix += f": {output.one_line(str(job['status_detail']))}"
     return f"[{time.strftime('%H:%M:%S')}] job {job.get('job_id')}: {status}{suffix}"
 
 
@@ -97,6 +123,9 @@ def _final_line(job: Mapping[str, Any]) -> str:
         line += ": " + ", ".join(parts)
     if job.get("failure_message"):
         line += f" - {output.one_line(str(job['failure_message']))}"
+    attempts = len(_attempts(job))
+    if attempts > 1:
+        line += f" after {attempts} attempts"
     cost = job_cost(job, output.now())
     if status in TERMINAL_STATUSES and cost.seconds is not None:
         if cost.amount is not None:
@@ -149,7 +178,7 @@ class _Transient:
 def _follow_job(client: Client, job_id: str, poll: float) -> int:
     """Status changes (stderr) until the job runs, its output as it arrives (stdout), then the final status line."""
     retry = _Transient(poll)
-    last_seen: tuple[Any, Any] | None = None
+    last_seen: tuple[Any, Any, int] | None = None
     cursor: str | None = None
     ended_at: float | None = None
     last_char = "\n"
@@ -159,12 +188,12 @@ def _follow_job(client: Client, job_id: str, poll: float) -> int:
             job = retry(lambda: client.get_job(job_id))
             status = job.get("status")
             terminal = status in TERMINAL_STATUSES
-            seen = (status, job.get("instance_id"))
+            seen = (status, job.get("instance_id"), _attempt(job))
             if not terminal and seen != last_seen:
                 output.err(_status_line(job))
                 last_seen = seen
             final = False
-            if status == "RUNNING" or terminal or cursor is not None:
+            if status in STREAMING or terminal or cursor is not None:
                 while True:
                     page = retry(functools.partial(client.get_logs, job_id, after=cursor))
                     text = str(page.get("text") or "")
@@ -243,15 +272,109 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _attempts(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The job's attempts as the API lists them (the current one last); empty from an API before attempts."""
+    value = job.get("attempts")
+    return [a for a in value if isinstance(a, Mapping)] if isinstance(value, list) else []
+
+
+def _most_attempts(job: Mapping[str, Any]) -> int | None:
+    """1 + max_restarts + max_restarts_on_errors of the job's job_recovery; None without one."""
+    spec = job.get("spec")
+    policy = spec.get("job_recovery") if isinstance(spec, Mapping) else None
+    if not isinstance(policy, Mapping):
+        return None
+    counts = [policy.get("max_restarts"), policy.get("max_restarts_on_errors")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+        return None
+    return 1 + sum(int(n) for n in counts if n is not None)
+
+
+def _detail(job: Mapping[str, Any]) -> str | None:
+    """Why a job that has not ended is where it is (e.g. waiting for capacity until when), if the API says."""
+    detail = job.get("status_detail")
+    return str(detail) if detail and job.get("status") not in TERMINAL_STATUSES else None
+
+
+def _attempt_fields(job: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The detail view's attempt number (with its bound under job_recovery), why the job is between attempts, and
+    what the attempts that ended cost while the job goes on."""
+    pairs: list[tuple[str, Any]] = []
+    most = _most_attempts(job)
+    if most is not None:
+        pairs.append(("attempt", f"{_attempt(job)} of at most {most} (job_recovery)"))
+    elif _attempt(job) > 1:
+        pairs.append(("attempt", _attempt(job)))
+    if job.get("status") in TERMINAL_STATUSES:
+        return pairs
+    if _detail(job):
+        pairs.append(("status detail", output.one_line(str(job["status_detail"]))))
+    ended = [a for a in _attempts(job) if a.get("ended_at")]
+    if ended:
+        seconds = sum(number(a.get("billed_seconds")) or 0.0 for a in ended)
+        costs = [number(a.get("cost_estimate")) for a in ended]
+        known = [c for c in costs if c is not None]
+        spent = f"${price(sum(known))}" if known else "cost n/a"
+        if known and len(known) < len(costs):
+            spent += " (spot attempts not included: no spot price is recorded)"
+        elif not known:
+            spent += " (no spot price is recorded)"
+        pairs.append(("earlier attempts", f"{len(ended)} ended: billed {duration(seconds)}, {spent}"))
+    return pairs
+
+
+def _attempt_cost(attempt: Mapping[str, Any], job: Mapping[str, Any], now: dt.datetime) -> str:
+    """An attempt's COST: as recorded; on spot at most its billed time at the on-demand price; the current
+    attempt's cost so far while it runs."""
+    recorded = number(attempt.get("cost_estimate"))
+    if recorded is not None:
+        return price(recorded)
+    seconds, ceiling = number(attempt.get("billed_seconds")), number(job.get("on_demand_price"))
+    if seconds is not None:
+        return f"<={price(round(ceiling * seconds / 3600, 4))}" if ceiling is not None else "n/a"
+    current = attempt.get("attempt") == _attempt(job) and not attempt.get("ended_at")
+    if current and attempt.get("launched_at") and job.get("status") not in TERMINAL_STATUSES:
+        return cost_cell(job_cost(job, now))
+    return "-"
+
+
+def _attempt_reason(attempt: Mapping[str, Any]) -> str:
+    reason = dash(attempt.get("end_reason"))
+    code = attempt.get("exit_code")
+    return f"{reason} (exit {code})" if code not in (None, 0) else reason
+
+
+def _attempts_table(job: Mapping[str, Any], now: dt.datetime) -> None:
+    """Every attempt of a job that relaunched: where it ran, how it ended, what it cost."""
+    output.rich_table(
+        "attempts",
+        ["ATTEMPT", "INSTANCE", "ZONE", "MARKET", "ENDED", "REASON", "COST"],
+        [
+            [
+                a.get("attempt"),
+                dash(a.get("instance_id")),
+                a.get("availability_zone") or a.get("region"),
+                dash(a.get("market")),
+                timestamp(a.get("ended_at")),
+                _attempt_reason(a),
+                _attempt_cost(a, job, now),
+            ]
+            for a in _attempts(job)
+        ],
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     job = client_for(args).get_job(args.job_id)
     if args.json:
         output.print_json(job)
         return EXIT_OK
+    now = output.now()
     pairs: list[tuple[str, Any]] = [
         ("job id", job.get("job_id")),
         ("name", job.get("name")),
         ("status", job.get("status")),
+        *_attempt_fields(job),
     ]
     if job.get("status") == "FAILED" or job.get("failure_reason"):
         pairs += [("failure reason", job.get("failure_reason")), ("failure message", job.get("failure_message"))]
@@ -262,7 +385,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("instance type", job.get("instance_type")),
         ("market", market_detail(job)),
         ("$/h", hourly(job)),
-        *cost_fields(job, output.now()),
+        *cost_fields(job, now),
         ("instance id", job.get("instance_id")),
         ("instance state", job.get("instance_state")),
         ("zone", job.get("availability_zone")),
@@ -271,8 +394,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("started", timestamp(job.get("started_at"))),
         ("ended", timestamp(job.get("ended_at"))),
     ]
-    pairs += [("note", note) for note in job.get("notes") or []]
+    # the API's note saying the same as the detail, prefixed by state (core/models.py)
+    repeated = {f"{prefix}: {_detail(job)}" for prefix in _DETAIL_PREFIXES} if _detail(job) else set()
+    pairs += [("note", note) for note in job.get("notes") or [] if note not in repeated]
     output.fields(pairs)
+    if len(_attempts(job)) > 1:
+        _attempts_table(job, now)
     return EXIT_OK
 
 
