@@ -1,14 +1,15 @@
-"""`make bench` / `python -m bench`: the six benchmarks in one run, one table (measured vs target, pass or miss) and
+"""`make bench` / `python -m bench`: the seven benchmarks in one run, one table (measured vs target, pass or miss) and
 bench/results/latest.json (date, machine, figures, details). This machine is shared and noisy: compare figures
 within one run (ratios), not across runs.
 
-    python -m bench                       # all six, full size (writes bench/results/latest.json)
-    python -m bench --quick               # all six, small sizes (a smoke run; writes bench/results/partial.json)
+    python -m bench                       # all seven, full size (writes bench/results/latest.json)
+    python -m bench --quick               # all seven, small sizes (a smoke run; writes bench/results/partial.json)
     python -m bench --only launch,cost    # a subset (also partial.json)
 
 Sections: coldstart (3), relay (2: throughput on its own emulator, latency on the embedded control plane), launch
-(1), cost (4), scale (5), artifacts (6: code in, results out, on the embedded control plane). Nothing here talks
-to real AWS: local/guard.py refuses anything but loopback.
+(1), cost (4), scale (5), artifacts (6: code in, results out, on the embedded control plane), recovery (7: spot
+interruption → the next attempt's first line, on the embedded control plane). Nothing here talks to real AWS:
+local/guard.py refuses anything but loopback.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from bench.report import RESULTS_DIR, Figure, Results, notes, table
 
-SECTIONS = ("coldstart", "relay", "launch", "cost", "scale", "artifacts")
+SECTIONS = ("coldstart", "relay", "launch", "cost", "scale", "artifacts", "recovery")
 FULL = {
     "launch_jobs": 20,
     "bootstraps": 2,
@@ -40,6 +41,7 @@ FULL = {
     "workdir_megabytes": 100,
     "transfer_rounds": 3,
     "workdir_jobs": 5,
+    "recovery_samples": 3,
 }
 QUICK = FULL | {
     "launch_jobs": 4,
@@ -55,6 +57,7 @@ QUICK = FULL | {
     "workdir_megabytes": 10,
     "transfer_rounds": 2,
     "workdir_jobs": 3,
+    "recovery_samples": 2,
 }
 
 
@@ -116,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         from bench import relay
 
         _section(results, "relay_throughput", lambda: relay.throughput(args.megabytes))
-    if {"launch", "relay", "cost", "artifacts"} & set(args.sections):
+    if {"launch", "relay", "cost", "artifacts", "recovery"} & set(args.sections):
         _plane_sections(results, args)
     if "scale" in args.sections:
         from bench import scale
 
         _section(results, "scale", lambda: scale.run(args.active, args.total))
-    order = {name: i for i, name in enumerate(["1", "2", "3", "4", "5", "6"])}
+    order = {name: i for i, name in enumerate(["1", "2", "3", "4", "5", "6", "7"])}
     results.figures.sort(key=lambda f: order.get(f.section[:1], 9))
     wall = time.monotonic() - started
     print()
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plane_sections(results: Results, args: argparse.Namespace) -> None:
-    """launch, relay latency and cost share one embedded control plane (one emulator, one instance simulator)."""
+    """launch, relay latency, cost, artifacts and recovery share one embedded control plane (one emulator, one
+    instance simulator)."""
     from bench import plane
 
     saved = dict(os.environ)
@@ -174,6 +178,10 @@ def _plane_sections(results: Results, args: argparse.Namespace) -> None:
                     args.workdir_jobs,
                 ),
             )
+        if "recovery" in args.sections:
+            from bench import recovery
+
+            _section(results, "recovery", lambda: recovery.run(session, provider_id, args.recovery_samples))
         if "launch" in args.sections:
             from bench import launch
 
