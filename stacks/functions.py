@@ -174,6 +174,12 @@ STEPS: dict[str, FunctionSpec] = {
         artifacts=RW,
         assumes_transfer_role=True,
     ),
+    "recover": _step(
+        "recover",
+        "end an attempt that relaunches: terminate its instance, begin the next attempt",
+        tables={JOBS: RW, STATE: R, LOGS: R},  # LOGS: where the next attempt's marker goes (the committed offset)
+        secrets={SecretKind.PROVIDER_KEYS: SECRET_READ},
+    ),
     "record_failure": _step(
         "record_failure",
         "end a failed job, terminate what it launched",

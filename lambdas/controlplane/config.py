@@ -111,6 +111,13 @@ class Settings(BaseModel):
         gt=0,
         description="a running job whose relay lease expired (or was never taken) this long ago gets a new relay",
     )
+    capacity_retry_seconds: int = Field(
+        alias="CAPACITY_RETRY_SECONDS",
+        default=60,
+        ge=1,
+        le=3600,
+        description="a job waiting for capacity (WAITING_CAPACITY) tries to launch again this often",
+    )
     log_retention_days: int = Field(alias="LOG_RETENTION_DAYS", default=30, ge=1)
     event_bus_name: str | None = Field(
         alias="EVENT_BUS_NAME", default=None, description="the custom bus Job State Change events go to"

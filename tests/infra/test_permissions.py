@@ -68,6 +68,8 @@ USES: dict[str, Uses] = {
         {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET},
         artifacts=frozenset(ARTIFACTS_RW | ASSUME_TRANSFER_ROLE),
     ),
+    # Recover: terminates the ended attempt's instance (provider keys), reads where the next attempt's log begins
+    HANDLERS["recover"]: Uses({"jobs": WRITE, "state": READ, "logs": READ}, {PROVIDER_KEYS: GET}),
     HANDLERS["record_failure"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}),
     # state + provider keys: DescribeInstances' StateReason (a spot reclaim whose warning was missed)
     "controlplane.handlers.events.instance_state": Uses(

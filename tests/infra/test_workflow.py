@@ -66,17 +66,32 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
         "Rejected",
         "Bootstrap",
         "Launch",
+        "Launched?",
+        "WaitForCapacity",
         "Relay",
         "RelayThrottled",
         "Drained?",
+        "Recover",
         "Done",
         "RecordFailure",
         "Failed",
     ]
     assert deployed_definition(synth)["StartAt"] == "Route"
     assert states["Route"]["Default"] == "Validate"
-    order = {"Validate": "Bootstrap", "Bootstrap": "Launch", "Launch": "Relay", "Relay": "Drained?"}
-    step_of = {"Validate": "validate", "Bootstrap": "bootstrap", "Launch": "launch", "Relay": "relay"}
+    order = {
+        "Validate": "Bootstrap",
+        "Bootstrap": "Launch",
+        "Launch": "Launched?",
+        "Relay": "Drained?",
+        "Recover": "Bootstrap",
+    }
+    step_of = {
+        "Validate": "validate",
+        "Bootstrap": "bootstrap",
+        "Launch": "launch",
+        "Relay": "relay",
+        "Recover": "recover",
+    }
     for name, step in step_of.items():
         state = states[name]
         assert (state["Type"], state["Resource"], state["Next"]) == ("Task", arns[step], order[name])

@@ -245,3 +245,109 @@ def test_one_job_whose_update_fails_never_stops_the_sweep(
     assert report.job_failures == 1
     assert any(bad["job_id"] in error and "ValidationException" in error for error in report.errors)
     assert job(control_plane, tenant, good["job_id"])["status"] == "FAILED"
+
+
+# -- managed recovery (issue 16) ------------------------------------------------------------------------------------
+
+RECOVERING_TASK = TASK | {"job_recovery": {"max_restarts": 2}}
+
+
+def test_a_lost_instance_of_a_job_with_recovery_ends_the_attempt_not_the_job(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    response = control_plane.call(
+        "POST", "/jobs", tenant.token, body=RECOVERING_TASK | {"provider_id": tenant.provider_id}
+    )
+    state = dict(workflow.run(response.json()["job_id"], tenant.team_id))
+    control_plane.admin("ec2").terminate_instances(InstanceIds=[state["instance_id"]])  # no event reaches us
+
+    reconciler().run()
+
+    record = job(control_plane, tenant, state["job_id"])
+    assert record["status"] == "RECOVERING"
+    assert [(a["attempt"], a["end_reason"], a["instance_id"]) for a in record["attempts"]] == [
+        (1, "INSTANCE_LOST", state["instance_id"])
+    ]
+    logs = control_plane.call("GET", f"/jobs/{state['job_id']}/logs", tenant.token).json()
+    assert logs["final"] is False  # the next attempt's output follows
+
+
+def test_an_earlier_attempts_instance_is_terminated_never_adopted(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    state = launched(control_plane, tenant, workflow)
+    ec2 = control_plane.admin("ec2")
+    (instance,) = ec2.describe_instances(InstanceIds=[state["instance_id"]])["Reservations"][0]["Instances"]
+    # another live instance tagged for the same job (an earlier attempt's, say): one job, one instance
+    other = ec2.run_instances(
+        ImageId=instance["ImageId"],
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": instance["Tags"]}],
+    )["Instances"][0]["InstanceId"]
+
+    report = reconciler().run()
+
+    assert other in report.terminated
+    assert state_of(control_plane, other) in {"shutting-down", "terminated"}
+    assert state_of(control_plane, state["instance_id"]) == "running"
+    assert job(control_plane, tenant, state["job_id"])["instance_id"] == state["instance_id"]
+
+
+def test_a_recovering_job_whose_workflow_stopped_gets_a_relay_execution_that_runs_recover(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    response = control_plane.call(
+        "POST", "/jobs", tenant.token, body=RECOVERING_TASK | {"provider_id": tenant.provider_id}
+    )
+    state = dict(workflow.run(response.json()["job_id"], tenant.team_id))
+    control_plane.admin("ec2").terminate_instances(InstanceIds=[state["instance_id"]])
+    reconciler().run()  # the attempt ends: RECOVERING, and nobody runs Recover (this test's workflow stopped)
+    assert job(control_plane, tenant, state["job_id"])["status"] == "RECOVERING"
+
+    restarter = RecordingRestarter()
+    sweep = reconciler(clock_offset=dt.timedelta(minutes=10))
+    sweep.relays = restarter
+    report = sweep.run()
+
+    assert state["job_id"] in report.relays_restarted
+    assert ("relay", state["job_id"]) in restarter.started  # (the module's other jobs have no relay either)
+
+
+def test_a_job_waiting_for_capacity_past_its_max_wait_fails_capacity(
+    control_plane: ControlPlane, tenant: Tenant
+) -> None:
+    response = control_plane.call(
+        "POST", "/jobs", tenant.token, body=TASK | {"provider_id": tenant.provider_id, "job_recovery": {}}
+    )
+    job_id = response.json()["job_id"]
+    jobs = container_jobs()
+    jobs.transition(job_id, JobStatus.LAUNCHING)
+    now = dt.datetime.now(dt.UTC)
+    jobs.transition(job_id, JobStatus.WAITING_CAPACITY, fields={"waiting_since": now, "capacity_retry_at": now})
+
+    restarter = RecordingRestarter()
+    sweep = reconciler(clock_offset=dt.timedelta(minutes=5))  # the retry is long overdue: the workflow died
+    sweep.relays = restarter
+    sweep.run()
+    assert ("launch", job_id) in restarter.started
+    assert job(control_plane, tenant, job_id)["status"] == "WAITING_CAPACITY"
+
+    report = reconciler(clock_offset=dt.timedelta(hours=2)).run()  # past 60 minutes + the launch timeout
+    assert job_id in report.finalized
+    record = job(control_plane, tenant, job_id)
+    assert (record["status"], record["failure_reason"]) == ("FAILED", "CAPACITY")
+
+
+class RecordingRestarter:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str]] = []
+
+    def resume_relay(self, job: Any, attempt: int) -> str:
+        self.started.append(("relay", job.job_id))
+        return "arn"
+
+    def resume_launch(self, job: Any, attempt: int) -> str:
+        self.started.append(("launch", job.job_id))
+        return "arn"

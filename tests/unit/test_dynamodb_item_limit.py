@@ -23,7 +23,8 @@ from moto import mock_aws
 
 from controlplane.adapters.dynamodb import DynamoJobStore
 from controlplane.core.lifecycle import FailureReason, JobStatus
-from controlplane.core.models import Job
+from controlplane.core.models import Attempt, Job
+from controlplane.core.recovery import MAX_ATTEMPT_MESSAGE, RESTART_LIMIT
 from controlplane.core.spec import MAX_SPEC_BYTES, TaskSpec, stored_spec_bytes
 from controlplane.service.failures import MAX_MESSAGE
 
@@ -149,6 +150,27 @@ def _worst_case_job(spec: TaskSpec) -> Job:
         started_at=now,
         ended_at=now,
         version=10**6,
+        attempt=1 + 2 * RESTART_LIMIT,
+        attempts=[_worst_attempt(n, now) for n in range(1, 1 + 2 * RESTART_LIMIT)],  # every relaunch recorded
+    )
+
+
+def _worst_attempt(number: int, now: dt.datetime) -> Attempt:
+    return Attempt(
+        attempt=number,
+        instance_id="i-0123456789abcdef0",
+        instance_type="p6-b200.48xlarge",
+        region="ap-southeast-3",
+        availability_zone="ap-southeast-3a",
+        market="on-demand",
+        hourly_price=113.9312345678,
+        launched_at=now,
+        ended_at=now,
+        end_reason="SPOT_INTERRUPTED",
+        exit_code=137,
+        message="\U0001f600" * MAX_ATTEMPT_MESSAGE,
+        billed_seconds=7 * 24 * 3600,
+        cost_estimate=19140.123456789,
     )
 
 
@@ -159,7 +181,7 @@ def test_a_spec_at_the_bound_leaves_a_worst_case_job_record_inside_both_limits()
     item = DynamoJobStore._item(_worst_case_job(spec))
     size = dynamodb_item_size(item)
     assert size <= MOTO_ITEM_LIMIT - 20 * 1024 < AWS_ITEM_LIMIT  # the emulator accepts it too, with room
-    assert size - MAX_SPEC_BYTES < 100 * 1024  # everything but the spec, at its worst, under 100 KB
+    assert size - MAX_SPEC_BYTES < 144 * 1024  # everything but the spec, at its worst (51 attempts), in 144 KiB
 
 
 def test_the_old_unbounded_404_kb_spec_could_not_hold_its_later_fields() -> None:

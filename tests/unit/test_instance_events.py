@@ -4,6 +4,7 @@ ends while its job is active (no exit status relayed) ends the job with the reas
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import Any
 
 from controlplane.core.errors import TransitionRefused
@@ -28,12 +29,24 @@ class FakeJobs:
         self.states.append(state)
         self.job = self.job.model_copy(update={"instance_state": state})
 
+    def get(self, job_id: str) -> Job | None:
+        return self.job
+
     def transition(
-        self, job_id: str, target: JobStatus, *, expected: JobStatus | None = None, fields: dict[str, Any] | None = None
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        expected: JobStatus | Collection[JobStatus] | None = None,
+        fields: dict[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> Job:
-        if self.job.status.terminal:
+        allowed = {expected} if isinstance(expected, JobStatus) else set(expected or JobStatus)
+        if self.job.status.terminal or self.job.status not in allowed:
             raise TransitionRefused(job_id, self.job.status, target)
-        self.job = self.job.model_copy(update=(fields or {}) | {"status": target})
+        if attempt is not None and attempt != self.job.attempt:
+            raise TransitionRefused(job_id, self.job.status, target)
+        self.job = Job.model_validate(self.job.model_dump() | (fields or {}) | {"status": target})
         return self.job
 
 

@@ -27,13 +27,18 @@ def test_every_handler_exists() -> None:
 def test_the_relay_loops_until_finished_and_failures_reach_record_failure() -> None:
     states = definition(ARNS)["States"]
     assert states["Relay"]["Next"] == "Drained?"
-    (finished,) = states["Drained?"]["Choices"]
+    recover, finished = states["Drained?"]["Choices"]
     assert (finished["Variable"], finished["Next"], states["Drained?"]["Default"]) == (
         "$.relay.finished",
         "Done",
         "Relay",
     )
-    for step in ("Validate", "Bootstrap", "Launch"):
+    # an attempt that ended and relaunches goes to Recover (checked first: it is finished too), then Bootstrap
+    assert recover["Next"] == "Recover"
+    assert [c["Variable"] for c in recover["And"]] == ["$.relay.recover", "$.relay.recover"]
+    assert states["Recover"]["Next"] == "Bootstrap"
+    assert states["Recover"]["Parameters"] == {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"}
+    for step in ("Validate", "Bootstrap", "Launch", "Recover"):
         catches = {tuple(c["ErrorEquals"]): c["Next"] for c in states[step]["Catch"]}
         assert catches[("States.ALL",)] == "RecordFailure"
         assert catches[("JobNotActive", "DuplicateSubmission")] == "Done"
@@ -49,9 +54,11 @@ def test_validate_receives_the_execution_name_and_arn() -> None:
 
 def test_a_resume_relay_input_goes_straight_to_the_relay_which_knows_its_execution() -> None:
     machine = definition(ARNS)
-    (resume,) = machine["States"]["Route"]["Choices"]
+    resume, launch = machine["States"]["Route"]["Choices"]
     assert machine["StartAt"] == "Route"
     assert (resume["Variable"], resume["IsPresent"], resume["Next"]) == ("$.resume_relay", True, "Relay")
+    # a job waiting for capacity whose execution died goes on launching
+    assert (launch["Variable"], launch["IsPresent"], launch["Next"]) == ("$.resume_launch", True, "Bootstrap")
     assert machine["States"]["Route"]["Default"] == "Validate"
     # the relay lease's owner is the execution: a restarted loop (another execution) is another owner
     assert machine["States"]["Relay"]["Parameters"] == {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"}
@@ -63,6 +70,17 @@ def test_crashed_invocations_are_retried_by_every_step() -> None:
         crashed = [r for r in states[step]["Retry"] if "Runtime.ExitError" in r["ErrorEquals"]]
         assert crashed, step
         assert crashed[0]["MaxAttempts"] >= 2, step
+
+
+def test_a_launch_without_capacity_waits_in_a_wait_state_or_bootstraps_the_next_region() -> None:
+    states = definition(ARNS)["States"]
+    assert states["Launch"]["Next"] == "Launched?"
+    wait, region = states["Launched?"]["Choices"]
+    assert (wait["Next"], wait["And"][1]["StringEquals"]) == ("WaitForCapacity", "wait")
+    assert (region["Next"], region["And"][1]["StringEquals"]) == ("Bootstrap", "bootstrap")
+    assert states["Launched?"]["Default"] == "Relay"
+    # waiting holds no Lambda: a Wait state of the seconds Launch chose, then Launch again
+    assert states["WaitForCapacity"] == {"Type": "Wait", "SecondsPath": "$.launch.wait_seconds", "Next": "Launch"}
 
 
 def test_a_missing_function_is_an_error() -> None:

@@ -8,7 +8,7 @@ import binascii
 import builtins
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,10 @@ ACTIVE_PARTITION = "ACTIVE"
 PROVIDER_REGISTRY = "PROVIDERS"
 _BAD_CURSOR = "cursor is not valid: pass back the next_cursor value from the previous page"
 _IMMUTABLE = frozenset({"job_id", "team_id", "status", "team_status", "active", "active_sk", "version", "created_at"})
+
+
+# The job's current attempt is :attempt (a job written before attempts existed is on attempt 1).
+_ATTEMPT_IS = "(attempt = :attempt OR (attribute_not_exists(attempt) AND :attempt = :one))"
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -367,24 +371,28 @@ class DynamoJobStore:
         job_id: str,
         target: JobStatus,
         *,
-        expected: JobStatus | None = None,
+        expected: JobStatus | Collection[JobStatus] | None = None,
         fields: dict[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> Job:
         """Move a job to `target` if the lifecycle allows it from its *current* state (and, if given, only from
-        `expected`). The check and the write are one conditional UpdateItem: a stale writer gets TransitionRefused.
-        """
+        `expected`, and only while `attempt` is the job's current attempt). The check and the write are one
+        conditional UpdateItem: a stale writer gets TransitionRefused."""
         current = self.get(job_id)
         if current is None:
             raise TransitionRefused(job_id, None, target)
         allowed = sorted(predecessors(target))
         if expected is not None:
-            allowed = [state for state in allowed if state == expected]
-        if current.status not in allowed:
+            wanted = {expected} if isinstance(expected, JobStatus) else set(expected)
+            allowed = [state for state in allowed if state in wanted]
+        if current.status not in allowed or (attempt is not None and current.attempt != attempt):
             raise TransitionRefused(job_id, current.status, target)
         now = utcnow()
         updates: dict[str, Any] = dict(fields or {})
         # team_id never changes, so the (team, status) index key can be written exactly in the same update.
         updates.update({"status": str(target), "team_status": f"{current.team_id}#{target}", "updated_at": now})
+        if "region" in updates and target in ACTIVE:  # region fallback: the active index's sort key follows it
+            updates["active_sk"] = f"{current.provider_id}#{updates['region']}#{job_id}"
         removes: list[str] = []
         if target.terminal:
             updates.setdefault("ended_at", now)
@@ -393,6 +401,9 @@ class DynamoJobStore:
                 updates.setdefault(name, value)
         values: dict[str, Any] = {f":from{i}": str(state) for i, state in enumerate(allowed)}
         condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
+        if attempt is not None:
+            condition += f" AND {_ATTEMPT_IS}"
+            values[":attempt"] = attempt
         changed = self._update(job_id, updates, removes, condition, values, str(target))
         self._notify(current, changed)
         return changed
@@ -417,7 +428,8 @@ class DynamoJobStore:
         return self._lease_write(
             job_id,
             "SET relay_owner = :owner, relay_lease_until = :until",
-            "(#status IN (:provisioning, :running, :cancelled) OR (#status = :failed AND failure_reason = :spot)) AND "
+            "(#status IN (:provisioning, :running, :recovering, :cancelled) OR "
+            "(#status = :failed AND failure_reason = :spot)) AND "
             "(attribute_not_exists(relay_lease_until) OR relay_lease_until < :now OR relay_owner = :owner)",
             {
                 ":owner": owner,
@@ -425,6 +437,7 @@ class DynamoJobStore:
                 ":now": _instant(now),
                 ":provisioning": str(JobStatus.PROVISIONING),
                 ":running": str(JobStatus.RUNNING),
+                ":recovering": str(JobStatus.RECOVERING),
                 ":cancelled": str(JobStatus.CANCELLED),
                 ":failed": str(JobStatus.FAILED),
                 ":spot": str(FailureReason.SPOT_INTERRUPTED),
@@ -445,7 +458,7 @@ class DynamoJobStore:
         return self._lease_write(
             job_id,
             "SET relay_restarts = :next, relay_restarted_at = :now",
-            "#status IN (:provisioning, :running) AND "
+            "#status IN (:provisioning, :running, :recovering, :waiting) AND "
             "(relay_restarts = :seen OR (attribute_not_exists(relay_restarts) AND :seen = :zero))",
             {
                 ":next": seen_restarts + 1,
@@ -454,6 +467,8 @@ class DynamoJobStore:
                 ":now": _instant(now),
                 ":provisioning": str(JobStatus.PROVISIONING),
                 ":running": str(JobStatus.RUNNING),
+                ":recovering": str(JobStatus.RECOVERING),
+                ":waiting": str(JobStatus.WAITING_CAPACITY),
             },
         )
 
@@ -482,18 +497,31 @@ class DynamoJobStore:
             return None
         return self.get(str(page["Items"][0]["job_id"]))
 
-    def update(self, job_id: str, fields: dict[str, Any], *, expected: JobStatus | None = None) -> Job:
-        """Change non-status fields; refuses terminal jobs (their record is final) and, if given, other states."""
-        if expected is not None:
-            values: dict[str, Any] = {":expected": str(expected)}
-            condition = "attribute_exists(job_id) AND #status = :expected"
-        else:
-            values = {f":active{i}": str(state) for i, state in enumerate(sorted(ACTIVE))}
-            condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
+    def update(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        expected: JobStatus | Collection[JobStatus] | None = None,
+        attempt: int | None = None,
+    ) -> Job:
+        """Change non-status fields; refuses terminal jobs (their record is final) and, if given, other states or
+        another attempt than `attempt`."""
+        states = sorted(ACTIVE) if expected is None else [expected] if isinstance(expected, JobStatus) else expected
+        values: dict[str, Any] = {f":state{i}": str(state) for i, state in enumerate(sorted(states))}
+        condition = f"attribute_exists(job_id) AND #status IN ({', '.join(values)})"
+        if attempt is not None:
+            condition += f" AND {_ATTEMPT_IS}"
+            values[":attempt"] = attempt
         forbidden = sorted(set(fields) & _IMMUTABLE)
         if forbidden:
             raise ValueError(f"update() cannot change {forbidden}; use transition()")
-        return self._update(job_id, dict(fields) | {"updated_at": utcnow()}, [], condition, values, "an update")
+        updates = dict(fields) | {"updated_at": utcnow()}
+        if fields.get("region"):  # region fallback: the active index's sort key follows it (only active jobs change)
+            current = self.get(job_id)
+            if current is not None:
+                updates["active_sk"] = f"{current.provider_id}#{fields['region']}#{job_id}"
+        return self._update(job_id, updates, [], condition, values, "an update")
 
     def _update(
         self,

@@ -83,8 +83,23 @@ def job_state_change_detail(job: Job, previous: JobStatus | None) -> dict[str, A
         "region": job.region,
         "hourly_price": job.hourly_price,
         "source": job.source,
+        "attempt": job.attempt,
+        # Why the attempt that just ended (RECOVERING) or, when the job ends, its last attempt ended.
+        "attempt_end_reason": _attempt_end_reason(job),
+        "status_detail": job.status_detail if job.status in _DETAILED else None,
         "updated_at": job.updated_at.isoformat(),
     }
+
+
+_DETAILED = frozenset({JobStatus.RECOVERING, JobStatus.WAITING_CAPACITY})
+
+
+def _attempt_end_reason(job: Job) -> str | None:
+    if job.attempts and job.attempts[-1].attempt == job.attempt:  # RECOVERING, or ended while it was
+        return job.attempts[-1].end_reason
+    if job.status.terminal:
+        return str(job.failure_reason) if job.failure_reason else str(job.status)
+    return None
 
 
 class JobEventPublisher:

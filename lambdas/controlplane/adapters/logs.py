@@ -110,11 +110,14 @@ class DynamoLogStore:
             delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**refused)
             self.sleep(delay * random.uniform(0.5, 1.0))  # jitter
 
-    def commit(self, job_id: str, committed: int, *, complete: bool = False, drained: bool = False) -> None:
+    def commit(
+        self, job_id: str, committed: int, *, complete: bool = False, drained: bool = False, new_attempt: bool = False
+    ) -> None:
         """Advance the committed offset (never backwards: a stale writer's commit is ignored). `complete` (final:
         nothing more will be relayed), once set, stays set. `drained` (the log is whole: the relay read everything
         the instance wrote, confirmed by the wrapper's drain handshake) implies `complete` and, once set, stays set
-        too: a later commit without it never clears it."""
+        too: a later commit without it never clears it — except `new_attempt`: the output of a job's next attempt
+        begins (core/recovery.py), whose own drain is still to come."""
         complete = complete or drained
         sets = ["#c = :c", "expires_at = :exp", "#done = :done" if complete else "#done = if_not_exists(#done, :done)"]
         names = {"#c": "committed", "#done": "complete"}
@@ -123,10 +126,10 @@ class DynamoLogStore:
             ":done": complete,
             ":exp": int(time.time()) + self.retention_seconds,
         }
-        if drained:
+        if drained or new_attempt:
             sets.append("#drained = :drained")
             names["#drained"] = "drained"
-            values[":drained"] = True
+            values[":drained"] = drained
         try:
             self.table.update_item(
                 Key={"job_id": job_id, "offset": PROGRESS_OFFSET},

@@ -2,7 +2,13 @@
 local runtime runs, given the ARNs of the step Lambdas.
 
 Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. An execution whose input carries
-`resume_relay` (the reconciler starts one when a job's relay loop died) goes straight to Relay. Transient errors
+`resume_relay` (the reconciler starts one when a job's relay loop died) goes straight to Relay; one with
+`resume_launch` (a job waiting for capacity whose execution died) to Bootstrap. Managed recovery (core/recovery.py):
+a relay loop that ends with `relay.recover` (the attempt ended and the job relaunches) goes to Recover, which
+terminates the attempt's instance and begins the next attempt, then Bootstrap → Launch → Relay again. Launch may
+answer `launch.next`: `bootstrap` (no capacity in this region: the next region of the job's list needs its
+resources) or `wait` (no capacity anywhere: WAITING_CAPACITY, a Wait state of `launch.wait_seconds`, then Launch
+again — waiting holds no Lambda). Transient errors
 (`UpstreamUnavailable`, Lambda service hiccups) and crashed invocations (killed runtime, timeout) are retried with
 backoff: every step is idempotent (Launch's ClientToken, the relay's committed offset and lease). `JobNotActive` /
 `DuplicateSubmission` end quietly (the job already ended, or another execution owns it); anything else goes to
@@ -31,15 +37,25 @@ HANDLERS: dict[str, str] = {
     "bootstrap": "controlplane.handlers.workflow.bootstrap",
     "launch": "controlplane.handlers.workflow.launch",
     "relay": "controlplane.handlers.workflow.relay",
+    "recover": "controlplane.handlers.workflow.recover",
     "record_failure": "controlplane.handlers.workflow.record_failure",
 }
 # Timeouts (seconds) the deployed functions need: launch may wait up to 60 s for IAM propagation; the relay streams
 # for RELAY_BUDGET_SECONDS (600) and stops itself before this.
-TIMEOUTS: dict[str, int] = {"validate": 30, "bootstrap": 120, "launch": 180, "relay": 900, "record_failure": 60}
+TIMEOUTS: dict[str, int] = {
+    "validate": 30,
+    "bootstrap": 120,
+    "launch": 180,
+    "relay": 900,
+    "recover": 60,
+    "record_failure": 60,
+}
 
-# The execution's own deadline: the longest job (7 days of max_runtime_minutes) plus a day for boot, the relay's
-# drain and its retries. Past it Step Functions ends the execution; the reconciler settles the job.
-EXECUTION_TIMEOUT_SECONDS = (7 * 24 + 24) * 3600
+# The execution's own deadline: Step Functions' maximum for a Standard workflow, one year
+# (https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html): a job with job_recovery may make many
+# attempts of up to 7 days each, and wait for capacity between them. Past it Step Functions ends the execution; the
+# reconciler settles the job.
+EXECUTION_TIMEOUT_SECONDS = 365 * 24 * 3600
 
 # Where the CDK stack substitutes the jobs table's name (stacks/workflow.py); the local runtime passes the name.
 JOBS_TABLE_PLACEHOLDER = "${jobs_table}"
@@ -138,7 +154,10 @@ def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEH
         "States": {
             "Route": {
                 "Type": "Choice",
-                "Choices": [{"Variable": "$.resume_relay", "IsPresent": True, "Next": "Relay"}],
+                "Choices": [
+                    {"Variable": "$.resume_relay", "IsPresent": True, "Next": "Relay"},
+                    {"Variable": "$.resume_launch", "IsPresent": True, "Next": "Bootstrap"},
+                ],
                 "Default": "Validate",
             },
             "Validate": {
@@ -174,8 +193,30 @@ def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEH
                 "Resource": functions["launch"],
                 "Retry": _retry_transient(5, 6),
                 "Catch": _catch(),
-                "Next": "Relay",
+                "Next": "Launched?",
             },
+            "Launched?": {
+                "Type": "Choice",
+                "Choices": [
+                    {
+                        "And": [
+                            {"Variable": "$.launch.next", "IsPresent": True},
+                            {"Variable": "$.launch.next", "StringEquals": "wait"},
+                        ],
+                        "Next": "WaitForCapacity",
+                    },
+                    {
+                        "And": [
+                            {"Variable": "$.launch.next", "IsPresent": True},
+                            {"Variable": "$.launch.next", "StringEquals": "bootstrap"},
+                        ],
+                        "Next": "Bootstrap",
+                    },
+                ],
+                "Default": "Relay",
+            },
+            # WAITING_CAPACITY: no Lambda runs while it waits; Launch re-bootstraps itself if the region changed.
+            "WaitForCapacity": {"Type": "Wait", "SecondsPath": "$.launch.wait_seconds", "Next": "Launch"},
             "Relay": {
                 "Type": "Task",
                 "Resource": functions["relay"],
@@ -194,8 +235,26 @@ def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEH
             "RelayThrottled": _note_relay_throttled(jobs_table),
             "Drained?": {
                 "Type": "Choice",
-                "Choices": [{"Variable": "$.relay.finished", "BooleanEquals": True, "Next": "Done"}],
+                "Choices": [
+                    {
+                        "And": [
+                            {"Variable": "$.relay.recover", "IsPresent": True},
+                            {"Variable": "$.relay.recover", "BooleanEquals": True},
+                        ],
+                        "Next": "Recover",
+                    },
+                    {"Variable": "$.relay.finished", "BooleanEquals": True, "Next": "Done"},
+                ],
                 "Default": "Relay",
+            },
+            # The attempt ended and the job relaunches: its instance is terminated, the next attempt begins.
+            "Recover": {
+                "Type": "Task",
+                "Resource": functions["recover"],
+                "Parameters": {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"},
+                "Retry": _retry_transient(5, 6),
+                "Catch": _catch(),
+                "Next": "Bootstrap",
             },
             "Done": {"Type": "Succeed"},
             "RecordFailure": {

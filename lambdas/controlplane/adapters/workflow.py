@@ -33,6 +33,14 @@ class StepFunctionsStarter:
             f"{job.job_id}-relay-{attempt}", execution, f"could not start a relay for {job.job_id} ({{}})"
         )
 
+    def resume_launch(self, job: Job, attempt: int) -> str:
+        """Start an execution that goes on launching a job waiting for capacity (the state machine routes
+        `resume_launch` inputs to Bootstrap)."""
+        execution = {"resume_launch": True, "job_id": job.job_id, "team_id": job.team_id}
+        return self._start(
+            f"{job.job_id}-launch-{attempt}", execution, f"could not resume launching {job.job_id} ({{}})"
+        )
+
     def _start(self, name: str, execution: dict[str, Any], failure: str) -> str:
         """StartExecution under a deterministic name: an existing execution of that name is this one (never twice)."""
         if not self.state_machine_arn:

@@ -198,6 +198,20 @@ class Catalog:
             notes.append(f"no on-demand list price is recorded for {best.name}; cost estimates are unavailable")
         return Selection(instance=best, region=region, notes=tuple(notes))
 
+    def select_for(self, resources: Resources, default_region: str) -> Selection:
+        """The selection in the job's first region (`resources.region`, else `default_region`); with a list of
+        regions, the type chosen there must be offered in every other one (a later attempt may launch there)."""
+        regions = resources.regions or (default_region,)
+        selection = self.select(resources, regions[0])
+        missing = [region for region in regions[1:] if region not in selection.instance.regions]
+        if missing:
+            raise InvalidSpec(
+                f"{selection.instance_type} (the cheapest fit in {regions[0]}) is not offered in {_join(missing)}; "
+                "remove those regions from resources.region, or pin an instance_type offered in all of them",
+                details=[{"field": "resources.region", "regions": list(selection.instance.regions)}],
+            )
+        return selection
+
     def _require_region(self, region: str) -> None:
         try:
             self.check_region(region)

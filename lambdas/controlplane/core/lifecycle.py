@@ -4,6 +4,11 @@ PENDING → LAUNCHING → PROVISIONING → RUNNING → SUCCEEDED | FAILED | CANC
 Any non-terminal state may end FAILED or CANCELLED (a launch can fail, a job can be cancelled before it
 starts); SUCCEEDED needs a recorded exit status, which only exists once the instance has run. Terminal states
 never change. The store enforces this table with conditional writes.
+
+With `job_recovery` (core/recovery.py) a job makes attempts: an attempt that ends in a way the job's policy
+recovers from moves PROVISIONING / RUNNING → RECOVERING (the attempt is recorded, its instance terminated) →
+LAUNCHING (the next attempt); a launch that finds no capacity in any zone and region waits in WAITING_CAPACITY
+(retried on a timer, no Lambda held) until it launches (→ PROVISIONING) or `max_wait_minutes` pass (→ FAILED).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ class JobStatus(StrEnum):
     LAUNCHING = "LAUNCHING"
     PROVISIONING = "PROVISIONING"
     RUNNING = "RUNNING"
+    RECOVERING = "RECOVERING"
+    WAITING_CAPACITY = "WAITING_CAPACITY"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -45,7 +52,8 @@ class FailureReason(StrEnum):
 FAILURE_REASON_HELP: dict[FailureReason, str] = {
     FailureReason.INVALID_SPEC: "The task spec asks for something invalid or not sold by AWS; fix the spec.",
     FailureReason.CREDENTIALS: "The provider's AWS keys were rejected or lack a permission from the policy.",
-    FailureReason.CAPACITY: "AWS had no capacity for the instance type in any tried Availability Zone.",
+    FailureReason.CAPACITY: "AWS had no capacity for the instance type in any tried Availability Zone (and region); "
+    "with job_recovery, none for max_wait_minutes.",
     FailureReason.QUOTA: "An EC2 service quota (vCPU or spot count) is too low; request an increase.",
     FailureReason.LAUNCH_ERROR: "RunInstances failed for another reason; the message carries AWS's text.",
     FailureReason.SETUP_FAILED: "The task's `setup` commands exited non-zero; `run` never started.",
@@ -63,13 +71,24 @@ TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILE
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.PENDING: frozenset({JobStatus.LAUNCHING, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.LAUNCHING: frozenset({JobStatus.PROVISIONING, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.PROVISIONING: frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.LAUNCHING: frozenset(
+        {JobStatus.PROVISIONING, JobStatus.WAITING_CAPACITY, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.PROVISIONING: frozenset(
+        {JobStatus.RUNNING, JobStatus.RECOVERING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.RUNNING: frozenset({JobStatus.RECOVERING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RECOVERING: frozenset({JobStatus.LAUNCHING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.WAITING_CAPACITY: frozenset({JobStatus.PROVISIONING, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
+
+# States in which the job has (or is getting) an instance of its current attempt.
+WITH_INSTANCE: frozenset[JobStatus] = frozenset({JobStatus.PROVISIONING, JobStatus.RUNNING})
+# States in which Launch works on the job (WAITING_CAPACITY: a retry after no zone or region had capacity).
+LAUNCHABLE: frozenset[JobStatus] = frozenset({JobStatus.LAUNCHING, JobStatus.WAITING_CAPACITY})
 
 ACTIVE: frozenset[JobStatus] = frozenset(set(JobStatus) - TERMINAL)
 

@@ -74,6 +74,36 @@ class Provider(BaseModel):
         }
 
 
+# How a job's status_detail is shown among its notes, by status (other states keep it as a field only).
+_DETAIL_PREFIX = {
+    JobStatus.PROVISIONING: "not running yet",
+    JobStatus.RECOVERING: "recovering",
+    JobStatus.WAITING_CAPACITY: "waiting for capacity",
+}
+
+
+class Attempt(BaseModel):
+    """One attempt of a job: its instance, where and how it ran, why it ended and what it cost (core/recovery.py).
+    The job keeps the attempts that ended and relaunched in `attempts`; the current one is in its own fields."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int
+    instance_id: str | None = None
+    instance_type: str | None = None
+    region: str
+    availability_zone: str | None = None
+    market: Market | None = None
+    hourly_price: float | None = None
+    launched_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    end_reason: str | None = None  # a FailureReason, or SUCCEEDED / CANCELLED for a job's last attempt
+    exit_code: int | None = None
+    message: str | None = None
+    billed_seconds: int | None = None
+    cost_estimate: float | None = None
+
+
 class Job(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -122,14 +152,58 @@ class Job(BaseModel):
     stored_scripts: dict[str, str] = Field(default_factory=dict)  # setup/run kept in the artifacts bucket: name → key
     secret_names: list[str] = Field(default_factory=list)  # the job's secrets (values only sealed, below)
     sealed_secrets: str | None = Field(default=None, repr=False)  # core/sealing.py: never shown, never in clear
+    attempt: int = 1  # the current attempt (core/recovery.py); its instance is instance_id
+    attempts: list[Attempt] = Field(default_factory=list)  # the attempts that ended and relaunched, in order
+    launch_started_at: dt.datetime | None = None  # when the current attempt's launch began (attempt 2 on)
+    waiting_since: dt.datetime | None = None  # WAITING_CAPACITY since (max_wait_minutes counts from here)
+    capacity_retry_at: dt.datetime | None = None  # WAITING_CAPACITY: when the workflow tries again
+    regions_tried: list[str] = Field(default_factory=list)  # this capacity round: regions with no capacity
+    capacity_round: int = 0  # walks over every region that found no capacity (WAITING_CAPACITY rounds)
+    log_marker_at: int | None = None  # the log offset of the current attempt's marker line (attempt 2 on)
     version: int = 1
+
+    def current_attempt(self) -> Attempt:
+        """The current attempt as an Attempt record (ended when the job did)."""
+        terminal = self.status.terminal
+        reason = None
+        if terminal:
+            reason = str(self.failure_reason) if self.failure_reason else str(self.status)
+        earlier = sum(a.billed_seconds or 0 for a in self.attempts)
+        earlier_cost = sum(a.cost_estimate or 0.0 for a in self.attempts)
+        own_seconds = (self.billed_seconds - earlier) if terminal and self.billed_seconds is not None else None
+        own_cost = None
+        if terminal and self.cost_estimate is not None:
+            own_cost = round(self.cost_estimate - earlier_cost, 4)
+        return Attempt(
+            attempt=self.attempt,
+            instance_id=self.instance_id,
+            instance_type=self.instance_type,
+            region=self.region,
+            availability_zone=self.availability_zone,
+            market=self.market,
+            hourly_price=self.hourly_price,
+            launched_at=self.launched_at,
+            ended_at=self.ended_at if terminal else None,
+            end_reason=reason,
+            exit_code=self.exit_code if terminal else None,
+            message=self.failure_message if terminal else None,
+            billed_seconds=own_seconds if own_seconds is None or own_seconds >= 0 else None,
+            cost_estimate=own_cost,
+        )
 
     def public(self) -> dict[str, Any]:
         """What users see: everything except idempotency bookkeeping. Env values are redacted (they often carry
         tokens such as HF_TOKEN); the names stay visible."""
-        body = self.model_dump(mode="json", exclude={"request_hash", "version", "sealed_secrets", "secret_names"})
-        if self.status == JobStatus.PROVISIONING and self.status_detail:
-            body["notes"] = [*self.notes, f"not running yet: {self.status_detail}"]
+        body = self.model_dump(
+            mode="json",
+            exclude={"request_hash", "version", "sealed_secrets", "secret_names", "log_marker_at", "attempts"},
+        )
+        recorded = bool(self.attempts) and self.attempts[-1].attempt == self.attempt  # ended while RECOVERING
+        shown = self.attempts if recorded else [*self.attempts, self.current_attempt()]
+        body["attempts"] = [a.model_dump(mode="json") for a in shown]
+        prefix = _DETAIL_PREFIX.get(self.status)
+        if prefix and self.status_detail:
+            body["notes"] = [*self.notes, f"{prefix}: {self.status_detail}"]
         if self.upload_failures:
             areas = " and ".join(self.upload_failures)
             body["notes"] = [

@@ -24,6 +24,11 @@ def from_result(job: Job, result: dict[str, str]) -> tuple[JobStatus, dict[str, 
     minutes = job.spec.max_runtime_minutes if job.spec else None
     if reason == "CANCELLED":
         return JobStatus.CANCELLED, fields | {"failure_message": "cancelled by request"}
+    if reason == "INTERRUPTED":  # the relay stopped it because its attempt ended (normally already RECOVERING)
+        return JobStatus.FAILED, fields | {
+            "failure_reason": FailureReason.SPOT_INTERRUPTED,
+            "failure_message": "the attempt was stopped on the instance because AWS is reclaiming it",
+        }
     if reason == "INPUTS_FAILED":
         return JobStatus.FAILED, fields | {
             "failure_reason": FailureReason.INPUTS_FAILED,
@@ -129,13 +134,28 @@ def lost_instance(job: Job, state_reason: str, now: dt.datetime) -> tuple[Failur
 MINIMUM_BILLED_SECONDS = 60  # EC2 Linux per-second billing has a one-minute minimum
 
 
-def billing(job: Job, ended_at: dt.datetime) -> dict[str, Any]:
-    """The billed duration (launch → end, at least a minute) and its cost estimate at the recorded hourly price;
-    empty for a job that never had an instance."""
-    if job.launched_at is None:
-        return {}
+def attempt_billing(job: Job, ended_at: dt.datetime) -> tuple[int | None, float | None]:
+    """The current attempt's billed seconds (launch → end, at least a minute) and its cost at the recorded hourly
+    price; (None, None) for an attempt that never had an instance, or one already recorded in `attempts` (a job
+    that ends while RECOVERING)."""
+    if job.launched_at is None or (job.attempts and job.attempts[-1].attempt == job.attempt):
+        return None, None
     seconds = max(MINIMUM_BILLED_SECONDS, int((ended_at - job.launched_at).total_seconds()))
-    fields: dict[str, Any] = {"billed_seconds": seconds}
-    if job.hourly_price is not None:
-        fields["cost_estimate"] = round(job.hourly_price * seconds / 3600, 4)
+    cost = None if job.hourly_price is None else round(job.hourly_price * seconds / 3600, 4)
+    return seconds, cost
+
+
+def billing(job: Job, ended_at: dt.datetime) -> dict[str, Any]:
+    """The job's billed duration and cost estimate when it ends: the sum over its attempts (the earlier ones as
+    recorded, the current one launch → end, at least a minute each); empty for a job that never had an instance."""
+    seconds, cost = attempt_billing(job, ended_at)
+    earlier = [a for a in job.attempts if a.billed_seconds is not None]
+    if seconds is None and not earlier:
+        return {}
+    fields: dict[str, Any] = {"billed_seconds": (seconds or 0) + sum(a.billed_seconds or 0 for a in earlier)}
+    costs = [a.cost_estimate for a in earlier]
+    if seconds is not None:
+        costs.append(cost)
+    if costs and all(c is not None for c in costs):  # an unpriced attempt (spot): the sum would understate it
+        fields["cost_estimate"] = round(sum(c for c in costs if c is not None), 4)
     return fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,10 +53,18 @@ class JobStore(Protocol):
         job_id: str,
         target: JobStatus,
         *,
-        expected: JobStatus | None = None,
+        expected: JobStatus | Collection[JobStatus] | None = None,
         fields: dict[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> Job: ...
-    def update(self, job_id: str, fields: dict[str, Any], *, expected: JobStatus | None = None) -> Job: ...
+    def update(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        expected: JobStatus | Collection[JobStatus] | None = None,
+        attempt: int | None = None,
+    ) -> Job: ...
     def has_active_jobs(self, provider_id: str) -> bool: ...
 
 
@@ -91,13 +100,15 @@ class JobStateWriter(Protocol):
     """What the event handlers and the reconciler change on jobs: the instance's state and the job's status."""
 
     def set_instance_state(self, job_id: str, state: str) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
     def transition(
         self,
         job_id: str,
         target: JobStatus,
         *,
-        expected: JobStatus | None = None,
+        expected: JobStatus | Collection[JobStatus] | None = None,
         fields: dict[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> Job: ...
 
 

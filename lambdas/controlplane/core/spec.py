@@ -38,6 +38,8 @@ from controlplane.core import catalog
 from controlplane.core.errors import InvalidSpec
 from controlplane.core.inputs import WORKDIR_PATH, MountsSource, WorkdirSource, parse_file_mounts, parse_workdir
 from controlplane.core.markets import AUTO, Market, UseSpot, markets_for
+from controlplane.core.recovery import JobRecovery
+from controlplane.core.recovery import parse as parse_recovery
 from controlplane.core.spec_compat import (
     RESOURCES_FIELD_ADVICE,
     TASK_FIELD_ADVICE,
@@ -65,6 +67,15 @@ DEFAULT_CPU_ONLY_CPUS = "2+"
 # later (instance, prices, notes, failure message, lease, timestamps): 256 KiB leaves 144 KiB for those, and it is
 # also what a console execution input or an automation event can carry (both 256 KB). docs/limits.md.
 MAX_SPEC_BYTES = 256 * 1024
+MAX_REGIONS = 8
+# The forms `resources.region` takes (the validator checks the names against the catalog).
+REGION_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": MAX_REGIONS},
+        {"type": "null"},
+    ]
+}
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GPU_COUNT = re.compile(r"(?P<whole>[0-9]{1,6})(?:\.0*)?", re.ASCII)  # "8", "8.0": ACCELERATORS_JSON_SCHEMA
@@ -254,7 +265,11 @@ class Resources(BaseModel):
         description='true: spot; false: on-demand; "auto": spot, falling back to on-demand when AWS has no spot '
         "capacity in any zone tried, or the spot quota is too low",
     )
-    region: str | None = Field(default=None, description="AWS region; defaults to the provider's region")
+    region: Annotated[str | list[str] | None, WithJsonSchema(REGION_JSON_SCHEMA, mode="validation")] = Field(
+        default=None,
+        description="AWS region, or an ordered list of regions: the next is tried when one has no capacity for the "
+        "instance type; defaults to the provider's region",
+    )
     instance_type: str | None = Field(default=None, description="pin an exact EC2 instance type")
     _requested_gpu: str | None = PrivateAttr(default=None)  # what the user typed, e.g. "a10" (for the alias note)
 
@@ -317,12 +332,17 @@ class Resources(BaseModel):
 
     @field_validator("region", mode="before")
     @classmethod
-    def _region(cls, raw: Any) -> str | None:
+    def _region(cls, raw: Any) -> str | list[str] | None:
         if raw is None:
             return None
-        if not isinstance(raw, str):
-            raise ValueError("region must be an AWS region name such as us-east-1")
-        return catalog.get().check_region(raw.strip())
+        bad = "region must be an AWS region name such as us-east-1, or a list of them such as [us-east-1, us-west-2]"
+        items = raw if isinstance(raw, list) else [raw]
+        if not items or len(items) > MAX_REGIONS or not all(isinstance(item, str) for item in items):
+            raise ValueError(f"{bad} (at most {MAX_REGIONS})")
+        regions = [catalog.get().check_region(item.strip()) for item in items]
+        if len(set(regions)) != len(regions):
+            raise ValueError("region lists a region twice")
+        return regions[0] if len(regions) == 1 else regions
 
     @field_validator("instance_type", mode="before")
     @classmethod
@@ -339,6 +359,13 @@ class Resources(BaseModel):
             return None
         parsed = parse_accelerator(self.accelerators)
         return Accelerator(parsed.name, parsed.count, self._requested_gpu or parsed.requested_as)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The regions asked for, in order (empty: the provider's region)."""
+        if self.region is None:
+            return ()
+        return (self.region,) if isinstance(self.region, str) else tuple(self.region)
 
     @property
     def markets(self) -> tuple[Market, ...]:
@@ -386,6 +413,11 @@ class TaskSpec(BaseModel):
     resume_from: str | None = Field(
         default=None, description="a job of the same team whose last checkpoints are restored before setup"
     )
+    job_recovery: JobRecovery | None = Field(
+        default=None,
+        description="relaunch the job (resuming from its checkpoints) when AWS interrupts or loses its instance, "
+        "when it fails, or wait when no zone has capacity; absent: no recovery (docs/recovery.md)",
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -394,6 +426,7 @@ class TaskSpec(BaseModel):
         reason = not_a_mapping_reason(data) if not isinstance(data, BaseModel) else None
         if reason is not None:
             raise not_a_mapping_error(reason)
+        data = _recovery_at_top(data)
         try:
             return handler(data)
         except ValidationError as error:
@@ -479,6 +512,11 @@ class TaskSpec(BaseModel):
     def _file_mounts(cls, raw: Any) -> Any:
         return parse_file_mounts(raw)
 
+    @field_validator("job_recovery", mode="before")
+    @classmethod
+    def _job_recovery(cls, raw: Any) -> JobRecovery | None:
+        return parse_recovery(raw)
+
     @field_validator("resume_from", mode="before")
     @classmethod
     def _resume_from(cls, raw: Any) -> str | None:
@@ -503,6 +541,20 @@ class TaskSpec(BaseModel):
         if not value.is_integer() or not 1 <= value <= MAX_RUNTIME_LIMIT_MINUTES:
             raise ValueError(bad)
         return int(value)
+
+
+def _recovery_at_top(data: Any) -> Any:
+    """SkyPilot writes `job_recovery` under `resources`; ec2jobs keeps it at the top of the task. Moved up (both
+    places at once is an error)."""
+    if not isinstance(data, dict):
+        return data
+    resources = data.get("resources")
+    if not isinstance(resources, dict) or "job_recovery" not in resources:
+        return data
+    if data.get("job_recovery") is not None:
+        raise ValueError("job_recovery is given twice (at the top and under resources); keep one")
+    rest = {key: value for key, value in resources.items() if key != "job_recovery"}
+    return data | {"resources": rest, "job_recovery": resources["job_recovery"]}
 
 
 def stored_spec_bytes(spec: TaskSpec) -> int:

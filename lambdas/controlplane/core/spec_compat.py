@@ -93,13 +93,9 @@ RESOURCES_FIELD_ADVICE: Mapping[str, str] = {
     "any_of": _ONE_RESOURCE_SET,
     "ordered": _ONE_RESOURCE_SET,
     "candidates": _ONE_RESOURCE_SET,
-    "job_recovery": (
-        "is not supported yet: a spot job that AWS interrupts ends FAILED (SPOT_INTERRUPTED); submit it again, or "
-        "use `use_spot: false`"
-    ),
     "spot_recovery": (
-        "is not supported yet: a spot job that AWS interrupts ends FAILED (SPOT_INTERRUPTED); submit it again, or "
-        "use `use_spot: false`"
+        "is SkyPilot's old name for job_recovery: use `job_recovery:` instead (e.g. `job_recovery: "
+        "{max_restarts: 10}`); docs/recovery.md"
     ),
     "autostop": ("is not needed: the instance is terminated when `run` ends, or at max_runtime_minutes; remove it"),
     "labels": f"is not supported yet (the instance is tagged with the job id; name the job with `name:`); {_REMOVE_IT}",

@@ -309,6 +309,7 @@ def _pipeline_from_environment() -> Pipeline:
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
             boot_allowance_seconds=settings.boot_allowance_seconds,
             profile_propagation_wait_seconds=settings.profile_propagation_wait_seconds,
+            capacity_retry_seconds=settings.capacity_retry_seconds,
         ),
     )
     locator = ProviderInstanceLocator(providers, secrets, clients)

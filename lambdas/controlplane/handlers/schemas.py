@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.markets import UseSpot
-from controlplane.core.models import Job
+from controlplane.core.models import Attempt, Job
 from controlplane.core.spec import TaskSpec
 
 
@@ -56,12 +56,20 @@ class SpecView(TaskSpec):
 def _job_view() -> type[BaseModel]:
     """Job.public(): every Job field but the idempotency bookkeeping and the sealed secrets, all always present; the
     spec with env and secret values redacted (names kept)."""
-    hidden = {"request_hash", "version", "spec", "sealed_secrets", "secret_names"}
+    hidden = {"request_hash", "version", "spec", "sealed_secrets", "secret_names", "log_marker_at"}
     fields: dict[str, Any] = {
         name: (field.annotation, Field(description=field.description))
         for name, field in Job.model_fields.items()
         if name not in hidden
     }
+    fields["attempts"] = (
+        list[Attempt],
+        Field(
+            description="every attempt of the job, the current one last (one entry for a job that never relaunched): "
+            "its instance, region, zone, market, launch and end, why it ended, billed seconds and cost; the job's "
+            "billed_seconds and cost_estimate are their sums (docs/recovery.md)"
+        ),
+    )
     fields["spec"] = (
         SpecView | None,
         Field(description="the task spec as submitted; env and secret values are <redacted>"),

@@ -98,6 +98,19 @@ def relay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context
+def recover(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """The Recover step: the attempt ended and the job relaunches (its instance terminated, the next attempt
+    begun)."""
+    try:
+        state = container.pipeline().recover(event)
+    except DomainError as error:
+        _logged("recover", event.get("job_id"), error)
+        raise
+    logger.info("next attempt begun", extra={"job_id": state["job_id"], "attempt": state["attempt"]})
+    return state
+
+
+@logger.inject_lambda_context
 def record_failure(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
     """Catch target: the state with the caught error at `error` ({"Error", "Cause"})."""
     error = event.get("error") if isinstance(event.get("error"), dict) else None

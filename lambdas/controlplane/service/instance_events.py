@@ -5,16 +5,15 @@ no exit status was relayed — FAILED with MAX_RUNTIME (past its deadline) or IN
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 from controlplane.core import outcomes
-from controlplane.core.errors import TransitionRefused
-from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.lifecycle import WITH_INSTANCE, FailureReason
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStateWriter, LogProgress
+from controlplane.service.recovery import AttemptEnder, final_if_ended
 
 ENDED_STATES = frozenset({"shutting-down", "terminated"})
 # EC2's states in lifecycle order: a late event never moves the recorded state backwards.
@@ -48,6 +47,14 @@ class InstanceEventsService:
         self.jobs = jobs
         self.logs = logs
         self.reasons = reasons
+        self.ender = AttemptEnder(jobs)
+
+    def _job_of(self, instance_id: str) -> Job | None:
+        """The job whose CURRENT attempt runs on the instance (an earlier attempt's instance changes nothing)."""
+        job = self.jobs.by_instance(instance_id)
+        if job is None or job.instance_id != instance_id:
+            return None
+        return job
 
     def _state_reason(self, job: Job) -> str:
         """EC2 state-change events carry no reason (their detail is instance-id and state), so a spot reclaim whose
@@ -62,39 +69,35 @@ class InstanceEventsService:
             return ""
 
     def spot_interruption(self, instance_id: str) -> Handled:
-        """AWS reclaims the spot instance in two minutes: the job cannot finish. It ends FAILED / SPOT_INTERRUPTED
-        now (the relay keeps streaming what the instance still writes until it is gone)."""
-        job = self.jobs.by_instance(instance_id)
+        """AWS reclaims the spot instance in two minutes: the attempt cannot finish. It ends now with
+        SPOT_INTERRUPTED: the job relaunches (RECOVERING) if its job_recovery allows, else it ends FAILED (the relay
+        keeps streaming what the instance still writes until it is gone)."""
+        job = self._job_of(instance_id)
         if job is None:
-            return Handled(None, "not an ec2jobs instance")
-        if job.status.terminal:
+            return Handled(None, "not the current instance of an ec2jobs job")
+        if job.status not in WITH_INSTANCE:
             return Handled(job.job_id, f"already {job.status}")
-        with contextlib.suppress(TransitionRefused):
-            self.jobs.transition(
-                job.job_id,
-                JobStatus.FAILED,
-                fields={
-                    "failure_reason": FailureReason.SPOT_INTERRUPTED,
-                    "failure_message": "AWS is reclaiming the spot instance (a 2-minute interruption warning)",
-                },
-            )
-        return Handled(job.job_id, "ended SPOT_INTERRUPTED")
+        changed = self.ender.end(
+            job,
+            FailureReason.SPOT_INTERRUPTED,
+            "AWS is reclaiming the spot instance (a 2-minute interruption warning)",
+        )
+        if changed is None:
+            return Handled(job.job_id, "already ended")
+        return Handled(job.job_id, f"{changed.status} after SPOT_INTERRUPTED")
 
     def handle(self, instance_id: str, state: str) -> Handled:
-        job = self.jobs.by_instance(instance_id)
+        job = self._job_of(instance_id)
         if job is None:
-            return Handled(None, "not an ec2jobs instance")
+            return Handled(None, "not the current instance of an ec2jobs job")
         if STATE_ORDER.get(state, -1) < STATE_ORDER.get(job.instance_state or "", -1):
             return Handled(job.job_id, f"ignored {state}: already {job.instance_state} (an event out of order)")
         self.jobs.set_instance_state(job.job_id, state)
-        if state not in ENDED_STATES or job.status.terminal:
+        if state not in ENDED_STATES or job.status not in WITH_INSTANCE:
             return Handled(job.job_id, f"recorded {state}")
         reason, message = outcomes.lost_instance(job, self._state_reason(job), utcnow())
-        with contextlib.suppress(TransitionRefused):  # the relay finished it meanwhile: keep that
-            self.jobs.transition(
-                job.job_id, JobStatus.FAILED, fields={"failure_reason": reason, "failure_message": message}
-            )
-        progress = self.logs.progress(job.job_id)
-        self.logs.commit(job.job_id, progress.committed, complete=True)  # nothing more can be relayed
-        logger.info("job ended with its instance", extra={"job_id": job.job_id, "reason": str(reason)})
-        return Handled(job.job_id, f"ended {reason}")
+        # The relay may have recorded the outcome meanwhile: then this write is refused and that outcome stays.
+        changed = self.ender.end(job, reason, message)
+        final_if_ended(self.logs, self.jobs, job.job_id)  # nothing more can be relayed, unless a next attempt runs
+        logger.info("attempt ended with its instance", extra={"job_id": job.job_id, "reason": str(reason)})
+        return Handled(job.job_id, f"ended {reason}" + (f": {changed.status}" if changed else ""))

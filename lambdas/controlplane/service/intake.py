@@ -285,9 +285,9 @@ class IntakeService:
             check_spec_size(spec)
         except InvalidSpec as error:  # recorded without the spec: the job record could not hold it
             self._record_invalid(Job.model_validate(base | {"name": spec.name}), error.message)
-        region = spec.resources.region or provider.region
+        region = (spec.resources.regions or (provider.region,))[0]
         try:
-            selection = catalog.get().select(spec.resources, region)
+            selection = catalog.get().select_for(spec.resources, provider.region)
             userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
             check_spec_uploads(self.uploads, team_id, spec)
         except InvalidSpec as error:

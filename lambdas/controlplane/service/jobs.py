@@ -98,7 +98,7 @@ class JobService:
             raise NotFound("provider", request.provider_id)
         spec, scripts = bundle.split_scripts(request.task_spec())  # megabyte scripts go to the bucket, not the item
         check_spec_size(spec)  # before anything else: a spec the job record cannot hold is never stored
-        selection = catalog.get().select(spec.resources, spec.resources.region or provider.region)
+        selection = catalog.get().select_for(spec.resources, provider.region)
         userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
         self._check_resume_from(team_id, spec.resume_from)
         check_spec_uploads(self.uploads, team_id, spec)

@@ -21,6 +21,7 @@ from controlplane.service.bootstrap import BootstrapService
 from controlplane.service.failures import fail_job
 from controlplane.service.intake import IntakeService
 from controlplane.service.launch import LaunchService
+from controlplane.service.recovery import RecoveryService
 from controlplane.service.relay import DIRECT_OWNER, RelayService
 
 
@@ -42,6 +43,7 @@ class Pipeline:
         self.bootstrapper = bootstrap
         self.launcher = launch
         self.relayer = relay
+        self.recovery = RecoveryService(jobs, relay.logs, reaper=self)
 
     def validate(self, raw: Any, execution_name: str | None, execution_arn: str | None) -> dict[str, Any]:
         return self.intake.validate(raw, execution_name, execution_arn).as_state()
@@ -63,10 +65,11 @@ class Pipeline:
             _, credentials = self._provider(job)
             record = BootstrapRecord.model_validate(state["bootstrap"])
             if time_left is None:
-                job = self.launcher.launch(job, credentials, record)
+                result = self.launcher.launch(job, credentials, record)
             else:
-                job = self.launcher.launch(job, credentials, record, time_left)
-        return state | {"instance_id": job.instance_id, "status": str(job.status)}
+                result = self.launcher.launch(job, credentials, record, time_left)
+        launch = {"next": result.next, "wait_seconds": result.wait_seconds}
+        return state | {"instance_id": result.job.instance_id, "status": str(result.job.status), "launch": launch}
 
     def relay(self, state: dict[str, Any], time_left: Callable[[], float] | None = None) -> dict[str, Any]:
         """One relay invocation: stream the job's output for a bounded time; `relay.finished` ends the loop."""
@@ -77,6 +80,19 @@ class Pipeline:
         else:
             outcome = self.relayer.relay(job_id, time_left, owner)
         return state | {"relay": outcome.as_state()}
+
+    def recover(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The Recover step: the ended attempt's instance terminated, the next attempt begun (LAUNCHING)."""
+        job_id = _job_id(state)
+        owner = str(state.get("relay_owner") or DIRECT_OWNER)
+        with self._failing(job_id):
+            job = self.recovery.recover(job_id, owner)
+        return {"job_id": job_id, "team_id": job.team_id, "attempt": job.attempt, "region": job.region}
+
+    def reap(self, job: Job) -> list[str]:
+        """Terminate every live instance launched for the job (with its provider's keys)."""
+        _, credentials = self._provider(job)
+        return self.launcher.reap(job, credentials)
 
     def record_failure(self, state: dict[str, Any], error: dict[str, Any] | None) -> dict[str, str]:
         """The workflow's catch-all: make sure the job ends FAILED, that no instance launched for it keeps running,

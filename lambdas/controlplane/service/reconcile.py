@@ -16,6 +16,12 @@ batched DescribeInstances of the instances ec2jobs launched for that team, then 
 - a live instance whose relay loop died (its relay lease expired, or was never taken) → a relay-only execution
   resumes streaming from the committed offset (the wrapper keeps the instance up until its output is drained);
 - a changed instance state → recorded (a missed event);
+- managed recovery (service/recovery.py): an instance gone under a job with job_recovery ends the attempt (RECOVERING
+  when the policy relaunches); a RECOVERING job whose workflow stopped (no live relay lease, unchanged for the relay
+  stale bound) gets a relay-only execution, which ends the attempt's loop and runs Recover; a WAITING_CAPACITY job
+  whose workflow missed its retry by the stale bound gets a launch-only execution, and one waiting past its
+  max_wait_minutes (plus the launch timeout) ends FAILED / CAPACITY; an ended attempt's instance still running after
+  its drain bound, and any instance of the job other than the current attempt's, is terminated;
 and terminates orphans: live instances of ours (tagged for the team) that no active job owns — when the job they
 were launched for ended more than the ended grace ago (its self-termination failed; never sooner, whatever the
 instance's age), otherwise once they are older than the orphan grace (a launch may still be recording its instance).
@@ -43,6 +49,7 @@ from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStateWriter, LogProgress, ProviderClients, SecretStore
 from controlplane.core.provisioning import JOB_TAG
+from controlplane.service.recovery import RECOVERY_DRAIN_SECONDS, AttemptEnder, final_if_ended
 
 logger = logging.getLogger(__name__)
 GONE = frozenset({"shutting-down", "terminated"})
@@ -57,6 +64,7 @@ class ReconcileJobs(JobStateWriter, Protocol):
 
 class RelayRestarter(Protocol):
     def resume_relay(self, job: Job, attempt: int) -> str: ...
+    def resume_launch(self, job: Job, attempt: int) -> str: ...
 
 
 class ReconcileProviders(Protocol):
@@ -80,6 +88,7 @@ class ReconcileSettings:
     ended_grace_seconds: float = 120.0
     relay_stale_seconds: float = 120.0
     max_relay_restarts: int = 20
+    launch_step_seconds: float = 180.0  # the launch Lambda's timeout: a WAITING_CAPACITY retry may take this long
 
 
 @dataclass
@@ -105,6 +114,7 @@ class Reconciler:
         clock: Callable[[], dt.datetime] = utcnow,
         relays: RelayRestarter | None = None,
     ) -> None:
+        self.ender = AttemptEnder(jobs)
         self.relays = relays
         self.jobs = jobs
         self.providers = providers
@@ -240,7 +250,13 @@ class Reconciler:
         now: dt.datetime,
         report: Report,
     ) -> None:
-        age = (now - job.created_at).total_seconds()
+        age = (now - (job.launch_started_at or job.created_at)).total_seconds()
+        if job.status == JobStatus.WAITING_CAPACITY:
+            self._waiting(job, ec2, tagged, now, report)
+            return
+        if job.status == JobStatus.RECOVERING:
+            self._recovering(job, ec2, by_id, now, report)
+            return
         if job.status in {JobStatus.PENDING, JobStatus.LAUNCHING}:
             if age > self.settings.launch_timeout_seconds:
                 live = [str(i["InstanceId"]) for i in tagged if i.get("State", {}).get("Name") in LIVE_STATES]
@@ -263,8 +279,16 @@ class Reconciler:
         if state in GONE or state in {"stopped", "stopping"}:
             reason_code = str((instance or {}).get("StateReason", {}).get("Code", ""))
             reason, message = outcomes.lost_instance(job, reason_code, now)
-            self._fail(job, reason, message, report, instance_state=state)
+            self._end_attempt(job, reason, message, report, instance_state=state)
             return
+        surplus = [
+            str(i["InstanceId"])
+            for i in tagged
+            if str(i["InstanceId"]) != job.instance_id and i.get("State", {}).get("Name") in {"pending", "running"}
+        ]
+        if surplus:  # an earlier attempt's instance, or a duplicate: one job, one instance
+            ec2.terminate(surplus)
+            report.terminated += surplus
         if instance is not None and self._unreachable(job, instance, state, now):
             ec2.terminate([str(job.instance_id)])
             report.terminated.append(str(job.instance_id))
@@ -302,16 +326,74 @@ class Reconciler:
             return None
         return found[0] if found else None
 
+    def _waiting(
+        self, job: Job, ec2: Ec2Account, tagged: list[dict[str, Any]], now: dt.datetime, report: Report
+    ) -> None:
+        """WAITING_CAPACITY: past its max_wait_minutes (and the launch timeout), FAILED / CAPACITY; a workflow that
+        missed its retry by the stale bound gets a launch-only execution."""
+        policy = job.spec.job_recovery if job.spec else None
+        since = job.waiting_since or job.updated_at
+        limit = (policy.max_wait_minutes * 60 if policy else 0) + self.settings.launch_timeout_seconds
+        if (now - since).total_seconds() > limit:
+            live = [str(i["InstanceId"]) for i in tagged if i.get("State", {}).get("Name") in LIVE_STATES]
+            if live:
+                ec2.terminate(live)
+                report.terminated += live
+            minutes = policy.max_wait_minutes if policy else 0
+            regions = " and ".join((job.spec.resources.regions if job.spec else ()) or (job.region,))
+            self._fail(job, FailureReason.CAPACITY, f"AWS had no capacity for {job.instance_type} in {regions} within "
+                       f"job_recovery.max_wait_minutes ({minutes}); the reconciler ended the wait", report)  # fmt: skip
+            return
+        due = job.capacity_retry_at or job.updated_at
+        if (now - due).total_seconds() > self.settings.relay_stale_seconds + self.settings.launch_step_seconds:
+            self._restart(job, now, report, launch=True)
+
+    def _recovering(
+        self, job: Job, ec2: Ec2Account, by_id: dict[str, dict[str, Any]], now: dt.datetime, report: Report
+    ) -> None:
+        """RECOVERING: the ended attempt's instance is terminated once its drain bound passed (Recover normally
+        did it); a workflow that stopped gets a relay-only execution, which ends the loop and runs Recover."""
+        ended = job.attempts[-1].ended_at if job.attempts else None
+        instance = by_id.get(job.instance_id or "")
+        state = str(instance.get("State", {}).get("Name")) if instance else ""
+        drained_by = RECOVERY_DRAIN_SECONDS + self.settings.ended_grace_seconds
+        if state in {"pending", "running"} and (ended is None or (now - ended).total_seconds() > drained_by):
+            ec2.terminate([str(job.instance_id)])
+            report.terminated.append(str(job.instance_id))
+        self._keep_relayed(job, now, report)
+
+    def _end_attempt(
+        self, job: Job, reason: FailureReason, message: str, report: Report, instance_state: str | None = None
+    ) -> None:
+        """The current attempt's instance is gone: the job relaunches if its job_recovery allows, else FAILED."""
+        fields = {"instance_state": instance_state} if instance_state is not None else None
+        changed = self.ender.end(job, reason, message, fields=fields)
+        if changed is None:
+            return  # it ended meanwhile: keep that
+        final_if_ended(self.logs, self.jobs, job.job_id)
+        report.finalized.append(job.job_id)
+
     def _keep_relayed(self, job: Job, now: dt.datetime, report: Report) -> None:
-        """A live job whose relay loop died (lease expired, or never taken after launch) gets a new loop."""
-        if self.relays is None or job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING}:
+        """A live job whose relay loop died (lease expired, or never taken after launch) gets a new loop; so does a
+        RECOVERING one whose workflow stopped (the new loop ends the attempt and runs Recover)."""
+        if self.relays is None or job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING, JobStatus.RECOVERING}:
             return
         stale = self.settings.relay_stale_seconds
-        if job.relay_lease_until is not None:
-            if job.relay_lease_until > now:
-                return
-        elif (now - (job.launched_at or job.created_at)).total_seconds() < stale:
+        if job.relay_lease_until is not None and job.relay_lease_until > now:
             return
+        if job.status == JobStatus.RECOVERING:
+            if (now - job.updated_at).total_seconds() < stale:
+                return
+        elif job.relay_lease_until is None and (now - (job.launched_at or job.created_at)).total_seconds() < stale:
+            return
+        self._restart(job, now, report)
+
+    def _restart(self, job: Job, now: dt.datetime, report: Report, *, launch: bool = False) -> None:
+        """Start a relay-only (or, for a job waiting for capacity, a launch-only) execution, at most once per sweep
+        and stale bound (compare-and-set on the job's restart count)."""
+        if self.relays is None:
+            return
+        stale = self.settings.relay_stale_seconds
         if job.relay_restarted_at is not None and (now - job.relay_restarted_at).total_seconds() < stale:
             return  # the loop started last time has not claimed the lease yet
         if job.relay_restarts >= self.settings.max_relay_restarts:
@@ -320,7 +402,10 @@ class Reconciler:
         if not self.jobs.note_relay_restart(job.job_id, job.relay_restarts, now):
             return  # another sweep restarted it, or the job moved on
         try:
-            self.relays.resume_relay(job, job.relay_restarts + 1)
+            if launch:
+                self.relays.resume_launch(job, job.relay_restarts + 1)
+            else:
+                self.relays.resume_relay(job, job.relay_restarts + 1)
         except UpstreamUnavailable as error:
             report.errors.append(f"{job.job_id}: {error.message}")
             return

@@ -12,6 +12,15 @@ through to the file's final size, commit the log as complete (and whole), record
 the `drained` marker the wrapper waits for before it terminates the instance. A dropped connection resumes from the
 committed offset.
 
+Recovery (service/recovery.py): an attempt that ends while the relay streams it — the wrapper's failure, which the
+job's job_recovery relaunches, or a spot interruption warning — leaves the job RECOVERING. The relay then stops the
+job on the instance (`relay/interrupt`: SIGTERM, then SIGKILL; the wrapper uploads its outputs and checkpoints),
+reads the output to its end as for any result, and ends its loop with `recover`, on which the workflow's Recover
+step begins the next attempt. Past RECOVERY_DRAIN_SECONDS after the attempt ended, the instance is terminated
+whatever is left unread. The log is one stream across attempts: attempt N's output begins after a marker line
+written at the offset Recover recorded (`log_marker_at`), so the instance's file offsets are the log's minus
+that base.
+
 Cancel: the API ends a RUNNING job CANCELLED and leaves its instance to the relay, which notices within
 `cancel_check_seconds`, writes the wrapper's `relay/cancel` marker (the job is stopped: SIGTERM, then SIGKILL) and
 reads the output to its end as for any result, so the log is complete; the instance is terminated by the relay
@@ -39,14 +48,16 @@ from typing import Any, Protocol
 
 from controlplane.adapters.logs import DynamoLogStore, LogWriteAbandoned
 from controlplane.adapters.ssh import STATE_DIR, ConnectionLost, InstanceNotReady, Remote, SshConnector, SshSession
-from controlplane.core import logchunks, outcomes, sealing
+from controlplane.core import logchunks, outcomes, recovery, sealing
 from controlplane.core.bundle import StartBundle
 from controlplane.core.errors import TransitionRefused
 from controlplane.core.launch_errors import AUTH_CODES
-from controlplane.core.lifecycle import FailureReason, JobStatus
+from controlplane.core.lifecycle import WITH_INSTANCE, FailureReason, JobStatus
+from controlplane.core.markets import Market
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStore, SecretStore, TeamKey
 from controlplane.service import job_io
+from controlplane.service.recovery import RECOVERY_DRAIN_SECONDS, AttemptEnder, ended_attempts, in_recovery_drain
 from controlplane.service.relay_lease import LEASE_SECONDS, LeaseHold, RelayLease
 
 logger = logging.getLogger(__name__)
@@ -74,6 +85,9 @@ class RelaySettings:
     connect_retry_seconds: float = 0.5  # the instance has an address but SSH is not ready yet: retry this often
     locate_seconds: float = 2.0  # while not connected, DescribeInstances at most this often
     cancel_check_seconds: float = 2.0  # while streaming, read the job's status this often (is it cancelled?)
+    # ... this often for a spot job with job_recovery: an interruption warning stops it, and the next attempt waits
+    interruption_check_seconds: float = 1.0
+    stopping_poll_seconds: float = 0.25  # once the relay asked the wrapper to stop the job: look for its result
     cancel_drain_seconds: float = outcomes.CANCEL_DRAIN_SECONDS
     lease_seconds: float = LEASE_SECONDS  # a dead relay's lease ends within this (service/relay_lease.py)
 
@@ -93,6 +107,7 @@ class RelayOutcome:
     detail: str
     relayed_bytes: int = 0
     connections: int = 0
+    recover: bool = False  # the attempt ended and the job relaunches: the workflow's Recover step is next
 
     def as_state(self) -> dict[str, Any]:
         return {
@@ -100,6 +115,7 @@ class RelayOutcome:
             "detail": self.detail,
             "relayed_bytes": self.relayed_bytes,
             "connections": self.connections,
+            "recover": self.recover,
         }
 
 
@@ -151,6 +167,7 @@ class RelayService:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
+        self.ender = AttemptEnder(jobs)
 
     def relay(
         self, job_id: str, time_left: Callable[[], float] = _no_deadline, owner: str = DIRECT_OWNER
@@ -159,7 +176,11 @@ class RelayService:
         job = self.jobs.get(job_id)
         if job is None:
             return RelayOutcome(True, "the job does not exist")
-        streams_on = outcomes.streams_after_end(job, utcnow())  # spot-interrupted: the instance writes on
+        now = utcnow()
+        if job.status == JobStatus.RECOVERING and not in_recovery_drain(job, now):
+            return RelayOutcome(True, f"attempt {job.attempt} ended; the next attempt follows", recover=True)
+        # Spot-interrupted or cancelled: the instance writes on; a recovering attempt's instance uploads and drains.
+        streams_on = outcomes.streams_after_end(job, now) or in_recovery_drain(job, now)
         if job.status.terminal and not streams_on:
             progress = self.logs.progress(job_id)
             if not progress.complete:
@@ -178,13 +199,17 @@ class RelayService:
         outcome = self._relay(job, budget, hold)
         if not outcome.finished:
             hold.release_for(LOOP_GAP_SECONDS)
+            return outcome
+        after = self.jobs.get(job_id)
+        if after is not None and after.status == JobStatus.RECOVERING:
+            return RelayOutcome(True, outcome.detail, outcome.relayed_bytes, outcome.connections, recover=True)
         return outcome
 
     def _not_claimed(self, job_id: str) -> RelayOutcome:
         job = self.jobs.get(job_id)
         if job is None or job.status.terminal:
             return RelayOutcome(True, f"the job is {job.status if job else 'gone'}")
-        if job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING}:
+        if job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING, JobStatus.RECOVERING}:
             return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
         logger.info("another relay loop holds the lease", extra={"job_id": job_id, "owner": job.relay_owner})
         return RelayOutcome(True, f"another relay loop streams this job's output ({job.relay_owner}); this one stops")
@@ -233,6 +258,8 @@ class RelayService:
                         job = self._running(job)
                         if job.status.terminal and not outcomes.streams_after_end(job, utcnow()):
                             return RelayOutcome(True, f"the job is {job.status}", relayed, connections)
+                        if job.status == JobStatus.RECOVERING and not in_recovery_drain(job, utcnow()):
+                            return RelayOutcome(True, f"attempt {job.attempt} ended", relayed, connections)
                         self._start(session, job, team_key)
                         outcome = self._stream(session, job, deadline, hold)
                         relayed += outcome.relayed_bytes
@@ -303,15 +330,18 @@ class RelayService:
             return job
 
     def _instance_gone(self, job: Job, located: Located) -> None:
-        """The instance ended before its output was drained: nothing more can be relayed. Mark the log complete
-        and end the job with the reason the instance's end implies (it never recorded an exit status here)."""
-        progress = self.logs.progress(job.job_id)
-        self.logs.commit(job.job_id, progress.committed, complete=True)
-        reason, message = outcomes.lost_instance(job, located.state_reason, utcnow())
-        fields = {"failure_reason": reason, "failure_message": message, "instance_state": located.state}
-        # It may have ended already (cancelled, or another attempt recorded the result): then this is refused.
-        with contextlib.suppress(TransitionRefused):
-            self.jobs.transition(job.job_id, JobStatus.FAILED, fields=fields)
+        """The instance ended before its output was drained: nothing more of this attempt can be relayed. The
+        attempt ends with the reason the instance's end implies (it never recorded an exit status here): the job
+        relaunches if its job_recovery allows, else it ends FAILED and its log is final."""
+        current = self.jobs.get(job.job_id) or job
+        if current.attempt == job.attempt and current.status in WITH_INSTANCE:
+            reason, message = outcomes.lost_instance(current, located.state_reason, utcnow())
+            # It may have ended already (cancelled, or another observer recorded it): then this is refused.
+            self.ender.end(current, reason, message, fields={"instance_state": located.state})
+        after = self.jobs.get(job.job_id)
+        if after is None or after.status.terminal:
+            progress = self.logs.progress(job.job_id)
+            self.logs.commit(job.job_id, progress.committed, complete=True)
 
     def _running(self, job: Job) -> Job:
         """The first successful connection means the wrapper is up: PROVISIONING → RUNNING."""
@@ -330,6 +360,9 @@ class RelayService:
         if job.status == JobStatus.CANCELLED:
             session.request_cancel()
             return
+        if job.status == JobStatus.RECOVERING:  # the attempt ended: stop the job, keep its checkpoints
+            session.request_stop()
+            return
         if job.spec is None or job.instance_type is None:
             raise ConnectionLost("the job has no task spec to start")  # never for a launched job
         secrets = sealing.unseal(team_key.host_key_seed, job.job_id, job.sealed_secrets) if job.sealed_secrets else {}
@@ -339,12 +372,29 @@ class RelayService:
                 raise ConnectionLost("the job's scripts are in the artifacts bucket, which this relay cannot read")
             texts = {name: self.scripts.get_bytes(key).decode("utf-8") for name, key in job.stored_scripts.items()}
             spec = spec.model_copy(update=texts)
+        inputs = job_io.inputs(job, own_checkpoints=self._has_checkpoints(job))
         start = StartBundle.for_spec(
-            job.job_id, job.team_id, job.instance_type, spec, secrets=secrets, inputs=job_io.inputs(job)
+            job.job_id,
+            job.team_id,
+            job.instance_type,
+            spec,
+            secrets=secrets,
+            inputs=inputs,
+            attempt=job.attempt,
+            restarts=job.attempt - 1,
         )
         if not session.deliver_bundle(start.tar()):
             raise ConnectionLost("the start bundle could not be written on the instance")
         self._grant(session, job)
+
+    def _has_checkpoints(self, job: Job) -> bool:
+        """Did an earlier attempt sync checkpoints? (Then the next attempt restores them, not resume_from's.)"""
+        if job.attempt <= 1 or self.grants is None:
+            return False
+        try:
+            return self.grants.has_checkpoints(job)
+        except Exception as error:  # noqa: BLE001 - without the bucket the attempt cannot restore anything either
+            raise ConnectionLost(f"could not look for the job's checkpoints ({type(error).__name__})") from None
 
     def _grant(self, session: SshSession, job: Job) -> None:
         """Write the instance's short-lived S3 credentials (best effort: without them its uploads fail, are retried
@@ -360,19 +410,26 @@ class RelayService:
             logger.warning("could not write the instance's storage grants", extra={"job_id": job.job_id})
 
     def _cancel_by(self, job: Job) -> float:
-        """The relay clock's time by which a cancelled job's instance is terminated, drained or not."""
-        ended = job.ended_at or utcnow()
-        left = self.settings.cancel_drain_seconds - (utcnow() - ended).total_seconds()
+        """The relay clock's time by which a cancelled job's (or an ended attempt's) instance is terminated,
+        drained or not."""
+        if job.status == JobStatus.RECOVERING and job.attempts:
+            ended = job.attempts[-1].ended_at or utcnow()
+            bound = RECOVERY_DRAIN_SECONDS
+        else:
+            ended = job.ended_at or utcnow()
+            bound = self.settings.cancel_drain_seconds
+        left = bound - (utcnow() - ended).total_seconds()
         return self.clock() + max(0.0, left)
 
     def _stream(self, session: SshSession, job: Job, deadline: float, hold: LeaseHold) -> RelayOutcome:
         """Follow the output from the committed offset. Writing to DynamoDB overlaps reading the next bytes (one
         write in flight at a time, so commits stay in order); every exit waits for that write first."""
         settings = self.settings
+        base = self._attempt_base(job, hold)  # where this attempt's output begins in the log (after its marker)
         offset = self.logs.progress(job.job_id).committed  # bytes handed to the writer (committed once written)
         self.logs.discard_after(job.job_id, offset)  # leftovers of a relay that died before committing them
         start = offset
-        channel = session.stream(offset, poll_seconds=min(0.1, settings.flush_interval_seconds))
+        channel = session.stream(offset - base, poll_seconds=min(0.1, settings.flush_interval_seconds))
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-write")
         in_flight: Future[None] | None = None
         in_flight_end = offset
@@ -388,8 +445,11 @@ class RelayService:
         cancel_by: float | None = None
         last_cancel_check = self.clock()
         grant_due = self.clock() + job_io.GRANT_REFRESH_SECONDS
-        if job.status == JobStatus.CANCELLED:
+        if job.status in {JobStatus.CANCELLED, JobStatus.RECOVERING}:
             cancel_by = self._cancel_by(job)
+        check_every = settings.cancel_check_seconds
+        if job.market == Market.SPOT and job.spec is not None and job.spec.job_recovery is not None:
+            check_every = min(check_every, settings.interruption_check_seconds)
 
         def settle() -> None:
             nonlocal in_flight, committed
@@ -443,15 +503,19 @@ class RelayService:
                 ):
                     flush(final=False)
                     pending_since = now
-                if now >= grant_due and job.status != JobStatus.CANCELLED:
+                if now >= grant_due and job.status in WITH_INSTANCE:
                     grant_due = now + job_io.GRANT_REFRESH_SECONDS
                     self._grant(session, job)
-                if cancel_by is None and now - last_cancel_check >= settings.cancel_check_seconds:
+                if cancel_by is None and now - last_cancel_check >= check_every:
                     last_cancel_check = now
                     current = self.jobs.get(job.job_id)
                     if current is not None and current.status == JobStatus.CANCELLED:
                         logger.info("the job was cancelled: stopping it", extra={"job_id": job.job_id})
                         session.request_cancel()
+                        job, cancel_by = current, self._cancel_by(current)
+                    elif current is not None and current.status == JobStatus.RECOVERING:
+                        logger.info("the attempt ended: stopping it", extra={"job_id": job.job_id})
+                        session.request_stop()
                         job, cancel_by = current, self._cancel_by(current)
                 if cancel_by is not None and now >= cancel_by and final_size is None:
                     flush(final=False)
@@ -459,21 +523,21 @@ class RelayService:
                     self._cancel_unfinished(job)
                     return RelayOutcome(True, "cancelled: the drain bound was reached", offset - start)
                 quiet = now - last_data >= settings.idle_before_status_seconds
-                if final_size is None and (ended or (quiet and now - last_status >= settings.status_poll_seconds)):
+                poll_every = settings.status_poll_seconds if cancel_by is None else settings.stopping_poll_seconds
+                if final_size is None and (ended or (quiet and now - last_status >= poll_every)):
                     last_status = now
                     result, size = session.status()
                     if result is not None:
-                        final_size = size
+                        final_size = base + size
                 if committed > reported and now - last_report >= DRAIN_REPORT_SECONDS:
                     # After the job ended, the wrapper keeps the instance up while this advances (a backlog drains
                     # at the write rate; the status poll only comes once the stream goes quiet).
                     reported, last_report = committed, now
-                    self._report_drain(session, committed)
+                    self._report_drain(session, committed - base)
                 if final_size is not None and offset + len(pending) >= final_size:
                     flush(final=True)
                     settle()
-                    self.logs.commit(job.job_id, offset, complete=True, drained=True)
-                    self._finish(job, result or {})
+                    self._finish(job, result or {}, offset)
                     self._mark_drained(session, job)
                     return RelayOutcome(True, "the output is drained", offset - start)
                 if ended:
@@ -488,16 +552,17 @@ class RelayService:
             writer.shutdown(wait=True)
 
     def _cancel_unfinished(self, job: Job) -> None:
-        """A cancelled job's instance did not finish within the drain bound: terminate it now; the log is final
-        without the tail the instance did not hand over."""
-        logger.warning("cancel drain bound reached; terminating the instance", extra={"job_id": job.job_id})
+        """A cancelled job's (or an ended attempt's) instance did not finish within the drain bound: terminate it
+        now; the log goes on without the tail the instance did not hand over (final, for a cancelled job)."""
+        logger.warning("drain bound reached; terminating the instance", extra={"job_id": job.job_id})
         if self.terminator is not None:
             try:
                 self.terminator.terminate(job)
-            except Exception:  # noqa: BLE001 - the reconciler terminates an ended job's instance if this failed
-                logger.warning("could not terminate a cancelled job's instance", extra={"job_id": job.job_id})
-        progress = self.logs.progress(job.job_id)
-        self.logs.commit(job.job_id, progress.committed, complete=True)
+            except Exception:  # noqa: BLE001 - the reconciler (or Recover) terminates it if this failed
+                logger.warning("could not terminate an ended job's instance", extra={"job_id": job.job_id})
+        if job.status != JobStatus.RECOVERING:
+            progress = self.logs.progress(job.job_id)
+            self.logs.commit(job.job_id, progress.committed, complete=True)
 
     def _report_drain(self, session: SshSession, committed: int) -> None:
         """Tell the wrapper how far the output is durably written (`relay/progress`, replaced atomically): while it
@@ -540,11 +605,57 @@ class RelayService:
             raise LeaseExpired(expired)
         self.logs.commit(job_id, offset + len(data))
 
-    def _finish(self, job: Job, result: dict[str, str]) -> None:
-        """Record the wrapper's outcome: SUCCEEDED, or FAILED with the reason and exit code."""
-        target, fields = outcomes.from_result(job, result)
+    def _attempt_base(self, job: Job, hold: LeaseHold) -> int:
+        """The log offset where the current attempt's output begins. From attempt 2 on, its marker line goes at
+        `log_marker_at` (recorded by Recover when the previous attempt's log was final) and the output follows it;
+        the marker is written once (a deterministic text: a retried write rewrites the same bytes)."""
+        if job.attempt <= 1 or job.log_marker_at is None:
+            return 0
+        previous = job.attempts[-1].end_reason if job.attempts else "a failure"
+        text = recovery.marker(
+            job.attempt, job.instance_type or "?", job.availability_zone, job.region, str(job.market or "?"),
+            str(previous),
+        )  # fmt: skip
+        data = text.encode()
+        base = job.log_marker_at + len(data)
+        if self.logs.progress(job.job_id).committed < base:
+            self.logs.discard_after(job.job_id, job.log_marker_at)
+            self._store(job.job_id, job.log_marker_at, data, hold)
+            self.logs.commit(job.job_id, base, new_attempt=True)  # this attempt's drain is still to come
+        return base
+
+    def _finish(self, job: Job, result: dict[str, str], committed: int) -> None:
+        """Record the wrapper's outcome once the output is drained: the job relaunches (RECOVERING, its log goes
+        on with the next attempt) if it is recovering already or its job_recovery relaunches after this failure;
+        else the log is complete and the job ends SUCCEEDED, or FAILED with the reason and exit code."""
+        current = self.jobs.get(job.job_id) or job
+        if current.status == JobStatus.RECOVERING:
+            return  # the attempt ended while it ran (e.g. a spot interruption warning): the next one follows
+        target, fields = outcomes.from_result(current, result)
+        reason = fields.get("failure_reason")
+        if target == JobStatus.FAILED and reason is not None and current.status in WITH_INSTANCE:
+            policy = current.spec.job_recovery if current.spec else None
+            ending = recovery.EndedAttempt(str(reason), fields.get("exit_code"))
+            if recovery.decide(policy, ended_attempts(current), ending).relaunch:
+                extra = {k: v for k, v in fields.items() if k not in {"failure_reason", "failure_message", "exit_code"}}
+                message = str(fields.get("failure_message", ""))
+                changed = self.ender.end(current, reason, message, exit_code=fields.get("exit_code"), fields=extra)
+                if changed is not None and changed.status == JobStatus.RECOVERING:
+                    return
+                current = self.jobs.get(job.job_id) or current
+                if not current.status.terminal:
+                    return
+        self.logs.commit(job.job_id, committed, complete=True, drained=True)
+        if current.status.terminal:
+            return
+        if target == JobStatus.FAILED and reason is not None:
+            message = str(fields.get("failure_message", ""))
+            extra = {k: v for k, v in fields.items() if k not in {"failure_reason", "failure_message", "exit_code"}}
+            if self.ender.end(current, reason, message, exit_code=fields.get("exit_code"), fields=extra) is None:
+                logger.info("job already ended; outcome not recorded", extra={"job_id": job.job_id})
+            return
         try:
-            self.jobs.transition(job.job_id, target, fields=fields)
+            self.jobs.transition(job.job_id, target, fields=fields, attempt=current.attempt)
         except TransitionRefused:
             logger.info("job already ended; outcome not recorded", extra={"job_id": job.job_id})
 
