@@ -156,6 +156,19 @@ def test_get_a_key_with_spaces_and_unicode(bucket: Bucket) -> None:
     assert dest.read_bytes() == data
 
 
+@pytest.mark.parametrize("size", [0, 5, 16 * 1024 * 1024, 40 * 1024 * 1024 + 12345])
+def test_get_is_byte_exact_in_one_request_or_in_signed_ranges(bucket: Bucket, size: int) -> None:
+    """Up to 16 MiB: one GET (for ranges, an empty object answers 416 and is fetched plainly); larger: ranges of
+    8 MiB, several at a time, each signed with its Range and If-Match headers (the emulator checks every one)."""
+    key = f"teams/{TEAM}/uploads/up-1/blob-{size}.bin"
+    data = os.urandom(size)
+    bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=data)
+    dest = bucket.tmp / "in" / "blob.bin"
+    assert bucket.ok("get", key, str(dest)) == f"downloaded {key} to {dest} ({size} bytes)\n"
+    assert dest.read_bytes() == data
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["blob.bin"]
+
+
 @pytest.mark.parametrize(
     ("field", "error"),
     [("secret_access_key", "SignatureDoesNotMatch"), ("session_token", "InvalidToken")],
@@ -237,7 +250,7 @@ def test_sync_up_then_sync_down_round_trip(bucket: Bucket) -> None:
     (outputs / "notes ü.txt").write_text("unicode name\n")
     (outputs / "small.bin").write_bytes(os.urandom(1000))
     mib = 1024 * 1024
-    big_size = 70 * mib  # > 64 MiB: multipart, a 64 MiB part and a 6 MiB one
+    big_size = 70 * mib  # multipart: 8 MiB parts (the last 6 MiB), several at a time; sync-down in ranges
     write_sparse(
         outputs / "model.pt",
         big_size,

@@ -6,12 +6,15 @@ the fake API of test_cli.py extended with the upload and outputs routes, and a f
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
+from ec2jobs import transfer
 from ec2jobs.cli.commands.download import safe_target
 from tests.unit.test_cli import TOKEN, FakeApi, _handler_for, _task, run  # noqa: F401 - pytest fixture
 
@@ -403,3 +408,207 @@ def test_download_with_nothing_stored(api: UploadApi, run: Any) -> None:
 )
 def test_safe_target(tmp_path: Path, path: str, ok: bool) -> None:
     assert (safe_target(tmp_path, path) is not None) == ok
+
+
+# -- transfer.py: parallel ranges, parts in flight, kept-alive connections -------------------------------------
+
+
+@dataclass
+class RangeBucket:
+    """One object served as S3 serves it (HTTP/1.1, kept alive): a Range answers 206 with Content-Range and the
+    object's ETag; `fail[range]` holds statuses to answer first; `swap_after` replaces the object after that many
+    answers; `ignore_ranges` answers 200 with everything; PUTs are stored (part 1 waits for `release`)."""
+
+    data: bytes = b""
+    url: str = ""
+    fail: dict[str, list[int]] = field(default_factory=dict)
+    swap_after: int | None = None
+    swapped: bytes = b""
+    ignore_ranges: bool = False
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Range)
+    connections: int = 0
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    finished: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def etag(self) -> str:
+        return f'"{hashlib.md5(self.data).hexdigest()}"'  # noqa: S324 - S3's ETag
+
+
+def _range_handler(bucket: RangeBucket) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with bucket.lock:
+                bucket.connections += 1
+
+        def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            wanted = self.headers.get("Range", "")
+            with bucket.lock:
+                bucket.requests.append((urllib.parse.urlsplit(self.path).path, wanted))
+                failing = bucket.fail.get(wanted)
+                status = failing.pop(0) if failing else 0
+                if bucket.swap_after is not None and len(bucket.requests) > bucket.swap_after:
+                    bucket.data, bucket.swap_after = bucket.swapped, None
+                data, etag = bucket.data, bucket.etag()
+            if status:
+                self._answer(status, f"<Error><Code>E{status}</Code><Message>m</Message></Error>".encode())
+            elif not wanted or bucket.ignore_ranges:
+                self._answer(200, data, {"ETag": etag})
+            else:
+                first, last = (int(n) for n in wanted.removeprefix("bytes=").split("-"))
+                last = min(last, len(data) - 1)
+                content_range = {"Content-Range": f"bytes {first}-{last}/{len(data)}", "ETag": etag}
+                self._answer(206, data[first : last + 1], content_range)
+
+        def do_PUT(self) -> None:
+            path = urllib.parse.urlsplit(self.path).path
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if path.endswith("/1"):
+                bucket.release.wait(30)
+            with bucket.lock:
+                bucket.bodies[path] = body
+                bucket.finished.append(path)
+            self._answer(200, b"", {"ETag": f'"etag-{path.rsplit("/", 1)[1]}"'})
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def range_bucket() -> Iterator[RangeBucket]:
+    bucket = RangeBucket()
+    server, bucket.url = _serve(_range_handler(bucket))
+    try:
+        yield bucket
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _ranges(size: int, part: int) -> list[str]:
+    return [f"bytes={start}-{min(start + part, size) - 1}" for start in range(0, size, part)]
+
+
+@pytest.mark.parametrize("size", [1001, 1200, 2345])
+def test_a_large_download_is_parallel_ranges_written_at_their_offsets(
+    range_bucket: RangeBucket, tmp_path: Path, size: int
+) -> None:
+    range_bucket.data = os.urandom(size)
+    dest = tmp_path / "out" / "model.bin"
+    digest = transfer.download(f"{range_bucket.url}/o?X-Amz-Signature=s", dest, size, threshold=1000, part_size=300)
+    assert dest.read_bytes() == range_bucket.data
+    assert digest == hashlib.sha256(range_bucket.data).hexdigest()
+    assert sorted(r for _, r in range_bucket.requests) == sorted(_ranges(size, 300))  # each range once
+    assert range_bucket.connections <= transfer.DOWNLOAD_CONCURRENCY
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["model.bin"]
+
+
+@pytest.mark.parametrize("size", [0, 999, 1000])
+def test_a_small_or_empty_download_is_one_get(range_bucket: RangeBucket, tmp_path: Path, size: int) -> None:
+    range_bucket.data = os.urandom(size)
+    dest = tmp_path / "f"
+    transfer.download(f"{range_bucket.url}/o", dest, size, threshold=1000, part_size=300)
+    assert dest.read_bytes() == range_bucket.data
+    assert range_bucket.requests == [("/o", "")]
+
+
+def test_a_range_that_fails_once_is_retried_alone(range_bucket: RangeBucket, tmp_path: Path) -> None:
+    range_bucket.data = os.urandom(2345)
+    range_bucket.fail = {"bytes=600-899": [503], "bytes=2100-2344": [500]}
+    sleeps: list[float] = []
+    dest = tmp_path / "f"
+    bar = transfer.new_progress(Console(file=io.StringIO(), force_terminal=False))
+    with bar:
+        transfer.download(f"{range_bucket.url}/o", dest, 2345, bar, threshold=1000, part_size=300, sleep=sleeps.append)
+    assert dest.read_bytes() == range_bucket.data
+    asked = [r for _, r in range_bucket.requests]
+    assert (asked.count("bytes=600-899"), asked.count("bytes=2100-2344"), asked.count("bytes=0-299")) == (2, 2, 1)
+    assert len(sleeps) == 2
+    (task,) = bar.tasks
+    assert task.completed == 2345  # every byte counted once
+
+
+def test_a_refused_range_fails_with_http_403_and_leaves_nothing(range_bucket: RangeBucket, tmp_path: Path) -> None:
+    range_bucket.data = os.urandom(3000)
+    range_bucket.fail = {"bytes=1200-1499": [403]}
+    dest = tmp_path / "f"
+    dest.write_bytes(b"previous")
+    with pytest.raises(transfer.TransferError, match=r"bytes 1200-1499\): HTTP 403 E403: m \(after 1 attempt\)"):
+        transfer.download(f"{range_bucket.url}/o?X-Amz-Signature=s3cr3t", dest, 3000, threshold=1000, part_size=300)
+    assert dest.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_an_object_replaced_mid_download_is_downloaded_again(range_bucket: RangeBucket, tmp_path: Path) -> None:
+    range_bucket.data = os.urandom(2400)
+    range_bucket.swapped = os.urandom(2400)
+    range_bucket.swap_after = 3  # the 4th range comes from another version (another ETag)
+    dest = tmp_path / "f"
+    sha = hashlib.sha256(range_bucket.swapped).hexdigest()
+    transfer.download(f"{range_bucket.url}/o", dest, 2400, threshold=1000, part_size=300, concurrency=1, sleep=no_wait)
+    assert dest.read_bytes() == range_bucket.swapped
+    assert transfer.download(f"{range_bucket.url}/o", dest, 2400, sha256=sha, threshold=1000, part_size=300) == sha
+    assert len(range_bucket.requests) == 8 + 8 + 8
+
+
+def test_a_server_ignoring_ranges_gets_one_plain_get(range_bucket: RangeBucket, tmp_path: Path) -> None:
+    range_bucket.data = os.urandom(2000)
+    range_bucket.ignore_ranges = True
+    dest = tmp_path / "f"
+    transfer.download(f"{range_bucket.url}/o", dest, 2000, threshold=1000, part_size=300, concurrency=1)
+    assert dest.read_bytes() == range_bucket.data
+    assert [r for _, r in range_bucket.requests] == ["bytes=0-299", ""]
+
+
+def test_upload_parts_in_flight_together_return_in_order_over_few_connections(
+    range_bucket: RangeBucket, tmp_path: Path
+) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(os.urandom(10 * 1000 + 7))
+    parts = [{"part_number": n, "url": f"{range_bucket.url}/up/{n}?X-Amz-Signature=s"} for n in range(11, 0, -1)]
+    done = threading.Event()
+    result: list[dict[str, Any]] = []
+
+    def run_upload() -> None:
+        result.extend(transfer.upload(parts, source, 1000))
+        done.set()
+
+    threading.Thread(target=run_upload, daemon=True).start()
+    while len(range_bucket.finished) < 10 and not done.is_set():  # parts 2..11 finish while part 1 is held
+        time.sleep(0.01)
+    range_bucket.release.set()
+    assert done.wait(30)
+    assert range_bucket.finished[-1] == "/up/1"
+    assert [(p["part_number"], p["etag"]) for p in result] == [(n, f'"etag-{n}"') for n in range(1, 12)]
+    assert b"".join(range_bucket.bodies[f"/up/{n}"] for n in range(1, 12)) == source.read_bytes()
+    assert range_bucket.connections <= transfer.CONCURRENCY  # kept alive: 11 PUTs on at most 4 connections
+
+
+def test_an_https_proxy_from_the_environment_is_a_connect_tunnel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "http://user:p%40ss@proxy.corp:3128")
+    monkeypatch.setenv("no_proxy", "internal.example")
+    host, port, headers = transfer.proxy_for("https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s") or ("", 0, {})
+    assert (host, port) == ("proxy.corp", 3128)
+    assert headers == {"Proxy-Authorization": "Basic " + base64.b64encode(b"user:p@ss").decode()}
+    assert transfer.proxy_for("https://files.internal.example/k") is None
+    assert transfer.proxy_for("http://127.0.0.1:4566/k") is None  # loopback never goes through a proxy
+    monkeypatch.delenv("https_proxy")
+    assert transfer.proxy_for("https://bucket.s3.amazonaws.com/k") is None
+
+
+def no_wait(_seconds: float) -> None:
+    return None

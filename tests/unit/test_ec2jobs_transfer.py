@@ -11,11 +11,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -775,58 +777,257 @@ def test_refused_credentials_fail_after_one_reread(serve: Any, tmp_path: Path, s
     assert len(server.seen) == 1
 
 
-def test_multipart_upload_and_abort_on_failure(serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(t, "PART_SIZE", 1024)
-    monkeypatch.setattr(t, "MULTIPART_THRESHOLD", 1024)
-    create: Answer = (
-        200,
-        {},
-        b"<InitiateMultipartUploadResult><UploadId>U1</UploadId></InitiateMultipartUploadResult>",
-    )
-    server, grants = serve(
-        scripted(
-            create,
-            (200, {"ETag": '"e1"'}, b""),
-            (200, {"ETag": '"e2"'}, b""),
-            (200, {"ETag": '"e3"'}, b""),
-            (200, {}, b"<Error><Code>InternalError</Code><Message>retry me</Message></Error>"),  # 200 + error
-            (200, {}, b"<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"),
-            create,
-            (200, {"ETag": '"e1"'}, b""),
-            s3_error(400, "InvalidArgument"),
-            (204, {}, b""),
-        )
-    )
-    big = tmp_path / "big"
-    big.write_bytes(bytes(range(256)) * 10)  # 2,560 bytes: parts of 1,024, 1,024 and 512
-    s3 = t.S3(str(grants))
-    s3.upload_file(str(big), "teams/t-1/jobs/job-1/outputs/big", 2560)
-    methods = [(s.method, s.path.split("?")[1] if "?" in s.path else "") for s in server.seen]
-    assert methods[:6] == [
-        ("POST", "uploads="),
-        ("PUT", "partNumber=1&uploadId=U1"),
-        ("PUT", "partNumber=2&uploadId=U1"),
-        ("PUT", "partNumber=3&uploadId=U1"),
-        ("POST", "uploadId=U1"),
-        ("POST", "uploadId=U1"),
-    ]
-    assert b"".join(s.body for s in server.seen[1:4]) == big.read_bytes()
-    assert server.seen[1].headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
-    assert b"<PartNumber>3</PartNumber><ETag>&quot;e3&quot;</ETag>" in server.seen[5].body
+INITIATED: Answer = (200, {}, b"<InitiateMultipartUploadResult><UploadId>U1</UploadId></InitiateMultipartUploadResult>")
 
+
+def query_of(seen: Seen) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in seen.path.split("?", 1)[1].split("&")) if "?" in seen.path else {}
+
+
+class PartServer:
+    """Answers a multipart upload: parts by number (ETag "e<N>"), `slow` parts after `release` is set, `fail`
+    parts with their scripted answers first; records the parts in flight at once."""
+
+    def __init__(self, fail: dict[str, list[Answer]] | None = None, slow: frozenset[str] = frozenset()) -> None:
+        self.fail = fail or {}
+        self.slow = slow
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def __call__(self, seen: Seen) -> Answer:
+        query = query_of(seen)
+        if seen.method == "POST" and "uploads" in query:
+            return INITIATED
+        if seen.method == "PUT":
+            number = query["partNumber"]
+            with self.lock:
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                scripted = self.fail.get(number)
+                answer = scripted.pop(0) if scripted else None
+            try:
+                if number in self.slow:
+                    assert self.release.wait(30)
+                return answer or (200, {"ETag": f'"e{number}"'}, b"")
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+        if seen.method == "POST":
+            return 200, {}, b"<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"
+        return 204, {}, b""
+
+
+def small_parts(monkeypatch: pytest.MonkeyPatch, size: int = 1024) -> None:
+    monkeypatch.setattr(t, "PART_SIZE", size)
+    monkeypatch.setattr(t, "MULTIPART_THRESHOLD", size)
+
+
+def test_multipart_parts_go_in_parallel_and_complete_in_order(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_parts(monkeypatch)
+    parts = PartServer(slow=frozenset({"1"}))  # part 1 is answered only once the others are all in
+    server, grants = serve(parts)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(5 * 1024 + 512))  # parts of 1,024 ×5 and 512
+    uploaded = threading.Thread(
+        target=t.S3(str(grants)).upload_file, args=(str(big), "teams/t-1/jobs/job-1/outputs/big", 5 * 1024 + 512)
+    )
+    uploaded.start()
+    deadline = time.monotonic() + 30
+    while len([s for s in server.seen if s.method == "PUT"]) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling for the parts to arrive (no fixed wait)
+    parts.release.set()
+    uploaded.join(30)
+    assert not uploaded.is_alive()
+    put = [s for s in server.seen if s.method == "PUT"]
+    assert sorted(int(query_of(s)["partNumber"]) for s in put) == [1, 2, 3, 4, 5, 6]
+    assert parts.most_in_flight >= 2  # part 1 was still open while later ones were sent
+    by_number = {int(query_of(s)["partNumber"]): s.body for s in put}
+    assert b"".join(by_number[n] for n in range(1, 7)) == big.read_bytes()
+    assert all(s.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD" for s in put)
+    complete = server.seen[-1]
+    assert (complete.method, query_of(complete)) == ("POST", {"uploadId": "U1"})
+    listed = re.findall(rb"<PartNumber>(\d+)</PartNumber><ETag>&quot;e(\d+)&quot;</ETag>", complete.body)
+    assert listed == [(str(n).encode(), str(n).encode()) for n in range(1, 7)]  # in order, each its own ETag
+
+
+def test_multipart_retries_a_part_that_failed_once(serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_parts(monkeypatch)
+    parts = PartServer(fail={"2": [s3_error(503, "SlowDown")], "3": [s3_error(500, "InternalError")]})
+    server, grants = serve(parts)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3 * 1024))
+    t.S3(str(grants)).upload_file(str(big), "teams/t-1/jobs/job-1/outputs/big", 3 * 1024)
+    numbers = [query_of(s)["partNumber"] for s in server.seen if s.method == "PUT"]
+    assert sorted(numbers) == ["1", "2", "2", "3", "3"]
+    bodies = {query_of(s)["partNumber"]: s.body for s in server.seen if s.method == "PUT"}
+    assert b"".join(bodies[n] for n in ("1", "2", "3")) == big.read_bytes()
+    assert server.seen[-1].method == "POST"
+    assert b"<PartNumber>3</PartNumber><ETag>&quot;e3&quot;</ETag>" in server.seen[-1].body
+
+
+def test_multipart_aborts_when_a_part_is_refused(serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_parts(monkeypatch)
+    parts = PartServer(fail={"2": [s3_error(400, "InvalidArgument")]})
+    parts.release.set()
+    server, grants = serve(parts)
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * 40)  # 10 parts
     with pytest.raises(t.TransferError, match="part 2: HTTP 400 InvalidArgument"):
-        s3.upload_file(str(big), "teams/t-1/jobs/job-1/outputs/big", 2560)
-    assert (server.seen[-1].method, server.seen[-1].path.split("?")[1]) == ("DELETE", "uploadId=U1")
+        t.S3(str(grants)).upload_file(str(big), "teams/t-1/jobs/job-1/outputs/big", 10 * 1024)
+    assert (server.seen[-1].method, query_of(server.seen[-1])) == ("DELETE", {"uploadId": "U1"})
+    assert not [s for s in server.seen if s.method == "POST" and "uploads" not in query_of(s)]  # never completed
+
+
+def test_complete_answering_an_error_with_200_is_retried(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_parts(monkeypatch)
+    parts = PartServer()
+    parts.release.set()
+    answers = [(200, {}, b"<Error><Code>InternalError</Code><Message>retry me</Message></Error>")]
+
+    def respond(seen: Seen) -> Answer:
+        if seen.method == "POST" and "uploadId" in query_of(seen) and answers:
+            return answers.pop(0)
+        return parts(seen)
+
+    server, grants = serve(respond)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 2048)
+    t.S3(str(grants)).upload_file(str(big), "teams/t-1/jobs/job-1/outputs/big", 2048)
+    completes = [s for s in server.seen if s.method == "POST" and "uploadId" in query_of(s)]
+    assert len(completes) == 2
 
 
 def test_part_size_fits_s3_limits() -> None:
-    assert t.multipart_part_size(70 * t.MiB) == 64 * t.MiB
-    assert t.multipart_part_size(64 * t.MiB * 10000) == 64 * t.MiB
-    for size in (64 * t.MiB * 10000 + 1, 5 * 1024**4):  # up to S3's 5 TiB
+    assert t.multipart_part_size(70 * t.MiB) == 8 * t.MiB
+    assert t.multipart_part_size(8 * t.MiB * 10000) == 8 * t.MiB
+    for size in (8 * t.MiB * 10000 + 1, 5 * 1024**4):  # up to S3's 5 TiB
         part = t.multipart_part_size(size)
         assert part % t.MiB == 0
         assert -(-size // part) <= 10000
         assert part <= 5 * 1024**3  # S3's largest part
+    assert t.range_size(24 * t.MiB) == 8 * t.MiB
+    assert t.range_size(400 * t.MiB) == 25 * t.MiB  # about two ranges per connection
+    assert t.range_size(50 * 1024**3) == 64 * t.MiB
+
+
+# -- ranged downloads -----------------------------------------------------------------------------------------------
+
+
+class ObjectServer:
+    """Serves objects by path as S3 does: Range → 206 with Content-Range (416 for an empty object), If-Match → 412
+    when the ETag differs; `fail` holds scripted answers for the next requests of a range ("bytes=a-b")."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.fail: dict[str, list[Answer | None]] = {}
+        self.lock = threading.Lock()
+        self.after_first: Callable[[], None] | None = None  # runs once, after the first answer is made
+
+    def __call__(self, seen: Seen) -> Answer | None:
+        data = self.objects[seen.path.split("?")[0]]
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324 - S3's ETag
+        wanted = seen.headers.get("Range", "")
+        with self.lock:
+            scripted = self.fail.get(wanted)
+            if scripted:
+                return scripted.pop(0)
+        if seen.headers.get("If-Match", etag) != etag:
+            return s3_error(412, "PreconditionFailed")
+        if not wanted:
+            return 200, {"ETag": etag}, data
+        first, last = (int(n) for n in wanted.removeprefix("bytes=").split("-"))
+        if first >= len(data):
+            return s3_error(416, "InvalidRange")
+        last = min(last, len(data) - 1)
+        answer = (206, {"ETag": etag, "Content-Range": f"bytes {first}-{last}/{len(data)}"}, data[first : last + 1])
+        hook, self.after_first = self.after_first, None
+        if hook is not None:
+            hook()
+        return answer
+
+
+@pytest.fixture
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """First GET: 1,000 bytes; then ranges of 300."""
+    monkeypatch.setattr(t, "RANGE_THRESHOLD", 1000)
+    monkeypatch.setattr(t, "RANGE_SIZE", 300)
+    monkeypatch.setattr(t, "MAX_RANGE_SIZE", 300)
+
+
+def ranges_asked(server: FakeServer) -> list[str]:
+    return sorted((s.headers.get("Range", "none") for s in server.seen), key=lambda r: (len(r), r))
+
+
+@pytest.mark.usefixtures("small_ranges")
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 1900, 2000, 2345])
+def test_a_ranged_download_reassembles_byte_exact(serve: Any, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    key = "teams/t-1/jobs/job-1/outputs/f.bin"
+    server, grants = serve(ObjectServer({f"/{BUCKET}/{key}": data}))
+    dest = tmp_path / "out" / "f.bin"
+    assert t.S3(str(grants)).download(key, str(dest)) == size
+    assert dest.read_bytes() == data
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["f.bin"]
+    tail = [f"bytes={start}-{min(start + 300, size) - 1}" for start in range(1000, size, 300)]
+    expected = ["bytes=0-999"] + tail + (["none"] if size == 0 else [])  # an empty object: 416, then one GET
+    assert ranges_asked(server) == sorted(expected, key=lambda r: (len(r), r))
+    later = [s for s in server.seen if s.headers.get("Range", "bytes=0-999") != "bytes=0-999"]
+    etag = '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324
+    assert all(s.headers["If-Match"] == etag for s in later if s.headers.get("Range"))
+
+
+@pytest.mark.usefixtures("small_ranges")
+def test_a_range_that_fails_once_is_retried(serve: Any, tmp_path: Path) -> None:
+    data = os.urandom(2345)
+    objects = ObjectServer({f"/{BUCKET}/k": data})
+    objects.fail = {"bytes=1300-1599": [s3_error(503, "SlowDown")], "bytes=2200-2344": [None]}  # None: cut off
+    server, grants = serve(objects)
+    assert t.S3(str(grants)).download("k", str(tmp_path / "f")) == 2345
+    assert (tmp_path / "f").read_bytes() == data
+    asked = [s.headers.get("Range") for s in server.seen]
+    assert asked.count("bytes=1300-1599") == 2
+    assert asked.count("bytes=2200-2344") == 2
+    assert asked.count("bytes=1000-1299") == 1
+
+
+@pytest.mark.usefixtures("small_ranges")
+def test_a_range_refused_fails_the_download_and_leaves_nothing(serve: Any, tmp_path: Path) -> None:
+    objects = ObjectServer({f"/{BUCKET}/k": os.urandom(5000)})
+    objects.fail = {"bytes=1600-1899": [s3_error(404, "NoSuchKey", "gone")]}
+    _, grants = serve(objects)
+    (tmp_path / "f").write_bytes(b"previous")
+    with pytest.raises(t.TransferError, match="download k bytes 1600-1899: HTTP 404 NoSuchKey: gone"):
+        t.S3(str(grants)).download("k", str(tmp_path / "f"))
+    assert (tmp_path / "f").read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "grants.json"]
+
+
+@pytest.mark.usefixtures("small_ranges")
+def test_an_object_replaced_during_a_download_is_fetched_again(serve: Any, tmp_path: Path) -> None:
+    old, new = os.urandom(2500), os.urandom(2600)
+    path = f"/{BUCKET}/k"
+    objects = ObjectServer({path: old})
+    objects.after_first = lambda: objects.objects.update({path: new})  # replaced right after the first answer
+    server, grants = serve(objects)
+    assert t.S3(str(grants)).download("k", str(tmp_path / "f")) == 2600
+    assert (tmp_path / "f").read_bytes() == new
+    assert [s.headers.get("Range") for s in server.seen].count("bytes=0-999") == 2
+    assert any(s.headers.get("If-Match") for s in server.seen)
+
+
+@pytest.mark.usefixtures("small_ranges")
+def test_a_server_ignoring_range_sends_the_whole_object(serve: Any, tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    server, grants = serve(lambda _: (200, {}, data))
+    assert t.S3(str(grants)).download("k", str(tmp_path / "f")) == len(data)
+    assert (tmp_path / "f").read_bytes() == data
+    assert len(server.seen) == 1
 
 
 def test_list_objects_pages_and_decodes_keys(serve: Any) -> None:
@@ -907,6 +1108,39 @@ def test_sigterm_saves_the_sync_state(serve: Any, tmp_path: Path) -> None:
     assert process.returncode == 1
     assert err == "ec2jobs_transfer: sync-up failed: interrupted\n"
     assert list(json.loads(state.read_text())["files"]) == ["a.txt"]
+
+
+def test_sigterm_during_a_parallel_upload_cuts_the_parts_off_and_aborts(serve: Any, tmp_path: Path) -> None:
+    """Parts in flight on worker threads do not hold SIGTERM up: they are cut off, the upload is aborted."""
+    stalled = threading.Event()
+    release = threading.Event()
+    parts = PartServer()
+
+    def respond(seen: Seen) -> Answer:
+        if seen.method == "PUT":
+            stalled.set()
+            release.wait(30)
+        return parts(seen)
+
+    server, grants = serve(respond)
+    out = tmp_path / "outputs"
+    out.mkdir()
+    with (out / "model.pt").open("wb") as handle:
+        handle.truncate(t.MULTIPART_THRESHOLD + 1)  # sparse: multipart, three parts in flight
+    command = [sys.executable, str(SCRIPT), "--grants", str(grants), "sync-up", str(out), "outputs"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert stalled.wait(30)
+        process.terminate()
+        _, err = process.communicate(timeout=20)  # well before the stalled answers would come (30 s)
+    finally:
+        release.set()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1
+    assert err == "ec2jobs_transfer: sync-up failed: interrupted\n"
+    assert [query_of(s) for s in server.seen if s.method == "DELETE"] == [{"uploadId": "U1"}]
+    assert not [s for s in server.seen if s.method == "POST" and "uploads" not in query_of(s)]  # not completed
 
 
 def test_main_usage_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

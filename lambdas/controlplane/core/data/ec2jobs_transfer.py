@@ -21,6 +21,11 @@ The grants file (written by the relay over SSH, root's, rewritten before the cre
                      "expiration": "2026-12-02T10:00:00Z"}}
 It is read again before every request, so a refreshed file takes effect at the next request.
 
+Large files move over several connections at once (CONCURRENCY): a file over MULTIPART_THRESHOLD is uploaded in
+PART_SIZE parts, several in flight; a download's first GET asks for the first RANGE_THRESHOLD bytes (all of a
+smaller object), and the rest of a larger one follows as ranges written at their offsets (S3.fetch). Requests reuse
+kept-alive connections.
+
 Every request is tried up to 6 times (5 retries, exponential backoff with jitter, a new connection each time) on
 connection errors, timeouts, HTTP 429/500/502/503/504 and S3's SlowDown / InternalError / RequestTimeout. An
 ExpiredToken, InvalidToken, TokenRefreshRequired, InvalidAccessKeyId or AccessDenied answer makes it read the
@@ -33,7 +38,6 @@ Nothing printed ever holds a credential, a signature or a URL query string.
 from __future__ import annotations
 
 import argparse
-import calendar
 import contextlib
 import hashlib
 import hmac
@@ -43,24 +47,30 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
+import socket
 import ssl
 import stat
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 import urllib.parse
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where they are used: a `get` or a `sync-up` never loads them (process start time)
+    import tarfile
+    import xml.etree.ElementTree as ElementTree
 
 MiB = 1024 * 1024
-PART_SIZE = 64 * MiB  # multipart part size (grown for files of more than 10,000 parts)
-MULTIPART_THRESHOLD = 64 * MiB  # files larger than this are uploaded in parts
+PART_SIZE = 8 * MiB  # multipart part size (grown for files of more than 10,000 parts)
+MULTIPART_THRESHOLD = 32 * MiB  # files larger than this are uploaded in parts (below: one PUT costs less)
+CONCURRENCY = 8  # parts of one upload, or ranges of one download, in flight
+RANGE_THRESHOLD = 16 * MiB  # the first GET of a download asks for this many bytes: all of a smaller object
+RANGE_SIZE = 8 * MiB  # the other ranges: at least this long ...
+MAX_RANGE_SIZE = 64 * MiB  # ... and at most this long (range_size)
 MAX_PARTS = 10000  # S3's limit per upload
 MAX_KEY_BYTES = 1024  # S3's limit for a key (UTF-8)
 ATTEMPTS = 6  # the first try and 5 retries
@@ -80,6 +90,7 @@ MOUNTS_DIR = "mounts"
 MANIFEST_FORMAT = 1
 STATE_FORMAT = 1
 STATE_SAVE_SECONDS = 30.0
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _sleep = time.sleep  # tests replace it
@@ -103,6 +114,18 @@ class _ServiceError(Exception):
 
 class _LocalError(Exception):
     """Reading or writing a local file failed in the middle of a request: not retried."""
+
+
+class _Changed(Exception):
+    """HTTP 412 to If-Match, or another size: the object was replaced while it was being downloaded."""
+
+
+class _Unsatisfiable(Exception):
+    """HTTP 416 to a ranged GET: the object has no byte 0 (it is empty)."""
+
+
+class _Cancelled(Exception):
+    """A worker thread's request not sent: another part of the same transfer failed."""
 
 
 class Terminated(BaseException):
@@ -238,6 +261,8 @@ class Grants:
         if not self.expiration:
             return ""
         try:
+            import calendar
+
             expires = calendar.timegm(time.strptime(self.expiration, "%Y-%m-%dT%H:%M:%SZ"))
         except ValueError:
             return ""
@@ -333,12 +358,15 @@ def prepare_request(
     params: Sequence[tuple[str, str]],
     payload_hash: str,
     now: float,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> tuple[str, dict[str, str]]:
-    """(path?query, headers with Authorization) for one request signed at `now` (Unix seconds)."""
+    """(path?query, headers with Authorization) for one request signed at `now` (Unix seconds); `extra_headers`
+    (Range, If-Match) are signed too."""
     path = grants.path(key)
     query = canonical_query(params)
     amz_date = time.strftime(SIGV4_TIME, time.gmtime(now))
     headers = {"Host": grants.host_header(), "X-Amz-Date": amz_date, "X-Amz-Content-SHA256": payload_hash}
+    headers.update(extra_headers)
     if grants.session_token:
         headers["X-Amz-Security-Token"] = grants.session_token
     headers["Authorization"] = authorization(
@@ -442,9 +470,19 @@ def _local_name(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+class NotXml(Exception):
+    """An answer that should have been XML and is not."""
+
+
 def parse_xml(data: bytes) -> ElementTree.Element:
+    """NotXml when `data` does not parse."""
+    import xml.etree.ElementTree as ElementTree
+
     # only S3's own answers, over TLS (or from the loopback emulator); ElementTree never fetches external entities
-    return ElementTree.fromstring(data)  # noqa: S314
+    try:
+        return ElementTree.fromstring(data)  # noqa: S314
+    except ElementTree.ParseError:
+        raise NotXml() from None
 
 
 def _child_text(element: ElementTree.Element, name: str) -> str:
@@ -458,7 +496,7 @@ def error_fields(data: bytes) -> tuple[str, str]:
     """(Code, Message) of an S3 error document; ("", "") when there is none."""
     try:
         root = parse_xml(data)
-    except ElementTree.ParseError:
+    except NotXml:
         return "", ""
     if _local_name(root.tag) != "Error":
         return "", ""
@@ -482,38 +520,67 @@ def _describe(error: BaseException) -> str:
 
 
 class S3:
-    """Signed S3 requests with the grants file's credentials, re-read before every request (module doc)."""
+    """Signed S3 requests with the grants file's credentials, re-read before every request (module doc). Safe to
+    use from several threads: each request takes a kept-alive connection of its own from a small pool."""
 
     def __init__(self, grants_path: str) -> None:
         self.grants_path = grants_path
-        self._connection: http.client.HTTPConnection | None = None
-        self._connection_key: tuple[str, str, int | None] | None = None
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+        self._busy: set[http.client.HTTPConnection] = set()
+        self._local = threading.local()  # .cancel: the Event that stops a worker thread's requests
 
     def grants(self) -> Grants:
         return Grants.load(self.grants_path)
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        self._connection = None
-        self._connection_key = None
+        """Close every idle connection (the end of the command)."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
 
-    def _connect(self, grants: Grants) -> http.client.HTTPConnection:
+    def _take(self, grants: Grants, fresh: bool) -> tuple[http.client.HTTPConnection, tuple[str, str, int | None]]:
+        """An idle connection to the grants' endpoint (unless `fresh`), or a new one; marked busy."""
         key = (grants.scheme, grants.connect_host(), grants.port)
-        if self._connection is not None and self._connection_key == key:
-            return self._connection
-        self.close()
-        connection: http.client.HTTPConnection
-        if grants.scheme == "https":
-            context = ssl.create_default_context()
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            connection = http.client.HTTPSConnection(
-                key[1], grants.port, timeout=TIMEOUT, context=context, blocksize=CHUNK
-            )
-        else:
-            connection = http.client.HTTPConnection(key[1], grants.port, timeout=TIMEOUT, blocksize=CHUNK)
-        self._connection, self._connection_key = connection, key
-        return connection
+        connection = None
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle and not fresh:
+                connection = idle.pop()
+        if connection is None:
+            if grants.scheme == "https":
+                context = ssl.create_default_context()
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                connection = http.client.HTTPSConnection(
+                    key[1], grants.port, timeout=TIMEOUT, context=context, blocksize=CHUNK
+                )
+            else:
+                connection = http.client.HTTPConnection(key[1], grants.port, timeout=TIMEOUT, blocksize=CHUNK)
+        with self._lock:
+            self._busy.add(connection)
+        return connection, key
+
+    def _release(
+        self, connection: http.client.HTTPConnection, key: tuple[str, str, int | None], reusable: bool
+    ) -> None:
+        with self._lock:
+            self._busy.discard(connection)
+            if reusable:
+                self._idle.setdefault(key, []).append(connection)
+        if not reusable:
+            connection.close()
+
+    def _interrupt(self) -> None:
+        """Cut off every request in flight (their threads fail at once instead of waiting for the network)."""
+        with self._lock:
+            busy = list(self._busy)
+        for connection in busy:
+            sock = connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def request(
         self,
@@ -522,20 +589,25 @@ class S3:
         *,
         what: str,
         params: Sequence[tuple[str, str]] = (),
+        headers: Sequence[tuple[str, str]] = (),
         body: bytes | FileSlice | None = None,
         consume: Callable[[http.client.HTTPResponse], Any] | None = None,
         error_in_body: bool = False,
         attempts: int = ATTEMPTS,
     ) -> Reply:
-        """Send one request with retries (module doc). `consume` reads a 2xx response's body (it runs again on a
-        retry, so it must start over); `error_in_body` checks a 2xx body for an S3 <Error> (CompleteMultipartUpload
-        answers 200 and may still fail). TransferError when it cannot succeed."""
+        """Send one request with retries (module doc). `headers` are sent and signed too (Range, If-Match).
+        `consume` reads a 2xx response's body (it runs again on a retry, so it must start over); `error_in_body`
+        checks a 2xx body for an S3 <Error> (CompleteMultipartUpload answers 200 and may still fail). TransferError
+        when it cannot succeed; _Changed on HTTP 412 and _Unsatisfiable on HTTP 416, for the caller to handle."""
         attempt = 0
         reread = False
+        cancel = getattr(self._local, "cancel", None)
         while True:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled()
             grants = self.grants()
             try:
-                return self._attempt(grants, method, key, params, body, consume, error_in_body)
+                return self._attempt(grants, method, key, params, headers, body, consume, error_in_body, attempt > 0)
             except _AuthFailure as failure:
                 if not reread:
                     reread = True
@@ -547,10 +619,9 @@ class S3:
             except ssl.SSLCertVerificationError as error:
                 raise TransferError(f"{what}: TLS certificate check failed: {error.verify_message}") from None
             except (_Retryable, OSError, http.client.HTTPException) as error:
-                self.close()  # a new connection (and DNS lookup) for the retry, as S3 advises
-                attempt += 1
-                if attempt >= attempts:
-                    raise TransferError(f"{what}: failed {attempts} times, last: {_describe(error)}") from None
+                attempt += 1  # the next attempt opens a new connection (and DNS lookup), as S3 advises
+                if attempt >= attempts or (cancel is not None and cancel.is_set()):
+                    raise TransferError(f"{what}: failed {attempt} times, last: {_describe(error)}") from None
                 _sleep(_backoff(attempt))
 
     def _attempt(
@@ -559,9 +630,11 @@ class S3:
         method: str,
         key: str | None,
         params: Sequence[tuple[str, str]],
+        extra_headers: Sequence[tuple[str, str]],
         body: bytes | FileSlice | None,
         consume: Callable[[http.client.HTTPResponse], Any] | None,
         error_in_body: bool,
+        fresh: bool,
     ) -> Reply:
         if isinstance(body, FileSlice):
             payload_hash, length = UNSIGNED_PAYLOAD, body.length
@@ -569,28 +642,23 @@ class S3:
             payload_hash, length = hashlib.sha256(body).hexdigest(), len(body)
         else:
             payload_hash, length = EMPTY_SHA256, 0
-        target, headers = prepare_request(grants, method, key, params, payload_hash, time.time())
+        target, headers = prepare_request(grants, method, key, params, payload_hash, time.time(), extra_headers)
         headers["User-Agent"] = USER_AGENT
         if body is not None or method in ("PUT", "POST"):
             headers["Content-Length"] = str(length)
-        connection = self._connect(grants)
-        reader = body.open() if isinstance(body, FileSlice) else None
-        content: _SliceReader | bytes | None = (
-            reader if reader is not None else (body if isinstance(body, bytes) else None)
-        )
+        connection, pool_key = self._take(grants, fresh)
+        reusable = False
         try:
-            connection.request(method, target, body=content, headers=headers)
-            response = connection.getresponse()
+            response = self._send(connection, method, target, headers, body)
             answer = {name.lower(): value for name, value in response.getheaders()}
             if 200 <= response.status < 300 and consume is not None:
-                return Reply(response.status, answer, b"", consume(response))
+                value = consume(response)
+                reusable = response.isclosed() and not response.will_close
+                return Reply(response.status, answer, b"", value)
             data = response.read()
-        except (_LocalError, FileChanged):
-            self.close()
-            raise
+            reusable = not response.will_close
         finally:
-            if reader is not None:
-                reader.close()
+            self._release(connection, pool_key, reusable)
         status = response.status
         code, message = error_fields(data) if (status >= 300 or error_in_body) else ("", "")
         if 200 <= status < 300 and not code:
@@ -600,7 +668,55 @@ class S3:
             raise _Retryable(described)
         if code in AUTH_CODES or (status == 403 and not code):
             raise _AuthFailure(described)
+        if status == 412:
+            raise _Changed(described)
+        if status == 416:
+            raise _Unsatisfiable(described)
         raise _ServiceError(described)
+
+    def _send(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | FileSlice | None,
+    ) -> http.client.HTTPResponse:
+        """Send the request and read the answer's head. A kept-alive connection the server closed meanwhile is
+        replaced once by a new one, without counting as an attempt."""
+        reused = connection.sock is not None
+        while True:
+            self._ready(connection)
+            reader = body.open() if isinstance(body, FileSlice) else None
+            content: _SliceReader | bytes | None = (
+                reader if reader is not None else (body if isinstance(body, bytes) else None)
+            )
+            try:
+                connection.request(method, target, body=content, headers=headers)
+                return connection.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                connection.close()  # the same object connects afresh on the next request
+                reused = False
+            finally:
+                if reader is not None:
+                    reader.close()
+
+    def _ready(self, connection: http.client.HTTPConnection) -> None:
+        """Connect now rather than inside request(), then give up if this worker's transfer has been stopped: a
+        connection made after _interrupt() looked at the busy ones would otherwise wait for the network."""
+        if connection.sock is None:
+            connection.connect()
+        cancel = getattr(self._local, "cancel", None)
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled()
+
+    # -- threads ------------------------------------------------------------------------------------------------
+
+    def start_workers(self, jobs: Sequence[Callable[[], Any]], workers: int) -> Workers:
+        """Run `jobs` on up to `workers` threads (see Workers); `join()` for their results."""
+        return Workers(self, jobs, workers)
 
     # -- operations ---------------------------------------------------------------------------------------------
 
@@ -617,31 +733,60 @@ class S3:
         except OSError as error:
             raise TransferError(f"download {key}: cannot write in {parent}: {error.strerror or error}") from None
         try:
-            reply = self.request("GET", key, what=f"download {key}", consume=lambda r: _save_body(r, temporary))
+            size = self.fetch(key, temporary)
             os.chmod(temporary, 0o666 & ~_umask())
             os.replace(temporary, dest)
-        except _LocalError as error:
-            raise TransferError(f"download {key}: {error}") from None
         except OSError as error:
             raise TransferError(f"download {key}: cannot write {dest}: {error.strerror or error}") from None
         finally:
             if os.path.lexists(temporary):
                 os.unlink(temporary)
-        return int(reply.value)
+        return size
 
     def download_temporary(self, key: str) -> str:
         """GetObject `key` to a new temporary file (TMPDIR); the caller removes it."""
         handle, temporary = tempfile.mkstemp(prefix="ec2jobs-transfer-", suffix=".tar.gz")
         os.close(handle)
         try:
-            self.request("GET", key, what=f"download {key}", consume=lambda r: _save_body(r, temporary))
-        except _LocalError as error:
-            os.unlink(temporary)
-            raise TransferError(f"download {key}: {error}") from None
+            self.fetch(key, temporary)
         except BaseException:
             os.unlink(temporary)
             raise
         return temporary
+
+    def fetch(self, key: str, path: str) -> int:
+        """GetObject `key` into the file `path` (truncated first); the size. The first GET asks for the first
+        RANGE_THRESHOLD bytes: that is the whole of a smaller object. For a larger one, as soon as that answer's
+        head tells the size, the rest follows as ranges of `range_size(size)`, CONCURRENCY at a time (the first
+        included), each written at its offset and retried on its own, each sent with If-Match: the first answer's
+        ETag. An object replaced meanwhile (HTTP 412) is fetched again from the start, up to 3 times."""
+        for round_ in range(1, 4):
+            try:
+                return self._fetch_once(key, path)
+            except _Changed:
+                if round_ == 3:
+                    raise TransferError(
+                        f"download {key}: the object changed while it was being downloaded, 3 times"
+                    ) from None
+            except _LocalError as error:
+                raise TransferError(f"download {key}: {error}") from None
+        raise AssertionError("unreachable")
+
+    def _fetch_once(self, key: str, path: str) -> int:
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as error:
+            raise _LocalError(f"cannot write {path}: {error.strerror or error}") from None
+        fetch = _RangedFetch(self, key, descriptor)
+        try:
+            try:
+                fetch.first()
+            except _Unsatisfiable:  # no byte 0: an empty object (S3 answers 416 to any range of one)
+                return int(self.request("GET", key, what=f"download {key}", consume=fetch.whole).value)
+            return fetch.rest()
+        finally:
+            fetch.stop()
+            os.close(descriptor)
 
     def upload_file(self, path: str, key: str, size: int, within: str | None = None) -> None:
         """PutObject, or a multipart upload for files over MULTIPART_THRESHOLD. FileChanged if the file shrank,
@@ -655,24 +800,37 @@ class S3:
             raise TransferError(f"upload {key}: {error}") from None
 
     def _multipart(self, path: str, key: str, size: int, within: str | None) -> None:
+        """Parts of multipart_part_size(size), CONCURRENCY at a time (each retried on its own), completed in part
+        order; aborted on any failure (also SIGTERM)."""
         part_size = multipart_part_size(size)
         created = self.request("POST", key, what=f"start upload {key}", params=[("uploads", "")])
-        upload_id = _child_text(parse_xml(created.data), "UploadId")
+        try:
+            upload_id = _child_text(parse_xml(created.data), "UploadId")
+        except NotXml:
+            upload_id = ""
         if not upload_id:
             raise TransferError(f"start upload {key}: no UploadId in the answer")
-        try:
-            parts: list[tuple[int, str]] = []
-            for number, offset in enumerate(range(0, size, part_size), start=1):
+
+        def part(number: int, offset: int) -> Callable[[], str]:
+            def send() -> str:
+                what = f"upload {key} part {number}"
                 reply = self.request(
                     "PUT",
                     key,
-                    what=f"upload {key} part {number}",
+                    what=what,
                     params=[("partNumber", str(number)), ("uploadId", upload_id)],
                     body=FileSlice(path, offset, min(part_size, size - offset), within),
                 )
-                parts.append((number, _etag(reply, f"upload {key} part {number}")))
+                return _etag(reply, what)
+
+            return send
+
+        try:
+            jobs = [part(number, offset) for number, offset in enumerate(range(0, size, part_size), start=1)]
+            etags = self.start_workers(jobs, CONCURRENCY).join()
             document = "".join(
-                f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_escape(etag)}</ETag></Part>" for n, etag in parts
+                f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_escape(etag)}</ETag></Part>"
+                for n, etag in enumerate(etags, start=1)
             )
             body = f'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{document}'
             body += "</CompleteMultipartUpload>"
@@ -699,7 +857,7 @@ class S3:
             reply = self.request("GET", None, what=f"list {prefix}", params=params)
             try:
                 root = parse_xml(reply.data)
-            except ElementTree.ParseError:
+            except NotXml:
                 raise TransferError(f"list {prefix}: the answer is not XML") from None
             for contents in root:
                 if _local_name(contents.tag) == "Contents":
@@ -712,11 +870,162 @@ class S3:
                 raise TransferError(f"list {prefix}: a truncated page without a continuation token")
 
 
+class Workers:
+    """`jobs` run on up to `workers` threads, started at once; `join()` waits and returns their results in order.
+    The first failure stops the rest (a job not started is skipped, a worker's next request or retry is not sent)
+    and is what `join()` raises. An exception in the joining thread itself (SIGTERM, Ctrl-C) cuts off the requests
+    in flight, waits for the threads and is raised."""
+
+    def __init__(self, s3: S3, jobs: Sequence[Callable[[], Any]], workers: int) -> None:
+        self._s3 = s3
+        self._jobs = list(jobs)
+        self._results: list[Any] = [None] * len(self._jobs)
+        self._failures: list[BaseException] = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        count = max(0, min(workers, len(self._jobs)))
+        self._threads = [
+            threading.Thread(target=self._work, name=f"ec2jobs-transfer-{n}", daemon=True) for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        self._s3._local.cancel = self._cancel
+        while not self._cancel.is_set():
+            with self._lock:
+                index = self._next
+                if index >= len(self._jobs):
+                    return
+                self._next += 1
+            try:
+                self._results[index] = self._jobs[index]()
+            except BaseException as error:  # noqa: BLE001 - handed to join()
+                with self._lock:
+                    self._failures.append(error)
+                self._cancel.set()
+                return
+
+    def stop(self) -> None:
+        """No further job or request; requests in flight cut off; returns when every thread has ended."""
+        if any(thread.is_alive() for thread in self._threads):
+            self._cancel.set()
+            self._s3._interrupt()
+        for thread in self._threads:
+            thread.join()
+
+    def join(self) -> list[Any]:
+        try:
+            for thread in self._threads:
+                thread.join()
+        except BaseException:
+            self.stop()
+            raise
+        with self._lock:
+            failures = list(self._failures)
+        if failures:  # the first failure, not one that only followed from it
+            raise next((f for f in failures if not isinstance(f, _Cancelled)), failures[0])
+        return self._results
+
+
+class _RangedFetch:
+    """One object into an open file (S3.fetch): the first range, then the rest on worker threads."""
+
+    def __init__(self, s3: S3, key: str, descriptor: int) -> None:
+        self.s3 = s3
+        self.key = key
+        self.descriptor = descriptor
+        self.size: int | None = None
+        self.etag = ""
+        self.workers: Workers | None = None
+
+    def first(self) -> None:
+        """GET bytes 0..RANGE_THRESHOLD-1 (all of a smaller object); the other ranges start from its answer's head."""
+        self.s3.request(
+            "GET",
+            self.key,
+            what=f"download {self.key}",
+            headers=[("Range", f"bytes=0-{RANGE_THRESHOLD - 1}")],
+            consume=self._first_answer,
+        )
+
+    def rest(self) -> int:
+        """Wait for the other ranges; the object's size."""
+        if self.workers is not None:
+            self.workers.join()
+        assert self.size is not None
+        return self.size
+
+    def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+
+    def whole(self, response: http.client.HTTPResponse) -> int:
+        """A 2xx answer holding the whole object, written from byte 0; its size."""
+        received = _write_body(response, self.descriptor, 0)
+        try:
+            os.ftruncate(self.descriptor, received)
+        except OSError as error:
+            raise _LocalError(f"cannot write the download of {self.key}: {error.strerror or error}") from None
+        self.size = received
+        return received
+
+    def _first_answer(self, response: http.client.HTTPResponse) -> int:
+        if response.status != 206:  # a server that ignores Range sends the whole object
+            if self.workers is not None:
+                raise _Changed(f"HTTP {response.status} instead of a range")
+            return self.whole(response)
+        first, last, total = _content_range(response, f"download {self.key}")
+        if first != 0 or last != min(total, RANGE_THRESHOLD) - 1:
+            raise TransferError(f"download {self.key}: asked for bytes 0-{RANGE_THRESHOLD - 1}, got {first}-{last}")
+        etag = response.getheader("ETag") or ""
+        if self.size is None:
+            self.size, self.etag = total, etag
+            try:
+                os.ftruncate(self.descriptor, total)
+            except OSError as error:
+                raise _LocalError(f"cannot write the download of {self.key}: {error.strerror or error}") from None
+            step = range_size(total)
+            jobs = [self._range_job(start, min(start + step, total)) for start in range(last + 1, total, step)]
+            if jobs:
+                self.workers = self.s3.start_workers(jobs, CONCURRENCY - 1)  # this thread streams the first range
+        elif (total, etag) != (self.size, self.etag):
+            raise _Changed("another version of the object answered")
+        return _write_body(response, self.descriptor, 0, last + 1)
+
+    def _range_job(self, start: int, end: int) -> Callable[[], int]:
+        headers = [("Range", f"bytes={start}-{end - 1}")] + ([("If-Match", self.etag)] if self.etag else [])
+
+        def answer(response: http.client.HTTPResponse) -> int:
+            if response.status != 206:
+                raise TransferError(f"download {self.key}: HTTP {response.status} to a ranged GET")
+            first, last, total = _content_range(response, f"download {self.key}")
+            if total != self.size:
+                raise _Changed("the object's size changed")
+            if (first, last) != (start, end - 1):
+                raise TransferError(f"download {self.key}: asked for bytes {start}-{end - 1}, got {first}-{last}")
+            return _write_body(response, self.descriptor, start, end - start)
+
+        def job() -> int:
+            what = f"download {self.key} bytes {start}-{end - 1}"
+            return int(self.s3.request("GET", self.key, what=what, headers=headers, consume=answer).value)
+
+        return job
+
+
 def multipart_part_size(size: int) -> int:
     """PART_SIZE, or the smallest whole MiB that fits a larger file in MAX_PARTS parts."""
     if size <= PART_SIZE * MAX_PARTS:
         return PART_SIZE
     return -(-size // MAX_PARTS // MiB) * MiB
+
+
+def range_size(size: int) -> int:
+    """The length of the ranges an object of `size` bytes is downloaded in: about two per connection, in whole MiB,
+    at least RANGE_SIZE and at most MAX_RANGE_SIZE."""
+    wanted = -(-size // (2 * CONCURRENCY) // MiB) * MiB
+    return max(RANGE_SIZE, min(MAX_RANGE_SIZE, wanted))
 
 
 def _etag(reply: Reply, what: str) -> str:
@@ -736,28 +1045,38 @@ def _umask() -> int:
     return mask
 
 
-def _save_body(response: http.client.HTTPResponse, path: str) -> int:
-    """Stream a response body into `path` (truncated first); the byte count. A body shorter than its
-    Content-Length raises IncompleteRead (retried)."""
-    expected = response.getheader("Content-Length")
+def _write_body(response: http.client.HTTPResponse, descriptor: int, offset: int, expected: int | None = None) -> int:
+    """Stream a response body into the open file at `offset`; the byte count. A body shorter than `expected` (or
+    its Content-Length) raises IncompleteRead (retried)."""
+    length = response.getheader("Content-Length")
+    if expected is None and length is not None and length.isdigit():
+        expected = int(length)
     received = 0
-    try:
-        out = open(path, "wb")  # noqa: SIM115 - closed below; errors here are local, not the network's
-    except OSError as error:
-        raise _LocalError(f"cannot write {path}: {error.strerror or error}") from None
-    with out:
-        while True:
-            chunk = response.read(CHUNK)
-            if not chunk:
-                break
+    while True:
+        chunk = response.read(CHUNK)
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
             try:
-                out.write(chunk)
+                written = os.pwrite(descriptor, view, offset + received)
             except OSError as error:
-                raise _LocalError(f"cannot write {path}: {error.strerror or error}") from None
-            received += len(chunk)
-    if expected is not None and expected.isdigit() and received != int(expected):
-        raise http.client.IncompleteRead(b"", int(expected) - received)
+                raise _LocalError(f"cannot write the download: {error.strerror or error}") from None
+            view = view[written:]
+            received += written
+    if expected is not None and received != expected:
+        raise http.client.IncompleteRead(b"", expected - received)
     return received
+
+
+def _content_range(response: http.client.HTTPResponse, what: str) -> tuple[int, int, int]:
+    """(first byte, last byte, object size) from a 206 answer's Content-Range."""
+    header = response.getheader("Content-Range") or ""
+    found = _CONTENT_RANGE.fullmatch(header.strip())
+    if found is None:
+        raise TransferError(f"{what}: a ranged answer without a valid Content-Range")
+    first, last, total = (int(value) for value in found.groups())
+    return first, last, total
 
 
 # -- safe extraction ------------------------------------------------------------------------------------------------
@@ -872,6 +1191,8 @@ def write_member(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> None
     source = tar.extractfile(info)
     if source is None:
         raise TransferError(f"cannot read archive member {info.name!r}")
+    import shutil
+
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     descriptor = os.open(path, flags, 0o600)
     with os.fdopen(descriptor, "wb") as out, source:
@@ -898,6 +1219,8 @@ def extract_archive(archive: str, dest: str) -> int:
 
 
 def _open_archive(archive: str) -> tarfile.TarFile:
+    import tarfile
+
     try:
         return tarfile.open(archive, "r:gz")
     except (tarfile.TarError, OSError, EOFError) as error:
