@@ -7,10 +7,12 @@ Who makes which request (docs/artifacts.md):
   most one part (8 MiB and up, `choose_part_size`) is one presigned PutObject; a larger one is the API's
   CreateMultipartUpload, one UploadPart per part and the API's CompleteMultipartUpload. Completing also reads the
   object back (HeadObject) to check its size;
-- the instance (ec2jobs_transfer.py, with STS credentials: AssumeRole is free): one GetObject for the workdir;
-  `sync-up` one PutObject per new or changed file of at most 64 MiB, or CreateMultipartUpload + one UploadPart per
-  64 MiB + CompleteMultipartUpload for a larger one; it lists nothing (the changes come from its state file);
-- `ec2jobs download`: the API's ListObjectsV2 (one per 1,000 files) and one GetObject per file.
+- the instance (ec2jobs_transfer.py, with STS credentials: AssumeRole is free): GetObjects for the workdir (one of
+  the first RANGE_THRESHOLD bytes, then ranges of `range_size`); `sync-up` one PutObject per new or changed file of
+  at most MULTIPART_THRESHOLD, or CreateMultipartUpload + one UploadPart per part + CompleteMultipartUpload for a
+  larger one; it lists nothing (the changes come from its state file);
+- `ec2jobs download`: the API's ListObjectsV2 (one per 1,000 files) and one GetObject per file, or ranged GETs of a
+  file larger than the CLI's RANGED_THRESHOLD.
 
 Price classes: PUT, COPY, POST and LIST at one price; GET and all other requests (HEAD) at another; DELETE free.
 """
@@ -28,6 +30,7 @@ from bench.prices import Usage, gb_months
 from controlplane.adapters import artifacts
 from controlplane.core import bundle
 from controlplane.core.data import ec2jobs_transfer as tool
+from ec2jobs import transfer as cli_transfer
 
 MB = 1_000_000
 LIST_PAGE = 1000  # ListObjectsV2 answers at most 1,000 keys a page (the API's outputs listing too)
@@ -106,9 +109,29 @@ def sync_up(sizes: Iterable[int]) -> Requests:
     return total
 
 
-def download(files: int) -> Requests:
-    """`ec2jobs download` of `files` files: the API's listing pages and one GetObject each."""
-    return Requests(put=max(1, math.ceil(files / LIST_PAGE)), get=files)
+def tool_download(size: int) -> Requests:
+    """ec2jobs_transfer.py downloading one object of `size` bytes: a first GET of up to RANGE_THRESHOLD bytes, the
+    rest in ranges of `range_size(size)`."""
+    if size <= tool.RANGE_THRESHOLD:
+        return Requests(get=1)
+    return Requests(get=1 + math.ceil((size - tool.RANGE_THRESHOLD) / tool.range_size(size)))
+
+
+def cli_download(size: int) -> Requests:
+    """The CLI downloading one object of `size` bytes from its presigned URL: one GET, or ranges when it is larger
+    than RANGED_THRESHOLD."""
+    if size <= cli_transfer.RANGED_THRESHOLD:
+        return Requests(get=1)
+    return Requests(get=math.ceil(size / cli_transfer.range_size(size)))
+
+
+def download(sizes: Iterable[int]) -> Requests:
+    """`ec2jobs download` of files of these sizes: the API's listing pages and the GETs of each file."""
+    sizes = list(sizes)
+    total = Requests(put=max(1, math.ceil(len(sizes) / LIST_PAGE)))
+    for size in sizes:
+        total += cli_download(size)
+    return total
 
 
 def split(total: int, files: int) -> list[int]:
@@ -142,7 +165,11 @@ class TypicalJob:
 
 def launch_requests(job: TypicalJob) -> Requests:
     """Per launch: the CLI's workdir upload, the instance's GET of it, and the last checkpoint sync at the end."""
-    return cli_upload(job.workdir_bytes) + Requests(get=1) + sync_up(split(job.checkpoint_bytes, job.files_per_sync))
+    return (
+        cli_upload(job.workdir_bytes)
+        + tool_download(job.workdir_bytes)
+        + sync_up(split(job.checkpoint_bytes, job.files_per_sync))
+    )
 
 
 def launch_usage(job: TypicalJob) -> Usage:
@@ -164,7 +191,8 @@ def hour_usage(job: TypicalJob) -> Usage:
 
 def outputs_requests(job: TypicalJob) -> Requests:
     """A job's outputs: sent by the last sync, downloaded once by `ec2jobs download`."""
-    return sync_up(split(job.outputs_bytes, job.outputs_files)) + download(job.outputs_files)
+    files = split(job.outputs_bytes, job.outputs_files)
+    return sync_up(files) + download(files)
 
 
 def outputs_usage(job: TypicalJob) -> Usage:

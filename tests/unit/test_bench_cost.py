@@ -175,38 +175,45 @@ def test_each_transfer_makes_the_requests_its_code_makes() -> None:
     assert s3cost.cli_upload(8 * MIB) == Requests(put=1, get=1)
     assert s3cost.cli_upload(8 * MIB + 1) == Requests(put=2 + 2, get=1)
     assert s3cost.cli_upload(50_000_000) == Requests(put=6 + 2, get=1)  # ceil(50e6 / 8 MiB) = 6 parts
-    # the instance's tool: one PUT up to 64 MiB, else 64 MiB parts between Create and Complete; no listing
-    assert s3cost.tool_upload(64 * MIB) == Requests(put=1)
-    assert s3cost.tool_upload(64 * MIB + 1) == Requests(put=2 + 2)
+    # the instance's tool: one PUT up to 32 MiB, else 8 MiB parts between Create and Complete; no listing
+    assert s3cost.tool_upload(32 * MIB) == Requests(put=1)
+    assert s3cost.tool_upload(32 * MIB + 1) == Requests(put=5 + 2)
+    # its downloads: one GET up to 16 MiB (the first GET asks for that much), the rest in ranges
+    assert s3cost.tool_download(16 * MIB) == Requests(get=1)
+    assert s3cost.tool_download(50_000_000) == Requests(get=1 + 4)  # (50e6 - 16 MiB) in 8 MiB ranges
+    # the CLI's downloads: one GET up to 16 MiB, else ranges from the start
+    assert s3cost.cli_download(16 * MIB) == Requests(get=1)
+    assert s3cost.cli_download(100_000_000) == Requests(get=12)  # ceil(100e6 / 8 MiB)
     assert s3cost.sync_up([800_000] * 5) == Requests(put=5)
     assert s3cost.sync_up([]) == Requests()
-    # ec2jobs download: the API's listing (1,000 keys a page) and one GET a file
-    assert s3cost.download(10) == Requests(put=1, get=10)
-    assert s3cost.download(1001) == Requests(put=2, get=1001)
+    # ec2jobs download: the API's listing (1,000 keys a page) and the GETs of each file
+    assert s3cost.download([10] * 10) == Requests(put=1, get=10)
+    assert s3cost.download([10] * 1001) == Requests(put=2, get=1001)
     assert s3cost.split(10, 3) == [4, 3, 3]
 
 
 def test_a_typical_job_is_priced_by_hand() -> None:
     job = TypicalJob()  # 50 MB workdir; 5 files (4 MB) changed per 2-minute sync; 1 GB outputs in 10 files; 30 days
     assert job.syncs_per_hour == 30
-    # per launch: the workdir's 8 PUT-class + 1 HEAD, the instance's GET, the last sync's 5 PUTs; the workdir and
-    # the last checkpoints stored 30 days (720 of an average month's 730 hours)
-    assert s3cost.launch_requests(job) == Requests(put=13, get=2)
+    # per launch: the workdir's 8 PUT-class + 1 HEAD, the instance's 5 GETs (a first 16 MiB, then 4 ranges), the
+    # last sync's 5 PUTs; the workdir and the last checkpoints stored 30 days (720 of an average month's 730 hours)
+    assert s3cost.launch_requests(job) == Requests(put=13, get=6)
     launch = prices.dollars(s3cost.launch_usage(job))
     assert launch["s3_put_requests"] == pytest.approx(13 * 0.005 / 1000)
-    assert launch["s3_get_requests"] == pytest.approx(2 * 0.0004 / 1000)
+    assert launch["s3_get_requests"] == pytest.approx(6 * 0.0004 / 1000)
     assert launch["s3_gb_months"] == pytest.approx(54_000_000 / 2**30 * 720 / 730 * 0.023)
-    assert launch["total"] == pytest.approx(0.0012067, rel=1e-4)
+    assert launch["total"] == pytest.approx(0.0012083, rel=1e-4)
     # per job-hour: 30 syncs × 5 PUTs; 4 MB held for the hour
     assert s3cost.hour_requests(job) == Requests(put=5)
     hour = prices.dollars(s3cost.hour_usage(job))
     assert hour["s3_put_requests"] == pytest.approx(150 * 0.005 / 1000)
     assert hour["total"] == pytest.approx(0.00075 + 4_000_000 / 2**30 / 730 * 0.023)
-    # outputs: 10 files of 100 MB, each 2 parts of 64 MiB (Create + 2 + Complete), one listing and 10 GETs
-    assert s3cost.outputs_requests(job) == Requests(put=10 * 4 + 1, get=10)
+    # outputs: 10 files of 100 MB, each 12 parts of 8 MiB (Create + 12 + Complete), one listing and 12 ranged GETs
+    # a file
+    assert s3cost.outputs_requests(job) == Requests(put=10 * 14 + 1, get=10 * 12)
     outputs = prices.dollars(s3cost.outputs_usage(job))
     assert outputs["s3_gb_months"] == pytest.approx(1e9 / 2**30 * 720 / 730 * 0.023)
-    assert outputs["total"] == pytest.approx(0.021335, rel=1e-4)
+    assert outputs["total"] == pytest.approx(0.02188, rel=1e-4)
 
 
 def test_the_expiry_the_cost_model_keeps_objects_for_is_the_deployed_default() -> None:
