@@ -7,7 +7,9 @@ real aws CLI, curl and shutdown can never be reached, whatever is installed on t
 
 from __future__ import annotations
 
+import base64
 import getpass
+import http.server
 import os
 import shutil
 import signal
@@ -1027,3 +1029,68 @@ def test_a_git_workdir_is_cloned_at_its_ref_before_setup(sandbox: Sandbox, tmp_p
     outcome = failing.run(missing)
     assert outcome.result()["reason"] == "INPUTS_FAILED"
     assert outcome.output().startswith("ec2jobs: cloning the workdir failed: ")
+
+
+def test_a_private_git_workdir_is_cloned_with_the_token_from_its_secret(sandbox: Sandbox, tmp_path: Path) -> None:
+    """workdir {url, token_secret}: git asks GIT_ASKPASS, which answers with the secret's value; the token reaches
+    the server (HTTP Basic, as GitHub takes a token) and appears nowhere else. Served on loopback by a dumb-HTTP git
+    server that refuses requests without the token."""
+    git = shutil.which("git", path=SYSTEM_PATH)
+    if git is None or not Path("/usr/lib/git-core/git-remote-http").exists():
+        pytest.skip("no git with HTTP support")
+    (sandbox.tools / "git").symlink_to(git)
+    env = {"PATH": SYSTEM_PATH, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    work, served = tmp_path / "work", tmp_path / "served"
+    work.mkdir()
+    for args in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.email=t@e", "-c", "user.name=t", "commit", "-q", "-m", "1"],
+    ):
+        if args[0] == "add":
+            (work / "train.py").write_text("private\n")
+        subprocess.run([git, "-C", str(work), *args], check=True, env=env, capture_output=True)
+    subprocess.run([git, "clone", "-q", "--bare", str(work), str(served / "repo.git")], check=True, env=env)
+    subprocess.run([git, "-C", str(served / "repo.git"), "update-server-info"], check=True, env=env)
+    token = "ghp_" + "s3cr3t" * 6
+    expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    seen: list[str | None] = []
+
+    class GitFiles(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GitFiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/repo.git"
+        job = make_config(setup="cat train.py", run="echo ok", envs={"GH_TOKEN": token},
+                          inputs={"workdir_url": url, "workdir_token_secret": "GH_TOKEN"})  # fmt: skip
+        outcome = sandbox.run(job)
+        assert outcome.result()["reason"] == "SUCCEEDED", outcome.output()
+        assert outcome.output() == "private\nok\n"
+        assert None in seen  # refused without the token ...
+        assert expected in seen  # ... and served with it
+        assert token not in (sandbox.state / "wrapper.log").read_text()
+
+        missing = Sandbox(sandbox.base / "second")
+        (missing.tools / "git").symlink_to(git)
+        unset = make_config(run="echo never", inputs={"workdir_url": url, "workdir_token_secret": "GH_TOKEN"})
+        outcome = missing.run(unset)
+        assert outcome.result()["reason"] == "INPUTS_FAILED"
+        assert outcome.output() == "ec2jobs: workdir.token_secret names GH_TOKEN, which has no value\n"
+    finally:
+        server.shutdown()
