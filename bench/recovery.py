@@ -11,8 +11,8 @@ $EC2JOBS_ATTEMPT) and then, on attempt 1, waits until it is stopped (SIGTERM →
   (`events.put_events` on the default bus, as tests/e2e/test_recovery.py sends it) until attempt 2's line — the
   first line after the marker `--- attempt 2 on … ---` — is visible the same way.
 
-When the warning comes matters: while it streams, the relay reads the job's status every `cancel_check_seconds`
-(2 s, RelaySettings) and only then stops the job, and the benchmark's warnings would all land at the same point of
+When the warning comes matters: while it streams a spot job with job_recovery, the relay reads the job's status
+every `interruption_check_seconds` (1 s, RelaySettings) and only then stops the job, and the benchmark's warnings would all land at the same point of
 that cycle (it starts with the stream, which starts shortly before the first line). So sample i of n sends its
 warning (i + 0.5) / n of a cycle after attempt 1's line became visible: the samples spread over the cycle, as
 interruptions at random moments would.
@@ -385,7 +385,7 @@ def run(session: Session, provider_id: str, samples: int = 3) -> tuple[list[Figu
     did not use)."""
     warm = submit(session, TASK | {"name": "bench-recovery-warm-up", "run": "true", "provider_id": provider_id})
     session.wait_done(warm)
-    cycle = RelaySettings().cancel_check_seconds
+    cycle = RelaySettings().interruption_check_seconds
     runs = [sample(session, provider_id, delay) for delay in warning_delays(samples, cycle)]
     summary = summarize(runs)
     return figures(summary, samples, cycle), {"samples": runs, "status_check_seconds": cycle} | summary
@@ -409,7 +409,7 @@ def figures(summary: dict[str, Any], samples: int, cycle: float) -> list[Figure]
         Figure(SECTION, "spot interruption warning (put_events) → attempt 2's first line visible, median",
                summary["recovery_seconds"], "s",
                note=f"each warning sent {' / '.join(f'{d:.2f}' for d in warning_delays(samples, cycle))} s after "
-               f"attempt 1's line (spread over the relay's {cycle:.0f} s status check); {LIMITS}"),
+               f"attempt 1's line (spread over the relay's {cycle:g} s status check); {LIMITS}"),
         Figure(SECTION, "… interruption → next first line / submit → first line", summary["ratio"], "×",
                ("<=", TARGET_RATIO), note="ratio of the medians; each sample's own ratio: "
                + ", ".join(f"{r:.2f}×" for r in summary["sample_ratios"])),
