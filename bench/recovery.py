@@ -12,8 +12,9 @@ $EC2JOBS_ATTEMPT) and then, on attempt 1, waits until it is stopped (SIGTERM →
   first line after the marker `--- attempt 2 on … ---` — is visible the same way.
 
 When the warning comes matters: while it streams a spot job with job_recovery, the relay reads the job's status
-every `interruption_check_seconds` (1 s, RelaySettings) and only then stops the job, and the benchmark's warnings would all land at the same point of
-that cycle (it starts with the stream, which starts shortly before the first line). So sample i of n sends its
+every `interruption_check_seconds` (1 s, RelaySettings) and only then stops the job, and the benchmark's warnings
+would all land at the same point of that cycle (it starts with the stream, which starts shortly before the first
+line). So sample i of n sends its
 warning (i + 0.5) / n of a cycle after attempt 1's line became visible: the samples spread over the cycle, as
 interruptions at random moments would.
 
