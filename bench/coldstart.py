@@ -1,15 +1,16 @@
 """Cold start: each handler module's import time in a fresh interpreter, as Lambda would run it — CPython 3.12 (the
-deployed runtime), the code asset and the dependency layer on sys.path and nothing else, and the bytecode that
-ships: the layer's own __pycache__/*.cpython-312.pyc (scripts/build_layer.py compiles them when the build machine
-has a CPython 3.12), none for the code asset (CDK's asset for lambdas/ leaves __pycache__ out). /var/task and /opt
-are read-only, so whatever has no .pyc is compiled on every cold start (the probe runs with -B: nothing is
-written). Also the deployable sizes of the code asset (lambdas/ zipped as CDK ships it) and of the layer
-(build/layer zipped, bytecode included; unzipped size reported too).
+deployed runtime), the code asset and the dependency layer on sys.path and nothing else, the function's environment
+(ARTIFACTS_ENV for the API and the relay, as the stack sets it), and the bytecode that ships: the layer's own
+__pycache__/*.cpython-312.pyc (scripts/build_layer.py compiles them when the build machine has a CPython 3.12), none
+for the code asset (CDK's asset for lambdas/ leaves __pycache__ out). /var/task and /opt are read-only, so whatever
+has no .pyc is compiled on every cold start (the probe runs with -B: nothing is written). Also the deployable sizes
+of the code asset (lambdas/ zipped as CDK ships it) and of the layer (build/layer zipped, bytecode included; unzipped
+size reported too).
 
 Also measured, reported only: the same imports with no bytecode at all (a layer built without a 3.12) and with the
 asset compiled too, and "import + wiring", the handler plus what its first invocation builds (services, boto3
-clients, paramiko for the workflow). The relay's target applies to the workflow module plus its wiring (the relay
-step imports paramiko).
+clients) and imports (FIRST_CALL_IMPORTS: paramiko for the workflow, which adapters/ssh.py imports at the relay's
+first connect). The relay's target applies to the workflow module plus its wiring and paramiko.
 
     python -m bench.coldstart [--repeats 3]
 """
@@ -47,6 +48,17 @@ HANDLERS: dict[str, str] = {
     "controlplane.handlers.events": "instance_events",
     "controlplane.handlers.reconcile": "reconciler",
 }
+# What a handler's first invocation imports beyond its wiring: the relay step's first connect imports paramiko (and
+# cryptography, PyNaCl, bcrypt), which the wiring leaves to it (adapters/ssh.py), so the relay's figure counts it.
+FIRST_CALL_IMPORTS: dict[str, tuple[str, ...]] = {"controlplane.handlers.workflow": ("paramiko",)}
+# The variables stacks/functions.py (use_artifacts) sets on the functions with access to the artifacts bucket: the
+# API and the relay step (the other steps, the authorizer, instance events and the reconciler have none). With them
+# the wiring also makes the S3 client (and the relay's and the API's STS client for instance grants), as deployed.
+ARTIFACTS_ENV = {
+    "ARTIFACT_BUCKET": "ec2jobs-artifacts-123456789012-us-east-1",
+    "INSTANCE_TRANSFER_ROLE_ARN": "arn:aws:iam::123456789012:role/ec2jobs-instance-transfer",
+}
+WITH_ARTIFACTS = frozenset({"controlplane.handlers.api", "controlplane.handlers.workflow"})
 _PROBE = """
 import importlib, sys, time
 started = time.perf_counter()
@@ -55,6 +67,8 @@ imported = time.perf_counter()
 if sys.argv[2]:
     from controlplane.handlers import container
     getattr(container, sys.argv[2])()
+for name in sys.argv[3:]:
+    importlib.import_module(name)
 print(imported - started, time.perf_counter() - started)
 """
 
@@ -142,7 +156,7 @@ def _probe(python: str, module: str, wire: str, env: dict[str, str], cache: Path
     `cache` (PYTHONPYCACHEPREFIX): an empty directory means none at all; one filled by a previous run, every module
     compiled, the code asset's included."""
     flags = ["-S"] if python != sys.executable else []
-    command = [python, *flags, "-B", "-c", _PROBE, module, wire]
+    command = [python, *flags, "-B", "-c", _PROBE, module, wire, *FIRST_CALL_IMPORTS.get(module, ())]
     environment = dict(env)
     if cache is not None:
         environment["PYTHONPYCACHEPREFIX"] = str(cache)
@@ -158,7 +172,11 @@ def _fill_cache(python: str, module: str, wire: str, env: dict[str, str], cache:
     flags = ["-S"] if python != sys.executable else []
     environment = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPYCACHEPREFIX": str(cache)}
     subprocess.run(  # noqa: S603
-        [python, *flags, "-c", _PROBE, module, wire], env=environment, capture_output=True, timeout=120, check=True
+        [python, *flags, "-c", _PROBE, module, wire, *FIRST_CALL_IMPORTS.get(module, ())],
+        env=environment,
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
 
 
@@ -218,16 +236,17 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
         caches = {"": None, "_no_bytecode": empty, "_all_bytecode": compiled}
         timings: dict[str, dict[str, float]] = {}
         for module, wire in HANDLERS.items():
-            _fill_cache(python, module, wire, env, compiled)
+            function_env = env | (ARTIFACTS_ENV if module in WITH_ARTIFACTS else {})
+            _fill_cache(python, module, wire, function_env, compiled)
             samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
             for _ in range(repeats):  # the modes alternate, so drift on this shared machine hits them alike
                 for mode, cache in caches.items():
-                    samples[mode].append(_probe(python, module, wire, env, cache))
+                    samples[mode].append(_probe(python, module, wire, function_env, cache))
             timings[module] = {}
             for mode, runs in samples.items():
                 timings[module][f"import{mode}_ms"] = statistics.median(r[0] for r in runs) * 1000
                 timings[module][f"wired{mode}_ms"] = statistics.median(r[1] for r in runs) * 1000
-            details.setdefault("import_ms_by_package", {})[module] = _importtime_top(python, module, env)
+            details.setdefault("import_ms_by_package", {})[module] = _importtime_top(python, module, function_env)
         details["timings_ms"] = {m: {k: round(v, 1) for k, v in t.items()} for m, t in timings.items()}
         details["modes"] = {f"import{k}_ms, wired{k}_ms": v for k, v in MODES.items()}
     for module, timing in timings.items():

@@ -4,6 +4,7 @@ AWS_ENDPOINT_URL variables (the emulator locally); calls made with a provider's 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -23,15 +24,48 @@ CLIENT_CONFIG = Config(
 )
 
 
-@cache
-def client(service: str) -> Any:
-    """A client for the control plane's own account (its role's credentials)."""
-    return boto3.session.Session().client(service, region_name=config.get().region, config=CLIENT_CONFIG)
+_OWN_LOCK = threading.Lock()
+_own_session: boto3.session.Session | None = None
 
 
-@cache
-def resource(service: str) -> Any:
-    return boto3.session.Session().resource(service, region_name=config.get().region, config=CLIENT_CONFIG)
+class _PerService:
+    """Clients (or resources) for the control plane's own account (its role's credentials), one per service and
+    process, all made from one boto3 Session: its loader reads the endpoint data and each service model once (a
+    Session per client read them again for each: 25-45 ms of a cold start per client). boto3 Sessions are
+    not thread-safe, so they are made under a lock; the clients themselves are. cache_clear() forgets them and
+    the Session, whose credentials and settings come from the environment (tests and the local runtime call it
+    when they change it)."""
+
+    def __init__(self, make: Callable[[boto3.session.Session, str], Any]) -> None:
+        self._make = make
+        self._made: dict[str, Any] = {}
+
+    def __call__(self, service: str) -> Any:
+        global _own_session
+        with _OWN_LOCK:
+            if service not in self._made:
+                if _own_session is None:
+                    _own_session = boto3.session.Session()
+                self._made[service] = self._make(_own_session, service)
+            return self._made[service]
+
+    def cache_clear(self) -> None:
+        global _own_session
+        with _OWN_LOCK:
+            self._made.clear()
+            _own_session = None
+
+
+def _own_client(session: boto3.session.Session, service: str) -> Any:
+    return session.client(service, region_name=config.get().region, config=CLIENT_CONFIG)
+
+
+def _own_resource(session: boto3.session.Session, service: str) -> Any:
+    return session.resource(service, region_name=config.get().region, config=CLIENT_CONFIG)
+
+
+client = _PerService(_own_client)  # client("sts"), resource("dynamodb"): the control plane's own account
+resource = _PerService(_own_resource)
 
 
 _PROVIDER_SESSION_LOCK = threading.Lock()

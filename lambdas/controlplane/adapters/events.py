@@ -17,11 +17,13 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controlplane.core.ids import team_event_source
 from controlplane.core.lifecycle import JobStatus
-from controlplane.core.models import Job
+
+if TYPE_CHECKING:  # annotations only: the instance-events handler imports this module for its constants
+    from controlplane.core.models import Job
 
 SOURCE = "ec2jobs"
 JOB_STATE_CHANGE = "Job State Change"

@@ -1,15 +1,20 @@
 """SSH to a job's instance (paramiko): the job's pinned host key is the only one trusted (never auto-accepted), the
 team's key authenticates. Remote paths honour EC2JOBS_ROOT (set by the local instance simulator's sshd; unset on
-EC2), like the job wrapper."""
+EC2), like the job wrapper.
+
+paramiko (and the cryptography, PyNaCl and bcrypt it loads) is imported by the first connect, not with this module:
+service/relay.py imports this module, and the functions that wire the relay without connecting (the other workflow
+steps, instance events) need none of it."""
 
 from __future__ import annotations
 
 import base64
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paramiko
+if TYPE_CHECKING:
+    import paramiko
 
 STATE_DIR = '"${EC2JOBS_ROOT:-}/var/lib/ec2jobs"'
 
@@ -40,6 +45,8 @@ class SshSession:
 
     def stream(self, offset: int, poll_seconds: float) -> Any:
         """A channel delivering the output file from byte `offset` on, as it is written (tail -F)."""
+        import paramiko  # loaded by connect(), which made this session
+
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectionLost("the SSH transport is closed")
@@ -52,6 +59,8 @@ class SshSession:
         return channel
 
     def run(self, command: str, timeout: float = 15.0) -> tuple[int, bytes]:
+        import paramiko  # loaded by connect(), which made this session
+
         try:
             _, stdout, _ = self.client.exec_command(command, timeout=timeout)
             output = stdout.read()
@@ -80,6 +89,8 @@ class SshSession:
 
     def run_with_input(self, command: str, data: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
         """Run `command` with `data` on its standard input; (exit status, stdout+stderr)."""
+        import paramiko  # loaded by connect(), which made this session
+
         try:
             stdin, stdout, _ = self.client.exec_command(command, timeout=timeout)
             stdout.channel.set_combine_stderr(True)
@@ -136,6 +147,8 @@ class SshConnector:
         self.connect_timeout = connect_timeout
 
     def connect(self, remote: Remote, private_key_openssh: str, host_key_openssh: str) -> SshSession:
+        import paramiko
+
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.RejectPolicy())  # only the pinned key, ever
         parts = host_key_openssh.split()

@@ -27,7 +27,11 @@ from controlplane.handlers.api_artifacts import router as artifacts_router
 from controlplane.handlers.openapi_doc import ID_PATTERN, MAX_ID_LENGTH, document, responses
 
 logger = Logger(service="ec2jobs-api")
-tracer = Tracer(service="ec2jobs-api")
+# X-Ray's patch of botocore and the other libraries it traces is what auto_patch would do here; it runs at the first
+# request instead (_trace_aws_calls), before any AWS call: at import it would import botocore (about 45 ms of the
+# cold start) before anything needs it.
+tracer = Tracer(service="ec2jobs-api", auto_patch=False)
+_patched = False
 metrics = Metrics(namespace="ec2jobs", service="ec2jobs-api")
 app = APIGatewayRestResolver(enable_validation=True)
 app.include_router(artifacts_router)  # uploads, outputs and checkpoints (handlers/api_artifacts.py)
@@ -340,10 +344,19 @@ def _check_body(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "body": checked, "isBase64Encoded": False}
 
 
+def _trace_aws_calls() -> None:
+    """Patch the libraries X-Ray traces (Tracer.patch(): all it supports, as auto_patch does), once per container."""
+    global _patched
+    if not _patched:
+        tracer.patch()
+        _patched = True
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    _trace_aws_calls()
     checked = _check_body(event)
     if "statusCode" in checked:
         return checked
