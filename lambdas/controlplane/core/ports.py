@@ -96,11 +96,9 @@ class LogProgress:
     drained: bool = False  # the log is whole: the relay read everything the instance wrote (drain handshake)
 
 
-class JobStateWriter(Protocol):
-    """What the event handlers and the reconciler change on jobs: the instance's state and the job's status."""
+class JobTransitions(Protocol):
+    """A conditional status change (what ending an attempt needs of the job store, service/recovery.py)."""
 
-    def set_instance_state(self, job_id: str, state: str) -> None: ...
-    def get(self, job_id: str) -> Job | None: ...
     def transition(
         self,
         job_id: str,
@@ -110,6 +108,13 @@ class JobStateWriter(Protocol):
         fields: dict[str, Any] | None = None,
         attempt: int | None = None,
     ) -> Job: ...
+
+
+class JobStateWriter(JobTransitions, Protocol):
+    """What the event handlers and the reconciler change on jobs: the instance's state and the job's status."""
+
+    def set_instance_state(self, job_id: str, state: str) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
 
 
 class SecretStore(Protocol):

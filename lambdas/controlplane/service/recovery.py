@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from controlplane.core import outcomes, recovery
 from controlplane.core.errors import JobNotActive, TransitionRefused, UpstreamUnavailable
 from controlplane.core.lifecycle import WITH_INSTANCE, FailureReason, JobStatus
 from controlplane.core.models import Attempt, Job, utcnow
-from controlplane.core.ports import JobStore, LogProgress
+from controlplane.core.ports import JobStore, JobTransitions, LogProgress
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +52,6 @@ _INSTANCE_FIELDS = (
     "waiting_since",
     "capacity_retry_at",
 )
-
-
-class AttemptJobs(Protocol):
-    """What ending an attempt needs of the job store: a conditional transition."""
-
-    def transition(
-        self,
-        job_id: str,
-        target: JobStatus,
-        *,
-        expected: JobStatus | Collection[JobStatus] | None = None,
-        fields: dict[str, Any] | None = None,
-        attempt: int | None = None,
-    ) -> Job: ...
 
 
 class LogCommits(Protocol):
@@ -103,7 +89,7 @@ def in_recovery_drain(job: Job, now: dt.datetime) -> bool:
 class AttemptEnder:
     """Ends the current attempt of a job: RECOVERING when its policy relaunches, else FAILED (conditional)."""
 
-    def __init__(self, jobs: AttemptJobs, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(self, jobs: JobTransitions, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.jobs = jobs
         self.clock = clock
 
