@@ -48,3 +48,29 @@ def test_the_patch_applies_once_and_resolves_profiles() -> None:
 def test_amis_are_loaded_from_moto_amis_path() -> None:
     """The emulator ships DLAMI + Ubuntu images through MOTO_AMIS_PATH (moto has neither)."""
     assert "MOTO_AMIS_PATH" in inspect.getsource(amis)
+
+
+def test_full_object_checksum_is_moto_s_value_without_the_copies() -> None:
+    """moto_patches computes a multipart upload's default full-object checksum part by part: the value must be the
+    one moto's own code stores (compute_checksum of the whole object), for each type the patch takes over."""
+    import os
+
+    from moto.s3 import models
+    from moto.s3.utils import compute_checksum
+
+    assert "MultipartChecksumBuilder(" in inspect.getsource(models.FakeMultipart.complete)
+    assert "bytes(self.complete_object)" in inspect.getsource(models.MultipartChecksumBuilder)  # the file, unpatched
+    moto_patches.apply()
+    assert models.MultipartChecksumBuilder.addPart.__module__ == "local.moto_patches"
+    parts = [os.urandom(size) for size in (5 * 1024 * 1024, 1, 70_001)]
+    for algorithm, kind in ((None, None), ("CRC64NVME", "FULL_OBJECT"), ("CRC32", "FULL_OBJECT"), ("CRC32", None)):
+        builder = models.MultipartChecksumBuilder(algorithm, kind)
+        for part in parts:
+            builder.addPart(part)
+        built = builder.build()
+        assert built is not None
+        if builder.checksum_type == "FULL_OBJECT":
+            assert built == ("FULL_OBJECT", compute_checksum(b"".join(parts), builder.checksum_algorithm).decode(), 1)
+        else:  # composite: moto's own code
+            composite = b"".join(compute_checksum(p, "CRC32", encode_base64=False) for p in parts)
+            assert built == ("COMPOSITE", compute_checksum(composite, "CRC32").decode(), 3)
