@@ -1,6 +1,7 @@
 """Cold start (issue 17): a handler module's import leaves the services, boto3, Pydantic and paramiko to the first
 call that needs them; the control plane's own clients come from one boto3 Session; the API and the relay make one
-S3 client between them; X-Ray's patch runs once, at the API's first request."""
+S3 client between them; X-Ray's patch runs once, at the API's first request. The API handler's import, which leaves
+its routes to its first request too, is test_api_import_lazy.py's."""
 
 from __future__ import annotations
 
@@ -48,12 +49,6 @@ def test_a_handler_import_leaves_the_wiring_and_pydantic_to_its_first_call(handl
     loaded = _loaded_by(f"controlplane.handlers.{handler}")
     assert "controlplane.handlers.container" in loaded
     assert not _under(loaded, (*WIRING, "pydantic", "controlplane.core.models"))
-
-
-def test_the_api_import_loads_its_routes_models_but_no_wiring_nor_the_openapi_models() -> None:
-    loaded = _loaded_by("controlplane.handlers.api")
-    assert "controlplane.core.models" in loaded  # the request bodies the routes validate
-    assert not _under(loaded, (*WIRING, "aws_lambda_powertools.event_handler.openapi.models"))
 
 
 def test_the_relay_service_imports_paramiko_only_at_its_first_connect() -> None:

@@ -1,337 +1,87 @@
-"""The HTTP API Lambda: thin routes over the services. The team always comes from the authorizer, never the body."""
+"""The HTTP API Lambda: thin routes over the services. The team always comes from the authorizer, never the body.
+
+A cold start imports this module only: Powertools' Logger and Metrics, the request guard and the wiring's accessors
+(docs/cold-start.md). The resolver with its routes (handlers/api_routes.py: Powertools' REST resolver with OpenAPI
+validation, Pydantic, the request models) and the X-Ray Tracer are made at the first request, which needs them,
+and stay for the container's life. `api.app` and `api.tracer` still name them (made at first use)."""
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.exceptions import ServiceError
-from aws_lambda_powertools.event_handler.openapi.exceptions import (
-    RequestUnsupportedContentType,
-    RequestValidationError,
-)
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from controlplane.core import catalog
-from controlplane.core.errors import DomainError, Unauthorized
-from controlplane.core.lifecycle import JobStatus
-from controlplane.core.models import JobRequest, ProviderCreate, utcnow
-from controlplane.handlers import container, http_errors, request_guard
-from controlplane.handlers import schemas as views
-from controlplane.handlers.api_artifacts import router as artifacts_router
-from controlplane.handlers.openapi_doc import ID_PATTERN, MAX_ID_LENGTH, document, responses
+from controlplane.handlers import request_guard
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    app: APIGatewayRestResolver  # every route (handlers/api_routes.py), made at first use: see __getattr__
+    tracer: Tracer  # made at first use: see __getattr__
+
+Handler = Callable[[dict[str, Any], "LambdaContext"], dict[str, Any]]
 
 logger = Logger(service="ec2jobs-api")
-# X-Ray's patch of botocore and the other libraries it traces is what auto_patch would do here; it runs at the first
-# request instead (_trace_aws_calls), before any AWS call: at import it would import botocore (about 45 ms of the
-# cold start) before anything needs it.
-tracer = Tracer(service="ec2jobs-api", auto_patch=False)
-_patched = False
 metrics = Metrics(namespace="ec2jobs", service="ec2jobs-api")
-app = APIGatewayRestResolver(enable_validation=True)
-app.include_router(artifacts_router)  # uploads, outputs and checkpoints (handlers/api_artifacts.py)
+_patched = False
 
 # Routes API Gateway serves without the authorizer (read by the CDK stack and the local API front).
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({("GET", "/openapi.json")})
-MAX_IDEMPOTENCY_KEY = 255
 
 
-ProviderId = Annotated[
-    str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, description="a provider id (prov-...)")
-]
-JobId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, description="a job id")]
+def __getattr__(name: str) -> Any:
+    """`app` (the resolver with every route) and `tracer`, made at their first use."""
+    if name == "app":
+        return _routes().app
+    if name == "tracer":
+        return _tracer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(status_code=status, content_type="application/json", body=body, headers=headers)
+def _routes() -> ModuleType:
+    """handlers/api_routes.py: the resolver and every route, imported at the first request (about 230 ms of the
+    cold start when this module imported it; Python's import lock makes it once, whichever thread asks first)."""
+    from controlplane.handlers import api_routes
 
+    return api_routes
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[Any]:
-    return _json({"code": code, "message": message}, status, headers)
 
+@functools.cache
+def _tracer() -> Tracer:
+    """The Tracer, made at the first request: making it imports the X-Ray SDK (and wrapt and asyncio with it, about
+    60 ms on their own). auto_patch=False: X-Ray's patch of botocore and the other libraries it traces runs at the
+    first request too (_trace_aws_calls), before any AWS call; at import it would import botocore (about 45 ms)
+    before anything needs it."""
+    return Tracer(service="ec2jobs-api", auto_patch=False)
 
-def _team() -> str:
-    authorizer = app.current_event.request_context.authorizer
-    team_id = authorizer.get("team_id") if authorizer else None
-    if not team_id:
-        raise Unauthorized("the request carries no authorised team (is the authorizer attached to this route?)")
-    return str(team_id)
 
+def _traced(function: Handler) -> Handler:
+    """`tracer.capture_lambda_handler(function)`, with the Tracer made at the first call (the subsegment keeps the
+    function's name, `## handler`, and the first call is still the one annotated ColdStart)."""
+    traced: Handler | None = None
 
-@app.exception_handler(DomainError)
-def _domain_error(error: DomainError) -> Response[Any]:
-    status = http_errors.status_for(error)
-    if status >= 500:
-        logger.warning("request failed upstream", extra={"code": error.code, "error_message": error.message})
-    return _json(http_errors.body_for(error), status)
+    @functools.wraps(function)
+    def call(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        nonlocal traced
+        if traced is None:
+            traced = _tracer().capture_lambda_handler(function)
+        return traced(event, context)
 
-
-@app.exception_handler(RequestValidationError)
-def _validation_error(error: RequestValidationError) -> Response[Any]:
-    return _json(http_errors.validation_body(list(error.errors()), _submitted_secrets()), 422)
-
-
-@app.exception_handler(RequestUnsupportedContentType)
-def _unsupported_media_type(_: RequestUnsupportedContentType) -> Response[Any]:
-    return _error(415, "UNSUPPORTED_MEDIA_TYPE", "the request body must be JSON: send Content-Type: application/json")
-
-
-@app.exception_handler(ServiceError)
-def _service_error(error: ServiceError) -> Response[Any]:
-    return _error(error.status_code, http_errors.code_for_status(error.status_code), str(error.msg))
-
-
-@app.exception_handler(Exception)
-def _unexpected(error: Exception) -> Response[Any]:
-    """Still a 500, but in the documented shape; the traceback goes to the log, never to the client."""
-    logger.exception("request failed unexpectedly", extra={"error_type": type(error).__name__})
-    return _error(500, "INTERNAL_ERROR", "the request failed unexpectedly; retry, and report it if it persists")
-
-
-@app.not_found
-def _not_found(_: Exception) -> Response[Any]:
-    """404 for a path the API does not have; 405 (with Allow) for a method a path does not have."""
-    event = app.current_event
-    allowed = _methods_for(event.path)
-    if allowed:
-        message = f"{event.http_method} is not allowed on {event.path}; allowed: {', '.join(allowed)}"
-        return _error(405, "METHOD_NOT_ALLOWED", message, {"Allow": ", ".join(allowed)})
-    return _error(404, "NOT_FOUND", "no such route; see GET /openapi.json")
-
-
-def _routes() -> list[Any]:
-    return [*app._static_routes, *app._dynamic_routes]  # powertools keeps its routes here
-
-
-def _methods_for(path: str) -> list[str]:
-    return sorted({route.method for route in _routes() if route.rule.match(path)})
-
-
-def _takes_body(method: str, path: str) -> bool:
-    return any(route.method == method and route.rule.match(path) and route.dependant.body_params for route in _routes())
-
-
-def _submitted_secrets() -> list[str]:
-    """The values a 422 must not repeat: env values and the provider secret, wherever the body put them."""
-    try:
-        body = app.current_event.json_body
-    except Exception:  # noqa: BLE001 - no readable body, nothing to hide
-        return []
-    return http_errors.secret_values(body)
-
-
-# -- catalog ---------------------------------------------------------------------------------------------------
-
-
-@app.get("/catalog", responses=responses(200, views.Catalog, "GPU types, counts, instance types, prices", 400, 422))
-def get_catalog(
-    region: Annotated[str | None, Query(max_length=64, description="only types offered in this region")] = None,
-    gpu: Annotated[str | None, Query(max_length=64, description="only this GPU type (aliases accepted)")] = None,
-) -> Response[Any]:
-    _team()
-    current = catalog.get()
-    try:
-        region = current.check_region(region) if region else None
-        gpu = current.canonical_gpu(gpu) if gpu else None
-    except ValueError as error:
-        return _json({"code": "INVALID_QUERY", "message": str(error)}, 400)
-    return _json(current.describe(region=region, gpu=gpu))
-
-
-# -- providers -------------------------------------------------------------------------------------------------
-
-
-@app.post(
-    "/providers",
-    responses=responses(201, views.Provider, "the provider, its keys checked", 400, 409, 413, 415, 422),
-)
-def add_provider(body: ProviderCreate) -> Response[Any]:
-    provider = container.get().providers.add(_team(), body)
-    logger.info("provider added", extra={"provider_id": provider.provider_id, "account_id": provider.account_id})
-    return _json(provider.public(), 201)
-
-
-@app.get("/providers", responses=responses(200, views.ProviderList, "the team's providers"))
-def list_providers() -> Response[Any]:
-    return _json({"providers": [p.public() for p in container.get().providers.list(_team())]})
-
-
-@app.get("/providers/<provider_id>", responses=responses(200, views.Provider, "the provider", 404, 422))
-def get_provider(provider_id: ProviderId) -> Response[Any]:
-    return _json(container.get().providers.get(_team(), provider_id).public())
-
-
-@app.delete("/providers/<provider_id>", responses=responses(204, None, "deleted", 404, 409, 422))
-def delete_provider(provider_id: ProviderId) -> Response[Any]:
-    container.get().providers.delete(_team(), provider_id)
-    return Response(status_code=204, body=None)
-
-
-# -- jobs ------------------------------------------------------------------------------------------------------
-
-
-@app.post(
-    "/jobs",
-    responses=responses(
-        202,
-        views.JobAccepted,
-        "the job is recorded (PENDING) and its launch workflow started; a replay of an Idempotency-Key returns the "
-        "same job with Idempotent-Replayed: true",
-        400,
-        404,
-        413,
-        415,
-        422,
-        headers={
-            "Location": "the job's URL, /jobs/{job_id}",
-            "Idempotent-Replayed": "true when an earlier request with this Idempotency-Key created the job",
-        },
-    ),
-)
-def submit_job(
-    body: JobRequest,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=MAX_IDEMPOTENCY_KEY,
-            description="retrying with the same key and body returns the same job instead of a second one",
-        ),
-    ] = None,
-) -> Response[Any]:
-    key = idempotency_key
-    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-        return _json(
-            {"code": "VALIDATION_ERROR", "message": f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters"},
-            422,
-        )
-    submission = container.get().jobs.submit(_team(), body, key)
-    job = submission.job
-    if not submission.replayed:
-        metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
-        logger.info("job submitted", extra={"job_id": job.job_id, "instance_type": job.instance_type})
-    headers = {"Location": f"/jobs/{job.job_id}"}
-    if submission.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return _json(
-        {
-            "job_id": job.job_id,
-            "status": job.status,
-            "instance_type": job.instance_type,
-            "region": job.region,
-            "hourly_price": job.hourly_price,
-            "use_spot": job.use_spot,
-            "on_demand_price": job.on_demand_price,
-            "notes": job.notes,
-        },
-        202,
-        headers,
-    )
-
-
-@app.get("/jobs", responses=responses(200, views.JobList, "the team's jobs, newest first", 400, 422))
-def list_jobs(
-    status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 50,
-    cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor from the previous page")] = None,
-) -> Response[Any]:
-    page = container.get().jobs.list(_team(), status, limit, cursor)
-    return _json({"jobs": [job.public() for job in page.jobs], "next_cursor": page.next_cursor})
-
-
-@app.get("/jobs/<job_id>", responses=responses(200, views.JobView, "the job", 404, 422))
-def get_job(job_id: JobId) -> Response[Any]:
-    return _json(container.get().jobs.get(_team(), job_id).public())
-
-
-@app.post(
-    "/jobs/<job_id>/cancel",
-    responses=responses(200, views.JobCancelled, "the job, CANCELLED, and the instances terminated", 404, 409, 422),
-)
-def cancel_job(job_id: JobId) -> Response[Any]:
-    job, terminated = container.cancel().cancel(_team(), job_id)
-    logger.info("job cancelled", extra={"job_id": job_id, "terminated": terminated})
-    return _json(job.public() | {"terminated_instances": terminated}, 200)
-
-
-@app.get("/jobs/<job_id>/logs", responses=responses(200, views.LogPage, "a page of the job's output", 400, 404, 422))
-def get_job_logs(
-    job_id: JobId,
-    after: Annotated[
-        str | None,
-        # Checked by the service (ASCII digits, at most 15): anything else is the documented 400 INVALID_REQUEST.
-        Query(max_length=64, description="next_cursor from the previous page (a byte offset)"),
-    ] = None,
-    limit: Annotated[
-        int,
-        Query(
-            ge=1,
-            le=1048576,
-            description="at most this many bytes of output; fewer when the text needs much escaping (every page "
-            "fits Lambda's 6 MB response), so follow next_cursor",
-        ),
-    ] = 262144,
-) -> Response[Any]:
-    page = container.get().jobs.logs(_team(), job_id, after, limit)
-    return _json(
-        {
-            "job_id": job_id,
-            "text": page.text,
-            "next_cursor": page.next_cursor,
-            "complete": page.complete,  # final and whole
-            "final": page.final,  # stop polling
-        }
-    )
-
-
-# -- tokens (helper TOKENS' block: a team lists and revokes its own tokens; issuing is an admin action) ---------
-
-
-def _token_id() -> str | None:
-    authorizer = app.current_event.request_context.authorizer
-    return str(authorizer["token_id"]) if authorizer and authorizer.get("token_id") else None
-
-
-@app.get("/tokens", responses=responses(200, views.TokenList, "the team's tokens, never the tokens themselves"))
-def list_tokens() -> Response[Any]:
-    """The team's tokens, never the tokens themselves: id, first characters, label, created, expires."""
-    team_id, now = _team(), utcnow()
-    records = container.get().teams.list_tokens(team_id)
-    return _json({"tokens": [t.public(now, _token_id()) for t in records]})
-
-
-@app.delete("/tokens/<token_id>", responses=responses(204, None, "revoked", 400, 404, 422))
-def revoke_token(
-    token_id: Annotated[str, Path(pattern=r"^tok-[A-Za-z0-9_-]{1,60}$", description="a token id (see GET /tokens)")],
-) -> Response[Any]:
-    """Revoke one of the team's tokens (within the authorizer's 300 s cache on a deployed stack)."""
-    container.get().teams.revoke(_team(), token_id)
-    logger.info("token revoked", extra={"token_id": token_id})
-    return Response(status_code=204, body=None)
-
-
-# -- end of the tokens block ------------------------------------------------------------------------------------
-
-
-# -- OpenAPI ---------------------------------------------------------------------------------------------------
-
-
-@app.get("/openapi.json", include_in_schema=False)
-def openapi() -> Response[Any]:
-    return _json(document(app), 200)
+    return call
 
 
 def _check_body(event: dict[str, Any]) -> dict[str, Any]:
     """A route that takes a JSON body gets it only after request_guard's checks; otherwise the answer is the
     documented error, built here because no route runs."""
     method, path = str(event.get("httpMethod") or "").upper(), str(event.get("path") or "")
-    if not _takes_body(method, path):
+    if not _routes().takes_body(method, path):
         return event
     checked = request_guard.check_body(event)
     if isinstance(checked, request_guard.Rejection):
@@ -348,16 +98,17 @@ def _trace_aws_calls() -> None:
     """Patch the libraries X-Ray traces (Tracer.patch(): all it supports, as auto_patch does), once per container."""
     global _patched
     if not _patched:
-        tracer.patch()
+        _tracer().patch()
         _patched = True
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
-@tracer.capture_lambda_handler
+@_traced
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     _trace_aws_calls()
     checked = _check_body(event)
     if "statusCode" in checked:
         return checked
-    return app.resolve(checked, context)
+    resolved: dict[str, Any] = _routes().app.resolve(checked, context)
+    return resolved

@@ -1,4 +1,4 @@
-"""The HTTP API's routes for bytes (a Powertools Router that handlers/api.py includes): uploads of workdir and
+"""The HTTP API's routes for bytes (a Powertools Router that handlers/api_routes.py includes): uploads of workdir and
 file_mounts archives, and a job's outputs and checkpoints with short-lived download URLs (docs/artifacts.md).
 The team always comes from the authorizer, never the body; another team's uploads and jobs answer 404."""
 

@@ -1,7 +1,10 @@
 """The HTTP API's response bodies as pydantic models: what GET /openapi.json publishes for every status code.
 
 The views are built from the domain records (core.models) so a field added there shows up here; the routes in
-handlers/api.py still return the records' `public()` dicts, and tests check those dicts validate against these."""
+handlers/api_routes.py still return the records' `public()` dicts, and tests check those dicts validate against
+these. Every model here is built at its first use (`defer_build`): the response views only for GET /openapi.json
+(Powertools validates requests, not responses), the upload request bodies at their route's first request. Building
+them all at the API's first request took about 10 ms (docs/cold-start.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,13 @@ from controlplane.core.models import Attempt, Job
 from controlplane.core.spec import TaskSpec
 
 
-class ErrorBody(BaseModel):
+class DeferredModel(BaseModel):
+    """A model built at its first use (validation, a JSON Schema), not when its class is made."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class ErrorBody(DeferredModel):
     """Every error the API answers (4xx and 5xx) has this shape; `code` is stable, `message` is for a person."""
 
     model_config = ConfigDict(title="Error")
@@ -28,7 +37,7 @@ class ErrorBody(BaseModel):
     )
 
 
-class Provider(BaseModel):
+class Provider(DeferredModel):
     """A provider as the API shows it: never the secret key, only a masked hint of the access key id."""
 
     model_config = ConfigDict(title="Provider")
@@ -43,12 +52,14 @@ class Provider(BaseModel):
     created_at: dt.datetime
 
 
-class ProviderList(BaseModel):
+class ProviderList(DeferredModel):
     providers: list[Provider]
 
 
 class SpecView(TaskSpec):
     """The task spec as a job shows it: env and secret values are <redacted>."""
+
+    model_config = ConfigDict(defer_build=True)
 
     secrets: dict[str, str] = Field(default_factory=dict, description="the job's secrets: names, values <redacted>")
 
@@ -74,7 +85,7 @@ def _job_view() -> type[BaseModel]:
         SpecView | None,
         Field(description="the task spec as submitted; env and secret values are <redacted>"),
     )
-    return create_model("Job", **fields)
+    return create_model("Job", __base__=DeferredModel, **fields)
 
 
 JobView: type[BaseModel] = _job_view()
@@ -86,12 +97,12 @@ class JobCancelled(JobView):  # type: ignore[misc,valid-type]
     terminated_instances: list[str] = Field(description="the EC2 instances terminated for the job")
 
 
-class JobList(BaseModel):
+class JobList(DeferredModel):
     jobs: list[JobView]  # type: ignore[valid-type]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
 
 
-class JobAccepted(BaseModel):
+class JobAccepted(DeferredModel):
     """POST /jobs: the job is recorded (PENDING) and its launch workflow started."""
 
     job_id: str
@@ -104,7 +115,7 @@ class JobAccepted(BaseModel):
     notes: list[str]
 
 
-class LogPage(BaseModel):
+class LogPage(DeferredModel):
     job_id: str
     text: str = Field(description="output from byte offset `after`, decoded as UTF-8")
     next_cursor: str = Field(description="the byte offset to pass as `after` for the next page")
@@ -121,14 +132,14 @@ class LogPage(BaseModel):
     )
 
 
-class CatalogGpu(BaseModel):
+class CatalogGpu(DeferredModel):
     gpu: str
     gpu_memory_gib: float | None
     counts: list[int] = Field(description="the GPU counts one instance can have")
     instance_types: list[str]
 
 
-class CatalogInstanceType(BaseModel):
+class CatalogInstanceType(DeferredModel):
     instance_type: str
     vcpus: int
     memory_gib: float
@@ -139,14 +150,14 @@ class CatalogInstanceType(BaseModel):
     regions: list[str]
 
 
-class Catalog(BaseModel):
+class Catalog(DeferredModel):
     prices: dict[str, Any] = Field(description="where the prices come from, their currency and caveats")
     regions: list[str]
     gpus: list[CatalogGpu]
     instance_types: list[CatalogInstanceType]
 
 
-class Token(BaseModel):
+class Token(DeferredModel):
     """GET /tokens: what is stored about a token, never the token itself."""
 
     token_id: str
@@ -158,7 +169,7 @@ class Token(BaseModel):
     current: bool = Field(description="true for the token this request was made with")
 
 
-class TokenList(BaseModel):
+class TokenList(DeferredModel):
     tokens: list[Token]
 
 
@@ -178,7 +189,7 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 MAX_UPLOAD_BYTES = 50 * 1024**3  # service/uploads.py MAX_UPLOAD_BYTES
 
 
-class UploadCreate(BaseModel):
+class UploadCreate(DeferredModel):
     """POST /uploads: what is about to be uploaded (the archive the CLI packed)."""
 
     model_config = ConfigDict(extra="forbid", title="UploadCreate")
@@ -190,12 +201,12 @@ class UploadCreate(BaseModel):
     )
 
 
-class UploadPartUrl(BaseModel):
+class UploadPartUrl(DeferredModel):
     part_number: int = Field(description="1..N: bytes (N-1) x part_size onwards, part_size of them (the last fewer)")
     url: str = Field(description="a presigned PUT; send the part's bytes as the body and keep the ETag answered")
 
 
-class UploadUrls(BaseModel):
+class UploadUrls(DeferredModel):
     """POST /uploads (201) and POST /uploads/{upload_id}/parts (200): where to PUT the bytes."""
 
     model_config = ConfigDict(title="UploadUrls")
@@ -211,14 +222,14 @@ class UploadUrls(BaseModel):
     )
 
 
-class UploadPartDone(BaseModel):
+class UploadPartDone(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     part_number: JsonInt = Field(ge=1, le=10000)
     etag: str = Field(min_length=1, max_length=128, description="the ETag header the part's PUT answered")
 
 
-class UploadCompleteRequest(BaseModel):
+class UploadCompleteRequest(DeferredModel):
     """POST /uploads/{upload_id}/complete: every part's ETag (an empty list for a single-PUT upload)."""
 
     model_config = ConfigDict(extra="forbid", title="UploadCompleteRequest")
@@ -226,7 +237,7 @@ class UploadCompleteRequest(BaseModel):
     parts: list[UploadPartDone] = Field(default_factory=list, max_length=1000)
 
 
-class UploadCompleted(BaseModel):
+class UploadCompleted(DeferredModel):
     model_config = ConfigDict(title="UploadCompleted")
 
     upload_id: str
@@ -235,14 +246,14 @@ class UploadCompleted(BaseModel):
     status: Literal["complete"]
 
 
-class OutputFile(BaseModel):
+class OutputFile(DeferredModel):
     path: str = Field(description="relative to the job's outputs (or checkpoints) folder, '/'-separated")
     size: int
     last_modified: dt.datetime
     url: str = Field(description="a presigned GET of the file, valid until expires_at at the latest")
 
 
-class OutputListing(BaseModel):
+class OutputListing(DeferredModel):
     """GET /jobs/{job_id}/outputs: the files the job's instance stored, in key order."""
 
     model_config = ConfigDict(title="OutputListing")
