@@ -1,16 +1,17 @@
 """Cold start: each handler module's import time in a fresh interpreter, as Lambda would run it — CPython 3.12 (the
 deployed runtime), the code asset and the dependency layer on sys.path and nothing else, the function's environment
-(ARTIFACTS_ENV for the API and the relay, as the stack sets it), and the bytecode that ships: the layer's own
-__pycache__/*.cpython-312.pyc (scripts/build_layer.py compiles them when the build machine has a CPython 3.12), none
-for the code asset (CDK's asset for lambdas/ leaves __pycache__ out). /var/task and /opt are read-only, so whatever
-has no .pyc is compiled on every cold start (the probe runs with -B: nothing is written). Also the deployable sizes
-of the code asset (lambdas/ zipped as CDK ships it) and of the layer (build/layer zipped, bytecode included; unzipped
-size reported too).
+(stacks/functions.py's variables; ARTIFACTS_ENV for the API and the relay, as the stack sets it), and the bytecode
+that ships: the layer's own __pycache__/*.cpython-312.pyc (scripts/build_layer.py compiles them when the build
+machine has a CPython 3.12) and the code asset's, built by the synth's own function (stacks/asset_bundling.py
+build_code_asset, with the same CPython 3.12). /var/task and /opt are read-only, so whatever has no .pyc is compiled
+on every cold start (the probe runs with -B: nothing is written). Also the deployable sizes of the code asset (that
+build, zipped) and of the layer (build/layer zipped, bytecode included; unzipped size reported too).
 
-Also measured, reported only: the same imports with no bytecode at all (a layer built without a 3.12) and with the
-asset compiled too, and "import + wiring", the handler plus what its first invocation builds (services, boto3
-clients) and imports (FIRST_CALL_IMPORTS: paramiko for the workflow, which adapters/ssh.py imports at the relay's
-first connect). The relay's target applies to the workflow module plus its wiring and paramiko.
+Also measured, reported only: the same imports with the code asset as source (a synth without a CPython 3.12) and
+with no bytecode at all (neither the layer nor the asset compiled), and "import + wiring", the handler plus what its
+first invocation builds (services, boto3 clients) and imports (FIRST_CALL_IMPORTS: paramiko for the workflow, which
+adapters/ssh.py imports at the relay's first connect). The relay's target applies to the workflow module plus its
+wiring and paramiko.
 
     python -m bench.coldstart [--repeats 3]
 """
@@ -21,7 +22,6 @@ import argparse
 import importlib.util
 import io
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -74,8 +74,17 @@ print(imported - started, time.perf_counter() - started)
 
 
 def asset_excluded(path: Path) -> bool:
-    """What CDK's asset for lambdas/ leaves out (stacks/functions.py: __pycache__, *.pyc, *.egg-info)."""
-    return "__pycache__" in path.parts or path.suffix == ".pyc" or any(p.endswith(".egg-info") for p in path.parts)
+    """What the code asset leaves out of lambdas/ (stacks/asset_bundling.py: the build machine's __pycache__ and
+    *.pyc, *.egg-info); its own bytecode is compiled after. Applied to lambdas/, the asset a synth without a CPython
+    3.12 ships."""
+    from stacks import asset_bundling
+
+    return asset_bundling.source_excluded(path)
+
+
+def nothing_excluded(path: Path) -> bool:
+    """The built code asset ships whole."""
+    return False
 
 
 def layer_excluded(path: Path) -> bool:
@@ -130,31 +139,33 @@ def layer_bytecode(layer: Path) -> int:
 
 def _environment(task: Path, layer: Path) -> dict[str, str]:
     from local import guard
+    from stacks import functions
 
-    return guard.isolated_aws_environment("http://127.0.0.1:9") | {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": f"{task}{os.pathsep}{layer}",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "LANG": "C.UTF-8",
-        "AWS_LAMBDA_FUNCTION_NAME": "ec2jobs-bench",
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
-        "LAMBDA_TASK_ROOT": str(task),
-        "POWERTOOLS_SERVICE_NAME": "ec2jobs",
-        "POWERTOOLS_METRICS_NAMESPACE": "ec2jobs",
-        "POWERTOOLS_LOG_LEVEL": "INFO",
-        "STATE_TABLE": "ec2jobs-state",
-        "JOBS_TABLE": "ec2jobs-jobs",
-        "LOGS_TABLE": "ec2jobs-logs",
-        "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:ec2jobs-jobs",
-        "EVENT_BUS_NAME": "ec2jobs-bus",
-    }
+    stack = functions.POWERTOOLS | functions.PYDANTIC  # the variables every function has, as the stack sets them
+    return (
+        guard.isolated_aws_environment("http://127.0.0.1:9")
+        | stack
+        | {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": f"{task}{os.pathsep}{layer}",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "LANG": "C.UTF-8",
+            "AWS_LAMBDA_FUNCTION_NAME": "ec2jobs-bench",
+            "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+            "LAMBDA_TASK_ROOT": str(task),
+            "STATE_TABLE": "ec2jobs-state",
+            "JOBS_TABLE": "ec2jobs-jobs",
+            "LOGS_TABLE": "ec2jobs-logs",
+            "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:ec2jobs-jobs",
+            "EVENT_BUS_NAME": "ec2jobs-bus",
+        }
+    )
 
 
 def _probe(python: str, module: str, wire: str, env: dict[str, str], cache: Path | None) -> tuple[float, float]:
     """(import seconds, import + wiring seconds) in a fresh interpreter that writes no bytecode (-B), as on Lambda.
-    cache=None: it reads the bytecode that ships (the layer's __pycache__). Else it reads bytecode only from under
-    `cache` (PYTHONPYCACHEPREFIX): an empty directory means none at all; one filled by a previous run, every module
-    compiled, the code asset's included."""
+    cache=None: it reads the bytecode that ships (the layer's and the code asset's __pycache__). Else it reads
+    bytecode only from under `cache` (PYTHONPYCACHEPREFIX): an empty directory means none at all."""
     flags = ["-S"] if python != sys.executable else []
     command = [python, *flags, "-B", "-c", _PROBE, module, wire, *FIRST_CALL_IMPORTS.get(module, ())]
     environment = dict(env)
@@ -165,19 +176,6 @@ def _probe(python: str, module: str, wire: str, env: dict[str, str], cache: Path
         raise RuntimeError(f"importing {module} failed: {result.stderr.strip().splitlines()[-1:]}")
     imported, wired = result.stdout.split()
     return float(imported), float(wired)
-
-
-def _fill_cache(python: str, module: str, wire: str, env: dict[str, str], cache: Path) -> None:
-    """Compile what the module and its wiring import into `cache` (one run that writes bytecode)."""
-    flags = ["-S"] if python != sys.executable else []
-    environment = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPYCACHEPREFIX": str(cache)}
-    subprocess.run(  # noqa: S603
-        [python, *flags, "-c", _PROBE, module, wire, *FIRST_CALL_IMPORTS.get(module, ())],
-        env=environment,
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
 
 
 def _importtime_top(python: str, module: str, env: dict[str, str], top: int = 5) -> dict[str, float]:
@@ -209,9 +207,9 @@ def importtime_by_package(stderr: str, top: int = 5) -> dict[str, float]:
 
 # timings' key suffix → what bytecode the interpreter finds (it writes none, like Lambda's read-only /var/task, /opt)
 MODES = {
-    "": "as deployed: the layer's own CPython 3.12 bytecode, the code asset as source",
-    "_no_bytecode": "no bytecode at all (a layer built without a CPython 3.12)",
-    "_all_bytecode": "every module compiled, the code asset's too",
+    "": "as deployed: the layer's and the code asset's CPython 3.12 bytecode (stacks/asset_bundling.py)",
+    "_asset_source": "the code asset as source (a synth without a CPython 3.12), the layer's bytecode",
+    "_no_bytecode": "no bytecode at all (the layer and the asset built without a CPython 3.12)",
 }
 
 
@@ -220,35 +218,47 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
     details: dict[str, Any] = {}
     problem = ensure_layer()
     python = runtime_python()
+    from stacks import asset_bundling
+
     with tempfile.TemporaryDirectory(prefix="ec2jobs-coldstart-") as tmp:
-        task = Path(tmp) / "task"
-        shutil.copytree(LAMBDAS, task, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        deployed, source_only = Path(tmp) / "task", Path(tmp) / "task-source"
         if python and not problem:
-            env = _environment(task, LAYER / "python")
+            site = LAYER / "python"
             details["interpreter"] = f"{python} (CPython 3.12, the Lambda runtime's version) with the layer"
             details["layer_bytecode_files"] = layer_bytecode(LAYER)
         else:
-            python = sys.executable  # fall back: this venv's packages (same pins), labelled as such
-            env = _environment(task, Path(next(p for p in sys.path if p.endswith("site-packages"))))
-            details["interpreter"] = f"{python} with the venv's packages (no CPython 3.12 or no layer: {problem})"
-        empty, compiled = Path(tmp) / "no-bytecode", Path(tmp) / "all-bytecode"
+            python = None  # fall back: this venv's interpreter and packages (same pins), labelled as such
+            site = Path(next(p for p in sys.path if p.endswith("site-packages")))
+            fallback = f"no CPython 3.12 or no layer: {problem}"
+            details["interpreter"] = f"{sys.executable} with the venv's packages ({fallback})"
+        # the code asset as the synth builds it (compiled by the 3.12 when there is one), and as source
+        details["code_asset_compiled"] = asset_bundling.build_code_asset(deployed, python)
+        asset_bundling.build_code_asset(source_only, None)
+        interpreter = python or sys.executable
+        empty = Path(tmp) / "no-bytecode"
         empty.mkdir()
-        caches = {"": None, "_no_bytecode": empty, "_all_bytecode": compiled}
+        variants: dict[str, tuple[Path, Path | None]] = {
+            "": (deployed, None),
+            "_asset_source": (source_only, None),
+            "_no_bytecode": (deployed, empty),
+        }
         timings: dict[str, dict[str, float]] = {}
         for module, wire in HANDLERS.items():
-            function_env = env | (ARTIFACTS_ENV if module in WITH_ARTIFACTS else {})
-            _fill_cache(python, module, wire, function_env, compiled)
+            extra = ARTIFACTS_ENV if module in WITH_ARTIFACTS else {}
+            envs = {mode: _environment(task, site) | extra for mode, (task, _) in variants.items()}
             samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
             for _ in range(repeats):  # the modes alternate, so drift on this shared machine hits them alike
-                for mode, cache in caches.items():
-                    samples[mode].append(_probe(python, module, wire, function_env, cache))
+                for mode, (_, cache) in variants.items():
+                    samples[mode].append(_probe(interpreter, module, wire, envs[mode], cache))
             timings[module] = {}
             for mode, runs in samples.items():
                 timings[module][f"import{mode}_ms"] = statistics.median(r[0] for r in runs) * 1000
                 timings[module][f"wired{mode}_ms"] = statistics.median(r[1] for r in runs) * 1000
-            details.setdefault("import_ms_by_package", {})[module] = _importtime_top(python, module, function_env)
+            details.setdefault("import_ms_by_package", {})[module] = _importtime_top(interpreter, module, envs[""])
         details["timings_ms"] = {m: {k: round(v, 1) for k, v in t.items()} for m, t in timings.items()}
         details["modes"] = {f"import{k}_ms, wired{k}_ms": v for k, v in MODES.items()}
+        code_zip, code_raw, code_pyc = zipped_size(deployed, nothing_excluded)
+    source_zip, _, _ = zipped_size(LAMBDAS, asset_excluded)
     for module, timing in timings.items():
         short = module.rsplit(".", 1)[-1]
         figures.append(
@@ -258,8 +268,8 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
                 timing["import_ms"],
                 "ms",
                 ("<=", IMPORT_TARGET_MS),
-                f"no bytecode {timing['import_no_bytecode_ms']:.0f} ms; asset compiled too "
-                f"{timing['import_all_bytecode_ms']:.0f} ms; + wiring {timing['wired_ms']:.0f} ms",
+                f"asset as source {timing['import_asset_source_ms']:.0f} ms; no bytecode "
+                f"{timing['import_no_bytecode_ms']:.0f} ms; + wiring {timing['wired_ms']:.0f} ms",
             )
         )
     relay = timings["controlplane.handlers.workflow"]
@@ -270,13 +280,25 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
             relay["wired_ms"],
             "ms",
             ("<=", RELAY_TARGET_MS),
-            f"no bytecode {relay['wired_no_bytecode_ms']:.0f} ms; asset compiled too "
-            f"{relay['wired_all_bytecode_ms']:.0f} ms",
+            f"asset as source {relay['wired_asset_source_ms']:.0f} ms; no bytecode "
+            f"{relay['wired_no_bytecode_ms']:.0f} ms",
         )
     )
-    code_zip, code_raw, _ = zipped_size(LAMBDAS, asset_excluded)
-    details["code_asset"] = {"zipped_bytes": code_zip, "unzipped_bytes": code_raw}
-    figures.append(Figure(SECTION, "code asset (lambdas/, zipped)", code_zip / 1e6, "MB"))
+    details["code_asset"] = {
+        "zipped_bytes": code_zip,
+        "unzipped_bytes": code_raw,
+        "bytecode_zipped_bytes": code_pyc,
+        "as_source_zipped_bytes": source_zip,
+    }
+    figures.append(
+        Figure(
+            SECTION,
+            "code asset (lambdas/ as the synth builds it, zipped)",
+            code_zip / 1e6,
+            "MB",
+            note=f"its CPython 3.12 bytecode {code_pyc / 1e6:.2f} MB; as source {source_zip / 1e6:.2f} MB",
+        )
+    )
     if (LAYER / "python").is_dir():
         layer_zip, layer_raw, layer_pyc = zipped_size(LAYER, layer_excluded)
         services = sorted(_build_layer().BOTOCORE_SERVICES)
@@ -301,7 +323,7 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
                 (code_zip + layer_zip) / 1e6,
                 "MB",
                 ("<=", SIZE_TARGET_MB),
-                f"{(code_zip + layer_zip - layer_pyc) / 1e6:.1f} MB without the layer's bytecode",
+                f"{(code_zip + layer_zip - code_pyc - layer_pyc) / 1e6:.1f} MB without bytecode",
             ),
             Figure(SECTION, "layer unzipped", layer_raw / 1e6, "MB", note="Lambda's limit: 250 MB unzipped"),
         ]

@@ -108,9 +108,17 @@ def session_name(job_id: str) -> str:
     return name if len(name) >= 2 else (name + "--")[:2]
 
 
+def _sigv4_client(session: boto3.session.Session, service: str) -> Any:
+    return session.client(service, region_name=config.get().region, config=S3_CONFIG)
+
+
 def s3_client() -> Any:
-    """The control plane's client for the artifact bucket (its own account): SigV4, the shared retry policy."""
-    return boto3.session.Session().client("s3", region_name=config.get().region, config=S3_CONFIG)
+    """A new client for the artifact bucket (its own account): SigV4, the shared retry policy, made from the one
+    boto3 Session of the control plane's own clients (adapters/aws.py), whose endpoint data is read already: a
+    Session of its own costs about 9 ms of a cold start. Not cached here: handlers/container.py keeps one per
+    container, and aws.client.cache_clear() (a new environment) gives the next one a new Session."""
+    client = aws._PerService(_sigv4_client)  # made for this call, so it caches nothing
+    return client("s3")
 
 
 def _error_code(error: ClientError) -> str:
