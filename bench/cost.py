@@ -7,11 +7,12 @@ bench/prices.py.
   the instance-events invocations (EC2 state changes, captured on their own EventBridge rule; each one's duration
   measured by invoking it again with the same event), DynamoDB request units (from each request and the item it
   touched), Secrets Manager calls and Job State Change events.
-- Per job-hour: a job that prints a 100-byte line every second ("typical"; then 10 per second, "busy"). The relay
-  streams the whole hour (its Lambda time, at the deployed memory and streaming budget); the AWS calls it makes
-  while streaming are counted in a window of steady output and scaled to an hour; each further relay invocation
-  of the hour is charged like a whole relay step of the short job (an upper bound); the reconciler's sweeps (one
-  a minute) are charged to the job in full (an upper bound: one job).
+- Per job-hour: a job that prints a 100-byte line every second ("typical"; then 10 per second, "busy"). A relay
+  shard follows it the whole hour (docs/relay-fleet.md): a full shard's share of its Lambda time (512 MB / 25 jobs)
+  and of its loop's invocations and transitions; the AWS calls made while the job streams (its writes, its status
+  reads, the shard's reads of its own item) are counted in a window of steady output and scaled to an hour, all
+  charged to this job (an upper bound); the reconciler's sweeps (one a minute) are charged to the job in full (an
+  upper bound: one job).
 - S3 (the artifacts bucket), in both: a typical job's bytes (bench/s3cost.py TypicalJob: a 50 MB workdir per
   launch, checkpoints synced every 2 minutes with 5 files changed, all kept until they expire), priced from the
   requests the CLI, the API and the instance's transfer tool make. Those requests are counted on a real run first
@@ -42,12 +43,14 @@ from bench.s3cost import Requests, TypicalJob
 from controlplane import config
 from controlplane.adapters import events as event_patterns
 from controlplane.adapters import statemachine
+from controlplane.service.relay_fleet import SHARD_CAPACITY
 from ec2jobs import packing
 from local import runtime
 
 SECTION = "4 cost"
 LAUNCH_TARGET = 0.002
 HOUR_TARGET = 0.02
+SHARD_LOOP_TRANSITIONS = 2  # a relay shard's loop: Follow (a Task) and More? (a Choice), per invocation
 LINE = "t={t:.6f} {phase} step {n:06d} loss=0.123456 lr=0.000300 tokens/s=12345.6 grad_norm=0.98"
 COST_JOB = """python3 - <<'EOF'
 import time
@@ -156,12 +159,21 @@ def workflow_of(history: list[dict[str, Any]]) -> tuple[int, list[tuple[str, flo
     """(state transitions, [(handler, seconds)] of its Lambda tasks, relay loop iterations) from an execution's
     history. Transitions: every state entered, plus every retried task attempt (AWS bills retries)."""
     entered = [e for e in history if e["type"].endswith("StateEntered")]
-    scheduled = [e for e in history if e["type"] == "LambdaFunctionScheduled"]
+    scheduled = [e for e in history if e["type"] in {"LambdaFunctionScheduled", "TaskScheduled"}]
     task_entries = [e for e in entered if e["type"] == "TaskStateEntered"]
     transitions = len(entered) + max(0, len(scheduled) - len(task_entries))
     invocations: list[tuple[str, float]] = []
     current: tuple[str, Any] | None = None
+    followed_since: Any = None  # the Relay callback task: the job followed by a relay shard until its callback
     for event in history:
+        details = event.get("taskScheduledEventDetails", {})
+        if event["type"] == "TaskScheduled" and details.get("resource") == "invoke.waitForTaskToken":
+            followed_since = event["timestamp"]
+        elif event["type"] in {"TaskSucceeded", "TaskFailed", "TaskTimedOut"} and followed_since is not None:
+            # a full shard's share of the time the job was followed (plus the enrol call, a few ms, not counted)
+            seconds = (event["timestamp"] - followed_since).total_seconds()
+            invocations.append((statemachine.FLEET_HANDLER, seconds / SHARD_CAPACITY))
+            followed_since = None
         if event["type"] == "LambdaFunctionScheduled":
             resource = event["lambdaFunctionScheduledEventDetails"]["resource"]
             current = (_handler_of(resource.rsplit(":", 1)[-1]), None)
@@ -358,24 +370,18 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
     windows = _phase_windows(session, job_id)
     follow_hour = _follow_hour(session, job_id, units, deployment)
 
-    # one relay invocation of the short job, from its Invoke to the job's end: an upper bound for a re-entry
-    relay_start = next(
-        (i for i, op in enumerate(launch.ops) if op.operation == "Invoke" and op.function.endswith("relay")), None
-    )
-    reentry = Measured(ops=launch.ops[relay_start:] if relay_start is not None else [])
-    reentry.invocations = [(h, s) for h, s in launch.invocations if h.endswith("workflow.relay")]
-    reentry.transitions = 2
-    reentry_usage = usage_of(reentry, units, deployment)
-    reentry_usage.lambda_gb_seconds = 0.0  # the relay's time is charged for the whole hour below
-
-    relay_handler = statemachine.HANDLERS["relay"]
-    invocations_per_hour = 3600 / deployment.relay_budget_seconds
+    # The relay: the job is followed by a relay shard (docs/relay-fleet.md), one 512 MB invocation for up to
+    # SHARD_CAPACITY jobs, looping every TIMEOUTS["relay_shard"] seconds (a few transitions each). Charged as a full
+    # shard's share. Its reads of its own shard item while the job streamed are in the window below, charged to this
+    # job in full (an upper bound); its task heartbeats (SendTaskHeartbeat) are free API calls.
+    shard_memory = deployment.memory(statemachine.FLEET_HANDLER)
+    shard_loops_per_hour = 3600 / statemachine.TIMEOUTS["relay_shard"]
     sweeps_per_hour = 3600 / deployment.reconcile_every_seconds
-    fixed_hour = (
-        Usage(lambda_gb_seconds=prices.gb_seconds(3600, deployment.memory(relay_handler)))
-        + reentry_usage.scaled(invocations_per_hour)
-        + usage_of(sweep, units, deployment).scaled(sweeps_per_hour)
-    )
+    fixed_hour = Usage(
+        lambda_gb_seconds=prices.gb_seconds(3600, shard_memory) / SHARD_CAPACITY,
+        lambda_requests=shard_loops_per_hour / SHARD_CAPACITY,
+        state_transitions=shard_loops_per_hour * SHARD_LOOP_TRANSITIONS / SHARD_CAPACITY,
+    ) + usage_of(sweep, units, deployment).scaled(sweeps_per_hour)
     # S3: a typical job's bytes, from requests counted on a real run and checked against the model
     typical_job = TypicalJob(keep_days=float(s3cost.expiry_days()))
     s3_counted = count_s3(session, provider_id, typical_job)
@@ -457,6 +463,8 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
         "unit_prices": prices.UNIT_PRICES,
         "deployment": {
             "relay_budget_seconds": deployment.relay_budget_seconds,
+            "relay_shard_capacity": SHARD_CAPACITY,
+            "relay_shard_memory_mb": deployment.memory(statemachine.FLEET_HANDLER),
             "reconcile_every_seconds": deployment.reconcile_every_seconds,
             "memory_mb": dict(deployment.memory_mb),
         },
@@ -475,7 +483,6 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
             "operations": dict(Counter(op.name for op in sweep.ops)),
             "seconds": round(sweep.invocations[0][1], 3),
         },
-        "relay_reentry_upper_bound": reentry_usage.as_dict(),
         "follow_log_per_hour": {"usage": follow_hour.as_dict(), "dollars": _rounded(prices.dollars(follow_hour))},
         "s3": {
             "prices_as_of": prices.S3_PRICES_AS_OF,

@@ -308,7 +308,7 @@ def _patch_botocore(faults: Faults) -> None:
         facts = {
             "service": self.meta.service_model.endpoint_prefix,
             "operation": operation_name,
-            "job": current_job.get(),
+            "job": job_now(),
             "body": json.dumps(api_params, default=str),
         }
         if faults.take("crash_after", **facts) is not None:
@@ -352,9 +352,20 @@ def _patch_ssh(faults: Faults) -> None:
     original = SshSession.stream
 
     def stream(self: Any, offset: int, poll_seconds: float) -> Any:
-        return _DroppingChannel(original(self, offset, poll_seconds), self, faults, current_job.get())
+        return _DroppingChannel(original(self, offset, poll_seconds), self, faults, job_now())
 
     SshSession.stream = stream  # type: ignore[method-assign]
+
+
+def job_now() -> str | None:
+    """The job the current code works on: the Lambda invocation's, or, in a relay shard (one invocation following
+    many jobs), the job whose loop this thread runs (service/relay_fleet.py JOB_THREAD_PREFIX)."""
+    job = current_job.get()
+    if job is None:
+        name = threading.current_thread().name
+        if name.startswith("relay-job:"):
+            return name.removeprefix("relay-job:")
+    return job
 
 
 def lambda_job(event: Any) -> str | None:

@@ -157,6 +157,7 @@ def _create_resources(
     handlers = dict(statemachine.HANDLERS) | {
         "instance_events": INSTANCE_EVENTS_HANDLER,
         "reconcile": RECONCILE_HANDLER,
+        "relay_shard": statemachine.FLEET_HANDLER,
     }
     for step, handler in handlers.items():
         arns[step] = lambdas.create_function(
@@ -178,6 +179,15 @@ def _create_resources(
     lambdas.update_function_configuration(
         FunctionName=arns["reconcile"],
         Environment={"Variables": base_env | {"STATE_MACHINE_ARN": state_machine_arn}},
+    )
+    # The relay fleet (docs/relay-fleet.md): one execution per shard; the Relay step starts shards.
+    fleet_arn = sfn.create_state_machine(
+        name=f"{names.prefix}-relay-fleet",
+        definition=json.dumps(statemachine.fleet_definition(arns["relay_shard"])),
+        roleArn=role,
+    )["stateMachineArn"]
+    lambdas.update_function_configuration(
+        FunctionName=arns["relay"], Environment={"Variables": base_env | {"RELAY_FLEET_ARN": fleet_arn}}
     )
     bus = base_env["EVENT_BUS_NAME"]
     eventbridge = boto3.client("events")

@@ -11,6 +11,7 @@ from stacks.api import Api
 from stacks.artifacts import Artifacts
 from stacks.events import Events
 from stacks.functions import Functions
+from stacks.relay_fleet import RelayFleet
 from stacks.settings import Settings
 from stacks.storage import Storage
 from stacks.workflow import Workflow
@@ -38,6 +39,14 @@ class ControlPlaneStack(Stack):
             settings=settings,
             jobs_table=storage.jobs,
         )
+        fleet = RelayFleet(
+            self,
+            "RelayFleet",
+            follow=functions.relay_shard,
+            enroll=functions.steps["relay"],
+            workflow=workflow.state_machine,
+            settings=settings,
+        )
         api = Api(self, "Api", handler=functions.api, authorizer=functions.authorizer, settings=settings)
         events = Events(
             self,
@@ -48,7 +57,7 @@ class ControlPlaneStack(Stack):
             workflow=workflow.state_machine,
         )
         self.storage, self.functions, self.workflow, self.api, self.events = storage, functions, workflow, api, events
-        self.artifacts = artifacts
+        self.artifacts, self.fleet = artifacts, fleet
 
         CfnOutput(self, "ApiUrl", value=api.url, description="the API's base URL (EC2JOBS_API_URL)")
         CfnOutput(

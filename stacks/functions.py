@@ -20,9 +20,9 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from controlplane.adapters import schema, statemachine
-from stacks import nag
+from stacks import asset_bundling, nag
 from stacks.artifacts import Artifacts
-from stacks.settings import LAMBDAS_DIR, Settings
+from stacks.settings import Settings
 from stacks.storage import Storage
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12  # the layer is built for exactly this (scripts/build_layer.py)
@@ -35,6 +35,9 @@ POWERTOOLS = {
     "POWERTOOLS_METRICS_NAMESPACE": "ec2jobs",
     "POWERTOOLS_LOG_LEVEL": "INFO",
 }
+# Pydantic looks for plugins (importlib.metadata entry points, every distribution's metadata read) the first time
+# it builds a model's validator: about 7 ms of a cold start. The layer has none (requirements.txt pins no plugin).
+PYDANTIC = {"PYDANTIC_DISABLE_PLUGINS": "__all__"}
 
 
 class Access(Enum):
@@ -163,17 +166,9 @@ STEPS: dict[str, FunctionSpec] = {
         tables={JOBS: RW, STATE: RW},  # STATE: providers, the AMI cache, forgetting a stale bootstrap record
         secrets={SecretKind.PROVIDER_KEYS: SECRET_READ, SecretKind.TEAM_SSH_KEY: SECRET_READ + SECRET_CREATE},
     ),
-    "relay": _step(
-        "relay",
-        "stream the job's output over SSH into the logs table",
-        tables={JOBS: RW, STATE: R, LOGS: RW},
-        # Reads the team's key, never creates one: a key made now could not log in to an instance already running.
-        secrets={SecretKind.PROVIDER_KEYS: SECRET_READ, SecretKind.TEAM_SSH_KEY: SECRET_READ},
-        # Hands the instance its start bundle and per-job S3 credentials (InstanceTransferRole, narrowed by a
-        # session policy), reads and writes the job's objects.
-        artifacts=RW,
-        assumes_transfer_role=True,
-    ),
+    # Puts the job on a relay shard (the relay fleet's items in STATE, the enrolment on the job) and returns; the
+    # execution waits for the shard's callback (docs/relay-fleet.md).
+    "relay": _step("relay", "enroll the job on a relay shard", tables={JOBS: RW, STATE: RW}),
     "recover": _step(
         "recover",
         "end an attempt that relaunches: terminate its instance, begin the next attempt",
@@ -207,7 +202,22 @@ RECONCILE = FunctionSpec(
     secrets={SecretKind.PROVIDER_KEYS: SECRET_READ},
     publishes_events=True,
 )
-FUNCTIONS: tuple[FunctionSpec, ...] = (API, AUTHORIZER, *STEPS.values(), INSTANCE_EVENTS, RECONCILE)
+RELAY_SHARD = FunctionSpec(
+    construct_id="RelayShard",
+    handler=statemachine.FLEET_HANDLER,
+    description="ec2jobs relay shard: streams up to 25 jobs' output over SSH into the logs table",
+    timeout_seconds=statemachine.TIMEOUTS["relay_shard"],
+    memory_mb=512,  # up to 25 SSH sessions and their writers; CPU scales with memory
+    tables={JOBS: RW, STATE: RW, LOGS: RW},  # STATE: its shard item, providers
+    # Reads the team's key, never creates one: a key made now could not log in to an instance already running.
+    secrets={SecretKind.PROVIDER_KEYS: SECRET_READ, SecretKind.TEAM_SSH_KEY: SECRET_READ},
+    publishes_events=True,
+    # Hands each instance its start bundle and per-job S3 credentials (InstanceTransferRole, narrowed by a session
+    # policy), reads and writes the jobs' objects.
+    artifacts=RW,
+    assumes_transfer_role=True,
+)
+FUNCTIONS: tuple[FunctionSpec, ...] = (API, AUTHORIZER, *STEPS.values(), INSTANCE_EVENTS, RECONCILE, RELAY_SHARD)
 
 
 def reserved_concurrency(settings: Settings) -> dict[str, int]:
@@ -230,8 +240,9 @@ class Functions(Construct):
                 f"{settings.layer_dir}/python is missing: build the dependency layer first (make layer)"
             )
         stack = Stack.of(self)
-        # The code as source: local __pycache__ holds this venv's (3.11) bytecode, of no use to the 3.12 runtime.
-        code = lambda_.Code.from_asset(str(LAMBDAS_DIR), exclude=["**/__pycache__", "**/*.pyc", "*.egg-info"])
+        # lambdas/ with its CPython 3.12 bytecode, compiled at synth when this machine has a 3.12, else as source
+        # (stacks/asset_bundling.py; no Docker either way)
+        code = asset_bundling.code_asset(RUNTIME)
         self.layer = lambda_.LayerVersion(
             self,
             "Dependencies",
@@ -251,6 +262,7 @@ class Functions(Construct):
             "LOG_RETENTION_DAYS": str(settings.log_chunk_ttl_days),
             "RELAY_BUDGET_SECONDS": str(RELAY_BUDGET_SECONDS),
             **POWERTOOLS,
+            **PYDANTIC,
         }
         self.functions: dict[str, lambda_.Function] = {}
         self.publishers: list[lambda_.Function] = []
@@ -392,6 +404,10 @@ class Functions(Construct):
     @property
     def reconcile(self) -> lambda_.Function:
         return self.functions[RECONCILE.construct_id]
+
+    @property
+    def relay_shard(self) -> lambda_.Function:
+        return self.functions[RELAY_SHARD.construct_id]
 
 
 def secret_name_pattern(settings: Settings, kind: SecretKind) -> str:

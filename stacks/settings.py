@@ -21,6 +21,7 @@ _RESOURCE_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,21}$")
 _SECRETS_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Lambda keeps at least this much of an account's concurrency unreserved: reservations may total the quota minus it.
 LAMBDA_MIN_UNRESERVED = 100
+RELAY_SHARD_CAPACITY = 25  # = controlplane.service.relay_fleet.SHARD_CAPACITY (tests/infra checks they agree)
 # CloudWatch Logs' retention periods (days → the CDK enum, whose values are names, not days).
 _RETENTION_DAYS: dict[int, logs.RetentionDays] = {
     1: logs.RetentionDays.ONE_DAY,
@@ -59,7 +60,7 @@ class Settings:
     # they were last written (an S3 lifecycle rule; docs/artifacts.md)
     artifact_expiry_days: int = 30
     api_cloudwatch_role: bool = True  # set API Gateway's account-level CloudWatch role (needed for its logs)
-    # Reserved concurrency (0 = none) so that running jobs, each holding one relay invocation from the shared pool,
+    # Reserved concurrency (0 = none) so that running jobs' relay shards (one invocation per 25 jobs, shared pool)
     # never starve the API, the authorizer, EC2 event handling or the reconciler. Each is also that function's cap.
     api_reserved_concurrency: int = 20  # API_RESERVED_CONCURRENCY: ~100 requests/s at 200 ms each
     authorizer_reserved_concurrency: int = 10  # AUTHORIZER_RESERVED_CONCURRENCY (API Gateway caches its answers)
@@ -124,10 +125,11 @@ class Settings:
         return sum(self.reservations.values())
 
     def concurrent_jobs(self, launching: int = 0) -> int:
-        """How many jobs can run at once: each running job holds one relay invocation from the unreserved pool,
-        which also serves the workflow's short launch steps (one invocation per job `launching` at that moment)
-        and any other function in the account. Quota − reservations − launching (docs/limits.md)."""
-        return max(0, self.account_concurrency - self.reserved_concurrency - launching)
+        """How many jobs can run at once: running jobs are followed by relay shards, each one invocation from the
+        unreserved pool for up to RELAY_SHARD_CAPACITY jobs (docs/relay-fleet.md), a pool that also serves the
+        workflow's short launch steps (one invocation per job `launching` at that moment) and any other function in
+        the account. (Quota − reservations − launching) × capacity (docs/limits.md)."""
+        return max(0, self.account_concurrency - self.reserved_concurrency - launching) * RELAY_SHARD_CAPACITY
 
     @property
     def log_retention(self) -> logs.RetentionDays:

@@ -21,6 +21,14 @@ class Settings(BaseModel):
     jobs_table: str = Field(alias="JOBS_TABLE")
     logs_table: str = Field(alias="LOGS_TABLE")
     state_machine_arn: str | None = Field(alias="STATE_MACHINE_ARN", default=None)
+    relay_fleet_arn: str | None = Field(
+        alias="RELAY_FLEET_ARN",
+        default=None,
+        description="the relay-fleet state machine: one execution per relay shard (docs/relay-fleet.md)",
+    )
+    relay_idle_seconds: float = Field(
+        alias="RELAY_IDLE_SECONDS", default=60.0, gt=0, description="a relay shard without jobs this long retires"
+    )
     secrets_prefix: str = Field(alias="SECRETS_PREFIX", default="ec2jobs")
     resource_prefix: str = Field(
         alias="RESOURCE_PREFIX",

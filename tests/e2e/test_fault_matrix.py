@@ -169,6 +169,15 @@ def _kill_relay(m: Matrix, job_id: str) -> None:
            operation="BatchWriteItem", job=job_id, skip=1, times=1)  # fmt: skip
 
 
+def _kill_shard_when_streaming(m: Matrix, job_id: str) -> None:
+    """The relay shard following the job dies mid-stream: its invocation crashes at its next read of its own shard
+    item (every job it follows loses its loop at once, as in a crashed Lambda); the shard's execution retries it and
+    the new invocation follows its jobs on from their committed offsets (docs/relay-fleet.md)."""
+    row = ROWS_BY_NAME["relay shard killed mid-stream"]
+    m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text.count("\n") >= 4)
+    m.rule(row, "crash_after", service="dynamodb", operation="GetItem", contains="relay-fleet", times=1)
+
+
 THROTTLED_WRITES = 40  # consecutive: far beyond the SDK's own retries (3 attempts a call)
 
 
@@ -281,6 +290,8 @@ ROWS: list[Row] = [
         ("SUCCEEDED", None), {"run": PACED_RUN}, PACED, arrange=_drop_ssh),
     Row("relay invocation killed mid-stream", "the relay Lambda dies after writing its second batch of chunks, "
         "before committing their offset", ("SUCCEEDED", None), {"run": STEADY_RUN}, PACED, arrange=_kill_relay),
+    Row("relay shard killed mid-stream", "the relay shard following the job (and any other job on it) dies "
+        "mid-stream", ("SUCCEEDED", None), {"run": STEADY_RUN}, PACED, act=_kill_shard_when_streaming),
     Row("DynamoDB throttling", "40 chunk writes of the job in a row are throttled "
         "(ProvisionedThroughputExceededException)", ("SUCCEEDED", None), {"run": PACED_RUN}, PACED,
         arrange=_throttle),

@@ -13,7 +13,7 @@ from aws_cdk import App
 from pydantic import ValidationError
 
 from controlplane import config
-from controlplane.adapters.statemachine import HANDLERS
+from controlplane.adapters.statemachine import FLEET_HANDLER
 from stacks.app import CDK_JSON
 from stacks.artifacts import TRANSFER_SESSION_SECONDS
 from stacks.control_plane import ControlPlaneStack
@@ -21,7 +21,7 @@ from stacks.settings import Settings
 from tests.infra.conftest import Synth, placeholder_layer
 
 API = "controlplane.handlers.api.handler"
-RELAY = HANDLERS["relay"]
+RELAY = FLEET_HANDLER  # the relay shard: hands instances their start bundle and S3 credentials
 ARTIFACT_VARIABLES = {"ARTIFACT_BUCKET", "ARTIFACT_EXPIRY_DAYS", "INSTANCE_TRANSFER_ROLE_ARN"}
 OBJECT_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
 

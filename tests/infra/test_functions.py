@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from controlplane import config
-from controlplane.adapters.statemachine import HANDLERS, TIMEOUTS
+from controlplane.adapters.statemachine import FLEET_HANDLER, HANDLERS, TIMEOUTS
+from stacks import asset_bundling
 from stacks.functions import RELAY_BUDGET_SECONDS
 from tests.infra.conftest import Synth
 
@@ -21,6 +22,7 @@ SIZES: dict[str, tuple[int, int]] = {
     **{handler: (256, TIMEOUTS[step]) for step, handler in HANDLERS.items()},
     "controlplane.handlers.events.instance_state": (256, 30),
     "controlplane.handlers.reconcile.handler": (256, 120),
+    FLEET_HANDLER: (512, TIMEOUTS["relay_shard"]),  # a relay shard: up to 25 jobs' SSH sessions
 }
 COMMON_ENV = {
     "SECRETS_PREFIX": "ec2jobs",
@@ -31,6 +33,7 @@ COMMON_ENV = {
     "POWERTOOLS_SERVICE_NAME": "ec2jobs",
     "POWERTOOLS_METRICS_NAMESPACE": "ec2jobs",
     "POWERTOOLS_LOG_LEVEL": "INFO",
+    "PYDANTIC_DISABLE_PLUGINS": "__all__",  # the layer has no Pydantic plugin: no scan for one at the first model
 }
 
 
@@ -59,11 +62,11 @@ def test_runtime_architecture_memory_timeout_layer_tracing(synth: Synth, handler
 
 
 def test_the_relay_has_time_for_its_streaming_budget(synth: Synth) -> None:
-    relay = _functions(synth)[HANDLERS["relay"]]
+    relay = _functions(synth)[FLEET_HANDLER]
     assert relay["Environment"]["Variables"]["RELAY_BUDGET_SECONDS"] == str(RELAY_BUDGET_SECONDS) == "600"
-    # The relay stops streaming at its budget, then drains, commits and returns: at least 2 minutes of headroom.
+    # A job's loop stops streaming at its budget, then drains, commits and returns: at least 2 minutes of headroom.
     assert relay["Timeout"] >= RELAY_BUDGET_SECONDS + 120
-    assert relay["MemorySize"] == 256  # README's relay cost estimate assumes 256 MB
+    assert relay["MemorySize"] == 512  # docs/relay-fleet.md's cost figure assumes 512 MB per 25 jobs
 
 
 def test_one_code_asset_and_one_layer_for_all_functions(synth: Synth) -> None:
@@ -75,20 +78,29 @@ def test_one_code_asset_and_one_layer_for_all_functions(synth: Synth) -> None:
     assert layer["Properties"]["CompatibleArchitectures"] == ["x86_64"]
 
 
-def test_the_code_asset_is_the_lambdas_directory_without_bytecode(synth: Synth) -> None:
+def test_the_code_asset_is_the_lambdas_directory_and_its_cpython_312_bytecode(synth: Synth) -> None:
+    """lambdas/ without the build machine's bytecode, plus a __pycache__/*.cpython-312.pyc for every module (but
+    NO_BYTECODE) when this machine has a CPython 3.12 (stacks/asset_bundling.py; test_asset_bundling.py checks the
+    bytecode itself and the synth without a 3.12)."""
     key = next(iter(_functions(synth).values()))["Code"]["S3Key"]
     staged = synth.outdir / f"asset.{key.removesuffix('.zip')}"
     files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
     assert "controlplane/handlers/api.py" in files
     assert "controlplane/core/data/catalog.json" in files
     assert "controlplane/core/data/job_wrapper.sh" in files
-    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     source = Path(__file__).resolve().parents[2] / "lambdas"
-    assert files == {
+    shipped_source = {f for f in files if "__pycache__" not in f}
+    assert shipped_source == {
         p.relative_to(source).as_posix()
         for p in source.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        if p.is_file() and not asset_bundling.source_excluded(p.relative_to(source))
     }
+    bytecode = {
+        f"{Path(f).parent.as_posix()}/__pycache__/{Path(f).stem}.cpython-312.pyc"
+        for f in shipped_source
+        if f.endswith(".py") and not f.startswith(asset_bundling.NO_BYTECODE)
+    }
+    assert files - shipped_source == (bytecode if asset_bundling.runtime_python() else set())
 
 
 def test_the_layer_asset_is_the_built_layer_with_its_bytecode(synth: Synth, layer_dir: Path) -> None:
@@ -115,8 +127,14 @@ def test_environment(synth: Synth, handler: str) -> None:
     # the API starts executions; the reconciler starts relay-only ones when a relay loop died
     if handler in {"controlplane.handlers.api.handler", "controlplane.handlers.reconcile.handler"}:
         expected["STATE_MACHINE_ARN"] = {"Ref": synth.logical_id(synth.stack.workflow.state_machine)}
-    # the API presigns uploads and downloads, the relay hands instances their per-job S3 credentials
-    if handler in {"controlplane.handlers.api.handler", HANDLERS["relay"]}:
+    # the Relay step starts relay shards
+    if handler == HANDLERS["relay"]:
+        expected["RELAY_FLEET_ARN"] = {
+            "Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":states:", {"Ref": "AWS::Region"}, ":",
+                              {"Ref": "AWS::AccountId"}, ":stateMachine:ec2jobs-relay-fleet"]]
+        }  # fmt: skip
+    # the API presigns uploads and downloads, a relay shard hands instances their per-job S3 credentials
+    if handler in {"controlplane.handlers.api.handler", FLEET_HANDLER}:
         expected["ARTIFACT_BUCKET"] = {"Ref": synth.logical_id(synth.stack.artifacts.bucket)}
         expected["ARTIFACT_EXPIRY_DAYS"] = "30"  # artifactExpiryDays
         expected["INSTANCE_TRANSFER_ROLE_ARN"] = {
@@ -133,5 +151,5 @@ def test_the_environment_is_what_the_handlers_config_reads(synth: Synth) -> None
         }
         settings = config.Settings.model_validate(variables)
         assert settings.provider_endpoint_url is None, handler
-        assert settings.relay_budget_seconds < function["Timeout"] or handler != HANDLERS["relay"]
+        assert settings.relay_budget_seconds < function["Timeout"] or handler != FLEET_HANDLER
         assert settings.log_retention_days == 30

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from controlplane.adapters.statemachine import HANDLERS
+from controlplane.adapters.statemachine import FLEET_HANDLER, HANDLERS
 from tests.infra.conftest import Synth
 
 READ = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}
@@ -46,6 +46,8 @@ class Uses:
     secrets: dict[str, set[str]] = field(default_factory=dict)
     publishes: bool = True  # its job store puts Job State Change events
     starts_workflow: bool = False
+    starts_shards: bool = False  # starts relay shards' executions (the relay fleet)
+    answers_tasks: bool = False  # SendTaskSuccess / Failure / Heartbeat with the job workflow's task tokens
     artifacts: frozenset[tuple[str, str]] = frozenset()  # the artifacts bucket, InstanceTransferRole
 
 
@@ -62,11 +64,15 @@ USES: dict[str, Uses] = {
     HANDLERS["validate"]: Uses({"jobs": WRITE, "state": READ}),
     HANDLERS["bootstrap"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
     HANDLERS["launch"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
-    # ... and an instance's per-job S3 credentials (InstanceTransferRole), the job's objects
-    HANDLERS["relay"]: Uses(
-        {"jobs": WRITE, "state": READ, "logs": WRITE},
+    # the Relay step: the job's enrolment (jobs), the fleet's shard items (state); starts a shard when all are full
+    HANDLERS["relay"]: Uses({"jobs": WRITE, "state": WRITE}, starts_shards=True),
+    # a relay shard: its item (state), its jobs' logs; their instances' per-job S3 credentials (InstanceTransferRole),
+    # the jobs' objects; each job's outcome reported with its Relay task's token
+    FLEET_HANDLER: Uses(
+        {"jobs": WRITE, "state": WRITE, "logs": WRITE},
         {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET},
         artifacts=frozenset(ARTIFACTS_RW | ASSUME_TRANSFER_ROLE),
+        answers_tasks=True,
     ),
     # Recover: terminates the ended attempt's instance (provider keys), reads where the next attempt's log begins
     HANDLERS["recover"]: Uses({"jobs": WRITE, "state": READ, "logs": READ}, {PROVIDER_KEYS: GET}),
@@ -90,6 +96,10 @@ def expected(handler: str, uses: Uses) -> set[tuple[str, str]]:
         pairs.add(("events:PutEvents", "bus"))
     if uses.starts_workflow:
         pairs.add(("states:StartExecution", "state-machine"))
+    if uses.starts_shards:
+        pairs.add(("states:StartExecution", "relay-fleet"))
+    if uses.answers_tasks:
+        pairs |= {(f"states:SendTask{what}", "state-machine") for what in ("Success", "Failure", "Heartbeat")}
     pairs |= {("logs:CreateLogStream", f"log-group:{handler}"), ("logs:PutLogEvents", f"log-group:{handler}")}
     pairs |= uses.artifacts
     return pairs | {("xray:PutTraceSegments", "*"), ("xray:PutTelemetryRecords", "*")}
@@ -142,6 +152,10 @@ def test_the_workflow_may_invoke_exactly_its_step_functions(synth: Synth) -> Non
     role = synth.logical_id(synth.stack.workflow.state_machine.role)
     invoked = {resource for action, resource in synth.permissions(role) if action == "lambda:InvokeFunction"}
     assert invoked == {f"function:{handler}" for handler in HANDLERS.values()}
+    fleet = synth.logical_id(synth.stack.fleet.state_machine.role)
+    invoked = {resource for action, resource in synth.permissions(fleet) if action == "lambda:InvokeFunction"}
+    assert invoked == {f"function:{FLEET_HANDLER}"}
+    assert {action for action, resource in synth.permissions(fleet) if resource != "*"} == {"lambda:InvokeFunction"}
     # ... and write one thing itself: the relay-throttled note on the job (an UpdateItem on the jobs table).
     scoped = {(action, resource) for action, resource in synth.permissions(role) if resource != "*"}
     assert {action for action, _ in scoped} == {"lambda:InvokeFunction", "dynamodb:UpdateItem"}

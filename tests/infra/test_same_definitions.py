@@ -85,13 +85,13 @@ def test_the_same_functions(synth: Synth, local_plane: Recorder) -> None:
 
 
 def test_the_same_state_machine_definition(synth: Synth, local_plane: Recorder) -> None:
-    (created,) = local_plane.requests("create_state_machine")
+    created, fleet = local_plane.requests("create_state_machine")
     local_definition = json.loads(created["definition"])
     arn_of = {
         request["Handler"]: f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{request['FunctionName']}"
         for request in local_plane.requests("create_function")
     }
-    (machine,) = synth.of_type("AWS::StepFunctions::StateMachine").values()
+    machine = synth.resources[synth.logical_id(synth.stack.workflow.state_machine)]
     local_jobs = ControlPlaneNames("ec2jobs").table("jobs")
     with_local_arns = {
         workflow_stack.substitution_key(step): arn_of[handler] for step, handler in statemachine.HANDLERS.items()
@@ -103,6 +103,14 @@ def test_the_same_state_machine_definition(synth: Synth, local_plane: Recorder) 
         == statemachine.definition(
             {step: arn_of[handler] for step, handler in statemachine.HANDLERS.items()}, jobs_table=local_jobs
         )
+    )
+    # the relay fleet's, with the shard function
+    deployed_fleet = synth.resources[synth.logical_id(synth.stack.fleet.state_machine)]["Properties"]
+    with_local_arn = {"follow_arn": arn_of[statemachine.FLEET_HANDLER]}
+    assert (
+        substituted(json.loads(deployed_fleet["DefinitionString"]), with_local_arn)
+        == json.loads(fleet["definition"])
+        == statemachine.fleet_definition(arn_of[statemachine.FLEET_HANDLER])
     )
 
 

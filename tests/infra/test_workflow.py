@@ -14,9 +14,10 @@ from tests.infra.conftest import Synth
 PLACEHOLDER = re.compile(r"^\$\{(\w+)\}$")
 
 
-def _state_machine(synth: Synth) -> dict[str, Any]:
-    (machine,) = synth.of_type("AWS::StepFunctions::StateMachine").values()
-    return dict(machine["Properties"])
+def _state_machine(synth: Synth, construct: Any = None) -> dict[str, Any]:
+    """The job workflow's (or the given construct's) state machine properties."""
+    machine = construct if construct is not None else synth.stack.workflow.state_machine
+    return dict(synth.resources[synth.logical_id(machine)]["Properties"])
 
 
 def substituted(definition: Any, substitutions: dict[str, Any]) -> Any:
@@ -94,7 +95,16 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
     }
     for name, step in step_of.items():
         state = states[name]
-        assert (state["Type"], state["Resource"], state["Next"]) == ("Task", arns[step], order[name])
+        if name == "Relay":  # a callback task: the enroll function, then the shard's SendTaskSuccess
+            assert state["Resource"] == "arn:aws:states:::lambda:invoke.waitForTaskToken"
+            assert state["Parameters"]["FunctionName"] == arns[step]
+            assert state["Parameters"]["Payload"]["task_token.$"] == "$$.Task.Token"
+            assert state["HeartbeatSeconds"] == statemachine.RELAY_TASK_HEARTBEAT_SECONDS
+            assert state["TimeoutSeconds"] == statemachine.EXECUTION_TIMEOUT_SECONDS  # no default task timeout
+            assert state["Retry"][0]["ErrorEquals"] == ["States.Timeout"]  # its shard died: enroll again
+            assert state["Next"] == order[name]
+        else:
+            assert (state["Type"], state["Resource"], state["Next"]) == ("Task", arns[step], order[name])
         assert any("UpstreamUnavailable" in retry["ErrorEquals"] for retry in state["Retry"])
         assert any("Lambda.ServiceException" in retry["ErrorEquals"] for retry in state["Retry"])
         assert any("Runtime.ExitError" in retry["ErrorEquals"] for retry in state["Retry"])  # a crashed invocation
@@ -126,3 +136,17 @@ def test_standard_with_logging_without_execution_data_and_tracing(synth: Synth) 
     group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
     assert synth.resources[group]["Properties"]["RetentionInDays"] == 90
     assert machine["TracingConfiguration"] == {"Enabled": True}
+
+
+def test_the_relay_fleet_loops_its_shard_function_until_the_shard_retires(synth: Synth) -> None:
+    machine = _state_machine(synth, synth.stack.fleet.state_machine)
+    assert machine["StateMachineType"] == "STANDARD"
+    assert machine["StateMachineName"] == "ec2jobs-relay-fleet"  # its ARN is built from the name (no cycle)
+    definition = substituted(json.loads(machine["DefinitionString"]), machine["DefinitionSubstitutions"])
+    follow = {"Fn::GetAtt": [synth.function(statemachine.FLEET_HANDLER)[0], "Arn"]}
+    assert definition == statemachine.fleet_definition(follow)  # type: ignore[arg-type]
+    states = definition["States"]
+    assert states["Follow"]["Next"] == "More?"
+    assert states["More?"]["Default"] == "Follow"
+    assert states["More?"]["Choices"] == [{"Variable": "$.shard.retired", "BooleanEquals": True, "Next": "Done"}]
+    assert machine["LoggingConfiguration"]["IncludeExecutionData"] is False

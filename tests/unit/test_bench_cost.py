@@ -11,6 +11,8 @@ from bench import prices, s3cost
 from bench.cost import workflow_of
 from bench.prices import Usage
 from bench.s3cost import Requests, TypicalJob
+from controlplane.adapters import statemachine
+from controlplane.service.relay_fleet import SHARD_CAPACITY
 
 MIB = 1024 * 1024
 BUCKET = "ec2jobs-artifacts"
@@ -60,9 +62,9 @@ def test_gb_seconds_bill_whole_milliseconds_at_the_configured_memory() -> None:
     assert prices.gb_seconds(-1, 256) == 0
 
 
-def test_a_relay_hour_at_the_deployed_memory_is_about_a_cent_and_a_half() -> None:
-    hour = Usage(lambda_gb_seconds=prices.gb_seconds(3600, 256))
-    assert prices.dollars(hour)["total"] == pytest.approx(0.015, abs=0.0002)
+def test_a_relay_shard_hour_shared_by_25_jobs_is_about_a_tenth_of_a_cent_each() -> None:
+    hour = Usage(lambda_gb_seconds=prices.gb_seconds(3600, 512) / SHARD_CAPACITY)
+    assert prices.dollars(hour)["total"] == pytest.approx(0.0012, abs=0.0001)
 
 
 def test_item_sizes_follow_dynamodb_rules() -> None:
@@ -93,37 +95,37 @@ def _event(kind: str, second: float, **details: object) -> dict[str, object]:
 
 def test_the_execution_history_gives_transitions_retries_and_task_durations() -> None:
     arn = "arn:aws:lambda:us-east-1:123456789012:function:ec2jobs-"
+    callback = {"resourceType": "lambda", "resource": "invoke.waitForTaskToken"}
     history = [
         _event("ExecutionStarted", 0),
         _event("TaskStateEntered", 0, stateEnteredEventDetails={"name": "Validate"}),
         _event("LambdaFunctionScheduled", 0, lambdaFunctionScheduledEventDetails={"resource": arn + "validate"}),
         _event("LambdaFunctionStarted", 0.1),
-        _event("LambdaFunctionSucceeded", 0.3),
-        _event("TaskStateEntered", 0.3, stateEnteredEventDetails={"name": "Relay"}),
-        _event("LambdaFunctionScheduled", 0.3, lambdaFunctionScheduledEventDetails={"resource": arn + "relay"}),
-        _event("LambdaFunctionStarted", 0.3),
-        _event("LambdaFunctionFailed", 1.3),
-        _event("LambdaFunctionScheduled", 2.0, lambdaFunctionScheduledEventDetails={"resource": arn + "relay"}),
-        _event("LambdaFunctionStarted", 2.0),
-        _event("LambdaFunctionSucceeded", 5.0),
-        _event("ChoiceStateEntered", 5.0, stateEnteredEventDetails={"name": "Drained?"}),
-        _event("SucceedStateEntered", 5.0, stateEnteredEventDetails={"name": "Done"}),
+        _event("LambdaFunctionFailed", 0.3),
+        _event("LambdaFunctionScheduled", 0.5, lambdaFunctionScheduledEventDetails={"resource": arn + "validate"}),
+        _event("LambdaFunctionStarted", 0.5),
+        _event("LambdaFunctionSucceeded", 0.7),
+        _event("TaskStateEntered", 0.7, stateEnteredEventDetails={"name": "Relay"}),
+        _event("TaskScheduled", 0.7, taskScheduledEventDetails=callback),
+        _event("TaskSucceeded", 25.7),
+        _event("ChoiceStateEntered", 25.7, stateEnteredEventDetails={"name": "Drained?"}),
+        _event("SucceedStateEntered", 25.7, stateEnteredEventDetails={"name": "Done"}),
     ]
     transitions, invocations, loops = workflow_of(history)
     assert transitions == 4 + 1  # four states entered, one retried attempt
     assert [handler for handler, _ in invocations] == [
         "controlplane.handlers.workflow.validate",
-        "controlplane.handlers.workflow.relay",
-        "controlplane.handlers.workflow.relay",
+        "controlplane.handlers.workflow.validate",
+        statemachine.FLEET_HANDLER,  # the relay shard's time for this job, a full shard's share of it
     ]
-    assert [seconds for _, seconds in invocations] == pytest.approx([0.2, 1.0, 3.0])
+    assert [seconds for _, seconds in invocations] == pytest.approx([0.2, 0.2, 25.0 / SHARD_CAPACITY])
     assert loops == 1
 
 
 def test_deployed_memory_and_relay_budget_come_from_the_stack() -> None:
     deployment = prices.deployment()
     assert deployment.memory("controlplane.handlers.api.handler") == 512
-    assert deployment.memory("controlplane.handlers.workflow.relay") == 256
+    assert deployment.memory(statemachine.FLEET_HANDLER) == 512
     assert deployment.relay_budget_seconds == 600
 
 

@@ -60,8 +60,13 @@ def test_a_resume_relay_input_goes_straight_to_the_relay_which_knows_its_executi
     # a job waiting for capacity whose execution died goes on launching
     assert (launch["Variable"], launch["IsPresent"], launch["Next"]) == ("$.resume_launch", True, "Bootstrap")
     assert machine["States"]["Route"]["Default"] == "Validate"
-    # the relay lease's owner is the execution: a restarted loop (another execution) is another owner
-    assert machine["States"]["Relay"]["Parameters"] == {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"}
+    # the relay lease's owner is the execution (then `#<shard>`): a restarted loop (another execution) is another
+    # owner; the shard answers with the task's token
+    assert machine["States"]["Relay"]["Parameters"]["Payload"] == {
+        "job_id.$": "$.job_id",
+        "relay_owner.$": "$$.Execution.Id",
+        "task_token.$": "$$.Task.Token",
+    }
 
 
 def test_crashed_invocations_are_retried_by_every_step() -> None:

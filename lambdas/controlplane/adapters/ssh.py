@@ -53,7 +53,11 @@ class SshSession:
         try:
             channel = transport.open_session()
             channel.settimeout(poll_seconds)
-            channel.exec_command(f"exec tail -c +{offset + 1} -F {STATE_DIR}/output.log 2>/dev/null")
+            # -s: when tail cannot use inotify it polls the file, by default once a second (GNU coreutils); seen
+            # here with several sandboxes at once. A job's lines must not wait for that.
+            channel.exec_command(
+                f"exec tail -c +{offset + 1} -s {poll_seconds:g} -F {STATE_DIR}/output.log 2>/dev/null"
+            )
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise ConnectionLost(type(error).__name__) from None
         return channel

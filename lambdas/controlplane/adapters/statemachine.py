@@ -1,7 +1,9 @@
 """The job workflow's state machine (Amazon States Language): the single definition the CDK stack deploys and the
 local runtime runs, given the ARNs of the step Lambdas.
 
-Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. An execution whose input carries
+Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. Relay is a callback task: it enrolls the
+job on a relay shard (the relay fleet, `fleet_definition`, docs/relay-fleet.md) and waits, holding no Lambda, for
+the shard's SendTaskSuccess with the relay's outcome. An execution whose input carries
 `resume_relay` (the reconciler starts one when a job's relay loop died) goes straight to Relay; one with
 `resume_launch` (a job waiting for capacity whose execution died) to Bootstrap. Managed recovery (core/recovery.py):
 a relay loop that ends with `relay.recover` (the attempt ended and the job relaunches) goes to Recover, which
@@ -36,17 +38,20 @@ HANDLERS: dict[str, str] = {
     "validate": "controlplane.handlers.workflow.validate",
     "bootstrap": "controlplane.handlers.workflow.bootstrap",
     "launch": "controlplane.handlers.workflow.launch",
-    "relay": "controlplane.handlers.workflow.relay",
+    "relay": "controlplane.handlers.relay_shard.enroll",
     "recover": "controlplane.handlers.workflow.recover",
     "record_failure": "controlplane.handlers.workflow.record_failure",
 }
-# Timeouts (seconds) the deployed functions need: launch may wait up to 60 s for IAM propagation; the relay streams
-# for RELAY_BUDGET_SECONDS (600) and stops itself before this.
+# The relay fleet's function (fleet_definition): one relay shard's invocation.
+FLEET_HANDLER = "controlplane.handlers.relay_shard.follow"
+# Timeouts (seconds) the deployed functions need: launch may wait up to 60 s for IAM propagation; a relay shard's
+# invocation follows its jobs until 20 s before this (each job's loop for at most RELAY_BUDGET_SECONDS at a time).
 TIMEOUTS: dict[str, int] = {
     "validate": 30,
     "bootstrap": 120,
     "launch": 180,
-    "relay": 900,
+    "relay": 30,
+    "relay_shard": 900,
     "recover": 60,
     "record_failure": 60,
 }
@@ -56,6 +61,9 @@ TIMEOUTS: dict[str, int] = {
 # attempts of up to 7 days each, and wait for capacity between them. Past it Step Functions ends the execution; the
 # reconciler settles the job.
 EXECUTION_TIMEOUT_SECONDS = 365 * 24 * 3600
+# A shard heartbeats each of its jobs' Relay tasks every 30 s (service/relay_fleet.py HEARTBEAT_SECONDS); a task not
+# heartbeaten this long (its shard died) times out and enrolls the job on another shard.
+RELAY_TASK_HEARTBEAT_SECONDS = 120
 
 # Where the CDK stack substitutes the jobs table's name (stacks/workflow.py); the local runtime passes the name.
 JOBS_TABLE_PLACEHOLDER = "${jobs_table}"
@@ -142,7 +150,11 @@ def _catch(failure_state: str = "RecordFailure") -> list[dict[str, Any]]:
 _REJECTED = {"ErrorEquals": ["InvalidSubmission"], "ResultPath": "$", "Next": "Rejected"}
 
 
-def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEHOLDER) -> dict[str, Any]:
+def definition(
+    functions: Mapping[str, str],
+    jobs_table: str = JOBS_TABLE_PLACEHOLDER,
+    relay_heartbeat_seconds: int = RELAY_TASK_HEARTBEAT_SECONDS,
+) -> dict[str, Any]:
     """The state machine for these Lambda ARNs (keys: HANDLERS' step names) and jobs table (its name)."""
     missing = set(HANDLERS) - set(functions)
     if missing:
@@ -217,12 +229,25 @@ def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEH
             },
             # WAITING_CAPACITY: no Lambda runs while it waits; Launch re-bootstraps itself if the region changed.
             "WaitForCapacity": {"Type": "Wait", "SecondsPath": "$.launch.wait_seconds", "Next": "Launch"},
+            # The job joins a relay shard (docs/relay-fleet.md) and this execution waits, holding no Lambda, for
+            # the shard's callback with the relay's outcome; the shard heartbeats the task while it follows the job.
+            # A task whose shard died times out (States.Timeout, also HeartbeatTimeout's family) and enrolls again.
             "Relay": {
                 "Type": "Task",
-                "Resource": functions["relay"],
-                # The loop's identity for the relay lease: this execution.
-                "Parameters": {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"},
+                "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+                "Parameters": {
+                    "FunctionName": functions["relay"],
+                    "Payload": {
+                        "job_id.$": "$.job_id",
+                        "relay_owner.$": "$$.Execution.Id",  # the relay lease's owner, before `#<shard>`
+                        "task_token.$": "$$.Task.Token",
+                    },
+                },
+                "ResultPath": "$.relay",
+                "TimeoutSeconds": EXECUTION_TIMEOUT_SECONDS,
+                "HeartbeatSeconds": relay_heartbeat_seconds,
                 "Retry": [
+                    {"ErrorEquals": ["States.Timeout"], "IntervalSeconds": 1, "MaxAttempts": 20, "BackoffRate": 1},
                     *_retry_transient(5, 5, RELAY_THROTTLE_RETRY),
                     {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 10, "MaxAttempts": 8, "BackoffRate": 2},
                 ],
@@ -264,5 +289,41 @@ def definition(functions: Mapping[str, str], jobs_table: str = JOBS_TABLE_PLACEH
                 "Next": "Failed",
             },
             "Failed": {"Type": "Fail", "ErrorPath": "$.Error", "CausePath": "$.Cause"},
+        },
+    }
+
+
+def fleet_definition(follow_function: str) -> dict[str, Any]:
+    """The relay-fleet state machine: one execution per relay shard, looping its Lambda (`follow`) until the shard
+    retires (no jobs for a while) or hands over to a new execution (docs/relay-fleet.md). A crashed invocation is
+    retried at once: the same shard takes its jobs back."""
+    return {
+        "Comment": "ec2jobs: one relay shard, following up to 25 jobs' output",
+        "StartAt": "Follow",
+        "States": {
+            "Follow": {
+                "Type": "Task",
+                "Resource": follow_function,
+                "Parameters": {"shard_id.$": "$.shard_id", "execution_started_at.$": "$$.Execution.StartTime"},
+                "Retry": [
+                    {
+                        "ErrorEquals": ["States.ALL"],
+                        "IntervalSeconds": 1,
+                        "MaxAttempts": 10,
+                        "BackoffRate": 1.5,
+                        "MaxDelaySeconds": 30,
+                    },
+                ],
+                "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Failed"}],
+                "Next": "More?",
+            },
+            "More?": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.shard.retired", "BooleanEquals": True, "Next": "Done"}],
+                "Default": "Follow",
+            },
+            "Done": {"Type": "Succeed"},
+            # Its jobs' Relay tasks stop being heartbeaten, time out and enroll on another shard.
+            "Failed": {"Type": "Fail", "Error": "RelayShardFailed", "Cause": "the shard's invocations kept failing"},
         },
     }

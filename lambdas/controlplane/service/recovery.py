@@ -171,8 +171,9 @@ class RecoveryService:
                 return job  # a retried step: the next attempt has begun
             raise JobNotActive(f"job {job_id} is {job.status}, not RECOVERING")
         now = self.clock()
-        holder = job.relay_owner
-        if holder and holder != owner and job.relay_lease_until is not None and job.relay_lease_until > now:
+        holder = job.relay_owner  # this execution's own relay holds it as `<its ARN>#<shard>` (relay_fleet.py)
+        own = holder is not None and holder.split("#", 1)[0] == owner
+        if holder and not own and job.relay_lease_until is not None and job.relay_lease_until > now:
             # Another relay loop still streams the ended attempt's tail: wait for it (the workflow retries).
             raise UpstreamUnavailable(f"a relay loop still drains attempt {job.attempt} of job {job_id}; retrying")
         terminated = self.reaper.reap(job)

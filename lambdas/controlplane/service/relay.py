@@ -108,6 +108,7 @@ class RelayOutcome:
     relayed_bytes: int = 0
     connections: int = 0
     recover: bool = False  # the attempt ended and the job relaunches: the workflow's Recover step is next
+    contended_by: str | None = None  # another relay loop holds the job's lease (this one did not stream)
 
     def as_state(self) -> dict[str, Any]:
         return {
@@ -212,7 +213,11 @@ class RelayService:
         if job.status not in {JobStatus.PROVISIONING, JobStatus.RUNNING, JobStatus.RECOVERING}:
             return RelayOutcome(True, f"the job is {job.status}: it has no instance to relay from")
         logger.info("another relay loop holds the lease", extra={"job_id": job_id, "owner": job.relay_owner})
-        return RelayOutcome(True, f"another relay loop streams this job's output ({job.relay_owner}); this one stops")
+        return RelayOutcome(
+            True,
+            f"another relay loop streams this job's output ({job.relay_owner}); this one stops",
+            contended_by=job.relay_owner or "",
+        )
 
     def _relay(self, job: Job, budget: float, hold: LeaseHold) -> RelayOutcome:
         job_id, host_key = job.job_id, str(job.ssh_host_key)
@@ -227,6 +232,8 @@ class RelayService:
         located_at = float("-inf")
         while self.clock() < deadline:
             hold.renew_if_due()
+            if not hold.valid():
+                raise LeaseExpired(f"job {job_id}: this relay invocation's hold on the lease has ended")
             if located is None or located.host is None or self.clock() - located_at >= self.settings.locate_seconds:
                 located, located_at = self.locator.locate(job), self.clock()
             pause = backoff
@@ -478,6 +485,8 @@ class RelayService:
         try:
             while True:
                 hold.renew_if_due()
+                if not hold.valid():  # the invocation is dying (or outlived the lease): write nothing more
+                    raise LeaseExpired(f"job {job.job_id}: this relay invocation's hold on the lease has ended")
                 if in_flight is not None and in_flight.done():
                     settle()  # a failed write surfaces now, not at the next flush
                 now = self.clock()

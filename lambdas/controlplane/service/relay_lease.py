@@ -95,7 +95,9 @@ class LeaseHold:
             logger.warning("relay lease renewal failed; retrying", extra={"job_id": self.job_id})
 
     def valid(self) -> bool:
-        return self.clock() <= self.until
+        """Still held: within the hold, and the invocation still has time (a relay shard whose invocation dies sets
+        its loops' time to 0, and they stop writing at once)."""
+        return self.clock() <= self.until and self.time_left() > 0
 
     def release_for(self, seconds: float) -> None:
         """The invocation ends normally: its loop comes back within `seconds` (else the reconciler sees it died)."""

@@ -1,0 +1,229 @@
+"""The relay fleet's records and Step Functions calls (service/relay_fleet.py).
+
+Shard items live in the state table under pk `relay-fleet` (one item per shard: its job ids, their count, its
+heartbeat); listing them is one Query of that partition, never a Scan. A job's enrolment (its shard, its Relay
+task's token and its execution) is kept on the job item, in attributes the Job model does not read, so no API
+answer or event carries the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Final
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from controlplane.adapters.dynamodb import _is_condition_failure
+from controlplane.service.relay_fleet import SHARD_CAPACITY, Enrolment, Shard
+
+logger = logging.getLogger(__name__)
+
+FLEET_PK: Final = "relay-fleet"
+_GONE_TOKEN_ERRORS: Final = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class DynamoFleetStore:
+    def __init__(self, state_table: Any, jobs_table: Any, capacity: int = SHARD_CAPACITY) -> None:
+        self.state = state_table
+        self.jobs = jobs_table
+        self.capacity = capacity
+
+    @staticmethod
+    def _shard(item: dict[str, Any]) -> Shard:
+        return Shard(
+            shard_id=str(item["sk"]),
+            jobs=frozenset(str(j) for j in item.get("jobs", set())),
+            count=int(item.get("job_count", 0)),
+            heartbeat_at=float(item.get("heartbeat_at", 0)),
+        )
+
+    def shards(self) -> list[Shard]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(FLEET_PK),
+            "ProjectionExpression": "sk, job_count, heartbeat_at",
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.state.query(**kwargs)
+            items += page["Items"]
+            if "LastEvaluatedKey" not in page:
+                return [self._shard(item) for item in items]
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def shard(self, shard_id: str) -> Shard | None:
+        item = self.state.get_item(Key={"pk": FLEET_PK, "sk": shard_id}, ConsistentRead=True).get("Item")
+        return None if item is None else self._shard(item)
+
+    def create_shard(self, shard_id: str, now: float) -> bool:
+        try:
+            self.state.put_item(
+                Item={"pk": FLEET_PK, "sk": shard_id, "job_count": 0, "heartbeat_at": _decimal(now)},
+                ConditionExpression="attribute_not_exists(sk)",
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def join(self, shard_id: str, job_id: str, task_token: str, owner: str, superseded: str | None) -> bool:
+        """Record the enrolment on the job, then take a slot on the shard (conditional: room left, not there yet)."""
+        values = {":shard": shard_id, ":token": task_token, ":owner": owner}
+        expression = "SET relay_shard = :shard, relay_token = :token, relay_execution = :owner"
+        if superseded:
+            expression += ", relay_superseded = :superseded"
+            values[":superseded"] = superseded
+        try:
+            self.jobs.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression=expression,
+                ConditionExpression="attribute_exists(job_id)",
+                ExpressionAttributeValues=values,
+            )
+            self.state.update_item(
+                Key={"pk": FLEET_PK, "sk": shard_id},
+                UpdateExpression="ADD job_count :one, jobs :job",
+                ConditionExpression="attribute_exists(sk) AND job_count < :cap AND NOT contains(jobs, :id)",
+                ExpressionAttributeValues={":one": 1, ":job": {job_id}, ":cap": self.capacity, ":id": job_id},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def leave(self, shard_id: str, job_id: str) -> bool:
+        """Free the job's slot on the shard; forget the enrolment if it still names this shard."""
+        left = True
+        try:
+            self.state.update_item(
+                Key={"pk": FLEET_PK, "sk": shard_id},
+                UpdateExpression="ADD job_count :minus DELETE jobs :job",
+                ConditionExpression="contains(jobs, :id)",
+                ExpressionAttributeValues={":minus": -1, ":job": {job_id}, ":id": job_id},
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+            left = False
+        try:
+            self.jobs.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="REMOVE relay_shard",
+                ConditionExpression="relay_shard = :shard",
+                ExpressionAttributeValues={":shard": shard_id},
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+        return left
+
+    def enrolment(self, job_id: str) -> Enrolment | None:
+        item = self.jobs.get_item(
+            Key={"job_id": job_id},
+            ProjectionExpression="job_id, relay_shard, relay_token, relay_execution, relay_superseded",
+            ConsistentRead=True,
+        ).get("Item")
+        if item is None or "relay_token" not in item:
+            return None
+        shard, superseded = item.get("relay_shard"), item.get("relay_superseded")
+        return Enrolment(job_id, str(item["relay_token"]), str(item.get("relay_execution", "")),
+                         str(shard) if shard else None, str(superseded) if superseded else None)  # fmt: skip
+
+    def forget_superseded(self, job_id: str, token: str) -> None:
+        try:
+            self.jobs.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="REMOVE relay_superseded",
+                ConditionExpression="relay_superseded = :token",
+                ExpressionAttributeValues={":token": token},
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+
+    def heartbeat(self, shard_id: str, now: float) -> bool:
+        try:
+            self.state.update_item(
+                Key={"pk": FLEET_PK, "sk": shard_id},
+                UpdateExpression="SET heartbeat_at = :now",
+                ConditionExpression="attribute_exists(sk)",
+                ExpressionAttributeValues={":now": _decimal(now)},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def retire(self, shard_id: str) -> bool:
+        """Delete the shard's item if it has no jobs (a job enrolled meanwhile keeps it)."""
+        try:
+            self.state.delete_item(
+                Key={"pk": FLEET_PK, "sk": shard_id},
+                ConditionExpression="attribute_not_exists(sk) OR job_count <= :zero",
+                ExpressionAttributeValues={":zero": 0},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+
+def _decimal(value: float) -> Any:
+    from decimal import Decimal
+
+    return Decimal(str(round(value, 3)))
+
+
+class StepFunctionsCallbacks:
+    """SendTaskSuccess / SendTaskFailure / SendTaskHeartbeat; False when the token is no longer waited on."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def _call(self, operation: str, **kwargs: Any) -> bool:
+        try:
+            getattr(self.client, operation)(**kwargs)
+        except ClientError as error:
+            if _error_code(error) in _GONE_TOKEN_ERRORS:
+                logger.info("task token no longer waited on", extra={"operation": operation})
+                return False
+            raise
+        return True
+
+    def succeed(self, token: str, output: dict[str, Any]) -> bool:
+        return self._call("send_task_success", taskToken=token, output=json.dumps(output))
+
+    def fail(self, token: str, error: str, cause: str) -> bool:
+        return self._call("send_task_failure", taskToken=token, error=error[:256], cause=cause[:32768])
+
+    def heartbeat(self, token: str) -> bool:
+        return self._call("send_task_heartbeat", taskToken=token)
+
+
+class ShardExecutions:
+    """Starts a shard's execution of the relay-fleet state machine (named after the shard: idempotent)."""
+
+    def __init__(self, client: Any, state_machine_arn: str) -> None:
+        self.client = client
+        self.state_machine_arn = state_machine_arn
+
+    def start(self, shard_id: str, serial: int) -> None:
+        try:
+            self.client.start_execution(
+                stateMachineArn=self.state_machine_arn,
+                name=f"{shard_id}-{serial}",
+                input=json.dumps({"shard_id": shard_id}),
+            )
+        except ClientError as error:
+            if _error_code(error) != "ExecutionAlreadyExists":
+                raise

@@ -1,0 +1,315 @@
+"""The relay fleet: a few relay shards follow every running job's output (docs/relay-fleet.md).
+
+A job's workflow execution no longer holds a Lambda while its job runs. Its Relay step *enrolls* the job
+(`Enroller.enroll`, a `lambda:invoke.waitForTaskToken` task that returns at once) and waits, at no cost, until a
+shard reports the job's relay outcome with its task token (SendTaskSuccess / SendTaskFailure). Meanwhile:
+
+- A **shard** is one Step Functions execution (the relay-fleet state machine) looping one Lambda,
+  `ShardRunner.follow`: an invocation follows up to SHARD_CAPACITY jobs at once, each in its own thread running the
+  same per-job relay loop as before (service/relay.py: one SSH connection, the job's relay lease, byte-exact writes,
+  the drain handshake). So one job's stalled SSH server or flood of output never blocks another's loop.
+- **Assignment** is a conditional write: a shard item (state table, pk `relay-fleet`) counts its jobs, and a job
+  joins the fullest live shard with room (so shards fill up and idle ones retire), or a new shard is created and its
+  execution started. The job item records its shard and its current task token.
+- **Liveness**: a shard heartbeats its item every HEARTBEAT_SECONDS and each of its jobs' tasks (SendTaskHeartbeat)
+  as often. A shard whose invocation crashes is retried by its execution at once and takes its jobs back (same
+  lease owner). A shard whose execution died stops heartbeating the tasks: each job's Relay task times out after
+  the workflow's HeartbeatSeconds, its Retry enrolls it again, and enrolment skips shards whose item is stale
+  (SHARD_STALE_SECONDS). The new shard takes the job's relay lease once the dead one's has ended
+  (service/relay_lease.py). Bound: task heartbeat timeout + the lease + one tick (docs/relay-fleet.md).
+- A shard with no jobs for IDLE_SECONDS deletes its item (conditional on its count being 0) and its execution ends.
+- A shard's execution older than RENEW_AFTER_SECONDS hands over to a new execution of the same shard at the end
+  of an invocation (each loop adds 7 events; an execution holds at most 25,000).
+
+The relay lease owner of a job followed by a shard is `<the job's execution ARN>#<shard id>`: the execution's
+other steps (Recover) recognise their own relay, and two shards never share a lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from controlplane.service.relay import RelayOutcome, RelayService
+
+logger = logging.getLogger(__name__)
+
+SHARD_CAPACITY: Final = 25  # jobs one shard follows at once: the Lambda concurrency held is ⌈running jobs / 25⌉
+HEARTBEAT_SECONDS: Final = 30.0  # a shard heartbeats its item and its jobs' tasks this often
+SHARD_STALE_SECONDS: Final = 120.0  # a shard item not heartbeaten for this long is dead: enrolment skips it
+IDLE_SECONDS: Final = 60.0  # a shard without jobs this long retires (its execution ends)
+TICK_SECONDS: Final = 0.25  # how often a shard looks for newly enrolled jobs and finished threads
+CONTENDED_RETRY_SECONDS: Final = 5.0  # the job's previous shard still holds its lease: try again after this
+JOB_THREAD_PREFIX: Final = "relay-job:"  # a job's loop runs in thread `relay-job:<job_id>` (logs, local faults)
+END_RESERVE_SECONDS: Final = 20.0  # an invocation stops following this long before its Lambda's timeout
+RENEW_AFTER_SECONDS: Final = 7 * 24 * 3600.0  # ~700 loops of 15 minutes: far below the history's 25,000 events
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    jobs: frozenset[str]
+    count: int
+    heartbeat_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    job_id: str
+    task_token: str
+    owner: str  # the job's workflow execution (its relay lease owner, before `#<shard>`)
+    shard_id: str | None
+    superseded: str | None = None  # the task token of another execution that followed the job before
+
+
+class FleetStore(Protocol):
+    """adapters/relay_fleet.py DynamoFleetStore."""
+
+    def shards(self) -> list[Shard]: ...
+    def shard(self, shard_id: str) -> Shard | None: ...
+    def create_shard(self, shard_id: str, now: float) -> bool: ...
+    def join(self, shard_id: str, job_id: str, task_token: str, owner: str, superseded: str | None) -> bool: ...
+    def forget_superseded(self, job_id: str, token: str) -> None: ...
+    def leave(self, shard_id: str, job_id: str) -> bool: ...
+    def enrolment(self, job_id: str) -> Enrolment | None: ...
+    def heartbeat(self, shard_id: str, now: float) -> bool: ...
+    def retire(self, shard_id: str) -> bool: ...
+
+
+class TaskCallbacks(Protocol):
+    """Step Functions' callback API (SendTaskSuccess / SendTaskFailure / SendTaskHeartbeat). Each returns False
+    when the token is no longer waited on (the execution moved on, timed out or was stopped)."""
+
+    def succeed(self, token: str, output: dict[str, Any]) -> bool: ...
+    def fail(self, token: str, error: str, cause: str) -> bool: ...
+    def heartbeat(self, token: str) -> bool: ...
+
+
+class ShardStarter(Protocol):
+    def start(self, shard_id: str, serial: int) -> None:
+        """Start an execution of the shard named `<shard_id>-<serial>` (idempotent)."""
+
+
+def _shard_name(number: int) -> str:
+    return f"shard-{number:04d}"
+
+
+def _shard_number(shard_id: str) -> int:
+    try:
+        return int(shard_id.removeprefix("shard-"))
+    except ValueError:
+        return 0
+
+
+class Enroller:
+    """The Relay step: put the job on a shard (the execution then waits for the shard's callback)."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        starter: ShardStarter,
+        clock: Callable[[], float] = time.time,
+        capacity: int = SHARD_CAPACITY,
+    ) -> None:
+        self.store = store
+        self.starter = starter
+        self.clock = clock
+        self.capacity = capacity
+
+    def enroll(self, job_id: str, task_token: str, owner: str) -> str:
+        """The shard now following the job. A previous enrolment of the job (another execution's, or this one's
+        before its task timed out) is replaced: its shard lets the job go, and a different execution still waiting
+        on its token is told by the new shard that another execution follows the job (its workflow ends)."""
+        previous = self.store.enrolment(job_id)
+        if previous is not None and previous.shard_id is not None:
+            self.store.leave(previous.shard_id, job_id)
+        superseded = None
+        if previous is not None and previous.task_token != task_token and previous.owner != owner:
+            superseded = previous.task_token  # the new shard tells that execution (ShardRunner._start)
+        for _ in range(5):  # lost races for the last slot of a shard: pick again
+            shard_id = self._place(job_id, task_token, owner, superseded)
+            if shard_id is not None:
+                logger.info("job enrolled on a relay shard", extra={"job_id": job_id, "shard": shard_id})
+                return shard_id
+        raise RuntimeError(f"could not place job {job_id} on a relay shard (contention); the workflow retries")
+
+    def _place(self, job_id: str, task_token: str, owner: str, superseded: str | None) -> str | None:
+        now = self.clock()
+        shards = self.store.shards()
+        for dead in (s for s in shards if now - s.heartbeat_at >= SHARD_STALE_SECONDS and s.count <= 0):
+            self.store.retire(dead.shard_id)  # a dead shard whose jobs all moved on
+        live = [s for s in shards if now - s.heartbeat_at < SHARD_STALE_SECONDS]
+        open_shards = sorted((s for s in live if s.count < self.capacity), key=lambda s: (-s.count, s.shard_id))
+        for shard in open_shards:  # the fullest first: shards fill up, idle ones retire
+            if self.store.join(shard.shard_id, job_id, task_token, owner, superseded):
+                return shard.shard_id
+        # The lowest free number: enrolments racing for a new shard race for the same id, and one creates it.
+        shard_id = _shard_name(min(set(range(1, len(shards) + 2)) - {_shard_number(s.shard_id) for s in shards}))
+        if not self.store.create_shard(shard_id, now):
+            return None  # another enrolment created it first: join it on the next pass
+        joined = self.store.join(shard_id, job_id, task_token, owner, superseded)
+        self.starter.start(shard_id, int(now * 1000))  # after the join: an empty shard would only wait for it
+        return shard_id if joined else None
+
+
+@dataclass
+class _Followed:
+    thread: threading.Thread
+    outcome: RelayOutcome | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class ShardReport:
+    shard_id: str
+    retired: bool
+    renewed: bool = False
+    followed: int = 0
+    finished: list[str] = field(default_factory=list)
+
+    def as_state(self) -> dict[str, Any]:
+        return {"shard_id": self.shard_id, "retired": self.retired or self.renewed, "renewed": self.renewed,
+                "followed": self.followed, "finished": len(self.finished)}  # fmt: skip
+
+
+class ShardRunner:
+    """One invocation of a shard: follow its jobs until the invocation's time is up (or the shard retires)."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        callbacks: TaskCallbacks,
+        relayer: RelayService,
+        starter: ShardStarter,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        tick_seconds: float = TICK_SECONDS,
+        idle_seconds: float = IDLE_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        self.store = store
+        self.callbacks = callbacks
+        self.relayer = relayer
+        self.starter = starter
+        self.clock = clock
+        self.wall = wall
+        self.sleep = sleep
+        self.tick_seconds = tick_seconds
+        self.idle_seconds = idle_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def follow(self, shard_id: str, time_left: Callable[[], float], execution_age: float = 0.0) -> ShardReport:
+        """Follow the shard's jobs until this invocation's time is up; `execution_age` (seconds since its execution
+        started) decides whether the next invocation runs in a new execution."""
+        report = ShardReport(shard_id, retired=False)
+        followed: dict[str, _Followed] = {}
+        not_before: dict[str, float] = {}
+        stopping = threading.Event()
+        idle_since = self.clock()
+        last_heartbeat = float("-inf")
+
+        def job_time_left() -> float:
+            return 0.0 if stopping.is_set() else time_left() - END_RESERVE_SECONDS + 5.0
+
+        try:
+            while True:
+                now = self.clock()
+                ending = time_left() < END_RESERVE_SECONDS
+                shard = self.store.shard(shard_id)
+                if shard is None:  # retired by an earlier invocation, or removed: nothing to follow
+                    report.retired = True
+                    break
+                if now - last_heartbeat >= self.heartbeat_seconds:
+                    last_heartbeat = now
+                    self.store.heartbeat(shard_id, self.wall())
+                    self._heartbeat_tasks(shard_id, shard.jobs)
+                settled: set[str] = set()  # `shard` was read before they left it
+                for job_id, entry in list(followed.items()):
+                    if not entry.thread.is_alive():
+                        del followed[job_id]
+                        retry_at = self._settle(shard_id, job_id, entry, report)
+                        if retry_at is None:
+                            settled.add(job_id)
+                        else:
+                            not_before[job_id] = now + retry_at
+                if not ending:
+                    for job_id in sorted(shard.jobs - set(followed) - settled):
+                        if not_before.get(job_id, 0.0) > now:
+                            continue
+                        not_before.pop(job_id, None)
+                        followed[job_id] = self._start(shard_id, job_id, job_time_left)
+                        report.followed += 1
+                if shard.jobs or followed:
+                    idle_since = now
+                elif now - idle_since >= self.idle_seconds and self.store.retire(shard_id):
+                    report.retired = True
+                    break
+                if ending and not followed:
+                    break
+                self.sleep(self.tick_seconds)
+        except BaseException:
+            stopping.set()  # this invocation dies: its jobs' loops stop writing (their leases end with it)
+            raise
+        finally:
+            for entry in followed.values():
+                entry.thread.join()
+        if not report.retired and execution_age >= RENEW_AFTER_SECONDS:
+            self.starter.start(shard_id, int(self.wall()))  # the next execution follows on; this one ends
+            report.renewed = True
+        return report
+
+    def _start(self, shard_id: str, job_id: str, time_left: Callable[[], float]) -> _Followed:
+        enrolment = self.store.enrolment(job_id)
+        owner = f"{enrolment.owner if enrolment else 'direct'}#{shard_id}"
+        if enrolment is not None and enrolment.superseded:
+            detail = f"another workflow execution follows this job's output ({enrolment.owner})"
+            self.callbacks.succeed(enrolment.superseded, RelayOutcome(True, detail).as_state())
+            self.store.forget_superseded(job_id, enrolment.superseded)
+        entry = _Followed(threading.Thread(target=lambda: None))
+
+        def run() -> None:
+            try:
+                entry.outcome = self.relayer.relay(job_id, time_left, owner)
+            except BaseException as error:  # noqa: BLE001 - reported to the job's workflow as the step's error
+                entry.error = error
+
+        entry.thread = threading.Thread(target=run, name=f"{JOB_THREAD_PREFIX}{job_id}", daemon=True)
+        entry.thread.start()
+        return entry
+
+    def _settle(self, shard_id: str, job_id: str, entry: _Followed, report: ShardReport) -> float | None:
+        """A job's loop returned: report a finished relay (or its error) to the job's workflow and let the job go;
+        None, or the seconds after which to follow it again."""
+        outcome, error = entry.outcome, entry.error
+        if outcome is not None and not outcome.finished:
+            return 0.0  # the invocation's time is up (the next invocation follows it on)
+        enrolment = self.store.enrolment(job_id)
+        if enrolment is None or enrolment.shard_id != shard_id:
+            return None  # enrolled elsewhere meanwhile: that shard reports it
+        contended = outcome.contended_by if outcome is not None else None
+        if contended is not None and contended.split("#", 1)[0] == enrolment.owner:
+            return CONTENDED_RETRY_SECONDS  # this execution's previous shard: its lease ends soon
+        if error is not None:
+            name = type(error).__name__
+            logger.warning("relay loop failed", extra={"job_id": job_id, "shard": shard_id, "error_type": name})
+            self.callbacks.fail(enrolment.task_token, name, str(error)[:1000])
+        else:
+            assert outcome is not None
+            self.callbacks.succeed(enrolment.task_token, outcome.as_state())
+        self.store.leave(shard_id, job_id)
+        report.finished.append(job_id)
+        return None
+
+    def _heartbeat_tasks(self, shard_id: str, jobs: frozenset[str]) -> None:
+        for job_id in jobs:
+            enrolment = self.store.enrolment(job_id)
+            if enrolment is None or enrolment.shard_id != shard_id:
+                continue
+            with contextlib.suppress(Exception):  # best effort: a missed heartbeat is caught up 30 s later
+                self.callbacks.heartbeat(enrolment.task_token)

@@ -1,0 +1,333 @@
+"""The relay fleet (service/relay_fleet.py): enrolment packs jobs onto live shards, a shard follows each job in its
+own thread and reports every outcome with the job's task token, and a slow job never holds up the others."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from controlplane.service.relay import RelayOutcome
+from controlplane.service.relay_fleet import SHARD_STALE_SECONDS, Enroller, Enrolment, Shard, ShardRunner
+
+
+@dataclass
+class FakeFleet:
+    """The store's contract, in memory: conditional slots, one enrolment per job."""
+
+    capacity: int = 25
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    enrolments: dict[str, Enrolment] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shards(self) -> list[Shard]:
+        with self.lock:
+            return [Shard(k, frozenset(v["jobs"]), len(v["jobs"]), v["hb"]) for k, v in self.items.items()]
+
+    def shard(self, shard_id: str) -> Shard | None:
+        with self.lock:
+            v = self.items.get(shard_id)
+            return None if v is None else Shard(shard_id, frozenset(v["jobs"]), len(v["jobs"]), v["hb"])
+
+    def create_shard(self, shard_id: str, now: float) -> bool:
+        with self.lock:
+            if shard_id in self.items:
+                return False
+            self.items[shard_id] = {"jobs": set(), "hb": now}
+            return True
+
+    def join(self, shard_id: str, job_id: str, task_token: str, owner: str, superseded: str | None = None) -> bool:
+        with self.lock:
+            self.enrolments[job_id] = Enrolment(job_id, task_token, owner, shard_id, superseded)
+            item = self.items.get(shard_id)
+            if item is None or len(item["jobs"]) >= self.capacity or job_id in item["jobs"]:
+                return False
+            item["jobs"].add(job_id)
+            return True
+
+    def leave(self, shard_id: str, job_id: str) -> bool:
+        with self.lock:
+            item = self.items.get(shard_id)
+            left = item is not None and job_id in item["jobs"]
+            if left:
+                item["jobs"].discard(job_id)  # type: ignore[index]
+            enrolment = self.enrolments.get(job_id)
+            if enrolment is not None and enrolment.shard_id == shard_id:
+                self.enrolments[job_id] = Enrolment(job_id, enrolment.task_token, enrolment.owner, None)
+            return left
+
+    def enrolment(self, job_id: str) -> Enrolment | None:
+        with self.lock:
+            return self.enrolments.get(job_id)
+
+    def forget_superseded(self, job_id: str, token: str) -> None:
+        with self.lock:
+            e = self.enrolments.get(job_id)
+            if e is not None and e.superseded == token:
+                self.enrolments[job_id] = Enrolment(job_id, e.task_token, e.owner, e.shard_id, None)
+
+    def heartbeat(self, shard_id: str, now: float) -> bool:
+        with self.lock:
+            if shard_id not in self.items:
+                return False
+            self.items[shard_id]["hb"] = now
+            return True
+
+    def retire(self, shard_id: str) -> bool:
+        with self.lock:
+            item = self.items.get(shard_id)
+            if item is not None and item["jobs"]:
+                return False
+            self.items.pop(shard_id, None)
+            return True
+
+
+@dataclass
+class FakeCallbacks:
+    calls: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def succeed(self, token: str, output: dict[str, Any]) -> bool:
+        self.calls.append(("succeed", token, output))
+        return True
+
+    def fail(self, token: str, error: str, cause: str) -> bool:
+        self.calls.append(("fail", token, error))
+        return True
+
+    def heartbeat(self, token: str) -> bool:
+        self.calls.append(("heartbeat", token, None))
+        return True
+
+    def of(self, kind: str) -> list[tuple[str, Any]]:
+        return [(token, detail) for what, token, detail in self.calls if what == kind]
+
+
+@dataclass
+class FakeStarter:
+    started: list[str] = field(default_factory=list)
+
+    def start(self, shard_id: str, serial: int) -> None:
+        self.started.append(shard_id)
+
+
+def enroller(fleet: FakeFleet, clock: Callable[[], float] = lambda: 1000.0) -> tuple[Enroller, FakeStarter]:
+    starter = FakeStarter()
+    return Enroller(fleet, starter, clock=clock, capacity=fleet.capacity), starter
+
+
+def test_jobs_fill_a_shard_before_a_second_one_starts() -> None:
+    fleet = FakeFleet(capacity=3)
+    enroll, starter = enroller(fleet)
+    shards = [enroll.enroll(f"job-{n}", f"token-{n}", f"exec-{n}") for n in range(7)]
+    assert shards == ["shard-0001"] * 3 + ["shard-0002"] * 3 + ["shard-0003"]
+    assert starter.started == ["shard-0001", "shard-0002", "shard-0003"]
+    assert {s.shard_id: s.count for s in fleet.shards()} == {"shard-0001": 3, "shard-0002": 3, "shard-0003": 1}
+
+
+def test_the_fullest_live_shard_with_room_is_chosen() -> None:
+    fleet = FakeFleet(capacity=3)
+    enroll, _ = enroller(fleet)
+    for n in range(5):
+        enroll.enroll(f"job-{n}", f"token-{n}", f"exec-{n}")
+    fleet.leave("shard-0001", "job-0")  # shard-0001: 2 jobs, shard-0002: 2 jobs
+    fleet.leave("shard-0002", "job-3")  # shard-0002: 1 job
+    assert enroll.enroll("job-9", "token-9", "exec-9") == "shard-0001"
+
+
+def test_a_stale_shard_gets_no_jobs_and_an_empty_one_is_removed() -> None:
+    now = [1000.0]
+    fleet = FakeFleet(capacity=3)
+    enroll, _ = enroller(fleet, clock=lambda: now[0])
+    enroll.enroll("job-1", "token-1", "exec-1")
+    enroll.enroll("job-2", "token-2", "exec-2")
+    fleet.leave("shard-0001", "job-2")
+    now[0] += SHARD_STALE_SECONDS + 1  # shard-0001 stopped heartbeating
+    assert enroll.enroll("job-3", "token-3", "exec-3") == "shard-0002"
+    fleet.leave("shard-0001", "job-1")
+    enroll.enroll("job-4", "token-4", "exec-4")
+    assert fleet.shard("shard-0001") is None  # dead and empty: gone
+
+
+def test_racing_enrolments_create_one_shard() -> None:
+    fleet = FakeFleet(capacity=25)
+    enroll, starter = enroller(fleet)
+    barrier = threading.Barrier(8)
+
+    def one(n: int) -> None:
+        barrier.wait()
+        enroll.enroll(f"job-{n}", f"token-{n}", f"exec-{n}")
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [s.count for s in fleet.shards()] == [8]
+    assert starter.started == ["shard-0001"]
+
+
+def test_another_execution_enrolling_the_job_supersedes_the_first() -> None:
+    fleet = FakeFleet(capacity=3)
+    enroll, _ = enroller(fleet)
+    enroll.enroll("job-1", "token-a", "exec-a")
+    enroll.enroll("job-1", "token-b", "exec-b")
+    assert fleet.enrolment("job-1") == Enrolment("job-1", "token-b", "exec-b", "shard-0001", superseded="token-a")
+    assert [s.count for s in fleet.shards()] == [1]
+    # the shard that follows the job on tells the first execution, once
+    callbacks = FakeCallbacks()
+    relayer = ScriptedRelayer({"job-1": RelayOutcome(True, "drained")})
+    runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
+    assert [token for token, _ in callbacks.of("succeed")] == ["token-a", "token-b"]
+    assert "another workflow execution" in callbacks.of("succeed")[0][1]["detail"]
+    enroll.enroll("job-1", "token-c", "exec-b")  # the same execution again (its task timed out): nobody to tell
+    assert fleet.enrolment("job-1").superseded is None  # type: ignore[union-attr]
+
+
+class ScriptedRelayer:
+    """relay(job_id, time_left, owner) as scripted per job: an outcome, an exception, or a wait on an event."""
+
+    def __init__(self, script: dict[str, Any]) -> None:
+        self.script = script
+        self.owners: dict[str, str] = {}
+        self.calls: list[str] = []
+
+    def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+        self.owners[job_id] = owner
+        self.calls.append(job_id)
+        step = self.script[job_id]
+        if callable(step):
+            step = step()
+        if isinstance(step, BaseException):
+            raise step
+        return step  # type: ignore[no-any-return]
+
+
+def shard_with(fleet: FakeFleet, jobs: dict[str, str]) -> None:
+    fleet.create_shard("shard-0001", time.time())
+    for job_id, owner in jobs.items():
+        assert fleet.join("shard-0001", job_id, f"token-{job_id}", owner)
+
+
+def runner(fleet: FakeFleet, relayer: ScriptedRelayer, callbacks: FakeCallbacks, **kwargs: Any) -> ShardRunner:
+    return ShardRunner(fleet, callbacks, relayer, FakeStarter(), tick_seconds=0.01, idle_seconds=0.2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_shard_reports_each_outcome_with_its_token_and_retires_when_idle() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1", "job-2": "exec-2"})
+    relayer = ScriptedRelayer({
+        "job-1": RelayOutcome(True, "the output is drained"),
+        "job-2": RuntimeError("boom"),
+    })  # fmt: skip
+    report = runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
+    assert report.retired
+    assert sorted(report.finished) == ["job-1", "job-2"]
+    assert callbacks.of("succeed") == [("token-job-1", RelayOutcome(True, "the output is drained").as_state())]
+    assert callbacks.of("fail") == [("token-job-2", "RuntimeError")]
+    assert relayer.owners == {"job-1": "exec-1#shard-0001", "job-2": "exec-2#shard-0001"}
+    assert fleet.shard("shard-0001") is None  # retired
+
+
+def test_a_lease_held_by_the_same_execution_s_previous_shard_is_waited_for() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1", "job-2": "exec-2"})
+    answers = iter([RelayOutcome(True, "held", contended_by="exec-1#shard-0009"), RelayOutcome(True, "drained")])
+    relayer = ScriptedRelayer({
+        "job-1": lambda: next(answers),
+        "job-2": RelayOutcome(True, "held elsewhere", contended_by="exec-other#shard-0003"),
+    })  # fmt: skip
+    import controlplane.service.relay_fleet as fleet_module
+
+    saved = fleet_module.CONTENDED_RETRY_SECONDS
+    fleet_module.CONTENDED_RETRY_SECONDS = 0.05
+    try:
+        runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
+    finally:
+        fleet_module.CONTENDED_RETRY_SECONDS = saved
+    assert relayer.calls.count("job-1") == 2  # tried again once the old shard's lease could have ended
+    assert relayer.calls.count("job-2") == 1  # another execution follows it: this one is told it is finished
+    assert [detail["detail"] for _, detail in callbacks.of("succeed")] == ["held elsewhere", "drained"]
+
+
+def test_an_unfinished_loop_is_followed_on_and_an_ending_invocation_stops_starting_loops() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1"})
+    left = [600.0]
+
+    def budget_used() -> RelayOutcome:
+        left[0] -= 300.0
+        return RelayOutcome(False, "budget used")
+
+    relayer = ScriptedRelayer({"job-1": budget_used})
+    report = runner(fleet, relayer, callbacks).follow("shard-0001", lambda: left[0])
+    assert not report.retired
+    assert relayer.calls == ["job-1", "job-1"]  # followed on once, then the invocation's time was up
+    assert callbacks.of("succeed") == []
+    assert fleet.shard("shard-0001") is not None
+
+
+def test_a_stalled_job_does_not_hold_up_the_others() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-stalled": "exec-1", "job-quick": "exec-2"})
+    release, reported = threading.Event(), threading.Event()
+    real_succeed = callbacks.succeed
+
+    def succeed(token: str, output: dict[str, Any]) -> bool:
+        if token == "token-job-quick":
+            reported.set()
+        return real_succeed(token, output)
+
+    callbacks.succeed = succeed  # type: ignore[method-assign]
+
+    def stalled() -> RelayOutcome:
+        release.wait(30)
+        return RelayOutcome(True, "drained at last")
+
+    relayer = ScriptedRelayer({"job-stalled": stalled, "job-quick": RelayOutcome(True, "drained")})
+    done: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: done.append(runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0))
+    )
+    thread.start()
+    try:
+        assert reported.wait(10), "the quick job's outcome waited for the stalled one"
+        assert [token for token, _ in callbacks.of("succeed")] == ["token-job-quick"]
+    finally:
+        release.set()
+        thread.join(30)
+    assert done
+    assert sorted(done[0].finished) == ["job-quick", "job-stalled"]
+
+
+def test_a_dying_invocation_stops_its_loops_and_raises() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1"})
+    seen_budget: list[float] = []
+    started = threading.Event()
+
+    def streaming(time_left: Callable[[], float]) -> RelayOutcome:
+        started.set()
+        while time_left() > 0:
+            time.sleep(0.01)
+        seen_budget.append(time_left())
+        return RelayOutcome(False, "budget used")
+
+    class Relayer(ScriptedRelayer):
+        def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+            return streaming(time_left)
+
+    class Dying(FakeFleet):
+        def shard(self, shard_id: str) -> Shard | None:
+            if started.is_set():
+                raise RuntimeError("the runtime died")
+            return super().shard(shard_id)
+
+    dying = Dying(items=fleet.items, enrolments=fleet.enrolments)
+    with pytest.raises(RuntimeError):
+        runner(dying, Relayer({}), callbacks).follow("shard-0001", lambda: 600.0)
+    assert seen_budget == [0.0]  # the job's loop saw its time end with the invocation
+    assert callbacks.calls == [("heartbeat", "token-job-1", None)]  # nothing reported for the job
