@@ -9,9 +9,9 @@ bench/prices.py.
   touched), Secrets Manager calls and Job State Change events.
 - Per job-hour: a job that prints a 100-byte line every second ("typical"; then 10 per second, "busy"). A relay
   shard follows it the whole hour (docs/relay-fleet.md): a full shard's share of its Lambda time (512 MB / 25 jobs)
-  and of its loop's invocations and transitions; the AWS calls made while the job streams (its writes, its status
-  reads, the shard's reads of its own item) are counted in a window of steady output and scaled to an hour, all
-  charged to this job (an upper bound); the reconciler's sweeps (one a minute) are charged to the job in full (an
+  and of its loop's invocations and transitions; the AWS calls made while the job streams are counted in a window
+  of steady output and scaled to an hour: its writes and status reads in full, the shard's reads of its own item
+  and its heartbeats as a full shard's share; the reconciler's sweeps (one a minute) are charged to the job in full (an
   upper bound: one job).
 - S3 (the artifacts bucket), in both: a typical job's bytes (bench/s3cost.py TypicalJob: a 50 MB workdir per
   launch, checkpoints synced every 2 minutes with 5 files changed, all kept until they expire), priced from the
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from collections import Counter
@@ -49,7 +50,8 @@ from local import runtime
 
 SECTION = "4 cost"
 LAUNCH_TARGET = 0.002
-HOUR_TARGET = 0.02
+HOUR_TARGET = 0.002  # issue 17: ten times lower than the $0.02 of one relay Lambda per job
+CURVE_JOBS = (1, 10, 100, 1000)  # the cost curve: per job-hour at this many concurrent jobs
 SHARD_LOOP_TRANSITIONS = 2  # a relay shard's loop: Follow (a Task) and More? (a Choice), per invocation
 LINE = "t={t:.6f} {phase} step {n:06d} loss=0.123456 lr=0.000300 tokens/s=12345.6 grad_norm=0.98"
 COST_JOB = """python3 - <<'EOF'
@@ -130,15 +132,18 @@ class Units:
         return 0.0, 0.0
 
 
-def usage_of(measured: Measured, units: Units, deployment: Deployment) -> Usage:
+def usage_of(measured: Measured, units: Units, deployment: Deployment, shard_share: bool = True) -> Usage:
+    """What the measured requests and invocations cost; a relay shard's upkeep as a full shard's share (or whole,
+    `shard_share=False`)."""
     usage = Usage(state_transitions=float(measured.transitions), api_requests=float(measured.api_requests))
     for op in measured.ops:
         if op.by_bench:
             continue
         if op.service == "dynamodb":
             write, read = units.of(op)
-            usage.dynamodb_write_units += write
-            usage.dynamodb_read_units += read
+            share = 1.0 / SHARD_CAPACITY if shard_share and _shard_upkeep(op) else 1.0
+            usage.dynamodb_write_units += write * share
+            usage.dynamodb_read_units += read * share
         elif op.service == "secretsmanager":
             usage.secrets_manager_calls += 1
         elif op.service == "events" and op.operation == "PutEvents":
@@ -147,6 +152,14 @@ def usage_of(measured: Measured, units: Units, deployment: Deployment) -> Usage:
         usage.lambda_requests += 1
         usage.lambda_gb_seconds += prices.gb_seconds(seconds, deployment.memory(handler))
     return usage
+
+
+def _shard_upkeep(op: Op) -> bool:
+    """A relay shard's reads of its own item (4 a second) and its heartbeats: shared by the shard's jobs, so a
+    full shard's share is charged to each (docs/relay-fleet.md). Enrolment's own writes are the job's."""
+    if '"relay-fleet"' not in op.body:
+        return False
+    return op.operation == "GetItem" or (op.operation == "UpdateItem" and "heartbeat_at" in op.body)
 
 
 def _handler_of(function_name: str) -> str:
@@ -372,16 +385,17 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
 
     # The relay: the job is followed by a relay shard (docs/relay-fleet.md), one 512 MB invocation for up to
     # SHARD_CAPACITY jobs, looping every TIMEOUTS["relay_shard"] seconds (a few transitions each). Charged as a full
-    # shard's share. Its reads of its own shard item while the job streamed are in the window below, charged to this
-    # job in full (an upper bound); its task heartbeats (SendTaskHeartbeat) are free API calls.
+    # shard's share, as are its reads of its own item in the window below (_shard_upkeep); its task heartbeats
+    # (SendTaskHeartbeat) are free API calls.
     shard_memory = deployment.memory(statemachine.FLEET_HANDLER)
     shard_loops_per_hour = 3600 / statemachine.TIMEOUTS["relay_shard"]
     sweeps_per_hour = 3600 / deployment.reconcile_every_seconds
-    fixed_hour = Usage(
-        lambda_gb_seconds=prices.gb_seconds(3600, shard_memory) / SHARD_CAPACITY,
-        lambda_requests=shard_loops_per_hour / SHARD_CAPACITY,
-        state_transitions=shard_loops_per_hour * SHARD_LOOP_TRANSITIONS / SHARD_CAPACITY,
-    ) + usage_of(sweep, units, deployment).scaled(sweeps_per_hour)
+    shard_hour = Usage(
+        lambda_gb_seconds=prices.gb_seconds(3600, shard_memory),
+        lambda_requests=shard_loops_per_hour,
+        state_transitions=shard_loops_per_hour * SHARD_LOOP_TRANSITIONS,
+    )
+    fixed_hour = shard_hour.scaled(1 / SHARD_CAPACITY) + usage_of(sweep, units, deployment).scaled(sweeps_per_hour)
     # S3: a typical job's bytes, from requests counted on a real run and checked against the model
     typical_job = TypicalJob(keep_days=float(s3cost.expiry_days()))
     s3_counted = count_s3(session, provider_id, typical_job)
@@ -392,10 +406,22 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
     )
     per_launch_all = per_launch + launch_s3
     hours: dict[str, Usage] = {}
+    upkeep_hour = Usage()  # one shard's reads of its own item and heartbeats, for an hour (typical window)
     for phase, (start, end) in windows.items():
         window = Measured(ops=[op for op in streaming if start <= op.seen_at <= end])
         rate = usage_of(window, units, deployment).scaled(3600 / (end - start))
         hours[phase] = fixed_hour + rate + hour_s3
+        if phase == "typical":
+            upkeep = Measured(ops=[op for op in window.ops if _shard_upkeep(op)])
+            upkeep_hour = usage_of(upkeep, units, deployment, shard_share=False).scaled(3600 / (end - start))
+    # The curve: at N concurrent jobs, ⌈N/25⌉ shards' Lambda and upkeep are shared by the N jobs (the figure above
+    # assumes full shards); everything else is per job. The reconciler's sweeps stay charged to each job in full.
+    per_shard = shard_hour + upkeep_hour
+    curve: dict[int, float] = {}
+    if "typical" in hours:
+        for n in CURVE_JOBS:
+            shared = per_shard.scaled(math.ceil(n / SHARD_CAPACITY) / n - 1 / SHARD_CAPACITY)
+            curve[n] = prices.dollars(hours["typical"] + shared)["total"]
     launch_cost = prices.dollars(per_launch_all)["total"]
     typical = prices.dollars(hours["typical"])["total"] if "typical" in hours else None
     busy = prices.dollars(hours["busy"])["total"] if "busy" in hours else None
@@ -443,6 +469,17 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
             note=f"{hour_requests.put} PUTs per sync, no LIST (sync-up's changes come from its state file); "
             f"{_s3_lines(hour_s3)}",
         ),
+        *(
+            Figure(
+                SECTION,
+                f"… typical logs with {n} job{'s' if n > 1 else ''} running at once "
+                f"({math.ceil(n / SHARD_CAPACITY)} relay shard{'s' if n > SHARD_CAPACITY else ''})",
+                dollars,
+                "$",
+                note="the cost curve: the shards' Lambda and upkeep shared by the jobs running" if n == 1 else "",
+            )
+            for n, dollars in curve.items()
+        ),
         Figure(SECTION, "per job-hour, busy logs (10 lines per second)", busy, "$", note=_hour_note(hours.get("busy"))),
         Figure(SECTION, "a client following the log once a second, per hour", _total(follow_hour), "$"),
         Figure(
@@ -477,6 +514,8 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
             "submit_to_end_seconds": round(launch_seconds, 1),
         },
         "per_hour": {p: {"usage": u.as_dict(), "dollars": _rounded(prices.dollars(u))} for p, u in hours.items()},
+        "per_hour_curve": {str(n): round(dollars, 6) for n, dollars in curve.items()},
+        "relay_shard_hour": {"usage": per_shard.as_dict(), "dollars": _rounded(prices.dollars(per_shard))},
         "windows_seconds": {phase: round(end - start, 1) for phase, (start, end) in windows.items()},
         "reconcile_sweep": {
             "provider_regions": described,
