@@ -43,9 +43,12 @@ bench: install sshd
 catalog: install
 	$(PY) scripts/refresh_catalog.py
 
+# The unit, integration and template tests in two processes (each integration module has its own emulator); the
+# end-to-end tests after them, one module at a time (their latency assertions want the machine to themselves).
 test: install sshd lint typecheck
 	$(PY) scripts/refresh_catalog.py --check
-	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q
+	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q -n 2 tests/unit tests/integration tests/infra
+	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q tests/e2e
 
 unit: install
 	$(PY) -m pytest -q tests/unit

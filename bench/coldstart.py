@@ -47,26 +47,28 @@ HANDLERS: dict[str, str] = {
     "controlplane.handlers.workflow": "pipeline",
     "controlplane.handlers.events": "instance_events",
     "controlplane.handlers.reconcile": "reconciler",
+    # a relay shard (docs/relay-fleet.md): the relay's services and the fleet's store and Step Functions client
+    "controlplane.handlers.relay_shard": "controlplane.handlers.relay_shard:wire",
 }
-# What a handler's first invocation imports beyond its wiring: the relay step's first connect imports paramiko (and
+# What a handler's first invocation imports beyond its wiring: a relay shard's first connect imports paramiko (and
 # cryptography, PyNaCl, bcrypt), which the wiring leaves to it (adapters/ssh.py), so the relay's figure counts it.
-FIRST_CALL_IMPORTS: dict[str, tuple[str, ...]] = {"controlplane.handlers.workflow": ("paramiko",)}
+FIRST_CALL_IMPORTS: dict[str, tuple[str, ...]] = {"controlplane.handlers.relay_shard": ("paramiko",)}
 # The variables stacks/functions.py (use_artifacts) sets on the functions with access to the artifacts bucket: the
-# API and the relay step (the other steps, the authorizer, instance events and the reconciler have none). With them
+# API and a relay shard (the workflow steps, the authorizer, instance events and the reconciler have none). With them
 # the wiring also makes the S3 client (and the relay's and the API's STS client for instance grants), as deployed.
 ARTIFACTS_ENV = {
     "ARTIFACT_BUCKET": "ec2jobs-artifacts-123456789012-us-east-1",
     "INSTANCE_TRANSFER_ROLE_ARN": "arn:aws:iam::123456789012:role/ec2jobs-instance-transfer",
 }
-WITH_ARTIFACTS = frozenset({"controlplane.handlers.api", "controlplane.handlers.workflow"})
+WITH_ARTIFACTS = frozenset({"controlplane.handlers.api", "controlplane.handlers.relay_shard"})
 _PROBE = """
 import importlib, sys, time
 started = time.perf_counter()
 importlib.import_module(sys.argv[1])
 imported = time.perf_counter()
 if sys.argv[2]:
-    from controlplane.handlers import container
-    getattr(container, sys.argv[2])()
+    module, _, function = sys.argv[2].rpartition(":")
+    getattr(importlib.import_module(module or "controlplane.handlers.container"), function)()
 for name in sys.argv[3:]:
     importlib.import_module(name)
 print(imported - started, time.perf_counter() - started)
@@ -272,11 +274,11 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
                 f"{timing['import_no_bytecode_ms']:.0f} ms; + wiring {timing['wired_ms']:.0f} ms",
             )
         )
-    relay = timings["controlplane.handlers.workflow"]
+    relay = timings["controlplane.handlers.relay_shard"]
     figures.append(
         Figure(
             SECTION,
-            "relay step: handlers.workflow + its wiring (paramiko, clients)",
+            "relay shard: handlers.relay_shard + its wiring (paramiko, clients)",
             relay["wired_ms"],
             "ms",
             ("<=", RELAY_TARGET_MS),

@@ -35,6 +35,12 @@ def _fleet() -> tuple[Any, Any, Any]:
     return _wired["store"], _wired["callbacks"], _wired["starter"]
 
 
+def wire() -> None:
+    """What a shard's first invocation builds before it follows anything (bench/coldstart.py times it)."""
+    container.pipeline()
+    _fleet()
+
+
 @logger.inject_lambda_context
 def enroll(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Relay step: {job_id, relay_owner (the execution), task_token} → the job follows on a shard."""
