@@ -33,8 +33,7 @@ TEAM_BURST_LIMIT = 20
 # effect within 300 s (API Gateway's default TTL; 0 would call the authorizer on every request).
 AUTHORIZER_CACHE = Duration.minutes(5)
 USAGE_PLAN_OUTPUT = "UsagePlanId"
-# Every route of controlplane/handlers/api.py (tests/infra checks both lists agree), plus POST /jobs/{job_id}/cancel,
-# which issue 7 adds to the handler (until then the handler answers it 404).
+# Every route of controlplane/handlers/api_routes.py (tests/infra checks both lists agree).
 ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/catalog"),
     ("POST", "/providers"),

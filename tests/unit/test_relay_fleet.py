@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from controlplane.service.relay import RelayOutcome
 from controlplane.service.relay_fleet import SHARD_STALE_SECONDS, Enroller, Enrolment, Shard, ShardRunner
@@ -24,20 +25,32 @@ class FakeFleet:
     enrolments: dict[str, Enrolment] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    fail_reads: int = 0  # the next reads of a shard item fail as if throttled
+
     def shards(self) -> list[Shard]:
         with self.lock:
-            return [Shard(k, frozenset(v["jobs"]), len(v["jobs"]), v["hb"]) for k, v in self.items.items()]
+            return [Shard(k, frozenset(v["jobs"]), len(v["jobs"]), v["hb"], v["ex"]) for k, v in self.items.items()]
 
     def shard(self, shard_id: str) -> Shard | None:
         with self.lock:
+            if self.fail_reads > 0:
+                self.fail_reads -= 1
+                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "GetItem")
             v = self.items.get(shard_id)
-            return None if v is None else Shard(shard_id, frozenset(v["jobs"]), len(v["jobs"]), v["hb"])
+            return None if v is None else Shard(shard_id, frozenset(v["jobs"]), len(v["jobs"]), v["hb"], v["ex"])
 
-    def create_shard(self, shard_id: str, now: float) -> bool:
+    def create_shard(self, shard_id: str, now: float, execution: str = "") -> bool:
         with self.lock:
             if shard_id in self.items:
                 return False
-            self.items[shard_id] = {"jobs": set(), "hb": now}
+            self.items[shard_id] = {"jobs": set(), "hb": now, "ex": execution}
+            return True
+
+    def hand_over(self, shard_id: str, execution: str) -> bool:
+        with self.lock:
+            if shard_id not in self.items:
+                return False
+            self.items[shard_id]["ex"] = execution
             return True
 
     def join(self, shard_id: str, job_id: str, task_token: str, owner: str, superseded: str | None = None) -> bool:
@@ -77,10 +90,10 @@ class FakeFleet:
             self.items[shard_id]["hb"] = now
             return True
 
-    def retire(self, shard_id: str) -> bool:
+    def retire(self, shard_id: str, stale_before: float | None = None) -> bool:
         with self.lock:
             item = self.items.get(shard_id)
-            if item is not None and item["jobs"]:
+            if item is not None and (item["jobs"] or (stale_before is not None and item["hb"] >= stale_before)):
                 return False
             self.items.pop(shard_id, None)
             return True
@@ -109,9 +122,11 @@ class FakeCallbacks:
 @dataclass
 class FakeStarter:
     started: list[str] = field(default_factory=list)
+    executions: list[str] = field(default_factory=list)
 
-    def start(self, shard_id: str, serial: int) -> None:
+    def start(self, shard_id: str, execution: str) -> None:
         self.started.append(shard_id)
+        self.executions.append(execution)
 
 
 def enroller(fleet: FakeFleet, clock: Callable[[], float] = lambda: 1000.0) -> tuple[Enroller, FakeStarter]:
@@ -232,14 +247,12 @@ def test_a_shard_reports_each_outcome_with_its_token_and_retires_when_idle() -> 
     assert fleet.shard("shard-0001") is None  # retired
 
 
-def test_a_lease_held_by_the_same_execution_s_previous_shard_is_waited_for() -> None:
+def test_a_lease_another_loop_still_holds_is_waited_for_while_the_job_is_this_shard_s() -> None:
     fleet, callbacks = FakeFleet(), FakeCallbacks()
     shard_with(fleet, {"job-1": "exec-1", "job-2": "exec-2"})
-    answers = iter([RelayOutcome(True, "held", contended_by="exec-1#shard-0009"), RelayOutcome(True, "drained")])
-    relayer = ScriptedRelayer({
-        "job-1": lambda: next(answers),
-        "job-2": RelayOutcome(True, "held elsewhere", contended_by="exec-other#shard-0003"),
-    })  # fmt: skip
+    first = iter([RelayOutcome(True, "held", contended_by="exec-1#shard-0009"), RelayOutcome(True, "drained 1")])
+    second = iter([RelayOutcome(True, "held", contended_by="exec-other#shard-0003"), RelayOutcome(True, "drained 2")])
+    relayer = ScriptedRelayer({"job-1": lambda: next(first), "job-2": lambda: next(second)})
     import controlplane.service.relay_fleet as fleet_module
 
     saved = fleet_module.CONTENDED_RETRY_SECONDS
@@ -248,9 +261,96 @@ def test_a_lease_held_by_the_same_execution_s_previous_shard_is_waited_for() -> 
         runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
     finally:
         fleet_module.CONTENDED_RETRY_SECONDS = saved
-    assert relayer.calls.count("job-1") == 2  # tried again once the old shard's lease could have ended
-    assert relayer.calls.count("job-2") == 1  # another execution follows it: this one is told it is finished
-    assert [detail["detail"] for _, detail in callbacks.of("succeed")] == ["held elsewhere", "drained"]
+    # whoever held the lease (a dying shard, a loop told to stop), the job's own shard waits and then streams it
+    assert relayer.calls.count("job-1") == 2
+    assert relayer.calls.count("job-2") == 2
+    assert sorted(detail["detail"] for _, detail in callbacks.of("succeed")) == ["drained 1", "drained 2"]
+
+
+def test_a_job_enrolled_elsewhere_is_stopped_its_slot_freed_and_its_lease_released() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1"})
+    streaming = threading.Event()
+    released: list[tuple[str, str]] = []
+
+    class Lease:
+        def shorten_relay(self, job_id: str, owner: str, until: Any) -> bool:
+            released.append((job_id, owner))
+            return True
+
+    class Relayer(ScriptedRelayer):
+        lease = Lease()
+
+        def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+            streaming.set()
+            while time_left() > 0:
+                time.sleep(0.01)
+            raise RuntimeError("this invocation's hold on the lease has ended")
+
+    def move() -> None:  # another enrolment takes the job to shard-0002 while shard-0001 streams it
+        streaming.wait(10)
+        fleet.create_shard("shard-0002", time.time())
+        with fleet.lock:
+            fleet.items["shard-0001"]["jobs"].discard("job-1")
+            fleet.enrolments["job-1"] = Enrolment("job-1", "token-b", "exec-b", "shard-0002")
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    report = runner(fleet, Relayer({}), callbacks).follow("shard-0001", lambda: 600.0)
+    mover.join()
+    assert report.retired  # it had nothing left to follow
+    assert [c for c in callbacks.calls if c[0] != "heartbeat"] == []  # shard-0002 reports the job, not this one
+    assert released == [("job-1", "exec-1#shard-0001")]
+
+
+def test_a_stale_slot_left_by_racing_enrolments_is_freed_not_followed() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1"})
+    fleet.create_shard("shard-0002", time.time())
+    fleet.join("shard-0002", "job-1", "token-2", "exec-2")  # the job item names shard-0002; shard-0001 keeps a slot
+    relayer = ScriptedRelayer({})
+    report = runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
+    assert relayer.calls == []
+    assert report.retired
+    assert fleet.shard("shard-0001") is None
+
+
+def test_a_throttled_tick_is_skipped_without_stopping_the_loops() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1"})
+    fleet.fail_reads = 3
+    relayer = ScriptedRelayer({"job-1": RelayOutcome(True, "drained")})
+    report = runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
+    assert relayer.calls == ["job-1"]
+    assert report.finished == ["job-1"]
+
+
+def test_an_execution_that_is_not_the_shard_s_follows_nothing() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    fleet.create_shard("shard-0001", time.time(), "shard-0001-2")
+    fleet.join("shard-0001", "job-1", "token-1", "exec-1")
+    relayer = ScriptedRelayer({"job-1": RelayOutcome(True, "drained")})
+    report = runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0, execution="shard-0001-1")
+    assert report.retired
+    assert relayer.calls == []
+
+
+def test_an_old_execution_hands_the_shard_over_to_the_next() -> None:
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1"})
+    starter = FakeStarter()
+    relayer = ScriptedRelayer({"job-1": RelayOutcome(False, "budget used")})
+    left = [600.0]
+
+    def time_left() -> float:
+        left[0] -= 200.0
+        return left[0]
+
+    shard = ShardRunner(fleet, callbacks, relayer, starter, tick_seconds=0.01)  # type: ignore[arg-type]
+    report = shard.follow("shard-0001", time_left, execution_age=8 * 24 * 3600.0, execution="shard-0001-1")
+    assert report.renewed
+    assert report.as_state()["retired"] is True  # this execution ends
+    assert fleet.shard("shard-0001").execution == starter.executions[0]  # type: ignore[union-attr]
 
 
 def test_an_unfinished_loop_is_followed_on_and_an_ending_invocation_stops_starting_loops() -> None:

@@ -41,13 +41,14 @@ class DynamoFleetStore:
             jobs=frozenset(str(j) for j in item.get("jobs", set())),
             count=int(item.get("job_count", 0)),
             heartbeat_at=float(item.get("heartbeat_at", 0)),
+            execution=str(item.get("execution", "")),
         )
 
     def shards(self) -> list[Shard]:
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {
             "KeyConditionExpression": Key("pk").eq(FLEET_PK),
-            "ProjectionExpression": "sk, job_count, heartbeat_at",
+            "ProjectionExpression": "sk, job_count, heartbeat_at, execution",
             "ConsistentRead": True,
         }
         while True:
@@ -61,10 +62,16 @@ class DynamoFleetStore:
         item = self.state.get_item(Key={"pk": FLEET_PK, "sk": shard_id}, ConsistentRead=True).get("Item")
         return None if item is None else self._shard(item)
 
-    def create_shard(self, shard_id: str, now: float) -> bool:
+    def create_shard(self, shard_id: str, now: float, execution: str) -> bool:
         try:
             self.state.put_item(
-                Item={"pk": FLEET_PK, "sk": shard_id, "job_count": 0, "heartbeat_at": _decimal(now)},
+                Item={
+                    "pk": FLEET_PK,
+                    "sk": shard_id,
+                    "job_count": 0,
+                    "heartbeat_at": _decimal(now),
+                    "execution": execution,
+                },
                 ConditionExpression="attribute_not_exists(sk)",
             )
         except ClientError as error:
@@ -149,6 +156,21 @@ class DynamoFleetStore:
             if not _is_condition_failure(error):
                 raise
 
+    def hand_over(self, shard_id: str, execution: str) -> bool:
+        """The shard's next execution: from now on only it follows the shard's jobs."""
+        try:
+            self.state.update_item(
+                Key={"pk": FLEET_PK, "sk": shard_id},
+                UpdateExpression="SET execution = :execution",
+                ConditionExpression="attribute_exists(sk)",
+                ExpressionAttributeValues={":execution": execution},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
     def heartbeat(self, shard_id: str, now: float) -> bool:
         try:
             self.state.update_item(
@@ -163,13 +185,19 @@ class DynamoFleetStore:
             raise
         return True
 
-    def retire(self, shard_id: str) -> bool:
-        """Delete the shard's item if it has no jobs (a job enrolled meanwhile keeps it)."""
+    def retire(self, shard_id: str, stale_before: float | None = None) -> bool:
+        """Delete the shard's item if it has no jobs (a job enrolled meanwhile keeps it) and, with `stale_before`,
+        only if it was last heartbeaten before then (a dead shard's, not one that came back)."""
+        condition = "attribute_not_exists(sk) OR job_count <= :zero"
+        values: dict[str, Any] = {":zero": 0}
+        if stale_before is not None:
+            condition = "attribute_not_exists(sk) OR (job_count <= :zero AND heartbeat_at < :stale)"
+            values[":stale"] = _decimal(stale_before)
         try:
             self.state.delete_item(
                 Key={"pk": FLEET_PK, "sk": shard_id},
-                ConditionExpression="attribute_not_exists(sk) OR job_count <= :zero",
-                ExpressionAttributeValues={":zero": 0},
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if _is_condition_failure(error):
@@ -217,11 +245,11 @@ class ShardExecutions:
         self.client = client
         self.state_machine_arn = state_machine_arn
 
-    def start(self, shard_id: str, serial: int) -> None:
+    def start(self, shard_id: str, execution: str) -> None:
         try:
             self.client.start_execution(
                 stateMachineArn=self.state_machine_arn,
-                name=f"{shard_id}-{serial}",
+                name=execution,
                 input=json.dumps({"shard_id": shard_id}),
             )
         except ClientError as error:

@@ -249,7 +249,14 @@ def definition(
                 "Retry": [
                     {"ErrorEquals": ["States.Timeout"], "IntervalSeconds": 1, "MaxAttempts": 20, "BackoffRate": 1},
                     *_retry_transient(5, 5, RELAY_THROTTLE_RETRY),
-                    {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 10, "MaxAttempts": 8, "BackoffRate": 2},
+                    # one Relay task spans the whole attempt: its budget of retries too (no wait above 5 minutes)
+                    {
+                        "ErrorEquals": ["States.ALL"],
+                        "IntervalSeconds": 10,
+                        "MaxAttempts": 8,
+                        "BackoffRate": 2,
+                        "MaxDelaySeconds": 300,
+                    },
                 ],
                 "Catch": [
                     {"ErrorEquals": [THROTTLED], "ResultPath": "$.relay_error", "Next": "RelayThrottled"},
@@ -304,7 +311,11 @@ def fleet_definition(follow_function: str) -> dict[str, Any]:
             "Follow": {
                 "Type": "Task",
                 "Resource": follow_function,
-                "Parameters": {"shard_id.$": "$.shard_id", "execution_started_at.$": "$$.Execution.StartTime"},
+                "Parameters": {
+                    "shard_id.$": "$.shard_id",
+                    "execution_name.$": "$$.Execution.Name",  # only the shard's own execution follows it
+                    "execution_started_at.$": "$$.Execution.StartTime",
+                },
                 "Retry": [
                     {
                         "ErrorEquals": ["States.ALL"],

@@ -79,6 +79,7 @@ def follow(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         str(event["shard_id"]),
         lambda: context.get_remaining_time_in_millis() / 1000,
         _age_seconds(event.get("execution_started_at")),
+        str(event.get("execution_name") or ""),
     )
     logger.info("relay shard invocation ended", extra=report.as_state())
     return {"shard_id": report.shard_id, "shard": report.as_state()}

@@ -17,6 +17,11 @@ shard reports the job's relay outcome with its task token (SendTaskSuccess / Sen
   the workflow's HeartbeatSeconds, its Retry enrolls it again, and enrolment skips shards whose item is stale
   (SHARD_STALE_SECONDS). The new shard takes the job's relay lease once the dead one's has ended
   (service/relay_lease.py). Bound: task heartbeat timeout + the lease + one tick (docs/relay-fleet.md).
+- **One follower per job**: a shard stops following a job that left its item (enrolled elsewhere) and releases
+  its lease; a job whose lease another loop still holds is tried again every CONTENDED_RETRY_SECONDS for as long
+  as it is this shard's. A shard item names its one execution: any other execution of that shard follows nothing.
+- A failing DynamoDB or Step Functions call skips a tick; only failures lasting MAX_FAILING_SECONDS end the
+  invocation (and every loop with it).
 - A shard with no jobs for IDLE_SECONDS deletes its item (conditional on its count being 0) and its execution ends.
 - A shard's execution older than RENEW_AFTER_SECONDS hands over to a new execution of the same shard at the end
   of an invocation (each loop adds 7 events; an execution holds at most 25,000).
@@ -35,18 +40,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from controlplane.core.models import utcnow
 from controlplane.service.relay import RelayOutcome, RelayService
 
 logger = logging.getLogger(__name__)
 
 SHARD_CAPACITY: Final = 25  # jobs one shard follows at once: the Lambda concurrency held is ⌈running jobs / 25⌉
 HEARTBEAT_SECONDS: Final = 30.0  # a shard heartbeats its item and its jobs' tasks this often
-SHARD_STALE_SECONDS: Final = 120.0  # a shard item not heartbeaten for this long is dead: enrolment skips it
+# A shard item not heartbeaten for this long is dead: enrolment skips it. Below the Relay task's HeartbeatSeconds
+# (120), so a job whose task timed out on a dead shard never joins that shard again.
+SHARD_STALE_SECONDS: Final = 90.0
 IDLE_SECONDS: Final = 60.0  # a shard without jobs this long retires (its execution ends)
 TICK_SECONDS: Final = 0.25  # how often a shard looks for newly enrolled jobs and finished threads
 CONTENDED_RETRY_SECONDS: Final = 5.0  # the job's previous shard still holds its lease: try again after this
 JOB_THREAD_PREFIX: Final = "relay-job:"  # a job's loop runs in thread `relay-job:<job_id>` (logs, local faults)
 END_RESERVE_SECONDS: Final = 20.0  # an invocation stops following this long before its Lambda's timeout
+MAX_FAILING_SECONDS: Final = 60.0  # a shard whose own calls fail this long lets its invocation fail (and retry)
 RENEW_AFTER_SECONDS: Final = 7 * 24 * 3600.0  # ~700 loops of 15 minutes: far below the history's 25,000 events
 
 
@@ -56,6 +67,7 @@ class Shard:
     jobs: frozenset[str]
     count: int
     heartbeat_at: float  # epoch seconds
+    execution: str = ""  # the name of the shard's one execution (another execution of it stops at once)
 
 
 @dataclass(frozen=True)
@@ -72,13 +84,14 @@ class FleetStore(Protocol):
 
     def shards(self) -> list[Shard]: ...
     def shard(self, shard_id: str) -> Shard | None: ...
-    def create_shard(self, shard_id: str, now: float) -> bool: ...
+    def create_shard(self, shard_id: str, now: float, execution: str) -> bool: ...
+    def hand_over(self, shard_id: str, execution: str) -> bool: ...
     def join(self, shard_id: str, job_id: str, task_token: str, owner: str, superseded: str | None) -> bool: ...
     def forget_superseded(self, job_id: str, token: str) -> None: ...
     def leave(self, shard_id: str, job_id: str) -> bool: ...
     def enrolment(self, job_id: str) -> Enrolment | None: ...
     def heartbeat(self, shard_id: str, now: float) -> bool: ...
-    def retire(self, shard_id: str) -> bool: ...
+    def retire(self, shard_id: str, stale_before: float | None = None) -> bool: ...
 
 
 class TaskCallbacks(Protocol):
@@ -91,8 +104,8 @@ class TaskCallbacks(Protocol):
 
 
 class ShardStarter(Protocol):
-    def start(self, shard_id: str, serial: int) -> None:
-        """Start an execution of the shard named `<shard_id>-<serial>` (idempotent)."""
+    def start(self, shard_id: str, execution: str) -> None:
+        """Start the shard's execution named `execution` (idempotent)."""
 
 
 def _shard_name(number: int) -> str:
@@ -142,7 +155,7 @@ class Enroller:
         now = self.clock()
         shards = self.store.shards()
         for dead in (s for s in shards if now - s.heartbeat_at >= SHARD_STALE_SECONDS and s.count <= 0):
-            self.store.retire(dead.shard_id)  # a dead shard whose jobs all moved on
+            self.store.retire(dead.shard_id, stale_before=now - SHARD_STALE_SECONDS)  # its jobs all moved on
         live = [s for s in shards if now - s.heartbeat_at < SHARD_STALE_SECONDS]
         open_shards = sorted((s for s in live if s.count < self.capacity), key=lambda s: (-s.count, s.shard_id))
         for shard in open_shards:  # the fullest first: shards fill up, idle ones retire
@@ -150,16 +163,19 @@ class Enroller:
                 return shard.shard_id
         # The lowest free number: enrolments racing for a new shard race for the same id, and one creates it.
         shard_id = _shard_name(min(set(range(1, len(shards) + 2)) - {_shard_number(s.shard_id) for s in shards}))
-        if not self.store.create_shard(shard_id, now):
+        execution = f"{shard_id}-{int(now * 1000)}"
+        if not self.store.create_shard(shard_id, now, execution):
             return None  # another enrolment created it first: join it on the next pass
         joined = self.store.join(shard_id, job_id, task_token, owner, superseded)
-        self.starter.start(shard_id, int(now * 1000))  # after the join: an empty shard would only wait for it
+        self.starter.start(shard_id, execution)  # after the join: an empty shard would only wait for it
         return shard_id if joined else None
 
 
 @dataclass
 class _Followed:
     thread: threading.Thread
+    owner: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)  # the job left this shard: stop following it
     outcome: RelayOutcome | None = None
     error: BaseException | None = None
 
@@ -204,52 +220,67 @@ class ShardRunner:
         self.idle_seconds = idle_seconds
         self.heartbeat_seconds = heartbeat_seconds
 
-    def follow(self, shard_id: str, time_left: Callable[[], float], execution_age: float = 0.0) -> ShardReport:
-        """Follow the shard's jobs until this invocation's time is up; `execution_age` (seconds since its execution
-        started) decides whether the next invocation runs in a new execution."""
+    def follow(
+        self, shard_id: str, time_left: Callable[[], float], execution_age: float = 0.0, execution: str = ""
+    ) -> ShardReport:
+        """Follow the shard's jobs until this invocation's time is up. `execution` (this execution's name) must be
+        the shard's; `execution_age` (seconds since it started) decides whether the next invocation runs in a new
+        execution. A failing call to DynamoDB or Step Functions skips a tick; only failures lasting
+        MAX_FAILING_SECONDS end the invocation (and every loop with it)."""
         report = ShardReport(shard_id, retired=False)
         followed: dict[str, _Followed] = {}
         not_before: dict[str, float] = {}
         stopping = threading.Event()
         idle_since = self.clock()
         last_heartbeat = float("-inf")
-
-        def job_time_left() -> float:
-            return 0.0 if stopping.is_set() else time_left() - END_RESERVE_SECONDS + 5.0
+        failing_since: float | None = None
 
         try:
             while True:
                 now = self.clock()
                 ending = time_left() < END_RESERVE_SECONDS
-                shard = self.store.shard(shard_id)
-                if shard is None:  # retired by an earlier invocation, or removed: nothing to follow
-                    report.retired = True
-                    break
-                if now - last_heartbeat >= self.heartbeat_seconds:
-                    last_heartbeat = now
-                    self.store.heartbeat(shard_id, self.wall())
-                    self._heartbeat_tasks(shard_id, shard.jobs)
-                settled: set[str] = set()  # `shard` was read before they left it
-                for job_id, entry in list(followed.items()):
-                    if not entry.thread.is_alive():
-                        del followed[job_id]
-                        retry_at = self._settle(shard_id, job_id, entry, report)
-                        if retry_at is None:
-                            settled.add(job_id)
-                        else:
-                            not_before[job_id] = now + retry_at
-                if not ending:
-                    for job_id in sorted(shard.jobs - set(followed) - settled):
-                        if not_before.get(job_id, 0.0) > now:
-                            continue
-                        not_before.pop(job_id, None)
-                        followed[job_id] = self._start(shard_id, job_id, job_time_left)
-                        report.followed += 1
-                if shard.jobs or followed:
-                    idle_since = now
-                elif now - idle_since >= self.idle_seconds and self.store.retire(shard_id):
-                    report.retired = True
-                    break
+                try:
+                    shard = self.store.shard(shard_id)
+                    if shard is None or (execution and shard.execution and shard.execution != execution):
+                        report.retired = True  # retired, or handed to another execution: nothing to follow here
+                        break
+                    if now - last_heartbeat >= self.heartbeat_seconds:
+                        self.store.heartbeat(shard_id, self.wall())
+                        self._heartbeat_tasks(shard_id, shard.jobs)
+                        last_heartbeat = now
+                    for job_id, entry in followed.items():
+                        if job_id not in shard.jobs:
+                            entry.stop.set()  # it left this shard (enrolled elsewhere): stop writing its log
+                    settled: set[str] = set()  # `shard` was read before they left it
+                    for job_id, entry in list(followed.items()):
+                        if not entry.thread.is_alive():
+                            del followed[job_id]
+                            retry_at = self._settle(shard_id, job_id, entry, report)
+                            if retry_at is None:
+                                settled.add(job_id)
+                            else:
+                                not_before[job_id] = now + retry_at
+                    if not ending:
+                        for job_id in sorted(shard.jobs - set(followed) - settled):
+                            if not_before.get(job_id, 0.0) > now:
+                                continue
+                            not_before.pop(job_id, None)
+                            started = self._start(shard_id, job_id, time_left, stopping)
+                            if started is not None:
+                                followed[job_id] = started
+                                report.followed += 1
+                    if shard.jobs or followed:
+                        idle_since = now
+                    elif now - idle_since >= self.idle_seconds and self.store.retire(shard_id):
+                        report.retired = True
+                        break
+                    failing_since = None
+                except (ClientError, BotoCoreError) as error:  # e.g. throttled: the next tick retries
+                    failing_since = now if failing_since is None else failing_since
+                    failure = {"shard": shard_id, "error_type": type(error).__name__}
+                    logger.warning("relay shard tick failed", extra=failure)
+                    if now - failing_since >= MAX_FAILING_SECONDS:
+                        raise
                 if ending and not followed:
                     break
                 self.sleep(self.tick_seconds)
@@ -260,22 +291,35 @@ class ShardRunner:
             for entry in followed.values():
                 entry.thread.join()
         if not report.retired and execution_age >= RENEW_AFTER_SECONDS:
-            self.starter.start(shard_id, int(self.wall()))  # the next execution follows on; this one ends
-            report.renewed = True
+            successor = f"{shard_id}-{int(self.wall() * 1000)}"
+            if self.store.hand_over(shard_id, successor):  # from now on only the successor follows the shard
+                self.starter.start(shard_id, successor)
+                report.renewed = True
         return report
 
-    def _start(self, shard_id: str, job_id: str, time_left: Callable[[], float]) -> _Followed:
+    def _start(
+        self, shard_id: str, job_id: str, time_left: Callable[[], float], stopping: threading.Event
+    ) -> _Followed | None:
+        """Start following a job of the shard in its own thread (None: it is enrolled elsewhere now)."""
         enrolment = self.store.enrolment(job_id)
-        owner = f"{enrolment.owner if enrolment else 'direct'}#{shard_id}"
-        if enrolment is not None and enrolment.superseded:
+        if enrolment is None or enrolment.shard_id != shard_id:
+            self.store.leave(shard_id, job_id)  # a stale slot (two enrolments raced): free it
+            return None
+        owner = f"{enrolment.owner}#{shard_id}"
+        if enrolment.superseded:  # the execution that followed the job before ends; this shard's is the job's now
             detail = f"another workflow execution follows this job's output ({enrolment.owner})"
             self.callbacks.succeed(enrolment.superseded, RelayOutcome(True, detail).as_state())
             self.store.forget_superseded(job_id, enrolment.superseded)
-        entry = _Followed(threading.Thread(target=lambda: None))
+        entry = _Followed(threading.Thread(target=lambda: None), owner=owner)
+
+        def job_time_left() -> float:
+            if stopping.is_set() or entry.stop.is_set():
+                return 0.0
+            return time_left() - END_RESERVE_SECONDS + 5.0
 
         def run() -> None:
             try:
-                entry.outcome = self.relayer.relay(job_id, time_left, owner)
+                entry.outcome = self.relayer.relay(job_id, job_time_left, owner)
             except BaseException as error:  # noqa: BLE001 - reported to the job's workflow as the step's error
                 entry.error = error
 
@@ -287,14 +331,19 @@ class ShardRunner:
         """A job's loop returned: report a finished relay (or its error) to the job's workflow and let the job go;
         None, or the seconds after which to follow it again."""
         outcome, error = entry.outcome, entry.error
-        if outcome is not None and not outcome.finished:
-            return 0.0  # the invocation's time is up (the next invocation follows it on)
         enrolment = self.store.enrolment(job_id)
         if enrolment is None or enrolment.shard_id != shard_id:
-            return None  # enrolled elsewhere meanwhile: that shard reports it
-        contended = outcome.contended_by if outcome is not None else None
-        if contended is not None and contended.split("#", 1)[0] == enrolment.owner:
-            return CONTENDED_RETRY_SECONDS  # this execution's previous shard: its lease ends soon
+            # Enrolled elsewhere meanwhile: that shard reports it. Free the slot, and the lease at once (its loop
+            # stopped writing), so the new shard's loop takes over without waiting for the lease to run out.
+            self.store.leave(shard_id, job_id)
+            self._release(job_id, entry.owner)
+            return None
+        if outcome is not None and not outcome.finished:
+            return 0.0  # the invocation's time is up (the next invocation follows it on)
+        if outcome is not None and outcome.contended_by is not None:
+            # Another loop holds the lease (a shard that followed the job before, dying or told to stop): this shard
+            # is the job's, so it waits for that lease to end rather than telling its execution it is finished.
+            return CONTENDED_RETRY_SECONDS
         if error is not None:
             name = type(error).__name__
             logger.warning("relay loop failed", extra={"job_id": job_id, "shard": shard_id, "error_type": name})
@@ -305,6 +354,13 @@ class ShardRunner:
         self.store.leave(shard_id, job_id)
         report.finished.append(job_id)
         return None
+
+    def _release(self, job_id: str, owner: str) -> None:
+        lease = getattr(self.relayer, "lease", None)
+        if lease is None or not owner:
+            return
+        with contextlib.suppress(Exception):  # best effort: otherwise the lease runs out by itself
+            lease.shorten_relay(job_id, owner, utcnow())
 
     def _heartbeat_tasks(self, shard_id: str, jobs: frozenset[str]) -> None:
         for job_id in jobs:
