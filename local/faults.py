@@ -64,6 +64,7 @@ class FaultPlan:
         self.path = path
         self.rules: list[dict[str, Any]] = []
         self.down = False
+        self._lock = threading.Lock()  # tests add rules from several threads at once
         self._write()
 
     @property
@@ -72,18 +73,21 @@ class FaultPlan:
 
     def add(self, kind: str, **match: Any) -> str:
         rule_id = str(match.pop("id", None) or f"{kind}-{uuid.uuid4().hex[:8]}")
-        self.rules.append({"id": rule_id, "kind": kind} | match)
-        self._write()
+        with self._lock:
+            self.rules.append({"id": rule_id, "kind": kind} | match)
+            self._write()
         return rule_id
 
     def remove(self, rule_id: str) -> None:
         """Take a rule out of the plan: from now on it never fires (its firings stay recorded)."""
-        self.rules = [rule for rule in self.rules if rule["id"] != rule_id]
-        self._write()
+        with self._lock:
+            self.rules = [rule for rule in self.rules if rule["id"] != rule_id]
+            self._write()
 
     def set_down(self, down: bool) -> None:
-        self.down = down
-        self._write()
+        with self._lock:
+            self.down = down
+            self._write()
 
     def fired(self, rule_id: str | None = None) -> list[dict[str, Any]]:
         if not self.fired_path.exists():
@@ -110,7 +114,7 @@ class Faults:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: int | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._rules: list[dict[str, Any]] = []
         self._down = False
         self._matches: dict[str, int] = {}
@@ -119,9 +123,12 @@ class Faults:
 
     def _refresh(self) -> None:
         try:
-            stamp = self.path.stat().st_mtime_ns
+            status = self.path.stat()
         except FileNotFoundError:
             return
+        # Every write of the plan replaces the file (a new inode): the inode tells writes apart where the mtime
+        # cannot (it advances at the kernel's clock tick, so two writes within a few ms share it).
+        stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
         if stamp == self._stamp:
             return
         plan = json.loads(self.path.read_text() or "{}")

@@ -57,7 +57,10 @@ def test_leaving_frees_the_slot_and_forgets_only_this_shard_s_enrolment(store: D
     assert not store.leave("shard-0001", "fleet-job-0")  # once
     assert store.shard("shard-0001").count == 0  # type: ignore[union-attr]
     assert store.enrolment("fleet-job-0").shard_id == "shard-0002"  # type: ignore[union-attr]
-    assert store.leave("shard-0002", "fleet-job-0")
+    store.leave("shard-0002", "fleet-job-0", "token-a")  # another task's settle: the enrolment of token-b stays
+    assert store.enrolment("fleet-job-0").shard_id == "shard-0002"  # type: ignore[union-attr]
+    store.join("shard-0002", "fleet-job-0", "token-b", "exec-b", None)
+    assert store.leave("shard-0002", "fleet-job-0", "token-b")
     assert store.enrolment("fleet-job-0").shard_id is None  # type: ignore[union-attr]
 
 
@@ -66,7 +69,10 @@ def test_only_an_empty_shard_retires_and_a_dead_one_only_while_still_stale(store
     store.join("shard-0001", "fleet-job-0", "token-0", "exec-0", None)
     assert not store.retire("shard-0001")  # a job enrolled meanwhile keeps it
     store.leave("shard-0001", "fleet-job-0")
+    assert not store.shard("shard-0001").started  # type: ignore[union-attr]
     assert store.heartbeat("shard-0001", 2000.0)  # it came back to life
+    (listed,) = store.shards()
+    assert listed.started
     assert not store.retire("shard-0001", stale_before=1500.0)
     assert store.retire("shard-0001", stale_before=2500.0)
     assert store.shard("shard-0001") is None

@@ -118,3 +118,31 @@ def test_the_job_of_an_invocation_and_the_crash_name() -> None:
     assert lambda_job({"input": {"job_id": "job-2"}, "execution_name": "n"}) == "job-2"
     assert lambda_job({"detail": {}}) is None
     assert RuntimeExit.__name__ == "Runtime.ExitError"  # what Step Functions reports for a dead Lambda runtime
+
+
+def test_a_rule_added_within_the_same_clock_tick_is_seen(tmp_path: Path) -> None:
+    """The plan's mtime advances at the kernel's clock tick: two writes a few ms apart can share it (a rule the
+    emulator then never loaded made the fault matrix flaky). The emulator tells writes apart by the file's inode."""
+    import os
+
+    plan = FaultPlan(tmp_path / "plan.json")
+    first = plan.add("crash_after", service="dynamodb", job="job-1")
+    faults = Faults(plan.path)
+    assert faults.take("crash_after", service="dynamodb", body="job-1") is not None  # loaded, with its first rule
+    moment = plan.path.stat().st_mtime_ns
+    second = plan.add("crash_after", service="dynamodb", job="job-2")
+    os.utime(plan.path, ns=(moment, moment))  # the same tick as the first write
+    assert faults.take("crash_after", service="dynamodb", body="job-2") is not None
+    assert [r["rule"] for r in plan.fired()] == [first, second]
+
+
+def test_rules_added_from_many_threads_are_all_kept(tmp_path: Path) -> None:
+    import threading
+
+    plan = FaultPlan(tmp_path / "plan.json")
+    threads = [threading.Thread(target=plan.add, args=("ssh_drop",), kwargs={"job": f"j{n}"}) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(json.loads(plan.path.read_text())["rules"]) == 20

@@ -29,7 +29,10 @@ class FakeFleet:
 
     def shards(self) -> list[Shard]:
         with self.lock:
-            return [Shard(k, frozenset(v["jobs"]), len(v["jobs"]), v["hb"], v["ex"]) for k, v in self.items.items()]
+            return [
+                Shard(k, frozenset(v["jobs"]), len(v["jobs"]), v["hb"], v["ex"], v.get("started", False))
+                for k, v in self.items.items()
+            ]
 
     def shard(self, shard_id: str) -> Shard | None:
         with self.lock:
@@ -62,14 +65,14 @@ class FakeFleet:
             item["jobs"].add(job_id)
             return True
 
-    def leave(self, shard_id: str, job_id: str) -> bool:
+    def leave(self, shard_id: str, job_id: str, token: str | None = None) -> bool:
         with self.lock:
             item = self.items.get(shard_id)
             left = item is not None and job_id in item["jobs"]
             if left:
                 item["jobs"].discard(job_id)  # type: ignore[index]
             enrolment = self.enrolments.get(job_id)
-            if enrolment is not None and enrolment.shard_id == shard_id:
+            if enrolment is not None and enrolment.shard_id == shard_id and token in (None, enrolment.task_token):
                 self.enrolments[job_id] = Enrolment(job_id, enrolment.task_token, enrolment.owner, None)
             return left
 
@@ -88,6 +91,7 @@ class FakeFleet:
             if shard_id not in self.items:
                 return False
             self.items[shard_id]["hb"] = now
+            self.items[shard_id]["started"] = True
             return True
 
     def retire(self, shard_id: str, stale_before: float | None = None) -> bool:
@@ -139,8 +143,21 @@ def test_jobs_fill_a_shard_before_a_second_one_starts() -> None:
     enroll, starter = enroller(fleet)
     shards = [enroll.enroll(f"job-{n}", f"token-{n}", f"exec-{n}") for n in range(7)]
     assert shards == ["shard-0001"] * 3 + ["shard-0002"] * 3 + ["shard-0003"]
-    assert starter.started == ["shard-0001", "shard-0002", "shard-0003"]
+    # each shard's one execution (joins to a shard not yet running start it again: idempotent, same name)
+    assert sorted(set(starter.started)) == ["shard-0001", "shard-0002", "shard-0003"]
+    assert len(set(starter.executions)) == 3
     assert {s.shard_id: s.count for s in fleet.shards()} == {"shard-0001": 3, "shard-0002": 3, "shard-0003": 1}
+
+
+def test_a_shard_whose_creator_died_before_starting_it_is_started_by_the_next_enrolment() -> None:
+    fleet = FakeFleet(capacity=3)
+    fleet.create_shard("shard-0001", 1000.0, "shard-0001-5")  # created, never started (its enroller crashed)
+    enroll, starter = enroller(fleet)
+    assert enroll.enroll("job-1", "token-1", "exec-1") == "shard-0001"
+    assert starter.executions == ["shard-0001-5"]
+    fleet.heartbeat("shard-0001", 1000.0)  # it runs
+    enroll.enroll("job-2", "token-2", "exec-2")
+    assert starter.executions == ["shard-0001-5"]  # not again
 
 
 def test_the_fullest_live_shard_with_room_is_chosen() -> None:
@@ -182,7 +199,8 @@ def test_racing_enrolments_create_one_shard() -> None:
     for thread in threads:
         thread.join()
     assert [s.count for s in fleet.shards()] == [8]
-    assert starter.started == ["shard-0001"]
+    assert set(starter.started) == {"shard-0001"}
+    assert len(set(starter.executions)) == 1  # one execution, whoever started it
 
 
 def test_another_execution_enrolling_the_job_supersedes_the_first() -> None:

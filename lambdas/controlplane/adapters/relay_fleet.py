@@ -42,13 +42,14 @@ class DynamoFleetStore:
             count=int(item.get("job_count", 0)),
             heartbeat_at=float(item.get("heartbeat_at", 0)),
             execution=str(item.get("execution", "")),
+            started=bool(item.get("started", False)),
         )
 
     def shards(self) -> list[Shard]:
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {
             "KeyConditionExpression": Key("pk").eq(FLEET_PK),
-            "ProjectionExpression": "sk, job_count, heartbeat_at, execution",
+            "ProjectionExpression": "sk, job_count, heartbeat_at, execution, started",
             "ConsistentRead": True,
         }
         while True:
@@ -106,8 +107,9 @@ class DynamoFleetStore:
             raise
         return True
 
-    def leave(self, shard_id: str, job_id: str) -> bool:
-        """Free the job's slot on the shard; forget the enrolment if it still names this shard."""
+    def leave(self, shard_id: str, job_id: str, token: str | None = None) -> bool:
+        """Free the job's slot on the shard; forget the enrolment if it still names this shard (and, with `token`,
+        is still that task's: an enrolment made meanwhile, even on this shard, stays)."""
         left = True
         try:
             self.state.update_item(
@@ -121,11 +123,12 @@ class DynamoFleetStore:
                 raise
             left = False
         try:
+            values = {":shard": shard_id} | ({":token": token} if token else {})
             self.jobs.update_item(
                 Key={"job_id": job_id},
                 UpdateExpression="REMOVE relay_shard",
-                ConditionExpression="relay_shard = :shard",
-                ExpressionAttributeValues={":shard": shard_id},
+                ConditionExpression="relay_shard = :shard" + (" AND relay_token = :token" if token else ""),
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if not _is_condition_failure(error):
@@ -175,9 +178,9 @@ class DynamoFleetStore:
         try:
             self.state.update_item(
                 Key={"pk": FLEET_PK, "sk": shard_id},
-                UpdateExpression="SET heartbeat_at = :now",
+                UpdateExpression="SET heartbeat_at = :now, started = :started",
                 ConditionExpression="attribute_exists(sk)",
-                ExpressionAttributeValues={":now": _decimal(now)},
+                ExpressionAttributeValues={":now": _decimal(now), ":started": True},
             )
         except ClientError as error:
             if _is_condition_failure(error):

@@ -68,6 +68,7 @@ class Shard:
     count: int
     heartbeat_at: float  # epoch seconds
     execution: str = ""  # the name of the shard's one execution (another execution of it stops at once)
+    started: bool = False  # its execution has heartbeaten: it runs
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class FleetStore(Protocol):
     def hand_over(self, shard_id: str, execution: str) -> bool: ...
     def join(self, shard_id: str, job_id: str, task_token: str, owner: str, superseded: str | None) -> bool: ...
     def forget_superseded(self, job_id: str, token: str) -> None: ...
-    def leave(self, shard_id: str, job_id: str) -> bool: ...
+    def leave(self, shard_id: str, job_id: str, token: str | None = None) -> bool: ...
     def enrolment(self, job_id: str) -> Enrolment | None: ...
     def heartbeat(self, shard_id: str, now: float) -> bool: ...
     def retire(self, shard_id: str, stale_before: float | None = None) -> bool: ...
@@ -160,6 +161,9 @@ class Enroller:
         open_shards = sorted((s for s in live if s.count < self.capacity), key=lambda s: (-s.count, s.shard_id))
         for shard in open_shards:  # the fullest first: shards fill up, idle ones retire
             if self.store.join(shard.shard_id, job_id, task_token, owner, superseded):
+                if not shard.started and shard.execution:
+                    # Its creator may have died between creating it and starting it: start it (idempotent).
+                    self.starter.start(shard.shard_id, shard.execution)
                 return shard.shard_id
         # The lowest free number: enrolments racing for a new shard race for the same id, and one creates it.
         shard_id = _shard_name(min(set(range(1, len(shards) + 2)) - {_shard_number(s.shard_id) for s in shards}))
@@ -351,7 +355,7 @@ class ShardRunner:
         else:
             assert outcome is not None
             self.callbacks.succeed(enrolment.task_token, outcome.as_state())
-        self.store.leave(shard_id, job_id)
+        self.store.leave(shard_id, job_id, enrolment.task_token)  # a re-enrolment made meanwhile stays
         report.finished.append(job_id)
         return None
 
