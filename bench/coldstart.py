@@ -19,7 +19,6 @@ wiring and paramiko.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import statistics
@@ -111,12 +110,9 @@ def zipped_size(root: Path, excluded: Callable[[Path], bool]) -> tuple[int, int,
 
 
 def _build_layer() -> Any:
-    spec = importlib.util.spec_from_file_location("build_layer", REPO / "scripts" / "build_layer.py")
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError("scripts/build_layer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from stacks import asset_bundling  # CDK is imported only where needed
+
+    return asset_bundling.build_layer_module()
 
 
 def ensure_layer() -> str:

@@ -56,7 +56,8 @@ def source_excluded(relative: Path) -> bool:
 
 
 @cache
-def _build_layer() -> Any:
+def build_layer_module() -> Any:
+    """scripts/build_layer.py, loaded once (it is a script, not a package module)."""
     spec = importlib.util.spec_from_file_location("build_layer", REPO / "scripts" / "build_layer.py")
     if spec is None or spec.loader is None:
         raise FileNotFoundError("scripts/build_layer.py")
@@ -67,7 +68,7 @@ def _build_layer() -> Any:
 
 def runtime_python() -> str | None:
     """The CPython 3.12 that compiles the asset (the one the layer's build uses), or None when there is none."""
-    python: str | None = _build_layer().runtime_python()
+    python: str | None = build_layer_module().runtime_python()
     return python
 
 

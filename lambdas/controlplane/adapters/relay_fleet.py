@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from boto3.dynamodb.conditions import Key
@@ -22,6 +23,17 @@ logger = logging.getLogger(__name__)
 
 FLEET_PK: Final = "relay-fleet"
 _GONE_TOKEN_ERRORS: Final = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
+
+
+def _written(call: Callable[..., Any], **request: Any) -> bool:
+    """One conditional write: True if it was made, False if its condition did not hold."""
+    try:
+        call(**request)
+    except ClientError as error:
+        if _is_condition_failure(error):
+            return False
+        raise
+    return True
 
 
 def _error_code(error: ClientError) -> str:
@@ -64,22 +76,17 @@ class DynamoFleetStore:
         return None if item is None else self._shard(item)
 
     def create_shard(self, shard_id: str, now: float, execution: str) -> bool:
-        try:
-            self.state.put_item(
-                Item={
-                    "pk": FLEET_PK,
-                    "sk": shard_id,
-                    "job_count": 0,
-                    "heartbeat_at": _decimal(now),
-                    "execution": execution,
-                },
-                ConditionExpression="attribute_not_exists(sk)",
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _written(
+            self.state.put_item,
+            Item={
+                "pk": FLEET_PK,
+                "sk": shard_id,
+                "job_count": 0,
+                "heartbeat_at": _decimal(now),
+                "execution": execution,
+            },
+            ConditionExpression="attribute_not_exists(sk)",
+        )
 
     def join(self, shard_id: str, job_id: str, task_token: str, owner: str, superseded: str | None) -> bool:
         """Record the enrolment on the job, then take a slot on the shard (conditional: room left, not there yet)."""
@@ -88,51 +95,37 @@ class DynamoFleetStore:
         if superseded:
             expression += ", relay_superseded = :superseded"
             values[":superseded"] = superseded
-        try:
-            self.jobs.update_item(
-                Key={"job_id": job_id},
-                UpdateExpression=expression,
-                ConditionExpression="attribute_exists(job_id)",
-                ExpressionAttributeValues=values,
-            )
-            self.state.update_item(
-                Key={"pk": FLEET_PK, "sk": shard_id},
-                UpdateExpression="ADD job_count :one, jobs :job",
-                ConditionExpression="attribute_exists(sk) AND job_count < :cap AND NOT contains(jobs, :id)",
-                ExpressionAttributeValues={":one": 1, ":job": {job_id}, ":cap": self.capacity, ":id": job_id},
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _written(
+            self.jobs.update_item,
+            Key={"job_id": job_id},
+            UpdateExpression=expression,
+            ConditionExpression="attribute_exists(job_id)",
+            ExpressionAttributeValues=values,
+        ) and _written(
+            self.state.update_item,
+            Key={"pk": FLEET_PK, "sk": shard_id},
+            UpdateExpression="ADD job_count :one, jobs :job",
+            ConditionExpression="attribute_exists(sk) AND job_count < :cap AND NOT contains(jobs, :id)",
+            ExpressionAttributeValues={":one": 1, ":job": {job_id}, ":cap": self.capacity, ":id": job_id},
+        )
 
     def leave(self, shard_id: str, job_id: str, token: str | None = None) -> bool:
         """Free the job's slot on the shard; forget the enrolment if it still names this shard (and, with `token`,
         is still that task's: an enrolment made meanwhile, even on this shard, stays)."""
-        left = True
-        try:
-            self.state.update_item(
-                Key={"pk": FLEET_PK, "sk": shard_id},
-                UpdateExpression="ADD job_count :minus DELETE jobs :job",
-                ConditionExpression="contains(jobs, :id)",
-                ExpressionAttributeValues={":minus": -1, ":job": {job_id}, ":id": job_id},
-            )
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
-            left = False
-        try:
-            values = {":shard": shard_id} | ({":token": token} if token else {})
-            self.jobs.update_item(
-                Key={"job_id": job_id},
-                UpdateExpression="REMOVE relay_shard",
-                ConditionExpression="relay_shard = :shard" + (" AND relay_token = :token" if token else ""),
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
+        left = _written(
+            self.state.update_item,
+            Key={"pk": FLEET_PK, "sk": shard_id},
+            UpdateExpression="ADD job_count :minus DELETE jobs :job",
+            ConditionExpression="contains(jobs, :id)",
+            ExpressionAttributeValues={":minus": -1, ":job": {job_id}, ":id": job_id},
+        )
+        _written(
+            self.jobs.update_item,
+            Key={"job_id": job_id},
+            UpdateExpression="REMOVE relay_shard",
+            ConditionExpression="relay_shard = :shard" + (" AND relay_token = :token" if token else ""),
+            ExpressionAttributeValues={":shard": shard_id} | ({":token": token} if token else {}),
+        )
         return left
 
     def enrolment(self, job_id: str) -> Enrolment | None:
@@ -148,45 +141,32 @@ class DynamoFleetStore:
                          str(shard) if shard else None, str(superseded) if superseded else None)  # fmt: skip
 
     def forget_superseded(self, job_id: str, token: str) -> None:
-        try:
-            self.jobs.update_item(
-                Key={"job_id": job_id},
-                UpdateExpression="REMOVE relay_superseded",
-                ConditionExpression="relay_superseded = :token",
-                ExpressionAttributeValues={":token": token},
-            )
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
+        _written(
+            self.jobs.update_item,
+            Key={"job_id": job_id},
+            UpdateExpression="REMOVE relay_superseded",
+            ConditionExpression="relay_superseded = :token",
+            ExpressionAttributeValues={":token": token},
+        )
 
     def hand_over(self, shard_id: str, execution: str) -> bool:
         """The shard's next execution: from now on only it follows the shard's jobs."""
-        try:
-            self.state.update_item(
-                Key={"pk": FLEET_PK, "sk": shard_id},
-                UpdateExpression="SET execution = :execution",
-                ConditionExpression="attribute_exists(sk)",
-                ExpressionAttributeValues={":execution": execution},
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _written(
+            self.state.update_item,
+            Key={"pk": FLEET_PK, "sk": shard_id},
+            UpdateExpression="SET execution = :execution",
+            ConditionExpression="attribute_exists(sk)",
+            ExpressionAttributeValues={":execution": execution},
+        )
 
     def heartbeat(self, shard_id: str, now: float) -> bool:
-        try:
-            self.state.update_item(
-                Key={"pk": FLEET_PK, "sk": shard_id},
-                UpdateExpression="SET heartbeat_at = :now, started = :started",
-                ConditionExpression="attribute_exists(sk)",
-                ExpressionAttributeValues={":now": _decimal(now), ":started": True},
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _written(
+            self.state.update_item,
+            Key={"pk": FLEET_PK, "sk": shard_id},
+            UpdateExpression="SET heartbeat_at = :now, started = :started",
+            ConditionExpression="attribute_exists(sk)",
+            ExpressionAttributeValues={":now": _decimal(now), ":started": True},
+        )
 
     def retire(self, shard_id: str, stale_before: float | None = None) -> bool:
         """Delete the shard's item if it has no jobs (a job enrolled meanwhile keeps it) and, with `stale_before`,
@@ -196,17 +176,12 @@ class DynamoFleetStore:
         if stale_before is not None:
             condition = "attribute_not_exists(sk) OR (job_count <= :zero AND heartbeat_at < :stale)"
             values[":stale"] = _decimal(stale_before)
-        try:
-            self.state.delete_item(
-                Key={"pk": FLEET_PK, "sk": shard_id},
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _written(
+            self.state.delete_item,
+            Key={"pk": FLEET_PK, "sk": shard_id},
+            ConditionExpression=condition,
+            ExpressionAttributeValues=values,
+        )
 
 
 def _decimal(value: float) -> Any:
