@@ -124,8 +124,32 @@ def enable_iam_enforcement() -> None:
     ActionAuthenticatorMixin.request_count = 0
 
 
+LOG_LEVEL_ENV = "EC2JOBS_EMULATOR_LOG_LEVEL"  # the control plane's loggers in the emulator (default WARNING)
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _WithExtras(logging.Formatter):
+    """Time, thread, logger and message, then the record's `extra` fields (job_id, shard, error_type, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+        return f"{line} {json.dumps(extras, default=str)}" if extras else line
+
+
+def configure_logging() -> None:
+    """The emulator's log (its standard error: the runtime's emulator.log): warnings and up, each with its time,
+    thread (a relay shard's job loops are named `relay-job:<job id>`) and extra fields."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_WithExtras("%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("controlplane").setLevel(os.environ.get(LOG_LEVEL_ENV, "WARNING").upper())
+
+
 def serve(port: int, enforce_iam: bool, simulate_instances: bool = False, sandbox_dir: str | None = None) -> None:
     install_network_guard()
+    configure_logging()
     os.environ.setdefault("MOTO_AMIS_PATH", str(AMIS_FILE))  # read when moto's EC2 models are imported
     from local import moto_patches, strict_ec2
 
@@ -164,6 +188,10 @@ def serve(port: int, enforce_iam: bool, simulate_instances: bool = False, sandbo
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     info = {"endpoint": endpoint, "access_key_id": key_id, "secret_access_key": secret, "enforce_iam": enforce_iam}
     print(json.dumps(info), flush=True)
+    # Nobody reads the pipe after the ready line: from now on, what is written to standard output (the Lambda
+    # handlers' Powertools loggers) goes to the log file with standard error, rather than filling the pipe's 64 KB
+    # and blocking the writer.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     while not stop.is_set():
         time.sleep(0.2)
     if simulator is not None:

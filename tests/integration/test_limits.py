@@ -111,7 +111,7 @@ def test_a_spec_at_the_bound_launches_and_every_later_update_fits(
     jobs = container.pipeline().jobs
     now = utcnow()
     assert jobs.claim_relay(job_id, "arn:aws:states:us-east-1:123456789012:execution:" + "r" * 80, now, now)
-    assert jobs.note_relay_restart(job_id, 0, now)
+    assert jobs.note_relay_restart(job_id, 0, now + dt.timedelta(seconds=1))  # once that lease has ended
     notes = [f"note {i}: " + "n" * 2000 for i in range(20)]  # far more notes than any job gathers today
     jobs.update(job_id, {"notes": notes})
     jobs.transition(job_id, JobStatus.RUNNING, fields={"started_at": now + dt.timedelta(seconds=5)})

@@ -140,6 +140,26 @@ def test_a_job_whose_relay_lease_is_live_is_left_alone_and_an_expired_one_is_res
     assert job_id in reconciler(clock_offset=dt.timedelta(minutes=11)).run().relays_restarted
 
 
+def test_a_loop_that_claimed_the_lease_after_the_sweep_read_the_job_is_not_restarted(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, monkeypatch: Any
+) -> None:
+    """A sweep decides on jobs it read seconds before (a slow sweep of many jobs): a relay shard that claimed the
+    lease meanwhile is alive, and the restart's conditional write refuses rather than starting a second workflow."""
+    job_id = launched(control_plane, tenant, workflow)["job_id"]  # never leased: stale after 120 s
+    sweep = reconciler(clock_offset=dt.timedelta(minutes=3))
+    read = sweep.jobs.active_jobs
+
+    def read_then_claimed() -> list[Any]:
+        found = read()
+        assert jobs().claim_relay(job_id, "shard-loop", utcnow() + dt.timedelta(minutes=10), utcnow())
+        return found  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(sweep.jobs, "active_jobs", read_then_claimed)
+    assert job_id not in sweep.run().relays_restarted
+    assert jobs().get(job_id).relay_restarts == 0
+    assert [e["name"] for e in relay_executions(control_plane, job_id) if "-relay-" in e["name"]] == []
+
+
 # -- instances of ended jobs and of other providers ------------------------------------------------------------------
 
 

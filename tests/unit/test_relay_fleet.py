@@ -321,6 +321,52 @@ def test_a_job_enrolled_elsewhere_is_stopped_its_slot_freed_and_its_lease_releas
     assert released == [("job-1", "exec-1#shard-0001")]
 
 
+def test_a_job_enrolled_again_on_the_same_shard_is_followed_for_the_new_enrolment_only() -> None:
+    """The job's workflow restarted (a reconciler's relay-only execution) and enrolled it again, on the same shard,
+    while its loop streamed: the loop is stopped; what it ended with (its hold ended) is not reported to the new
+    enrolment, whose execution would otherwise see its Relay fail; the old owner's lease is released and the job
+    followed again, for the new execution (which tells the superseded one)."""
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1"})
+    streaming = threading.Event()
+    released: list[tuple[str, str]] = []
+
+    class Lease:
+        def shorten_relay(self, job_id: str, owner: str, until: Any) -> bool:
+            released.append((job_id, owner))
+            return True
+
+    class Relayer(ScriptedRelayer):
+        lease = Lease()
+
+        def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+            self.calls.append(owner)
+            if owner == "exec-b#shard-0001":
+                return RelayOutcome(True, "the output is drained")
+            streaming.set()
+            while time_left() > 0:
+                time.sleep(0.01)
+            raise RuntimeError("this invocation's hold on the lease has ended")
+
+    def enroll_again() -> None:  # the Enroller: leave the old shard, then join (here the same one) with a new token
+        streaming.wait(10)
+        with fleet.lock:  # at once: the shard's ticks never see the job gone
+            fleet.enrolments["job-1"] = Enrolment("job-1", "token-b", "exec-b", "shard-0001", "token-job-1")
+
+    mover = threading.Thread(target=enroll_again)
+    mover.start()
+    relayer = Relayer({})
+    # the heartbeat, which reads every enrolment of the shard, sees the new token and stops the old loop
+    report = runner(fleet, relayer, callbacks, heartbeat_seconds=0.05).follow("shard-0001", lambda: 600.0)
+    mover.join()
+    assert relayer.calls == ["exec-1#shard-0001", "exec-b#shard-0001"]
+    assert callbacks.of("fail") == []
+    drained = RelayOutcome(True, "the output is drained").as_state()
+    assert ("token-b", drained) in callbacks.of("succeed")  # the new enrolment hears the outcome of its own loop
+    assert released == [("job-1", "exec-1#shard-0001")]
+    assert report.finished == ["job-1"]
+
+
 def test_a_stale_slot_left_by_racing_enrolments_is_freed_not_followed() -> None:
     fleet, callbacks = FakeFleet(), FakeCallbacks()
     shard_with(fleet, {"job-1": "exec-1"})

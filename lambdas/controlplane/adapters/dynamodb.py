@@ -453,13 +453,16 @@ class DynamoJobStore:
             {":owner": owner, ":until": _instant(until)},
         )
 
-    def note_relay_restart(self, job_id: str, seen_restarts: int, now: dt.datetime) -> bool:
-        """Count a relay loop restart (compare-and-set on the count, so two reconcilers cannot both restart)."""
+    def note_relay_restart(self, job_id: str, seen_restarts: int, now: dt.datetime, lease_ended: bool = True) -> bool:
+        """Count a relay loop restart (compare-and-set on the count, so two reconcilers cannot both restart). With
+        `lease_ended`, only while no loop holds the relay lease: a sweep decides on jobs read seconds before, and a
+        loop that claimed the lease meanwhile is alive."""
+        lease = " AND (attribute_not_exists(relay_lease_until) OR relay_lease_until < :now)" if lease_ended else ""
         return self._lease_write(
             job_id,
             "SET relay_restarts = :next, relay_restarted_at = :now",
             "#status IN (:provisioning, :running, :recovering, :waiting) AND "
-            "(relay_restarts = :seen OR (attribute_not_exists(relay_restarts) AND :seen = :zero))",
+            "(relay_restarts = :seen OR (attribute_not_exists(relay_restarts) AND :seen = :zero))" + lease,
             {
                 ":next": seen_restarts + 1,
                 ":seen": seen_restarts,

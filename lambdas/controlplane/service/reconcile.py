@@ -58,7 +58,9 @@ GONE = frozenset({"shutting-down", "terminated"})
 class ReconcileJobs(JobStateWriter, Protocol):
     def active_jobs(self) -> list[Job]: ...
     def get(self, job_id: str) -> Job | None: ...
-    def note_relay_restart(self, job_id: str, seen_restarts: int, now: dt.datetime) -> bool: ...
+    def note_relay_restart(
+        self, job_id: str, seen_restarts: int, now: dt.datetime, lease_ended: bool = True
+    ) -> bool: ...
     def get_many(self, job_ids: list[str]) -> dict[str, Job]: ...
 
 
@@ -399,8 +401,8 @@ class Reconciler:
         if job.relay_restarts >= self.settings.max_relay_restarts:
             report.errors.append(f"{job.job_id}: relay restarted {job.relay_restarts} times; not again")
             return
-        if not self.jobs.note_relay_restart(job.job_id, job.relay_restarts, now):
-            return  # another sweep restarted it, or the job moved on
+        if not self.jobs.note_relay_restart(job.job_id, job.relay_restarts, now, lease_ended=not launch):
+            return  # another sweep restarted it, a loop claimed the lease since the sweep read it, or the job moved on
         try:
             if launch:
                 self.relays.resume_launch(job, job.relay_restarts + 1)

@@ -179,6 +179,7 @@ class Enroller:
 class _Followed:
     thread: threading.Thread
     owner: str = ""
+    task_token: str = ""  # the enrolment this loop follows the job for
     stop: threading.Event = field(default_factory=threading.Event)  # the job left this shard: stop following it
     outcome: RelayOutcome | None = None
     error: BaseException | None = None
@@ -250,7 +251,7 @@ class ShardRunner:
                         break
                     if now - last_heartbeat >= self.heartbeat_seconds:
                         self.store.heartbeat(shard_id, self.wall())
-                        self._heartbeat_tasks(shard_id, shard.jobs)
+                        self._heartbeat_tasks(shard_id, shard.jobs, followed)
                         last_heartbeat = now
                     for job_id, entry in followed.items():
                         if job_id not in shard.jobs:
@@ -314,7 +315,7 @@ class ShardRunner:
             detail = f"another workflow execution follows this job's output ({enrolment.owner})"
             self.callbacks.succeed(enrolment.superseded, RelayOutcome(True, detail).as_state())
             self.store.forget_superseded(job_id, enrolment.superseded)
-        entry = _Followed(threading.Thread(target=lambda: None), owner=owner)
+        entry = _Followed(threading.Thread(target=lambda: None), owner=owner, task_token=enrolment.task_token)
 
         def job_time_left() -> float:
             if stopping.is_set() or entry.stop.is_set():
@@ -342,6 +343,13 @@ class ShardRunner:
             self.store.leave(shard_id, job_id)
             self._release(job_id, entry.owner)
             return None
+        if enrolment.task_token != entry.task_token:
+            # Enrolled again, on this shard, while this loop ran (the job's Relay task was retried, or a restarted
+            # workflow took the job over): how this loop ended is not the new enrolment's to hear. Follow the job
+            # again at once for it, without waiting out the old owner's lease.
+            if entry.owner != f"{enrolment.owner}#{shard_id}":
+                self._release(job_id, entry.owner)
+            return 0.0
         if outcome is not None and not outcome.finished:
             return 0.0  # the invocation's time is up (the next invocation follows it on)
         if outcome is not None and outcome.contended_by is not None:
@@ -366,10 +374,15 @@ class ShardRunner:
         with contextlib.suppress(Exception):  # best effort: otherwise the lease runs out by itself
             lease.shorten_relay(job_id, owner, utcnow())
 
-    def _heartbeat_tasks(self, shard_id: str, jobs: frozenset[str]) -> None:
+    def _heartbeat_tasks(self, shard_id: str, jobs: frozenset[str], followed: dict[str, _Followed]) -> None:
+        """Heartbeat each job's Relay task; a loop following a job for an enrolment since replaced (on this shard)
+        is stopped, and _settle follows the job again for the new one."""
         for job_id in jobs:
             enrolment = self.store.enrolment(job_id)
             if enrolment is None or enrolment.shard_id != shard_id:
                 continue
+            entry = followed.get(job_id)
+            if entry is not None and entry.task_token != enrolment.task_token:
+                entry.stop.set()
             with contextlib.suppress(Exception):  # best effort: a missed heartbeat is caught up 30 s later
                 self.callbacks.heartbeat(enrolment.task_token)
