@@ -322,7 +322,8 @@ def test_given_no_capacity_anywhere_with_max_wait_then_waiting_capacity_until_it
     assert job.status_detail.startswith("no capacity for g4dn.xlarge in us-east-1 and us-west-2 (")
     assert f"trying again at {job.capacity_retry_at:%H:%M:%S} UTC" in job.status_detail
     until = job.waiting_since + dt.timedelta(minutes=240)
-    assert f"until {until:%H:%M} UTC (max_wait_minutes 240)" in job.status_detail
+    day = f"{until:%Y-%m-%d} " if until.date() != job.capacity_retry_at.date() else ""  # past midnight: its date too
+    assert f"until {day}{until:%H:%M} UTC (max_wait_minutes 240)" in job.status_detail
     assert f"waiting for capacity: {job.status_detail}" in view(control_plane, tenant, state["job_id"])["notes"]
     first_round = capacity.tokens()
 
