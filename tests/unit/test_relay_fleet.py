@@ -285,28 +285,44 @@ def test_a_lease_another_loop_still_holds_is_waited_for_while_the_job_is_this_sh
     assert sorted(detail["detail"] for _, detail in callbacks.of("succeed")) == ["drained 1", "drained 2"]
 
 
+class ReleasedLeases:
+    """The relay's lease as the shard releases it (shorten_relay): who released which job's lease."""
+
+    def __init__(self) -> None:
+        self.released: list[tuple[str, str]] = []
+
+    def shorten_relay(self, job_id: str, owner: str, until: Any) -> bool:
+        self.released.append((job_id, owner))
+        return True
+
+
+class StreamingRelayer(ScriptedRelayer):
+    """A loop that streams until its hold ends (then fails as the relay does); owners in `drained_for` drain at
+    once. Records each call's owner."""
+
+    def __init__(self, drained_for: frozenset[str] = frozenset()) -> None:
+        super().__init__({})
+        self.lease = ReleasedLeases()
+        self.streaming = threading.Event()
+        self.drained_for = drained_for
+
+    def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+        self.calls.append(owner)
+        if owner in self.drained_for:
+            return RelayOutcome(True, "the output is drained")
+        self.streaming.set()
+        while time_left() > 0:
+            time.sleep(0.01)
+        raise RuntimeError("this invocation's hold on the lease has ended")
+
+
 def test_a_job_enrolled_elsewhere_is_stopped_its_slot_freed_and_its_lease_released() -> None:
     fleet, callbacks = FakeFleet(), FakeCallbacks()
     shard_with(fleet, {"job-1": "exec-1"})
-    streaming = threading.Event()
-    released: list[tuple[str, str]] = []
-
-    class Lease:
-        def shorten_relay(self, job_id: str, owner: str, until: Any) -> bool:
-            released.append((job_id, owner))
-            return True
-
-    class Relayer(ScriptedRelayer):
-        lease = Lease()
-
-        def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
-            streaming.set()
-            while time_left() > 0:
-                time.sleep(0.01)
-            raise RuntimeError("this invocation's hold on the lease has ended")
+    relayer = StreamingRelayer()
 
     def move() -> None:  # another enrolment takes the job to shard-0002 while shard-0001 streams it
-        streaming.wait(10)
+        relayer.streaming.wait(10)
         fleet.create_shard("shard-0002", time.time())
         with fleet.lock:
             fleet.items["shard-0001"]["jobs"].discard("job-1")
@@ -314,11 +330,11 @@ def test_a_job_enrolled_elsewhere_is_stopped_its_slot_freed_and_its_lease_releas
 
     mover = threading.Thread(target=move)
     mover.start()
-    report = runner(fleet, Relayer({}), callbacks).follow("shard-0001", lambda: 600.0)
+    report = runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
     mover.join()
     assert report.retired  # it had nothing left to follow
     assert [c for c in callbacks.calls if c[0] != "heartbeat"] == []  # shard-0002 reports the job, not this one
-    assert released == [("job-1", "exec-1#shard-0001")]
+    assert relayer.lease.released == [("job-1", "exec-1#shard-0001")]
 
 
 def test_a_job_enrolled_again_on_the_same_shard_is_followed_for_the_new_enrolment_only() -> None:
@@ -328,34 +344,15 @@ def test_a_job_enrolled_again_on_the_same_shard_is_followed_for_the_new_enrolmen
     followed again, for the new execution (which tells the superseded one)."""
     fleet, callbacks = FakeFleet(), FakeCallbacks()
     shard_with(fleet, {"job-1": "exec-1"})
-    streaming = threading.Event()
-    released: list[tuple[str, str]] = []
-
-    class Lease:
-        def shorten_relay(self, job_id: str, owner: str, until: Any) -> bool:
-            released.append((job_id, owner))
-            return True
-
-    class Relayer(ScriptedRelayer):
-        lease = Lease()
-
-        def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
-            self.calls.append(owner)
-            if owner == "exec-b#shard-0001":
-                return RelayOutcome(True, "the output is drained")
-            streaming.set()
-            while time_left() > 0:
-                time.sleep(0.01)
-            raise RuntimeError("this invocation's hold on the lease has ended")
+    relayer = StreamingRelayer(drained_for=frozenset({"exec-b#shard-0001"}))
 
     def enroll_again() -> None:  # the Enroller: leave the old shard, then join (here the same one) with a new token
-        streaming.wait(10)
+        relayer.streaming.wait(10)
         with fleet.lock:  # at once: the shard's ticks never see the job gone
             fleet.enrolments["job-1"] = Enrolment("job-1", "token-b", "exec-b", "shard-0001", "token-job-1")
 
     mover = threading.Thread(target=enroll_again)
     mover.start()
-    relayer = Relayer({})
     # the heartbeat, which reads every enrolment of the shard, sees the new token and stops the old loop
     report = runner(fleet, relayer, callbacks, heartbeat_seconds=0.05).follow("shard-0001", lambda: 600.0)
     mover.join()
@@ -363,7 +360,7 @@ def test_a_job_enrolled_again_on_the_same_shard_is_followed_for_the_new_enrolmen
     assert callbacks.of("fail") == []
     drained = RelayOutcome(True, "the output is drained").as_state()
     assert ("token-b", drained) in callbacks.of("succeed")  # the new enrolment hears the outcome of its own loop
-    assert released == [("job-1", "exec-1#shard-0001")]
+    assert relayer.lease.released == [("job-1", "exec-1#shard-0001")]
     assert report.finished == ["job-1"]
 
 

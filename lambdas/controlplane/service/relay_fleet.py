@@ -175,6 +175,11 @@ class Enroller:
         return shard_id if joined else None
 
 
+def _loop_owner(enrolment: Enrolment, shard_id: str) -> str:
+    """The relay lease owner of a shard's loop for an enrolment: the job's execution, then `#<shard>`."""
+    return f"{enrolment.owner}#{shard_id}"
+
+
 @dataclass
 class _Followed:
     thread: threading.Thread
@@ -310,7 +315,7 @@ class ShardRunner:
         if enrolment is None or enrolment.shard_id != shard_id:
             self.store.leave(shard_id, job_id)  # a stale slot (two enrolments raced): free it
             return None
-        owner = f"{enrolment.owner}#{shard_id}"
+        owner = _loop_owner(enrolment, shard_id)
         if enrolment.superseded:  # the execution that followed the job before ends; this shard's is the job's now
             detail = f"another workflow execution follows this job's output ({enrolment.owner})"
             self.callbacks.succeed(enrolment.superseded, RelayOutcome(True, detail).as_state())
@@ -347,7 +352,7 @@ class ShardRunner:
             # Enrolled again, on this shard, while this loop ran (the job's Relay task was retried, or a restarted
             # workflow took the job over): how this loop ended is not the new enrolment's to hear. Follow the job
             # again at once for it, without waiting out the old owner's lease.
-            if entry.owner != f"{enrolment.owner}#{shard_id}":
+            if entry.owner != _loop_owner(enrolment, shard_id):
                 self._release(job_id, entry.owner)
             return 0.0
         if outcome is not None and not outcome.finished:
