@@ -161,9 +161,10 @@ def serve(port: int, enforce_iam: bool, simulate_instances: bool = False, sandbo
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    from local import ddb_partitions, faults, iam_conditions
+    from local import ddb_atomic, ddb_partitions, faults, iam_conditions
 
     ddb_partitions.install_from_environment()  # per-partition write limit; EC2JOBS_DDB_PARTITION_WCU=0: off
+    ddb_atomic.install()  # each write's condition check and write one atomic step, as on AWS
     iam_conditions.install(server)  # conditions, boundaries, PassRole, instance roles: as AWS evaluates them
     if faults.install(server) is not None:  # EC2JOBS_FAULTS_FILE: the e2e fault matrix's plan
         logging.getLogger("ec2jobs.faults").warning("fault injection is on: %s", os.environ[faults.PLAN_ENV])
