@@ -280,6 +280,30 @@ class Client:
         """DELETE /tokens/{token_id}: revoke one of the team's tokens (possibly the one this client sends)."""
         self._request("DELETE", f"/tokens/{_segment(token_id)}")
 
+    # -- limits and usage (docs/budgets.md) --------------------------------------------------------------------
+
+    def get_limits(self) -> JsonObject:
+        """GET /limits: the team's limits (every field null when none are set)."""
+        return self._get("/limits")
+
+    def get_usage(self, month: str | None = None, team_id: str | None = None) -> JsonObject:
+        """GET /usage: the team's month ({spent_usd, reserved_usd, remaining_usd, ...}); an admin token gets
+        {teams: [...]} (or one team's with `team_id`)."""
+        return self._get("/usage", {"month": month, "team_id": team_id})
+
+    def admin_get_limits(self, team_id: str) -> JsonObject:
+        """GET /admin/teams/{team_id}/limits (admin token)."""
+        return self._get(f"/admin/teams/{_segment(team_id)}/limits")
+
+    def admin_set_limits(self, team_id: str, limits: Mapping[str, Any]) -> JsonObject:
+        """PUT /admin/teams/{team_id}/limits (admin token): replaces the team's limits."""
+        _, body = self._request("PUT", f"/admin/teams/{_segment(team_id)}/limits", body=dict(limits))
+        return _object(body)
+
+    def admin_clear_limits(self, team_id: str) -> None:
+        """DELETE /admin/teams/{team_id}/limits (admin token)."""
+        self._request("DELETE", f"/admin/teams/{_segment(team_id)}/limits")
+
     def follow_logs(
         self,
         job_id: str,

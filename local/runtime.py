@@ -88,6 +88,12 @@ class LocalControlPlane:
 
         return container.get().teams.issue_token(team_id)
 
+    def issue_admin_token(self) -> str:
+        """An admin token (limits, every team's usage; docs/budgets.md)."""
+        from controlplane.handlers import container
+
+        return container.get().teams.issue_admin().token
+
 
 def control_plane_environment(
     names: ControlPlaneNames, endpoint: str, state_machine_arn: str, transfer_role_arn: str = ""
@@ -199,6 +205,12 @@ def _create_resources(
         Rule=f"{names.prefix}-submissions",
         EventBusName=bus,
         Targets=[{"Id": "workflow", "Arn": state_machine_arn, "RoleArn": role}],
+    )
+    eventbridge.put_rule(
+        Name=f"{names.prefix}-jobs-ended", EventBusName=bus, EventPattern=json.dumps(events.JOB_ENDED_PATTERN)
+    )
+    eventbridge.put_targets(
+        Rule=f"{names.prefix}-jobs-ended", EventBusName=bus, Targets=[{"Id": "reconcile", "Arn": arns["reconcile"]}]
     )
     eventbridge.put_rule(Name=f"{names.prefix}-instance-states", EventPattern=json.dumps(events.EC2_STATE_PATTERN))
     eventbridge.put_targets(
@@ -312,15 +324,16 @@ def _use_env(env_file: Path) -> dict[str, str]:
     return values
 
 
-def issue_token(env_file: Path, team_id: str) -> str:
-    """A new token for `team_id` on the running local control plane."""
+def issue_token(env_file: Path, team_id: str | None) -> str:
+    """A new token for `team_id` on the running local control plane (None: an admin token)."""
     _use_env(env_file)
     from controlplane import config
     from controlplane.handlers import container
 
     config.get.cache_clear()
     container.use(None)
-    return container.get().teams.issue_token(team_id)
+    teams = container.get().teams
+    return teams.issue_admin().token if team_id is None else teams.issue_token(team_id)
 
 
 def emulated_provider_keys(env_file: Path) -> tuple[str, str]:

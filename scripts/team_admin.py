@@ -5,6 +5,10 @@ API lets a team list and revoke its own tokens, never issue them or act for anot
     .venv/bin/python scripts/team_admin.py list --team ml-team
     .venv/bin/python scripts/team_admin.py revoke --team ml-team --token-id tok-0123456789ab
     .venv/bin/python scripts/team_admin.py delete-team --team ml-team
+    .venv/bin/python scripts/team_admin.py issue-admin [--label ops] [--expires-days 30]
+
+An admin token (`issue-admin`) sets teams' limits and reads every team's usage (docs/budgets.md) and acts for no
+team; admin tokens are listed and revoked like a team's, with `--team _admin`.
 
 Every command takes --stack (default "ec2jobs") and --region. `issue` prints the new token alone on stdout (once;
 only its SHA-256 is stored) and gives a new team its usage key (an API key in the stack's usage plan, so API Gateway
@@ -65,16 +69,26 @@ def _parser() -> argparse.ArgumentParser:
     revoke = commands.add_parser("revoke", parents=[common], help="revoke one token")
     revoke.add_argument("--token-id", required=True, help="tok-… (from `list`)")
     commands.add_parser("delete-team", parents=[common], help="refuse every token of the team from now on")
+    admin = commands.add_parser("issue-admin", help="a new admin token (limits, every team's usage; no team's jobs)")
+    admin.add_argument("--stack", default=DEFAULT_STACK, help=f"the deployed stack's name (default {DEFAULT_STACK})")
+    admin.add_argument("--region", help="the stack's region (default: your AWS configuration's)")
+    admin.add_argument("--label", default="admin", help="a note stored with the token (e.g. who holds it)")
+    admin.add_argument("--expires-days", type=int, default=DEFAULT_TOKEN_DAYS, help="lifetime in days")
     return parser
 
 
 def run(args: argparse.Namespace, teams: TeamService, outputs: dict[str, str]) -> int:
-    if args.command == "issue":
-        issued = teams.issue(args.team, args.label, args.expires_days)
+    if args.command in {"issue", "issue-admin"}:
+        admin = args.command == "issue-admin"
+        issued = (
+            teams.issue_admin(args.label, args.expires_days)
+            if admin
+            else teams.issue(args.team, args.label, args.expires_days)
+        )
         print(issued.token)
         print(
-            f"team {args.team}: token {issued.record.token_id} ({issued.record.prefix}…), expires "
-            f"{issued.record.expires_at.isoformat()}",
+            f"{'admin' if admin else 'team ' + args.team}: token {issued.record.token_id} ({issued.record.prefix}…), "
+            f"expires {issued.record.expires_at.isoformat()}",
             file=sys.stderr,
         )
         if outputs.get("ApiUrl"):

@@ -51,6 +51,11 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/uploads/{upload_id}/complete"),
     ("GET", "/tokens"),
     ("DELETE", "/tokens/{token_id}"),
+    ("GET", "/limits"),
+    ("GET", "/usage"),
+    ("GET", "/admin/teams/{team_id}/limits"),
+    ("PUT", "/admin/teams/{team_id}/limits"),
+    ("DELETE", "/admin/teams/{team_id}/limits"),
     ("GET", "/openapi.json"),
 )
 # One JSON object per request. The team (the authorizer's principal) is logged; headers and bodies never are.

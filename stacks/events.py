@@ -105,6 +105,16 @@ class Events(Construct):
             schedule=events.Schedule.rate(RECONCILE_EVERY),
             targets=[targets.LambdaFunction(reconcile, **delivery)],
         )
+        # A job ended: the reconcile function admits what now fits in its team's queue (docs/budgets.md); the
+        # Lambda that ended it may not start workflows. The reconciler's sweep is the backstop.
+        self.jobs_ended = events.Rule(
+            self,
+            "JobsEnded",
+            description="ended jobs (Job State Change) to the ec2jobs reconcile function: admits queued jobs",
+            event_bus=self.bus,
+            event_pattern=event_pattern(patterns.JOB_ENDED_PATTERN),
+            targets=[targets.LambdaFunction(reconcile, **delivery)],
+        )
         # A submission starts the workflow with the whole event: Validate takes the team from its `source`
         # (ec2jobs.team.<team_id>, bound to each team's role by an events:source IAM condition) and the job id from the
         # team and its idempotency key or event id. Every source matches, so a wrong one is answered by a Job

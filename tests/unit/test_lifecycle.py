@@ -43,4 +43,5 @@ def test_illegal_moves_are_refused(current: JobStatus, target: JobStatus) -> Non
 def test_predecessors_are_the_inverse_of_the_table() -> None:
     for target in JobStatus:
         assert predecessors(target) == {s for s, nexts in ALLOWED.items() if target in nexts}
-    assert predecessors(JobStatus.PENDING) == frozenset()
+    assert predecessors(JobStatus.QUEUED) == frozenset()  # a job starts QUEUED or PENDING, never enters QUEUED
+    assert predecessors(JobStatus.PENDING) == {JobStatus.QUEUED}  # admitted from its team's queue

@@ -3,8 +3,8 @@ sets `func` on them; every command talks to the API through ec2jobs.client.Clien
 
 from __future__ import annotations
 
-from ec2jobs.cli.commands import catalog, download, jobs, local, providers, tokens
+from ec2jobs.cli.commands import budgets, catalog, download, jobs, local, providers, tokens
 
-GROUPS = (local, providers, jobs, download, catalog, tokens)
+GROUPS = (local, providers, jobs, download, catalog, tokens, budgets)
 
 __all__ = ["GROUPS"]

@@ -147,13 +147,17 @@ def _print_local_up(runtime: Runtime, values: Mapping[str, str]) -> None:
 
 
 def cmd_local_token(args: argparse.Namespace) -> int:
-    """A new token for a team, alone on stdout (TOKEN=$(ec2jobs local token --team t) works): its whole purpose."""
+    """A new token for a team (or with --admin, an admin token), alone on stdout (TOKEN=$(ec2jobs local token --team
+    t) works): its whole purpose."""
+    if bool(args.team) == bool(args.admin):
+        raise CliError("give either --team TEAM or --admin")
     runtime_module = local_runtime()
     require_local_env()
+    whose = "an admin" if args.admin else f"team {args.team!r}"
     try:
-        token = str(runtime_module.issue_token(env_file=LOCAL_ENV_FILE, team_id=args.team))
+        token = str(runtime_module.issue_token(env_file=LOCAL_ENV_FILE, team_id=None if args.admin else args.team))
     except Exception as error:  # noqa: BLE001
-        raise CliError(f"could not issue a token for team {args.team!r}: {output.one_line(str(error))}") from None
+        raise CliError(f"could not issue a token for {whose}: {output.one_line(str(error))}") from None
     output.out(token)
     return EXIT_OK
 
@@ -165,5 +169,6 @@ def register(commands: Any, parents: Parents) -> None:
     up.add_argument("--team", help="the team whose token goes into .ec2jobs/local.env")
     up.set_defaults(func=cmd_local_up)
     token = local_commands.add_parser("token", help="print a new API token for a team of the local control plane")
-    token.add_argument("--team", required=True)
+    token.add_argument("--team", help="the team the token acts for")
+    token.add_argument("--admin", action="store_true", help="an admin token: team limits, every team's usage")
     token.set_defaults(func=cmd_local_token)

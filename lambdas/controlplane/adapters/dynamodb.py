@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from controlplane.adapters import schema
 from controlplane.core import outcomes
 from controlplane.core.errors import Conflict, InvalidRequest, TransitionRefused
-from controlplane.core.lifecycle import ACTIVE, FailureReason, JobStatus, predecessors
+from controlplane.core.lifecycle import ACTIVE, ADMITTED, FailureReason, JobStatus, predecessors
 from controlplane.core.models import BootstrapRecord, Job, Provider, utcnow
 from controlplane.core.ports import CachedImage, JobPage
 from controlplane.core.spec import TaskSpec
@@ -336,7 +336,7 @@ class DynamoJobStore:
         if job.spec is not None:
             item["spec"] = job.spec.model_dump_json(exclude_none=True)
         item["team_status"] = f"{job.team_id}#{job.status}"
-        if job.status in ACTIVE:
+        if job.status in ADMITTED:
             item["active"] = ACTIVE_PARTITION
             item["active_sk"] = f"{job.provider_id}#{job.region}#{job.job_id}"
         return dict(item)
@@ -393,6 +393,9 @@ class DynamoJobStore:
         updates.update({"status": str(target), "team_status": f"{current.team_id}#{target}", "updated_at": now})
         if "region" in updates and target in ACTIVE:  # region fallback: the active index's sort key follows it
             updates["active_sk"] = f"{current.provider_id}#{updates['region']}#{job_id}"
+        if current.status not in ADMITTED and target in ADMITTED:  # admitted from the queue: the reconciler's now
+            updates["active"] = ACTIVE_PARTITION
+            updates["active_sk"] = f"{current.provider_id}#{updates.get('region', current.region)}#{job_id}"
         removes: list[str] = []
         if target.terminal:
             updates.setdefault("ended_at", now)

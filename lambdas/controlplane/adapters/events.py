@@ -39,6 +39,13 @@ EC2_STATE_PATTERN: dict[str, Any] = {
     "detail": {"state": ["running", "shutting-down", "terminated", "stopping", "stopped"]},
 }
 SPOT_INTERRUPTION_PATTERN: dict[str, Any] = {"source": ["aws.ec2"], "detail-type": [SPOT_INTERRUPTION]}
+# A job ended (our own events: only the control plane puts source "ec2jobs"; teams' roles may only put
+# ec2jobs.team.<id>): the reconcile function admits what now fits in that team's queue (docs/budgets.md).
+JOB_ENDED_PATTERN: dict[str, Any] = {
+    "source": [SOURCE],
+    "detail-type": [JOB_STATE_CHANGE],
+    "detail": {"status": ["SUCCEEDED", "FAILED", "CANCELLED"]},
+}
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Step Functions: start the job's workflow (named after the job, so starting twice is a no-op), and start a
-relay-only execution when a job's relay loop died (named after the job and the restart's number)."""
+"""Step Functions: start the job's workflow (named after the job, so starting twice is a no-op; a job admitted from
+its team's queue gets `<job>-admitted`), and start a relay-only execution when a job's relay loop died (named after
+the job and the restart's number)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ class StepFunctionsStarter:
     def start(self, job: Job) -> str:
         return self._start(
             job.job_id, execution_input(job), "could not start the job's workflow ({}); retry the request"
+        )
+
+    def admit(self, job: Job) -> str:
+        """Start the workflow of a job admitted from its team's queue (service/admission.py). Its own name: a job
+        submitted by event or console already had an execution, which ended when the job was queued."""
+        return self._start(
+            f"{job.job_id}-admitted", execution_input(job), "could not start an admitted job's workflow ({})"
         )
 
     def resume_relay(self, job: Job, attempt: int) -> str:

@@ -74,6 +74,12 @@ class Unauthorized(DomainError):
     code = "UNAUTHORIZED"
 
 
+class Forbidden(DomainError):
+    """A valid token that may not do this: an admin token on a team's route, a team token on an admin route."""
+
+    code = "FORBIDDEN"
+
+
 class TransitionRefused(DomainError):
     """A conditional job-state write lost: the job is not in a state that allows the move."""
 

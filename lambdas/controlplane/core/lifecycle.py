@@ -1,6 +1,8 @@
 """The job lifecycle: states, failure reasons and the transitions allowed between states.
 
-PENDING → LAUNCHING → PROVISIONING → RUNNING → SUCCEEDED | FAILED | CANCELLED.
+[QUEUED →] PENDING → LAUNCHING → PROVISIONING → RUNNING → SUCCEEDED | FAILED | CANCELLED.
+A job that does not fit its team's limits yet waits QUEUED (core/admission.py) until it does (→ PENDING), is
+cancelled, or waited max_queue_minutes (→ FAILED / QUEUE_TIMEOUT).
 Any non-terminal state may end FAILED or CANCELLED (a launch can fail, a job can be cancelled before it
 starts); SUCCEEDED needs a recorded exit status, which only exists once the instance has run. Terminal states
 never change. The store enforces this table with conditional writes.
@@ -17,6 +19,7 @@ from enum import StrEnum
 
 
 class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
     PENDING = "PENDING"
     LAUNCHING = "LAUNCHING"
     PROVISIONING = "PROVISIONING"
@@ -47,6 +50,7 @@ class FailureReason(StrEnum):
     SPOT_INTERRUPTED = "SPOT_INTERRUPTED"
     INSTANCE_LOST = "INSTANCE_LOST"
     NO_PUBLIC_ADDRESS = "NO_PUBLIC_ADDRESS"
+    QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
 
 
 FAILURE_REASON_HELP: dict[FailureReason, str] = {
@@ -65,11 +69,14 @@ FAILURE_REASON_HELP: dict[FailureReason, str] = {
     FailureReason.INSTANCE_LOST: "The instance ended without recording an exit status.",
     FailureReason.NO_PUBLIC_ADDRESS: "The instance got no public IPv4 address (its subnet does not auto-assign "
     "one), so the relay could not reach it; it was terminated. Turn on auto-assign in the default subnets.",
+    FailureReason.QUEUE_TIMEOUT: "The job waited QUEUED for max_queue_minutes without fitting its team's limits "
+    "(budget, concurrent instances or GPUs; docs/budgets.md) and never launched.",
 }
 
 TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.PENDING, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.PENDING: frozenset({JobStatus.LAUNCHING, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.LAUNCHING: frozenset(
         {JobStatus.PROVISIONING, JobStatus.WAITING_CAPACITY, JobStatus.FAILED, JobStatus.CANCELLED}
@@ -91,6 +98,9 @@ WITH_INSTANCE: frozenset[JobStatus] = frozenset({JobStatus.PROVISIONING, JobStat
 LAUNCHABLE: frozenset[JobStatus] = frozenset({JobStatus.LAUNCHING, JobStatus.WAITING_CAPACITY})
 
 ACTIVE: frozenset[JobStatus] = frozenset(set(JobStatus) - TERMINAL)
+# Active jobs the reconciler watches (the jobs table's sparse `active` index): a QUEUED job has no workflow and no
+# instance yet; admission's sweep watches it (service/admission.py).
+ADMITTED: frozenset[JobStatus] = ACTIVE - {JobStatus.QUEUED}
 
 
 def can_transition(current: JobStatus, target: JobStatus) -> bool:

@@ -76,6 +76,7 @@ class Provider(BaseModel):
 
 # How a job's status_detail is shown among its notes, by status (other states keep it as a field only).
 _DETAIL_PREFIX = {
+    JobStatus.QUEUED: "queued",
     JobStatus.PROVISIONING: "not running yet",
     JobStatus.RECOVERING: "recovering",
     JobStatus.WAITING_CAPACITY: "waiting for capacity",

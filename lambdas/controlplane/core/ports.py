@@ -6,6 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from controlplane.core.admission import Decision
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import BootstrapRecord, Job, Provider
 
@@ -149,3 +150,9 @@ class IdentityVerifier(Protocol):
 
 class WorkflowStarter(Protocol):
     def start(self, job: Job) -> str: ...
+
+
+class Admission(Protocol):
+    """Per-team limits at submit (service/admission.py): admitted, queued (with the reason), or OverLimit."""
+
+    def admit_new(self, job: Job) -> Decision: ...

@@ -413,6 +413,21 @@ class TaskSpec(BaseModel):
     resume_from: str | None = Field(
         default=None, description="a job of the same team whose last checkpoints are restored before setup"
     )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        strict=True,
+        description="order within the team's queue: a higher priority is admitted first (docs/budgets.md)",
+    )
+    max_queue_minutes: int | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 24 * 60,
+        strict=True,
+        description="how long the job may wait QUEUED for its team's limits before it fails QUEUE_TIMEOUT (at most "
+        "the team's max_queue_minutes, the default)",
+    )
     job_recovery: JobRecovery | None = Field(
         default=None,
         description="relaunch the job (resuming from its checkpoints) when AWS interrupts or loses its instance, "

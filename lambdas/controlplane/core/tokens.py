@@ -11,6 +11,9 @@ DEFAULT_TOKEN_DAYS = 90
 MAX_TOKEN_DAYS = 365
 TOKEN_PREFIX_CHARS = 8  # "ej_" + 5 random characters: enough to tell your tokens apart, far too few to guess one
 MAX_LABEL = 100
+# Admin tokens belong to this pseudo-team: no real team can have its id (team ids start with a letter or digit), so
+# an admin token is never a team's token, and a team token is never an admin's (docs/budgets.md).
+ADMIN_TEAM = "_admin"
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from controlplane.core.errors import Unauthorized
-from controlplane.handlers import container
+from controlplane.handlers import caller, container
 from controlplane.handlers import schemas as views
 from controlplane.handlers.openapi_doc import ID_PATTERN, MAX_ID_LENGTH, responses
 
@@ -30,11 +29,7 @@ def _json(body: Any, status: int = 200) -> Response[Any]:
 
 
 def _team() -> str:
-    authorizer = router.current_event.request_context.authorizer
-    team_id = authorizer.get("team_id") if authorizer else None
-    if not team_id:
-        raise Unauthorized("the request carries no authorised team (is the authorizer attached to this route?)")
-    return str(team_id)
+    return caller.team_of(router.current_event.request_context.authorizer)
 
 
 # -- uploads ---------------------------------------------------------------------------------------------------

@@ -18,17 +18,19 @@ from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Que
 from aws_lambda_powertools.metrics import MetricUnit
 
 from controlplane.core import catalog
-from controlplane.core.errors import DomainError, Unauthorized
+from controlplane.core.errors import DomainError
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.models import JobRequest, ProviderCreate, utcnow
-from controlplane.handlers import container, http_errors
+from controlplane.handlers import caller, container, http_errors
 from controlplane.handlers import schemas as views
 from controlplane.handlers.api import logger, metrics
+from controlplane.handlers.api_admission import router as admission_router
 from controlplane.handlers.api_artifacts import router as artifacts_router
 from controlplane.handlers.openapi_doc import ID_PATTERN, MAX_ID_LENGTH, document, responses
 
 app = APIGatewayRestResolver(enable_validation=True)
 app.include_router(artifacts_router)  # uploads, outputs and checkpoints (handlers/api_artifacts.py)
+app.include_router(admission_router)  # limits and usage (handlers/api_admission.py)
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -48,11 +50,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 def _team() -> str:
-    authorizer = app.current_event.request_context.authorizer
-    team_id = authorizer.get("team_id") if authorizer else None
-    if not team_id:
-        raise Unauthorized("the request carries no authorised team (is the authorizer attached to this route?)")
-    return str(team_id)
+    return caller.team_of(app.current_event.request_context.authorizer)
 
 
 @app.exception_handler(DomainError)
@@ -216,6 +214,7 @@ def submit_job(
         {
             "job_id": job.job_id,
             "status": job.status,
+            "status_detail": job.status_detail,
             "instance_type": job.instance_type,
             "region": job.region,
             "hourly_price": job.hourly_price,

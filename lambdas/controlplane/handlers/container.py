@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where each is built: a handler's import pays only for what its first call wires
     from controlplane.adapters.dynamodb import DynamoJobStore
     from controlplane.adapters.uploads import DynamoUploadStore
+    from controlplane.service.admission import AdmissionService
     from controlplane.service.cancel import CancelService
     from controlplane.service.instance_events import InstanceEventsService
     from controlplane.service.jobs import JobService
@@ -29,6 +30,7 @@ class Services:
     teams: TeamService
     providers: ProviderService
     jobs: JobService
+    admission: AdmissionService | None = None  # per-team limits, the queue, usage (None: the routes answer 503)
 
 
 _services: Services | None = None
@@ -38,6 +40,7 @@ _cancel: CancelService | None = None
 _reconciler: Reconciler | None = None
 _uploads: UploadService | None = None
 _outputs: OutputsService | None = None
+_admission: AdmissionService | None = None
 _artifacts_s3: Any = None
 _frozen = False
 
@@ -101,6 +104,7 @@ def reconciler() -> Reconciler:
                 relays=StepFunctionsStarter(aws.client("stepfunctions"), settings.state_machine_arn)
                 if settings.state_machine_arn
                 else None,
+                admission=admission(),
             )
     return _reconciler
 
@@ -138,7 +142,51 @@ def job_store() -> DynamoJobStore:
 
     settings = config.get()
     publisher = JobEventPublisher(aws.client("events"), settings.event_bus_name) if settings.event_bus_name else None
-    return DynamoJobStore(aws.resource("dynamodb").Table(settings.jobs_table), publisher)
+    store = DynamoJobStore(aws.resource("dynamodb").Table(settings.jobs_table))
+    released = _admission_over(store).on_transition  # an ended job gives back what it held (docs/budgets.md)
+    # Booked first, then published: the ended job's event brings the reconcile function to admit the team's queue,
+    # which must find the job's claim released already.
+    store.listener = _listeners(released, publisher)
+    return store
+
+
+def _listeners(*listeners: Any) -> Any:
+    """One job-store listener calling each given one in order (a None is skipped)."""
+    chosen = [listener for listener in listeners if listener is not None]
+
+    def notify(before: Any, after: Any) -> None:
+        for listener in chosen:
+            listener(before, after)
+
+    return notify
+
+
+def _admission_over(jobs: DynamoJobStore) -> AdmissionService:
+    """Per-team limits and the queue (service/admission.py) over a job store."""
+    from controlplane import config
+    from controlplane.adapters import aws
+    from controlplane.adapters.admission import DynamoAdmissionStore
+    from controlplane.adapters.workflow import StepFunctionsStarter
+    from controlplane.service.admission import AdmissionService
+
+    settings = config.get()
+
+    def starter() -> StepFunctionsStarter | None:
+        """Only the functions given STATE_MACHINE_ARN (the API, the reconcile function) start workflows; read at
+        use (the local runtime runs every function's handler in one process)."""
+        arn = config.get().state_machine_arn
+        return StepFunctionsStarter(aws.client("stepfunctions"), arn) if arn else None
+
+    store = DynamoAdmissionStore(aws.resource("dynamodb").Table(settings.state_table))
+    return AdmissionService(store, jobs, starter, settings.shutdown_grace_seconds)
+
+
+def admission() -> AdmissionService:
+    """The admission service (the API's limits and usage routes, submissions, the reconciler's sweep)."""
+    global _admission
+    if _admission is None:
+        _admission = _admission_over(job_store())
+    return _admission
 
 
 def instance_events() -> InstanceEventsService:
@@ -243,8 +291,9 @@ def pipeline() -> Pipeline:
 
 def use(services: Services | None, workflow: Pipeline | None = None) -> None:
     """Install (or with None, forget) the services the handlers use."""
-    global _services, _pipeline, _instance_events, _cancel, _reconciler, _uploads, _outputs, _artifacts_s3
+    global _services, _pipeline, _instance_events, _cancel, _reconciler, _uploads, _outputs, _artifacts_s3, _admission
     _services = services
+    _admission = None
     _artifacts_s3 = None
     _uploads = None
     _outputs = None
@@ -287,7 +336,9 @@ def _from_environment() -> Services:
             SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix),
             uploads=upload_store(),
             scripts=_artifact_pages(),
+            admission=admission(),
         ),
+        admission=admission(),
     )
 
 
@@ -377,5 +428,5 @@ def _pipeline_from_environment() -> Pipeline:
         grants=_instance_grants(settings),
         scripts=_artifact_pages(),
     )
-    intake = IntakeService(jobs, providers, uploads=upload_store())
+    intake = IntakeService(jobs, providers, uploads=upload_store(), admission=admission())
     return Pipeline(jobs, providers, secrets, intake, bootstrap, launch, relay)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from controlplane.core import errors
+from controlplane.core import admission, errors
 
 STATUS: dict[type[errors.DomainError], int] = {
     errors.InvalidSpec: 400,
     errors.InvalidRequest: 400,
     errors.InvalidCredentials: 400,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.TransitionRefused: 409,
     errors.IdempotencyKeyReused: 422,
+    admission.OverLimit: 422,
+    admission.QueueFull: 429,
     errors.UpstreamUnavailable: 503,
 }
 

@@ -103,10 +103,12 @@ class JobList(DeferredModel):
 
 
 class JobAccepted(DeferredModel):
-    """POST /jobs: the job is recorded (PENDING) and its launch workflow started."""
+    """POST /jobs: the job is recorded PENDING and its launch workflow started, or QUEUED (its team's limits are full
+    for now; status_detail says which: docs/budgets.md) and started once admitted."""
 
     job_id: str
     status: JobStatus
+    status_detail: str | None = Field(default=None, description="QUEUED: the limit it waits for")
     instance_type: str | None
     region: str
     hourly_price: float | None = Field(description="USD/h on-demand list price; null on spot or auto (decided later)")
@@ -263,3 +265,35 @@ class OutputListing(DeferredModel):
     files: list[OutputFile]
     expires_at: dt.datetime = Field(description="the URLs stop working at the latest then (at most an hour)")
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+# -- limits and usage (handlers/api_admission.py; docs/budgets.md) ------------------------------------------------
+
+
+class ProviderUsage(DeferredModel):
+    provider_id: str
+    spent_usd: float = 0.0
+    jobs: int = 0
+
+
+class Usage(DeferredModel):
+    """GET /usage: a team's month. spent_usd is the sum of the costs of its jobs that ended; reserved_usd the worst
+    cases of its jobs still admitted (booked to the month they were submitted in)."""
+
+    team_id: str
+    month: str = Field(description="YYYY-MM (UTC)")
+    spent_usd: float
+    reserved_usd: float
+    budget_usd: float | None = Field(description="the monthly budget, null without one")
+    remaining_usd: float | None = Field(description="budget − spent − reserved, null without a budget")
+    active_jobs: int = Field(description="jobs admitted and not ended (each holds one instance slot)")
+    queued_jobs: int
+    gpu_hours_by_type: dict[str, float]
+    jobs_by_state: dict[str, int] = Field(description="the month's jobs that ended, by final state")
+    providers: list[ProviderUsage]
+
+
+class UsageList(DeferredModel):
+    """GET /usage with an admin token: every team's month."""
+
+    teams: list[Usage]

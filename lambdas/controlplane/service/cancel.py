@@ -48,6 +48,8 @@ class CancelService:
                 job = current
         else:
             raise UpstreamUnavailable(f"job {job_id} kept changing state while being cancelled; try again")
+        if previous == JobStatus.QUEUED:
+            return job, []  # never admitted: no workflow, no instance (the store's listener takes it off the queue)
         if previous == JobStatus.RUNNING and job.instance_id:
             return job, []  # the relay stops it and drains its output (bounded: CANCEL_DRAIN_SECONDS)
         return job, self.terminate_instances(job)

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from controlplane.core import catalog, userdata
+from controlplane.core.admission import OverLimit
 from controlplane.core.errors import (
     DomainError,
     DuplicateSubmission,
@@ -41,7 +42,7 @@ from controlplane.core.images import ImageFamily, family_for_instance
 from controlplane.core.lifecycle import FailureReason, JobStatus
 from controlplane.core.markets import UseSpot, submission_pricing
 from controlplane.core.models import Job, Provider, check_team_id, utcnow
-from controlplane.core.ports import JobStore, ProviderStore
+from controlplane.core.ports import Admission, JobStore, ProviderStore
 from controlplane.core.spec import TaskSpec, check_spec_size
 from controlplane.service.failures import fail_job
 from controlplane.service.uploads import UploadReader, check_spec_uploads
@@ -107,7 +108,14 @@ def _valid_key(value: Any) -> str | None:
 
 
 class IntakeService:
-    def __init__(self, jobs: JobStore, providers: ProviderStore, uploads: UploadReader | None = None) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        providers: ProviderStore,
+        uploads: UploadReader | None = None,
+        admission: Admission | None = None,
+    ) -> None:
+        self.admission = admission
         self.jobs = jobs
         self.providers = providers
         self.uploads = uploads  # the team's uploads, which workdir/file_mounts may name (service/uploads.py)
@@ -295,21 +303,27 @@ class IntakeService:
                 Job.model_validate(base | {"spec": spec, "name": spec.name, "region": region}), error.message
             )
         pricing = submission_pricing(spec.resources.use_spot, selection.instance_type, selection.hourly_price)
-        job, _ = self.jobs.create(
-            Job.model_validate(
-                base
-                | {
-                    "spec": spec,
-                    "name": spec.name,
-                    "region": selection.region,
-                    "instance_type": selection.instance_type,
-                    "hourly_price": pricing.hourly_price,
-                    "on_demand_price": pricing.on_demand_price,
-                    "use_spot": spec.resources.use_spot,
-                    "notes": [*selection.notes, *pricing.notes],
-                }
-            )
+        draft = Job.model_validate(
+            base
+            | {
+                "spec": spec,
+                "name": spec.name,
+                "region": selection.region,
+                "instance_type": selection.instance_type,
+                "hourly_price": pricing.hourly_price,
+                "on_demand_price": pricing.on_demand_price,
+                "use_spot": spec.resources.use_spot,
+                "notes": [*selection.notes, *pricing.notes],
+            }
         )
+        if self.admission is not None:  # the team's limits (docs/budgets.md): admitted, queued, or refused
+            try:
+                decision = self.admission.admit_new(draft)
+            except OverLimit as error:
+                raise InvalidSubmission(error.message) from None
+            if not decision.admitted:
+                draft = draft.model_copy(update={"status": JobStatus.QUEUED, "status_detail": decision.reason})
+        job, _ = self.jobs.create(draft)
         return job
 
     def _provider(self, team_id: str, provider_id: Any) -> Provider:
@@ -347,6 +361,8 @@ class IntakeService:
     def _plan(self, job: Job, execution_arn: str | None) -> Plan:
         if job.status.terminal:
             raise JobNotActive(f"job {job.job_id} is already {job.status}; nothing to launch")
+        if job.status == JobStatus.QUEUED:  # it launches in an execution of its own once admitted
+            raise JobNotActive(f"job {job.job_id} is QUEUED ({job.status_detail}); it launches once admitted")
         if job.spec is None or job.instance_type is None:  # cannot happen for an active job; be explicit
             fail_job(self.jobs, job.job_id, FailureReason.INVALID_SPEC, "the job has no valid task spec")
             raise InvalidSpec("the job has no valid task spec")

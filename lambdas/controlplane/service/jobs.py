@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from controlplane.core import bundle, catalog, logchunks, sealing, userdata
 from controlplane.core.errors import (
@@ -21,7 +21,15 @@ from controlplane.core.ids import job_id_for_idempotency_key, new_job_id
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.markets import submission_pricing
 from controlplane.core.models import Job, JobRequest, utcnow
-from controlplane.core.ports import JobPage, JobStore, LogProgress, ProviderStore, SecretStore, WorkflowStarter
+from controlplane.core.ports import (
+    Admission,
+    JobPage,
+    JobStore,
+    LogProgress,
+    ProviderStore,
+    SecretStore,
+    WorkflowStarter,
+)
 from controlplane.core.spec import check_spec_size
 from controlplane.service.uploads import UploadReader, check_spec_uploads
 
@@ -74,7 +82,9 @@ class JobService:
         secrets: SecretStore | None = None,
         uploads: UploadReader | None = None,
         scripts: ScriptStore | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission  # per-team limits and the queue (service/admission.py); None: no limits at all
         self.scripts = scripts  # the artifacts bucket, for setup/run too large for the job record
         self.jobs = jobs
         self.providers = providers
@@ -102,33 +112,39 @@ class JobService:
         userdata.check_spec_fits(job_id, team_id, selection.instance_type, spec)
         self._check_resume_from(team_id, spec.resume_from)
         check_spec_uploads(self.uploads, team_id, spec)
-        sealed = self._seal(team_id, job_id, request.secrets)
-        stored_scripts = self._store_scripts(team_id, job_id, scripts)
         pricing = submission_pricing(spec.resources.use_spot, selection.instance_type, selection.hourly_price)
         now = utcnow()
+        draft = Job(
+            job_id=job_id,
+            team_id=team_id,
+            provider_id=provider.provider_id,
+            region=selection.region,
+            name=spec.name,
+            spec=spec,
+            instance_type=selection.instance_type,
+            hourly_price=pricing.hourly_price,
+            on_demand_price=pricing.on_demand_price,
+            use_spot=spec.resources.use_spot,
+            notes=[*selection.notes, *pricing.notes],
+            request_hash=fingerprint,
+            secret_names=sorted(request.secrets),
+            created_at=now,
+            updated_at=now,
+        )
+        queued: dict[str, Any] = {}
+        if self.admission is not None:  # before anything is stored: a job that can never fit is refused here
+            decision = self.admission.admit_new(draft)
+            if not decision.admitted:
+                queued = {"status": JobStatus.QUEUED, "status_detail": decision.reason}
+        sealed = self._seal(team_id, job_id, request.secrets)
+        stored_scripts = self._store_scripts(team_id, job_id, scripts)
         job, created = self.jobs.create(
-            Job(
-                job_id=job_id,
-                team_id=team_id,
-                provider_id=provider.provider_id,
-                region=selection.region,
-                name=spec.name,
-                spec=spec,
-                instance_type=selection.instance_type,
-                hourly_price=pricing.hourly_price,
-                on_demand_price=pricing.on_demand_price,
-                use_spot=spec.resources.use_spot,
-                notes=[*selection.notes, *pricing.notes],
-                request_hash=fingerprint,
-                secret_names=sorted(request.secrets),
-                sealed_secrets=sealed,
-                stored_scripts=stored_scripts,
-                created_at=now,
-                updated_at=now,
-            )
+            draft.model_copy(update={"sealed_secrets": sealed, "stored_scripts": stored_scripts, **queued})
         )
         if not created:  # a concurrent request with the same key won the insert
             return Submission(self._replay(job, fingerprint), replayed=True)
+        if job.status == JobStatus.QUEUED:  # its workflow starts when it is admitted (service/admission.py)
+            return Submission(job, replayed=False)
         return Submission(self._start(job), replayed=False)
 
     def _check_resume_from(self, team_id: str, resume_from: str | None) -> None:

@@ -101,6 +101,11 @@ class Report:
     relays_restarted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     job_failures: int = 0  # jobs or instances whose repair failed this sweep (isolated; the others went on)
+    admission: dict[str, int] = field(default_factory=dict)  # the admission sweep's counts
+
+
+class AdmissionSweep(Protocol):
+    def sweep(self) -> dict[str, int]: ...
 
 
 class Reconciler:
@@ -115,7 +120,9 @@ class Reconciler:
         settings: ReconcileSettings,
         clock: Callable[[], dt.datetime] = utcnow,
         relays: RelayRestarter | None = None,
+        admission: AdmissionSweep | None = None,
     ) -> None:
+        self.admission = admission  # per-team limits: the queue's deadlines and interrupted releases (docs/budgets.md)
         self.ender = AttemptEnder(jobs)
         self.relays = relays
         self.jobs = jobs
@@ -146,6 +153,12 @@ class Reconciler:
             except (ClientError, BotoCoreError) as error:
                 report.errors.append(f"{provider_id}/{region}: {type(error).__name__}")
                 logger.warning("reconcile failed", extra={"provider_id": provider_id, "region": region})
+        if self.admission is not None:
+            try:
+                report.admission = self.admission.sweep()
+            except Exception as error:
+                report.errors.append(f"admission: {type(error).__name__}")
+                logger.exception("the admission sweep failed")
         return report
 
     def _place(

@@ -17,6 +17,7 @@ from controlplane.core.errors import InvalidRequest, NotFound
 from controlplane.core.ids import hash_token, new_token
 from controlplane.core.models import check_team_id, utcnow
 from controlplane.core.tokens import (
+    ADMIN_TEAM,
     DEFAULT_TOKEN_DAYS,
     MAX_LABEL,
     TOKEN_PREFIX_CHARS,
@@ -46,6 +47,15 @@ class TeamService:
     ) -> IssuedToken:
         """Create the team if needed and a new token for it (an admin action: scripts/ and the local runtime)."""
         check_team_id(team_id)
+        return self._issue(team_id, label, expires_in_days, now)
+
+    def issue_admin(
+        self, label: str = "admin", expires_in_days: int = DEFAULT_TOKEN_DAYS, now: dt.datetime | None = None
+    ) -> IssuedToken:
+        """A new admin token: it sets teams' limits and reads every team's usage, and acts for no team."""
+        return self._issue(ADMIN_TEAM, label, expires_in_days, now)
+
+    def _issue(self, team_id: str, label: str, expires_in_days: int, now: dt.datetime | None) -> IssuedToken:
         check_expiry_days(expires_in_days)
         label = label.strip()[:MAX_LABEL] or "default"
         self.teams.create_team(team_id, team_id)
