@@ -9,9 +9,13 @@ build, zipped) and of the layer (build/layer zipped, bytecode included; unzipped
 
 Also measured, reported only: the same imports with the code asset as source (a synth without a CPython 3.12) and
 with no bytecode at all (neither the layer nor the asset compiled), and "import + wiring", the handler plus what its
-first invocation builds (services, boto3 clients) and imports (FIRST_CALL_IMPORTS: paramiko for the workflow, which
-adapters/ssh.py imports at the relay's first connect). The relay's target applies to the workflow module plus its
-wiring and paramiko.
+first invocation builds (services, boto3 clients) and imports (FIRST_CALL_IMPORTS). The relay's target applies to a
+relay shard's first call: handlers.relay_shard, relay_shard.wire() (what its first tick uses: the relay's service,
+the fleet's store and its DynamoDB and Step Functions clients; the clients only a job loop uses, Secrets Manager,
+EventBridge, S3 and STS, are made at their first use) and paramiko, which adapters/ssh.py imports at a job's first
+connect. The first tick's own request (one GetItem, ~7 ms against a local stub) is not in it. Alongside it, paired,
+the same call's dependencies alone (every module it imports but the control plane's, and its two clients): the floor
+that no change to lambdas/ goes below (details.relay_dependencies; docs/cold-start.md).
 
     python -m bench.coldstart [--repeats 3]
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -46,7 +51,8 @@ HANDLERS: dict[str, str] = {
     "controlplane.handlers.workflow": "pipeline",
     "controlplane.handlers.events": "instance_events",
     "controlplane.handlers.reconcile": "reconciler",
-    # a relay shard (docs/relay-fleet.md): the relay's services and the fleet's store and Step Functions client
+    # a relay shard (docs/relay-fleet.md): what its first tick uses (the relay's service, the fleet's store and
+    # Step Functions client), not the other workflow steps' services
     "controlplane.handlers.relay_shard": "controlplane.handlers.relay_shard:wire",
 }
 # What a handler's first invocation imports beyond its wiring: a relay shard's first connect imports paramiko (and
@@ -72,6 +78,36 @@ for name in sys.argv[3:]:
     importlib.import_module(name)
 print(imported - started, time.perf_counter() - started)
 """
+# The relay's first call less the control plane's own work: the modules that call imports other than its own
+# (listed by _LIST_PROBE, imported here in the order they were) and the clients its wiring makes (DEPENDENCY_CLIENTS),
+# from one boto3 Session. What no change to lambdas/ can go below: the layer's packages' and the stdlib's imports.
+_LIST_PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+module, _, function = sys.argv[2].rpartition(":")
+getattr(importlib.import_module(module or "controlplane.handlers.container"), function)()
+for name in sys.argv[3:]:
+    importlib.import_module(name)
+print(json.dumps([m for m in sys.modules if m.split(".")[0] not in {"controlplane", "__main__"}]))
+"""
+_DEPENDENCIES_PROBE = """
+import importlib, json, os, sys, time
+names = json.loads(sys.argv[1])
+started = time.perf_counter()
+for name in names:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass  # a module that a package only tried (an optional dependency): as in the first call
+import boto3
+session = boto3.session.Session()
+for kind, service in json.loads(sys.argv[2]):
+    getattr(session, kind)(service, region_name=os.environ.get("AWS_REGION") or "us-east-1")
+print(time.perf_counter() - started)
+"""
+# What relay_shard.wire() makes (controlplane/adapters/aws.py): the DynamoDB resource and the Step Functions client.
+DEPENDENCY_CLIENTS = (("resource", "dynamodb"), ("client", "stepfunctions"))
+RELAY = "controlplane.handlers.relay_shard"
 
 
 def asset_excluded(path: Path) -> bool:
@@ -176,6 +212,41 @@ def _probe(python: str, module: str, wire: str, env: dict[str, str], cache: Path
     return float(imported), float(wired)
 
 
+def _relay_floor(python: str, env: dict[str, str], repeats: int) -> dict[str, float]:
+    """The relay's first call (as deployed) and the same call's dependencies alone (_DEPENDENCIES_PROBE), alternating,
+    median of `repeats` each, in ms."""
+    flags = ["-S"] if python != sys.executable else []
+    wire, extra = HANDLERS[RELAY], FIRST_CALL_IMPORTS.get(RELAY, ())
+    listed = subprocess.run(  # noqa: S603
+        [python, *flags, "-B", "-c", _LIST_PROBE, RELAY, wire, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    names = listed.stdout.strip().splitlines()[-1]
+    clients = json.dumps(DEPENDENCY_CLIENTS)
+    relay: list[float] = []
+    floor: list[float] = []
+    for _ in range(repeats):
+        relay.append(_probe(python, RELAY, wire, env, None)[1])
+        result = subprocess.run(  # noqa: S603
+            [python, *flags, "-B", "-c", _DEPENDENCIES_PROBE, names, clients],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        floor.append(float(result.stdout.split()[-1]))
+    return {
+        "first_call_ms": round(statistics.median(relay) * 1000, 1),
+        "dependencies_alone_ms": round(statistics.median(floor) * 1000, 1),
+        "modules": len(json.loads(names)),
+    }
+
+
 def _importtime_top(python: str, module: str, env: dict[str, str], top: int = 5) -> dict[str, float]:
     """Where a cold import's time goes: -X importtime self times summed per top-level package, in ms."""
     flags = ["-S"] if python != sys.executable else []
@@ -253,6 +324,8 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
                 timings[module][f"import{mode}_ms"] = statistics.median(r[0] for r in runs) * 1000
                 timings[module][f"wired{mode}_ms"] = statistics.median(r[1] for r in runs) * 1000
             details.setdefault("import_ms_by_package", {})[module] = _importtime_top(interpreter, module, envs[""])
+            if module == RELAY:
+                details["relay_dependencies"] = _relay_floor(interpreter, envs[""], repeats)
         details["timings_ms"] = {m: {k: round(v, 1) for k, v in t.items()} for m, t in timings.items()}
         details["modes"] = {f"import{k}_ms, wired{k}_ms": v for k, v in MODES.items()}
         code_zip, code_raw, code_pyc = zipped_size(deployed, nothing_excluded)
@@ -270,16 +343,18 @@ def run(repeats: int = 3) -> tuple[list[Figure], dict[str, Any]]:
                 f"{timing['import_no_bytecode_ms']:.0f} ms; + wiring {timing['wired_ms']:.0f} ms",
             )
         )
-    relay = timings["controlplane.handlers.relay_shard"]
+    relay = timings[RELAY]
+    floor = details["relay_dependencies"]
     figures.append(
         Figure(
             SECTION,
-            "relay shard: handlers.relay_shard + its wiring (paramiko, clients)",
+            "relay shard's first call: handlers.relay_shard + its first tick's wiring + paramiko",
             relay["wired_ms"],
             "ms",
             ("<=", RELAY_TARGET_MS),
             f"asset as source {relay['wired_asset_source_ms']:.0f} ms; no bytecode "
-            f"{relay['wired_no_bytecode_ms']:.0f} ms",
+            f"{relay['wired_no_bytecode_ms']:.0f} ms; its dependencies' imports and its two clients alone "
+            f"{floor['dependencies_alone_ms']:.0f} ms of {floor['first_call_ms']:.0f} (paired)",
         )
     )
     details["code_asset"] = {

@@ -153,7 +153,9 @@ AUTHORIZER = FunctionSpec(
     tables={STATE: R},
 )
 STEPS: dict[str, FunctionSpec] = {
-    "validate": _step("validate", "validate the submission, record the job", tables={JOBS: RW, STATE: R}),
+    # STATE: write for admission (docs/budgets.md): a submission's claim or queue entry in its team's ledger, and
+    # every function that can end a job books it there (the job store's listener).
+    "validate": _step("validate", "validate the submission, record the job", tables={JOBS: RW, STATE: RW}),
     "bootstrap": _step(
         "bootstrap",
         "the team's security group, key pair and instance role in the provider's account",
@@ -172,13 +174,13 @@ STEPS: dict[str, FunctionSpec] = {
     "recover": _step(
         "recover",
         "end an attempt that relaunches: terminate its instance, begin the next attempt",
-        tables={JOBS: RW, STATE: R, LOGS: R},  # LOGS: where the next attempt's marker goes (the committed offset)
+        tables={JOBS: RW, STATE: RW, LOGS: R},  # LOGS: where the next attempt's marker goes (the committed offset)
         secrets={SecretKind.PROVIDER_KEYS: SECRET_READ},
     ),
     "record_failure": _step(
         "record_failure",
         "end a failed job, terminate what it launched",
-        tables={JOBS: RW, STATE: R, LOGS: RW},
+        tables={JOBS: RW, STATE: RW, LOGS: RW},
         secrets={SecretKind.PROVIDER_KEYS: SECRET_READ},
     ),
 }
@@ -188,8 +190,8 @@ INSTANCE_EVENTS = FunctionSpec(
     description="ec2jobs EC2 instance state changes, recorded on the instance's job",
     timeout_seconds=30,
     # STATE + the provider's key: DescribeInstances' StateReason tells a spot reclaim whose warning was missed
-    # (EC2 state-change events carry no reason).
-    tables={JOBS: RW, STATE: R, LOGS: RW},
+    # (EC2 state-change events carry no reason). STATE: write to book the jobs it ends (admission's ledger).
+    tables={JOBS: RW, STATE: RW, LOGS: RW},
     secrets={SecretKind.PROVIDER_KEYS: SECRET_READ},
     publishes_events=True,
 )
@@ -198,7 +200,7 @@ RECONCILE = FunctionSpec(
     handler=RECONCILE_HANDLER,
     description="ec2jobs reconciler (every minute): every job ends, every instance dies",
     timeout_seconds=120,  # one DescribeInstances per provider and region; runs are idempotent if they overlap
-    tables={JOBS: RW, STATE: R, LOGS: RW},  # STATE: the provider registry, providers, bootstrapped regions
+    tables={JOBS: RW, STATE: RW, LOGS: RW},  # STATE: providers, bootstrapped regions; admission's ledgers (write)
     secrets={SecretKind.PROVIDER_KEYS: SECRET_READ},
     publishes_events=True,
 )

@@ -1,5 +1,6 @@
 """EventBridge: EC2 state changes and spot interruption warnings (default bus) to the instance-events function, Job
-Submission (the control plane's bus) to the workflow, the reconciler's schedule; the patterns are
+Submission (the control plane's bus) to the workflow, ended jobs (the control plane's bus) to the reconcile function
+(it admits queued jobs: docs/budgets.md), the reconciler's schedule; the patterns are
 controlplane.adapters.events'."""
 
 from __future__ import annotations
@@ -26,8 +27,19 @@ def _function_target(synth: Synth, rule: dict[str, Any]) -> str:
     return str(target["Arn"]["Fn::GetAtt"][0])
 
 
-def test_four_rules(synth: Synth) -> None:
-    assert len(_rules(synth)) == 4
+def test_five_rules(synth: Synth) -> None:
+    assert len(_rules(synth)) == 5
+
+
+def test_ended_jobs_on_the_custom_bus_go_to_the_reconcile_function(synth: Synth) -> None:
+    _, rule = _rule(synth, EventPattern=events.JOB_ENDED_PATTERN)
+    assert rule["EventPattern"] == {
+        "source": ["ec2jobs"],  # the control plane's own: team roles may only put ec2jobs.team.<id>
+        "detail-type": ["Job State Change"],
+        "detail": {"status": ["SUCCEEDED", "FAILED", "CANCELLED"]},
+    }
+    assert rule["EventBusName"] == {"Ref": synth.logical_id(synth.stack.events.bus)}
+    assert _function_target(synth, rule) == synth.function("controlplane.handlers.reconcile.handler")[0]
 
 
 def test_ec2_state_changes_on_the_default_bus_go_to_the_instance_events_function(synth: Synth) -> None:
@@ -73,7 +85,7 @@ def test_eventbridge_may_invoke_each_target_function_only_from_its_rule(synth: S
         for p in synth.of_type("AWS::Lambda::Permission").values()
         if p["Properties"]["Principal"] == "events.amazonaws.com"
     ]
-    rules = {k: r for k, r in _rules(synth).items() if "EventBusName" not in r}  # those targeting functions
+    rules = {k: r for k, r in _rules(synth).items() if r["Targets"][0]["Arn"].get("Fn::GetAtt")}  # to functions
     assert sorted(p["SourceArn"]["Fn::GetAtt"][0] for p in permissions) == sorted(rules)
     for permission in permissions:
         rule = rules[permission["SourceArn"]["Fn::GetAtt"][0]]

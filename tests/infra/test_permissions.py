@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from controlplane.adapters import events
 from controlplane.adapters.statemachine import FLEET_HANDLER, HANDLERS
 from tests.infra.conftest import Synth
 
@@ -61,7 +62,8 @@ USES: dict[str, Uses] = {
         artifacts=frozenset(ARTIFACTS_RW | ASSUME_TRANSFER_ROLE),
     ),
     "controlplane.handlers.authorizer.handler": Uses({"state": READ}, publishes=False),  # token hash → team
-    HANDLERS["validate"]: Uses({"jobs": WRITE, "state": READ}),
+    # every function that records or ends a job writes its team's admission ledger (state; docs/budgets.md)
+    HANDLERS["validate"]: Uses({"jobs": WRITE, "state": WRITE}),
     HANDLERS["bootstrap"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
     HANDLERS["launch"]: Uses({"jobs": WRITE, "state": WRITE}, {PROVIDER_KEYS: GET, TEAM_SSH_KEY: GET | CREATE}),
     # the Relay step: the job's enrolment (jobs), the fleet's shard items (state); starts a shard when all are full
@@ -75,15 +77,15 @@ USES: dict[str, Uses] = {
         answers_tasks=True,
     ),
     # Recover: terminates the ended attempt's instance (provider keys), reads where the next attempt's log begins
-    HANDLERS["recover"]: Uses({"jobs": WRITE, "state": READ, "logs": READ}, {PROVIDER_KEYS: GET}),
-    HANDLERS["record_failure"]: Uses({"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}),
+    HANDLERS["recover"]: Uses({"jobs": WRITE, "state": WRITE, "logs": READ}, {PROVIDER_KEYS: GET}),
+    HANDLERS["record_failure"]: Uses({"jobs": WRITE, "state": WRITE, "logs": WRITE}, {PROVIDER_KEYS: GET}),
     # state + provider keys: DescribeInstances' StateReason (a spot reclaim whose warning was missed)
     "controlplane.handlers.events.instance_state": Uses(
-        {"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}
+        {"jobs": WRITE, "state": WRITE, "logs": WRITE}, {PROVIDER_KEYS: GET}
     ),
-    # it restarts dead relay loops (a relay-only execution)
+    # it restarts dead relay loops (a relay-only execution) and starts queued jobs' workflows once admitted
     "controlplane.handlers.reconcile.handler": Uses(
-        {"jobs": WRITE, "state": READ, "logs": WRITE}, {PROVIDER_KEYS: GET}, starts_workflow=True
+        {"jobs": WRITE, "state": WRITE, "logs": WRITE}, {PROVIDER_KEYS: GET}, starts_workflow=True
     ),
 }
 
@@ -166,7 +168,7 @@ def test_the_submission_rule_may_start_the_workflow_and_nothing_else(synth: Synt
     (rule,) = [
         r["Properties"]
         for r in synth.of_type("AWS::Events::Rule").values()
-        if r["Properties"].get("EventBusName") is not None
+        if r["Properties"].get("EventPattern") == events.SUBMISSION_PATTERN
     ]
     (target,) = rule["Targets"]
     role = target["RoleArn"]["Fn::GetAtt"][0]

@@ -136,7 +136,12 @@ def test_the_same_event_patterns_to_the_same_targets(synth: Synth, local_plane: 
     assert deployed == local
     assert set(local) == {
         json.dumps(pattern, sort_keys=True)
-        for pattern in (events.SUBMISSION_PATTERN, events.EC2_STATE_PATTERN, events.SPOT_INTERRUPTION_PATTERN)
+        for pattern in (
+            events.SUBMISSION_PATTERN,
+            events.EC2_STATE_PATTERN,
+            events.SPOT_INTERRUPTION_PATTERN,
+            events.JOB_ENDED_PATTERN,
+        )
     }
 
 

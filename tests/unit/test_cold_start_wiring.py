@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ import pytest
 
 from controlplane import config
 from controlplane.adapters import artifacts, aws
-from controlplane.handlers import container
+from controlplane.core.ports import ProviderCredentials
+from controlplane.handlers import container, relay_shard
+from controlplane.service.relay_fleet import SHARD_CAPACITY
 
 REPO = Path(__file__).resolve().parents[2]
 _LOADED = """
@@ -117,14 +121,124 @@ def test_the_api_and_the_relay_share_one_s3_client_per_container(
     services = container.get()
     container.uploads()
     container.outputs()
-    assert len(made) == 1
+    assert made == []  # made at its first use, not by the wiring
     assert workflow.relayer.grants is not None
-    assert workflow.relayer.grants.store.s3 is made[0]
+    assert workflow.relayer.grants.store.s3.meta.service_model.service_name == "s3"
+    assert len(made) == 1
+    assert workflow.relayer.grants.store.s3.resolve() is made[0]
+    assert container.uploads().bucket.s3.resolve() is made[0]
     assert services.jobs is not None
 
     container.use(None)  # tests and the local runtime start over: so does the client
-    container.get()
+    container.get().jobs.scripts.s3.resolve()
     assert len(made) == 2
+
+
+def _recording(made: list[str], real: Any) -> Any:
+    """aws.client's maker (session, service) → client, recording the services it makes clients of."""
+
+    def make(session: Any, service: str) -> Any:
+        made.append(service)
+        return real(session, service)
+
+    return make
+
+
+def _publisher(relayer: Any) -> Any:
+    """The job store's Job State Change publisher (its listener chain also books ended jobs: docs/budgets.md)."""
+    return next(listener for listener in relayer.jobs.listener.chain if hasattr(listener, "client"))
+
+
+def test_a_relay_shards_wiring_makes_only_the_clients_its_first_tick_uses(
+    fresh_wiring: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    monkeypatch.setattr(aws.client, "_make", _recording(made, aws.client._make))
+    real_s3 = artifacts.s3_client
+    monkeypatch.setattr(artifacts, "s3_client", lambda: made.append("s3") or real_s3())
+    monkeypatch.setattr(relay_shard, "_wired", {})
+    relay_shard.wire()
+    assert made == ["stepfunctions"]  # and the DynamoDB resource: the shard's item, its jobs' tasks
+    relayer = container.relayer()
+    assert not container._pipeline  # the other steps' services are not built
+    assert relayer.grants is not None
+    for lazy in (relayer.secrets.client, relayer.grants.sts, relayer.grants.store.s3, _publisher(relayer).client):
+        assert isinstance(lazy, aws.Lazy)
+        assert not lazy.made
+    secrets = relayer.secrets.client.meta.service_model.service_name  # a job loop's first use makes it, only it
+    assert (secrets, made) == ("secretsmanager", ["stepfunctions", "secretsmanager"])
+    assert relayer.grants.sts.meta.service_model.service_name == "sts"
+    assert relayer.grants.store.s3.meta.service_model.service_name == "s3"
+    assert made == ["stepfunctions", "secretsmanager", "sts", "s3"]
+    assert container.pipeline().relayer is relayer  # the workflow's steps in the same process share it
+
+
+def test_a_lazy_client_is_made_once_when_threads_first_use_it_together() -> None:
+    calls: list[int] = []
+    started = threading.Barrier(8)
+
+    def make() -> Any:
+        calls.append(1)
+        time.sleep(0.05)  # long enough for every thread to be waiting on it
+        return object()
+
+    lazy = aws.Lazy(make)
+    got: list[Any] = []
+
+    def use() -> None:
+        started.wait()
+        got.append(lazy.resolve())
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert len(got) == 8
+    assert all(client is got[0] for client in got)
+    assert lazy.made
+
+
+def test_a_lazy_client_delegates_to_the_client() -> None:
+    class Client:
+        region = "eu-west-1"
+
+        def describe(self, name: str) -> str:
+            return f"described {name}"
+
+    lazy = aws.Lazy(Client)
+    assert lazy.describe("x") == "described x"
+    assert lazy.region == "eu-west-1"
+    with pytest.raises(AttributeError):
+        lazy.missing  # noqa: B018
+
+
+def test_a_relay_shards_clients_pool_enough_connections_for_all_its_job_loops(fresh_wiring: None) -> None:
+    """A shard's up to SHARD_CAPACITY job loops share its clients, each loop with its log writer: with botocore's
+    default pool (10), urllib3 warned "Connection pool is full" and closed the connections beyond it."""
+    needed = 2 * SHARD_CAPACITY + 1  # every loop and its writer at once, and the shard's tick
+    relay_shard._wired.clear()
+    relay_shard.wire()
+    store, callbacks, starter = relay_shard._fleet()
+    relayer = container.relayer()
+    assert relayer.grants is not None
+    credentials = ProviderCredentials(access_key_id="AKIAFAKE", secret_access_key="fake")
+    clients = {
+        "dynamodb": store.state.meta.client,
+        "jobs": relayer.jobs.table.meta.client,
+        "logs": relayer.logs.table.meta.client,
+        "stepfunctions": callbacks.client,
+        "starter": starter.client,
+        "secretsmanager": relayer.secrets.client.resolve(),
+        "events": _publisher(relayer).client.resolve(),
+        "sts": relayer.grants.sts.resolve(),
+        "s3": relayer.grants.store.s3.resolve(),
+        "ec2 (a provider's)": aws.provider_client("ec2", credentials, "us-east-1"),
+    }
+    small = {name: c.meta.config.max_pool_connections for name, c in clients.items()}
+    assert {name: size for name, size in small.items() if size < needed} == {}
+    relay_shard._wired.clear()
 
 
 def test_the_api_patches_what_x_ray_traces_once_at_its_first_request(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from ec2jobs.cli import output
 from ec2jobs.cli.args import Parents
 from ec2jobs.cli.config import client_for
-from ec2jobs.cli.errors import EXIT_OK, CliError
+from ec2jobs.cli.errors import EXIT_OK, UsageError
 
 
 def _usd(value: Any) -> str:
@@ -76,7 +76,7 @@ def _gpu_limits(values: list[str]) -> dict[str, int]:
     for value in values:
         name, _, count = value.partition("=")
         if not name or not count.isdigit():
-            raise CliError(f"--max-gpus-of {value!r}: write TYPE=COUNT, e.g. A100=8")
+            raise UsageError(f"--max-gpus-of {value!r}: write TYPE=COUNT, e.g. A100=8")
         limits[name] = int(count)
     return limits
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 import boto3
 import botocore.session
@@ -15,12 +15,19 @@ from botocore.config import Config
 from controlplane import config
 from controlplane.core.ports import ProviderCredentials
 
+# Connections a client keeps per endpoint. botocore's default (10) is too few for a relay shard: its job loops (up
+# to SHARD_CAPACITY, 25, service/relay_fleet.py) share its clients, and each loop may have two DynamoDB calls in
+# flight (its own and its log writer's) besides the shard's tick; beyond the pool, urllib3 opens a connection, warns
+# "Connection pool is full, discarding connection" and closes it after the call. 64 = 2 x 25 + a margin; idle slots
+# cost nothing (a connection is opened only when a call needs one).
+MAX_POOL_CONNECTIONS: Final = 64
 # "standard" retry mode: exponential backoff with jitter on throttling and transient errors, quota-limited.
 CLIENT_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
     connect_timeout=5,
     read_timeout=30,
     tcp_keepalive=True,
+    max_pool_connections=MAX_POOL_CONNECTIONS,
 )
 
 
@@ -66,6 +73,44 @@ def _own_resource(session: boto3.session.Session, service: str) -> Any:
 
 client = _PerService(_own_client)  # client("sts"), resource("dynamodb"): the control plane's own account
 resource = _PerService(_own_resource)
+
+
+class Lazy:
+    """A client made at its first use (the first attribute looked up on it, e.g. a call), then kept. The wiring
+    (handlers/container.py) gives services a Lazy for the clients their first call may not need: making a client
+    reads its service model and builds its class (S3's about 40 ms), which a cold start then does not pay
+    (docs/cold-start.md). Thread-safe: a relay shard's job loops may use it first at the same moment, and all get
+    the one client."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._made: Any = None
+
+    @property
+    def made(self) -> bool:
+        """Whether the client exists yet."""
+        return self._made is not None
+
+    def resolve(self) -> Any:
+        """The client, made now if it is not yet."""
+        made = self._made
+        if made is None:
+            with self._lock:
+                if self._made is None:
+                    self._made = self._make()
+                made = self._made
+        return made
+
+    def __getattr__(self, name: str) -> Any:
+        if name in {"_make", "_lock", "_made"}:  # not set yet (copy, pickle): no client to make
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+
+def lazy_client(service: str) -> Lazy:
+    """client(service), made at its first use (Lazy)."""
+    return Lazy(lambda: client(service))
 
 
 _PROVIDER_SESSION_LOCK = threading.Lock()

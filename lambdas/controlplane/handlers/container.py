@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imported where each is built: a handler's import pays only 
     from controlplane.service.pipeline import Pipeline
     from controlplane.service.providers import ProviderService
     from controlplane.service.reconcile import Reconciler
+    from controlplane.service.relay import RelayService
     from controlplane.service.teams import TeamService
     from controlplane.service.uploads import UploadService
 
@@ -35,6 +36,7 @@ class Services:
 
 _services: Services | None = None
 _pipeline: Pipeline | None = None
+_relayer: RelayService | None = None
 _instance_events: InstanceEventsService | None = None
 _cancel: CancelService | None = None
 _reconciler: Reconciler | None = None
@@ -134,31 +136,49 @@ def cancel() -> CancelService:
 
 
 def job_store() -> DynamoJobStore:
-    """The jobs table, publishing a Job State Change event for every state change when EVENT_BUS_NAME is set."""
+    """The jobs table, publishing a Job State Change event for every state change when EVENT_BUS_NAME is set (its
+    EventBridge client made at the first state change: many first calls change none)."""
     from controlplane import config
     from controlplane.adapters import aws
     from controlplane.adapters.dynamodb import DynamoJobStore
     from controlplane.adapters.events import JobEventPublisher
 
     settings = config.get()
-    publisher = JobEventPublisher(aws.client("events"), settings.event_bus_name) if settings.event_bus_name else None
+    events = aws.lazy_client("events")
+    publisher = JobEventPublisher(events, settings.event_bus_name) if settings.event_bus_name else None
     store = DynamoJobStore(aws.resource("dynamodb").Table(settings.jobs_table))
-    released = _admission_over(store).on_transition  # an ended job gives back what it held (docs/budgets.md)
+    released = _releaser(store)  # an ended job gives back what it held (docs/budgets.md)
     # Booked first, then published: the ended job's event brings the reconcile function to admit the team's queue,
     # which must find the job's claim released already.
-    store.listener = _listeners(released, publisher)
+    store.listener = _Listeners(released, publisher)
     return store
 
 
-def _listeners(*listeners: Any) -> Any:
-    """One job-store listener calling each given one in order (a None is skipped)."""
-    chosen = [listener for listener in listeners if listener is not None]
+def _releaser(store: DynamoJobStore) -> Any:
+    """The listener that books an ended job (AdmissionService.on_transition), built at the first job that ends: a
+    relay shard's first call does not import admission."""
+    service: AdmissionService | None = None
 
-    def notify(before: Any, after: Any) -> None:
-        for listener in chosen:
+    def on_transition(before: Any, after: Any) -> None:
+        nonlocal service
+        if not after.status.terminal:
+            return
+        if service is None:
+            service = _admission_over(store)
+        service.on_transition(before, after)
+
+    return on_transition
+
+
+class _Listeners:
+    """One job-store listener calling each of `chain` in order (a None is skipped)."""
+
+    def __init__(self, *listeners: Any) -> None:
+        self.chain = [listener for listener in listeners if listener is not None]
+
+    def __call__(self, before: Any, after: Any) -> None:
+        for listener in self.chain:
             listener(before, after)
-
-    return notify
 
 
 def _admission_over(jobs: DynamoJobStore) -> AdmissionService:
@@ -225,14 +245,14 @@ def upload_store() -> DynamoUploadStore:
 
 
 def _artifacts_client() -> Any:
-    """The S3 client for the artifacts bucket (adapters/artifacts.py s3_client()), one per container: each call of
-    s3_client() makes a new boto3 Session, which reads the S3 model again, and the relay and the API wire two or
-    three users of it."""
+    """The S3 client for the artifacts bucket (adapters/artifacts.py s3_client()), one per container (the relay and
+    the API wire two or three users of it), made at its first use (aws.Lazy): making it reads S3's model, about
+    40 ms of a cold start, and a relay shard needs it only when a job's scripts or grants do."""
     global _artifacts_s3
     if _artifacts_s3 is None:
-        from controlplane.adapters import artifacts
+        from controlplane.adapters import artifacts, aws
 
-        _artifacts_s3 = artifacts.s3_client()
+        _artifacts_s3 = aws.Lazy(artifacts.s3_client)
     return _artifacts_s3
 
 
@@ -289,15 +309,30 @@ def pipeline() -> Pipeline:
     return _pipeline
 
 
+def relayer() -> RelayService:
+    """The relay's service, which a relay shard follows its jobs with (handlers/relay_shard.py): the pipeline's when
+    one is wired or installed (use()), else built alone, so a shard's first call does not pay for the other steps'
+    services (intake, bootstrap, launch: their modules and objects)."""
+    global _relayer
+    if _pipeline is not None:
+        return _pipeline.relayer
+    if _relayer is None:
+        with _first_wiring():
+            _relayer = _relay_from_environment()
+    return _relayer
+
+
 def use(services: Services | None, workflow: Pipeline | None = None) -> None:
     """Install (or with None, forget) the services the handlers use."""
-    global _services, _pipeline, _instance_events, _cancel, _reconciler, _uploads, _outputs, _artifacts_s3, _admission
+    global _services, _pipeline, _relayer, _instance_events, _cancel, _reconciler, _uploads, _outputs, _artifacts_s3
+    global _admission
     _services = services
     _admission = None
     _artifacts_s3 = None
     _uploads = None
     _outputs = None
     _pipeline = workflow
+    _relayer = None
     _instance_events = None
     _cancel = None
     _reconciler = None
@@ -355,10 +390,61 @@ def _instance_grants(settings: Any) -> Any:
     )
     if not chosen.enabled:
         return None
-    return InstanceGrants(artifacts.ArtifactStore(_artifacts_client(), chosen.bucket), aws.client("sts"), chosen)
+    store = artifacts.ArtifactStore(_artifacts_client(), chosen.bucket)
+    return InstanceGrants(store, aws.lazy_client("sts"), chosen)  # both made when a job's grants are first issued
+
+
+def _provider_clients() -> Any:
+    """Clients acting as a provider (aws.provider_client), looked up per call (tests observe it)."""
+    from controlplane.adapters import aws
+    from controlplane.core.ports import ProviderCredentials
+
+    def clients(service: str, credentials: ProviderCredentials, region: str) -> Any:
+        return aws.provider_client(service, credentials, region)
+
+    return clients
+
+
+def _relay_from_environment() -> RelayService:
+    """The relay's service and what it needs only: a relay shard wires nothing else. Its Secrets Manager client is
+    made at a job loop's first use, not by the shard's first tick (which reads and heartbeats its shard item)."""
+    from controlplane import config
+    from controlplane.adapters import aws
+    from controlplane.adapters.dynamodb import DynamoProviderStore
+    from controlplane.adapters.logs import DynamoLogStore
+    from controlplane.adapters.secrets import SecretsManagerStore
+    from controlplane.adapters.ssh import SshConnector
+    from controlplane.service.relay import ProviderInstanceLocator, RelayService, RelaySettings
+
+    settings = config.get()
+    dynamodb = aws.resource("dynamodb")
+    jobs = job_store()
+    secrets = SecretsManagerStore(aws.lazy_client("secretsmanager"), settings.secrets_prefix)
+    locator = ProviderInstanceLocator(
+        DynamoProviderStore(dynamodb.Table(settings.state_table)), secrets, _provider_clients()
+    )
+    return RelayService(
+        jobs,
+        DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
+        secrets,
+        locator,
+        SshConnector(),
+        RelaySettings(
+            ssh_user=settings.relay_user,
+            ssh_port=settings.ssh_port,
+            budget_seconds=settings.relay_budget_seconds,
+            flush_interval_seconds=settings.log_flush_seconds,
+        ),
+        lease=jobs,
+        terminator=locator,
+        grants=_instance_grants(settings),
+        scripts=_artifact_pages(),
+    )
 
 
 def _pipeline_from_environment() -> Pipeline:
+    """Every workflow step's services; the relay's is the one relayer() built if a shard in this process built it
+    first (one RelayService per process)."""
     from controlplane import config
     from controlplane.adapters import aws
     from controlplane.adapters.dynamodb import (
@@ -366,16 +452,12 @@ def _pipeline_from_environment() -> Pipeline:
         DynamoImageCache,
         DynamoProviderStore,
     )
-    from controlplane.adapters.logs import DynamoLogStore
     from controlplane.adapters.secrets import SecretsManagerStore
-    from controlplane.adapters.ssh import SshConnector
-    from controlplane.core.ports import ProviderCredentials
     from controlplane.service.bootstrap import BootstrapService, BootstrapSettings
     from controlplane.service.images import ImageResolver
     from controlplane.service.intake import IntakeService
     from controlplane.service.launch import LaunchService, LaunchSettings
     from controlplane.service.pipeline import Pipeline
-    from controlplane.service.relay import ProviderInstanceLocator, RelayService, RelaySettings
 
     settings = config.get()
     dynamodb = aws.resource("dynamodb")
@@ -383,10 +465,7 @@ def _pipeline_from_environment() -> Pipeline:
     jobs = job_store()
     providers = DynamoProviderStore(state)
     secrets = SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix)
-
-    def clients(service: str, credentials: ProviderCredentials, region: str) -> Any:
-        return aws.provider_client(service, credentials, region)  # looked up per call (tests observe it)
-
+    clients = _provider_clients()
     bootstrap = BootstrapService(
         DynamoBootstrapCache(state),
         secrets,
@@ -410,23 +489,6 @@ def _pipeline_from_environment() -> Pipeline:
             capacity_retry_seconds=settings.capacity_retry_seconds,
         ),
     )
-    locator = ProviderInstanceLocator(providers, secrets, clients)
-    relay = RelayService(
-        jobs,
-        DynamoLogStore(dynamodb.Table(settings.logs_table), settings.log_retention_days),
-        secrets,
-        locator,
-        SshConnector(),
-        RelaySettings(
-            ssh_user=settings.relay_user,
-            ssh_port=settings.ssh_port,
-            budget_seconds=settings.relay_budget_seconds,
-            flush_interval_seconds=settings.log_flush_seconds,
-        ),
-        lease=jobs,
-        terminator=locator,
-        grants=_instance_grants(settings),
-        scripts=_artifact_pages(),
-    )
+    relay = _relayer if _relayer is not None else _relay_from_environment()
     intake = IntakeService(jobs, providers, uploads=upload_store(), admission=admission())
     return Pipeline(jobs, providers, secrets, intake, bootstrap, launch, relay)

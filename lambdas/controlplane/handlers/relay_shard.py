@@ -36,8 +36,11 @@ def _fleet() -> tuple[Any, Any, Any]:
 
 
 def wire() -> None:
-    """What a shard's first invocation builds before it follows anything (bench/coldstart.py times it)."""
-    container.pipeline()
+    """What a shard's first invocation builds before its first tick (bench/coldstart.py times it): the relay's
+    service (its S3, STS and Secrets Manager clients are made at a job loop's first use of them) and the fleet's
+    store and Step Functions client, which the first tick uses (it reads and heartbeats the shard's item and its
+    jobs' tasks)."""
+    container.relayer()
     _fleet()
 
 
@@ -72,9 +75,7 @@ def follow(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     from controlplane.service.relay_fleet import ShardRunner
 
     store, callbacks, starter = _fleet()
-    runner = ShardRunner(
-        store, callbacks, container.pipeline().relayer, starter, idle_seconds=config.get().relay_idle_seconds
-    )
+    runner = ShardRunner(store, callbacks, container.relayer(), starter, idle_seconds=config.get().relay_idle_seconds)
     report = runner.follow(
         str(event["shard_id"]),
         lambda: context.get_remaining_time_in_millis() / 1000,
