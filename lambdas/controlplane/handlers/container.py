@@ -318,7 +318,6 @@ def _pipeline_from_environment() -> Pipeline:
     from controlplane.adapters.logs import DynamoLogStore
     from controlplane.adapters.secrets import SecretsManagerStore
     from controlplane.adapters.ssh import SshConnector
-    from controlplane.core.ports import ProviderCredentials
     from controlplane.service.bootstrap import BootstrapService, BootstrapSettings
     from controlplane.service.images import ImageResolver
     from controlplane.service.intake import IntakeService
@@ -332,9 +331,8 @@ def _pipeline_from_environment() -> Pipeline:
     jobs = job_store()
     providers = DynamoProviderStore(state)
     secrets = SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix)
-
-    def clients(service: str, credentials: ProviderCredentials, region: str) -> Any:
-        return aws.provider_client(service, credentials, region)  # looked up per call (tests observe it)
+    # Kept per (service, region, key) for the container's life; aws.provider_client is looked up per miss.
+    clients = aws.ProviderClientCache()
 
     bootstrap = BootstrapService(
         DynamoBootstrapCache(state),
