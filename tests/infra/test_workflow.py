@@ -64,8 +64,8 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
     assert list(states) == [
         "Route",
         "Validate",
-        "Rejected",
         "Bootstrapped?",
+        "Rejected",
         "Bootstrap",
         "Launch",
         "Launched?",
