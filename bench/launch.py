@@ -1,6 +1,7 @@
 """Launch overhead: from `POST /jobs` accepted (202 received) to RunInstances issued (the request reaching the
 emulator), through the full local chain — the API front, Step Functions running the deployed definition, the
-Validate, Bootstrap and Launch Lambdas — against the same AWS calls made directly on the same emulator.
+Validate and Launch Lambdas (and Bootstrap between them for a team's first launch: a warm launch skips it) —
+against the same AWS calls made directly on the same emulator.
 
 The direct baseline is not a hand-written imitation: it is the chain's own AWS requests of that window (from the
 emulator's request log, without the Lambda invocations), sent again one after another from this process with

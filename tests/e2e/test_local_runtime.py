@@ -207,3 +207,43 @@ def test_a_spot_interruption_warning_ends_the_job_spot_interrupted(local: Local)
     assert (job["status"], job["failure_reason"]) == ("FAILED", "SPOT_INTERRUPTED")
     boto3.client("ec2").terminate_instances(InstanceIds=[job["instance_id"]])  # AWS reclaims it two minutes later
     assert local.wait(job_id)["instance_state"] == "terminated"
+
+
+def _states_entered(job_id: str) -> list[str]:
+    """The states the job's execution (named after the job) entered, in order."""
+    sfn = boto3.client("stepfunctions")
+    (machine,) = [m for m in sfn.list_state_machines()["stateMachines"] if m["name"].endswith("-jobs")]
+    execution_arn = f"{machine['stateMachineArn'].replace(':stateMachine:', ':execution:')}:{job_id}"
+    events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+def test_a_team_bootstrapped_before_skips_bootstrap_and_recovers_when_its_security_group_was_deleted(
+    local: Local,
+) -> None:
+    from controlplane.core.provisioning import TeamResources
+
+    first = local.wait(local.submit({"run": "echo first"}))  # bootstraps the team if no earlier test did
+    assert first["status"] == "SUCCEEDED"
+    second = local.wait(local.submit({"run": "echo second"}))
+    assert second["status"] == "SUCCEEDED"
+    entered = _states_entered(second["job_id"])
+    assert entered[:4] == ["Route", "Validate", "Bootstrapped?", "Launch"]
+    assert "Bootstrap" not in entered
+
+    ec2 = boto3.client("ec2")
+    name = TeamResources("transformerlab", "e2e").security_group
+    (group,) = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+    ec2.delete_security_group(GroupId=group["GroupId"])
+    third = local.wait(local.submit({"run": "echo third"}))
+
+    assert (third["status"], third["exit_code"]) == ("SUCCEEDED", 0)
+    entered = _states_entered(third["job_id"])
+    # RunInstances said the group was gone: Launch sent the job through Bootstrap, which re-created it
+    assert entered[:7] == ["Route", "Validate", "Bootstrapped?", "Launch", "Launched?", "Bootstrap", "Launch"]
+    (again,) = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+    assert again["GroupId"] != group["GroupId"]
+    (instance,) = [
+        i for r in ec2.describe_instances(InstanceIds=[third["instance_id"]])["Reservations"] for i in r["Instances"]
+    ]
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [again["GroupId"]]

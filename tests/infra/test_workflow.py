@@ -64,6 +64,7 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
     assert list(states) == [
         "Route",
         "Validate",
+        "Bootstrapped?",
         "Rejected",
         "Bootstrap",
         "Launch",
@@ -80,7 +81,7 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
     assert deployed_definition(synth)["StartAt"] == "Route"
     assert states["Route"]["Default"] == "Validate"
     order = {
-        "Validate": "Bootstrap",
+        "Validate": "Bootstrapped?",
         "Bootstrap": "Launch",
         "Launch": "Launched?",
         "Relay": "Drained?",
@@ -113,6 +114,9 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
         rejected = {("InvalidSubmission",): "Rejected"} if name == "Validate" else {}  # a refused console/event input
         assert catches == rejected | {("JobNotActive", "DuplicateSubmission"): "Done", ("States.ALL",): "RecordFailure"}
     assert states["Rejected"]["Next"] == "Failed"
+    # a team bootstrapped before (Validate passed its cached record) skips Bootstrap; any other goes through it
+    assert states["Bootstrapped?"]["Choices"] == [{"Variable": "$.bootstrap", "IsPresent": True, "Next": "Launch"}]
+    assert states["Bootstrapped?"]["Default"] == "Bootstrap"
     # the relay never fails a running job; throttled for good, it leaves a note first (the reconciler restarts it)
     assert [(c["ErrorEquals"], c["Next"]) for c in states["Relay"]["Catch"]] == [
         ([statemachine.THROTTLED], "RelayThrottled"),

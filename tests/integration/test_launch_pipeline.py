@@ -205,6 +205,79 @@ def test_given_a_deleted_security_group_then_bootstrap_recreates_it(
     assert second["bootstrap"]["key_name"] == first["bootstrap"]["key_name"]
 
 
+def test_given_a_team_bootstrapped_before_then_validate_passes_its_record_and_launch_needs_no_bootstrap(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: Any
+) -> None:
+    first = workflow.run(submit(control_plane, tenant, CPU_JOB), tenant.team_id)
+    provider_calls.calls.clear()
+
+    job_id = submit(control_plane, tenant, CPU_JOB)
+    state = workflow.validate(workflow.api_input(job_id, tenant.team_id), job_id)
+    assert state["bootstrap"] == first["bootstrap"]  # the cached record (nothing secret in it)
+    assert state["bootstrap_source"] == "cache"
+    launched = workflow.launch(state)  # the `Bootstrapped?` choice skips the Bootstrap step
+
+    assert launched["launch"]["next"] == "relay"
+    assert job(control_plane, tenant, job_id)["status"] == "PROVISIONING"
+    # no DescribeSecurityGroups: the provider's account sees only the launch's own calls
+    assert provider_calls.calls == [("ec2", "DescribeInstances"), ("ec2", "RunInstances")]
+    request = provider_calls.requests("RunInstances")[-1]
+    assert request["SecurityGroupIds"] == [first["bootstrap"]["security_group_id"]]
+
+
+def test_given_a_new_team_then_validate_passes_no_record_and_bootstrap_runs(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    job_id = submit(control_plane, tenant, CPU_JOB)
+    state = workflow.validate(workflow.api_input(job_id, tenant.team_id), job_id)
+    assert "bootstrap" not in state
+    assert workflow.bootstrap(state)["bootstrap_source"] == "bootstrap"
+
+
+def test_given_the_cached_security_group_was_deleted_then_launch_bootstraps_again_and_launches(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, provider_calls: Any
+) -> None:
+    first = workflow.run(submit(control_plane, tenant, CPU_JOB), tenant.team_id)
+    ec2 = control_plane.admin("ec2")
+    ec2.terminate_instances(InstanceIds=[first["instance_id"]])
+    ec2.delete_security_group(GroupId=first["bootstrap"]["security_group_id"])
+    job_id = submit(control_plane, tenant, CPU_JOB)
+    state = workflow.validate(workflow.api_input(job_id, tenant.team_id), job_id)
+    assert state["bootstrap_source"] == "cache"
+
+    answered = workflow.launch(state)  # RunInstances: InvalidGroup.NotFound
+
+    assert answered["launch"]["next"] == "bootstrap"  # the `Launched?` choice goes to Bootstrap
+    recorded = job(control_plane, tenant, job_id)
+    assert recorded["status"] == "LAUNCHING"
+    assert "bootstrap" not in workflow.validate(workflow.api_input(job_id, tenant.team_id), job_id)  # forgotten
+    rebooted = workflow.bootstrap(answered)
+    assert rebooted["bootstrap"]["security_group_id"] != first["bootstrap"]["security_group_id"]
+    launched = workflow.launch(rebooted)
+    assert launched["launch"]["next"] == "relay"
+    assert job(control_plane, tenant, job_id)["status"] == "PROVISIONING"
+    failed, retried = provider_calls.requests("RunInstances")[-2:]
+    assert retried["SecurityGroupIds"] == [rebooted["bootstrap"]["security_group_id"]]
+    assert retried["ClientToken"] != failed["ClientToken"]  # a new request, a new token
+
+
+def test_given_a_security_group_deleted_after_this_executions_bootstrap_then_the_job_fails(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
+) -> None:
+    from controlplane.core.errors import JobFailed
+
+    job_id = submit(control_plane, tenant, CPU_JOB)
+    state = workflow.bootstrap(workflow.validate(workflow.api_input(job_id, tenant.team_id), job_id))
+    control_plane.admin("ec2").delete_security_group(GroupId=state["bootstrap"]["security_group_id"])
+
+    with pytest.raises(JobFailed):  # checked this execution: no loop back to Bootstrap
+        workflow.launch(state)
+
+    recorded = job(control_plane, tenant, job_id)
+    assert (recorded["status"], recorded["failure_reason"]) == ("FAILED", "LAUNCH_ERROR")
+    assert "InvalidGroup.NotFound" in recorded["failure_message"]
+
+
 def test_given_a_foreign_key_pair_of_our_name_then_jobs_launch_without_it(
     control_plane: ControlPlane, tenant: Tenant, workflow: Workflow
 ) -> None:

@@ -47,6 +47,16 @@ def test_the_relay_loops_until_finished_and_failures_reach_record_failure() -> N
     assert (states["Failed"]["ErrorPath"], states["Failed"]["CausePath"]) == ("$.Error", "$.Cause")
 
 
+def test_validate_goes_to_launch_when_it_passed_a_bootstrap_record_else_to_bootstrap() -> None:
+    states = definition(ARNS)["States"]
+    assert states["Validate"]["Next"] == "Bootstrapped?"
+    (known,) = states["Bootstrapped?"]["Choices"]
+    assert (known["Variable"], known["IsPresent"], known["Next"]) == ("$.bootstrap", True, "Launch")
+    assert states["Bootstrapped?"]["Default"] == "Bootstrap"
+    # a recovering attempt and a resumed launch still go through Bootstrap
+    assert states["Recover"]["Next"] == "Bootstrap"
+
+
 def test_validate_receives_the_execution_name_and_arn() -> None:
     parameters = definition(ARNS)["States"]["Validate"]["Parameters"]
     assert parameters == {"input.$": "$", "execution_name.$": "$$.Execution.Name", "execution_arn.$": "$$.Execution.Id"}

@@ -3,6 +3,7 @@ AWS_ENDPOINT_URL variables (the emulator locally); calls made with a provider's 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from functools import cache
@@ -135,3 +136,33 @@ def provider_client(service: str, credentials: ProviderCredentials, region: str)
             aws_secret_access_key=credentials.secret_access_key,
             config=CLIENT_CONFIG,
         )
+
+
+class ProviderClientCache:
+    """Provider clients kept for the life of a warm container, one per (service, region, key): building one costs
+    5-20 ms (EC2's client class has hundreds of methods), which a Bootstrap or Launch step paid on every call, and
+    a kept client also keeps its HTTP connections. The keys stay in memory only, inside the clients as before; the
+    cache key holds the access key id and a digest of the secret, so a provider's new key is a new client. `make`
+    is looked up per miss (tests replace aws.provider_client). Bounded: the least recently used client goes first.
+    Thread-safe (the local runtime runs steps in threads)."""
+
+    def __init__(self, make: Callable[[str, ProviderCredentials, str], Any] | None = None, size: int = 32) -> None:
+        self._make = make
+        self._size = size
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str, str, str, str | None], Any] = {}
+
+    def __call__(self, service: str, credentials: ProviderCredentials, region: str) -> Any:
+        digest = hashlib.sha256(credentials.secret_access_key.encode()).hexdigest()
+        key = (service, region, credentials.access_key_id, digest, config.get().provider_endpoint_url)
+        with self._lock:
+            found = self._clients.pop(key, None)
+            if found is not None:
+                self._clients[key] = found  # most recently used last
+                return found
+        made = (self._make or provider_client)(service, credentials, region)
+        with self._lock:
+            self._clients[key] = made
+            while len(self._clients) > self._size:
+                self._clients.pop(next(iter(self._clients)))
+        return made

@@ -1,15 +1,17 @@
 """The job workflow's state machine (Amazon States Language): the single definition the CDK stack deploys and the
 local runtime runs, given the ARNs of the step Lambdas.
 
-Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. Relay is a callback task: it enrolls the
-job on a relay shard (the relay fleet, `fleet_definition`, docs/relay-fleet.md) and waits, holding no Lambda, for
-the shard's SendTaskSuccess with the relay's outcome. An execution whose input carries
-`resume_relay` (the reconciler starts one when a job's relay loop died) goes straight to Relay; one with
-`resume_launch` (a job waiting for capacity whose execution died) to Bootstrap. Managed recovery (core/recovery.py):
-a relay loop that ends with `relay.recover` (the attempt ended and the job relaunches) goes to Recover, which
-terminates the attempt's instance and begins the next attempt, then Bootstrap → Launch → Relay again. Launch may
-answer `launch.next`: `bootstrap` (no capacity in this region: the next region of the job's list needs its
-resources) or `wait` (no capacity anywhere: WAITING_CAPACITY, a Wait state of `launch.wait_seconds`, then Launch
+Validate → Bootstrap → Launch → Relay ⟲ (until `relay.finished`) → Done. Validate passes the team's cached bootstrap
+record when its resources in the job's account and region were bootstrapped before, and the `Bootstrapped?` choice
+then goes straight to Launch (which re-bootstraps if RunInstances says one is gone). Relay is a callback task: it
+enrolls the job on a relay shard (the relay fleet, `fleet_definition`, docs/relay-fleet.md) and waits, holding no
+Lambda, for the shard's SendTaskSuccess with the relay's outcome. An execution whose input carries `resume_relay`
+(the reconciler starts one when a job's relay loop died) goes straight to Relay; one with `resume_launch` (a job
+waiting for capacity whose execution died) to Bootstrap. Managed recovery (core/recovery.py): a relay loop that ends
+with `relay.recover` (the attempt ended and the job relaunches) goes to Recover, which terminates the attempt's
+instance and begins the next attempt, then Bootstrap → Launch → Relay again. Launch may answer `launch.next`:
+`bootstrap` (no capacity in this region: the next region of the job's list needs its resources) or `wait` (no
+capacity anywhere: WAITING_CAPACITY, a Wait state of `launch.wait_seconds`, then Launch
 again — waiting holds no Lambda). Transient errors
 (`UpstreamUnavailable`, Lambda service hiccups) and crashed invocations (killed runtime, timeout) are retried with
 backoff: every step is idempotent (Launch's ClientToken, the relay's committed offset and lease). `JobNotActive` /
@@ -182,7 +184,15 @@ def definition(
                 },
                 "Retry": _retry_transient(2, 3),
                 "Catch": [_REJECTED, *_catch()],
-                "Next": "Bootstrap",
+                "Next": "Bootstrapped?",
+            },
+            # Validate passes the team's cached bootstrap record when the job's account and region have one: no
+            # Bootstrap step (a hand-off and its reads fewer). Launch sends the job back to Bootstrap if RunInstances
+            # says a resource the record names is gone.
+            "Bootstrapped?": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.bootstrap", "IsPresent": True, "Next": "Launch"}],
+                "Default": "Bootstrap",
             },
             # The refused input's execution fails with Validate's sentence (RecordFailure, given no job, only
             # turns the Lambda error's Cause into that sentence).

@@ -465,7 +465,8 @@ def _pipeline_from_environment() -> Pipeline:
     jobs = job_store()
     providers = DynamoProviderStore(state)
     secrets = SecretsManagerStore(aws.client("secretsmanager"), settings.secrets_prefix)
-    clients = _provider_clients()
+    # Kept per (service, region, key) for the container's life; aws.provider_client is looked up per miss.
+    clients = aws.ProviderClientCache()
     bootstrap = BootstrapService(
         DynamoBootstrapCache(state),
         secrets,

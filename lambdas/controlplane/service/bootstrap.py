@@ -67,6 +67,18 @@ class BootstrapService:
         self.cache.put(record)
         return record
 
+    def known(self, provider_id: str, team_id: str, region: str) -> BootstrapRecord | None:
+        """The cached record of the team's resources in this account + region, if one of the current schema exists;
+        no AWS call, so nothing confirms they still exist (Launch re-bootstraps when RunInstances says one is gone).
+        None when there is none or the cache cannot be read now (the Bootstrap step then runs as usual)."""
+        try:
+            cached = self.cache.get(provider_id, region)
+        except (ClientError, BotoCoreError):
+            return None
+        if cached is None or cached.schema_version != SCHEMA_VERSION or cached.team_id != team_id:
+            return None
+        return cached
+
     def forget(self, provider_id: str, region: str) -> None:
         """Drop the cached record (something it names was deleted); the next launch bootstraps again."""
         self.cache.forget(provider_id, region)

@@ -17,6 +17,11 @@ earlier attempt is terminated, never adopted. Regions: when no zone (and market)
 the job moves on to the next region of `resources.region` (the workflow bootstraps it, then launches again); when
 none is left, a job with `job_recovery.max_wait_minutes` waits in WAITING_CAPACITY and tries every region again after
 `capacity_retry_seconds` (each such round with new tokens), until the wait runs out: then FAILED / CAPACITY.
+
+Vanished resources: when the workflow skipped Bootstrap (Validate found the team's cached bootstrap record) and
+RunInstances says the security group or key pair it names does not exist, the cache is dropped and the step answers
+`bootstrap`: the workflow bootstraps (re-creating what is gone) and launches again. After a Bootstrap step in the
+same execution the same error fails the job (LAUNCH_ERROR), as it always did.
 """
 
 from __future__ import annotations
@@ -102,7 +107,8 @@ def client_token(
     they get different tokens (one token for two requests is IdempotentParameterMismatch); on-demand round-0 tokens of
     a first attempt in the job's first region are the ones earlier releases sent.
 
-    `round_` counts the retries after an instance profile IAM has not propagated yet. EC2 documents what a repeated
+    `round_` counts the retries after an instance profile IAM has not propagated yet (and the re-bootstraps after a
+    resource the cached bootstrap record named was gone). EC2 documents what a repeated
     *successful* request returns for its token, not whether a failed one keeps its token; if it did, a retry with the
     same token could replay the first failure and a new team's first launch would never succeed. So each such retry
     uses a new round, recorded on the job before the request (a retried step resumes with the same token). For the
@@ -138,6 +144,15 @@ class Launched:
 
     instance: dict[str, Any]
     notes: tuple[str, ...] = ()
+
+
+class _Vanished(Exception):
+    """RunInstances said the security group or key pair the bootstrap record names does not exist (deleted)."""
+
+    def __init__(self, failure: JobFailed, round_: int) -> None:
+        super().__init__(failure.message)
+        self.failure = failure  # the job's failure if it was bootstrapped this execution
+        self.round = round_  # the profile-propagation round of the failed request
 
 
 class _NoCapacity(Exception):
@@ -222,11 +237,15 @@ class LaunchService:
         credentials: ProviderCredentials,
         record: BootstrapRecord,
         time_left: Callable[[], float] = _no_deadline,
+        *,
+        unchecked: bool = False,
     ) -> LaunchResult:
         """Start the job's instance for its current attempt (or find the one a retried step started) and move the
         job to PROVISIONING (`relay`); or move it to its next region (`bootstrap`) or to WAITING_CAPACITY (`wait`)
         when its region has no capacity. `record` is the bootstrap of the region the workflow bootstrapped last;
-        `time_left` returns the seconds the Lambda has left."""
+        `time_left` returns the seconds the Lambda has left. `unchecked`: the record is the cached one, not checked
+        against the account this execution (the workflow skipped Bootstrap); if RunInstances says a resource it
+        names is gone, the cache is dropped and the job goes through Bootstrap (`bootstrap`) instead of failing."""
         ec2 = Ec2Account(self.clients("ec2", credentials, job.region), job.region)
         if job.status.terminal:
             self.reap(job, credentials)
@@ -278,6 +297,12 @@ class LaunchService:
                 notes += launched.notes
         except _NoCapacity as exhausted:
             return self._no_capacity(job, exhausted)
+        except _Vanished as vanished:
+            if not unchecked:
+                raise vanished.failure from None
+            # Bootstrap re-creates what is gone; the next request gets its own ClientToken (a new round).
+            self._remember_round(job, vanished.round + 1)
+            return LaunchResult(job, "bootstrap")
         except ClientError as error:
             raise self._unexpected(error, job) from None
         except BotoCoreError as error:
@@ -473,9 +498,11 @@ class LaunchService:
             elif fallback is not None and verdict.spot_unavailable:  # the spot quota or the spot role
                 spot_why = verdict.spot_unavailable
             else:
+                failure = _failed(verdict.reason or FailureReason.LAUNCH_ERROR, verdict.message, fell_back, spot_why)
                 if code in _VANISHED:
                     self.bootstrap.forget(job.provider_id, job.region)
-                raise _failed(verdict.reason or FailureReason.LAUNCH_ERROR, verdict.message, fell_back, spot_why)
+                    raise _Vanished(failure, round_)
+                raise failure
             # use_spot: auto and spot is unavailable: on-demand, walking the zones again from AWS's choice.
             note = spot_fallback_note(spot_why)
             notes.append(note)

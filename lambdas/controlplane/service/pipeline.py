@@ -24,6 +24,11 @@ from controlplane.service.launch import LaunchService
 from controlplane.service.recovery import RecoveryService
 from controlplane.service.relay import DIRECT_OWNER, RelayService
 
+# Where the launch step's bootstrap record came from: the Bootstrap step (checked against the provider's account
+# this execution) or Validate's read of the cached record (not checked: the workflow skipped Bootstrap).
+BOOTSTRAP_CHECKED = "bootstrap"
+BOOTSTRAP_FROM_CACHE = "cache"
+
 
 class Pipeline:
     def __init__(
@@ -46,7 +51,13 @@ class Pipeline:
         self.recovery = RecoveryService(jobs, relay.logs, reaper=self)
 
     def validate(self, raw: Any, execution_name: str | None, execution_arn: str | None) -> dict[str, Any]:
-        return self.intake.validate(raw, execution_name, execution_arn).as_state()
+        """The plan; with the team's cached bootstrap record (`bootstrap`, `bootstrap_source: cache`) when its
+        resources in the job's account and region were bootstrapped before: the workflow then skips Bootstrap."""
+        state = self.intake.validate(raw, execution_name, execution_arn).as_state()
+        record = self.bootstrapper.known(state["provider_id"], state["team_id"], state["region"])
+        if record is None:
+            return state
+        return state | {"bootstrap": record.model_dump(mode="json"), "bootstrap_source": BOOTSTRAP_FROM_CACHE}
 
     def bootstrap(self, state: dict[str, Any]) -> dict[str, Any]:
         job_id = _job_id(state)
@@ -54,7 +65,7 @@ class Pipeline:
             job = self._active(job_id)
             provider, credentials = self._provider(job)
             record = self.bootstrapper.ensure(provider, credentials, job.region)
-        return state | {"bootstrap": record.model_dump(mode="json")}
+        return state | {"bootstrap": record.model_dump(mode="json"), "bootstrap_source": BOOTSTRAP_CHECKED}
 
     def launch(self, state: dict[str, Any], time_left: Callable[[], float] | None = None) -> dict[str, Any]:
         job_id = _job_id(state)
@@ -64,10 +75,13 @@ class Pipeline:
                 raise JobNotActive(f"job {job_id} does not exist")
             _, credentials = self._provider(job)
             record = BootstrapRecord.model_validate(state["bootstrap"])
+            # A record Validate took from the cache was not checked against the account: if RunInstances says
+            # what it names is gone, Launch sends the job through Bootstrap instead of failing it.
+            unchecked = state.get("bootstrap_source") == BOOTSTRAP_FROM_CACHE
             if time_left is None:
-                result = self.launcher.launch(job, credentials, record)
+                result = self.launcher.launch(job, credentials, record, unchecked=unchecked)
             else:
-                result = self.launcher.launch(job, credentials, record, time_left)
+                result = self.launcher.launch(job, credentials, record, time_left, unchecked=unchecked)
         launch = {"next": result.next, "wait_seconds": result.wait_seconds}
         return state | {"instance_id": result.job.instance_id, "status": str(result.job.status), "launch": launch}
 
