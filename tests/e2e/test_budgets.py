@@ -6,11 +6,13 @@ time, as one Lambda execution environment does.)"""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.e2e.harness import NEEDS_SANDBOXES, Local, forget_process_state, start_local
@@ -105,3 +107,49 @@ def test_a_budget_for_two_jobs_admits_two_queues_the_third_and_admits_it_when_on
     assert usage["reserved_usd"] == 0
     assert abs(Decimal(str(usage["remaining_usd"])) - (budget - costs)) <= Decimal("0.000002")  # micro-dollars
     assert Decimal(str(usage["spent_usd"])) <= budget
+
+
+CONCURRENT = 8
+LIMIT = 2
+
+
+def test_concurrent_event_submissions_never_run_more_than_the_limit_at_once(local: Local) -> None:
+    """N Job Submission events at once: their workflows' Validate steps run concurrently and race for the team's
+    two instance slots; at no moment do more than two of the jobs have an instance, and every job still runs."""
+    admin = _admin(local)
+    status, body = admin.call("PUT", "/admin/teams/budgets/limits", {"max_concurrent_instances": LIMIT})
+    assert status == 200, body
+    detail = QUICK | {"provider_id": local.provider_id, "name": "raced"}
+    boto3.client("events").put_events(
+        Entries=[
+            {
+                "Source": "ec2jobs.team.budgets",
+                "DetailType": "Job Submission",
+                "Detail": json.dumps(detail | {"idempotency_key": f"raced-{n}"}),
+                "EventBusName": local.plane.event_bus_name,
+            }
+            for n in range(CONCURRENT)
+        ]
+    )
+    deadline, jobs = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        _, page = local.call("GET", "/jobs?limit=100")
+        jobs = [j for j in page["jobs"] if j.get("name") == "raced"]
+        if len(jobs) == CONCURRENT:
+            break
+        time.sleep(0.2)
+    assert len(jobs) == CONCURRENT, f"{len(jobs)} of the {CONCURRENT} submissions became jobs"
+    ended = [local.wait(job["job_id"], timeout=300) for job in jobs]
+    assert [job["status"] for job in ended] == ["SUCCEEDED"] * CONCURRENT
+    # Each job's instance from its launch to its end: never more than LIMIT at once.
+    edges = sorted(
+        [(job["launched_at"], 1) for job in ended] + [(job["ended_at"], -1) for job in ended],
+        key=lambda edge: (edge[0], edge[1]),  # an end before a launch at the same instant
+    )
+    running = peak = 0
+    for _, change in edges:
+        running += change
+        peak = max(peak, running)
+    assert peak <= LIMIT
+    status, _ = admin.call("DELETE", "/admin/teams/budgets/limits")
+    assert status == 204
