@@ -256,3 +256,18 @@ def test_a_console_submission_that_does_not_fit_is_queued_and_its_execution_ends
     (queued,) = _services().admission.store.ledger(tenant.team_id).queue
     assert _job(queued).status == JobStatus.QUEUED
     assert _job(queued).source == "console"
+
+
+def test_a_providers_limits_queue_its_jobs_while_another_providers_run(
+    control_plane: ControlPlane, tenant: Tenant, provider_keys: Any
+) -> None:
+    from tests.integration.conftest import register_provider
+
+    other = register_provider(control_plane, tenant.token, provider_keys(), name="second")
+    _set_limits(control_plane, tenant.team_id, providers={tenant.provider_id: {"max_concurrent_instances": 1}})
+    assert _submit(control_plane, tenant).json()["status"] == "PENDING"
+    queued = _submit(control_plane, tenant).json()
+    assert queued["status"] == "QUEUED"
+    assert queued["status_detail"] == f"1 of 1 concurrent instances in use on provider {tenant.provider_id}"
+    elsewhere = control_plane.call("POST", "/jobs", tenant.token, body=TASK | {"provider_id": other})
+    assert elsewhere.json()["status"] == "PENDING"  # the first provider's limit does not hold the second's jobs

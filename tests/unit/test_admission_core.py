@@ -193,3 +193,60 @@ def test_the_worked_example_of_docs_budgets_md() -> None:
     assert head is not None
     assert head.job_id == "c"
     assert f"{ledger.spent[MONTH] + ledger.reserved(MONTH) + worst['c']:.2f}" == "1315.55"
+
+
+def test_a_providers_limits_apply_to_its_jobs_on_top_of_the_teams() -> None:
+    limits = Limits.model_validate(
+        {
+            "max_concurrent_instances": 10,
+            "providers": {"prov-a": {"max_concurrent_instances": 1, "monthly_budget_usd": 15}},
+        }
+    )
+    on_a = Request(job_id="job-1", claim=Claim(MONTH, Decimal(10), provider_id="prov-a"), hourly_price=Decimal(1))
+    on_b = Request(job_id="job-2", claim=Claim(MONTH, Decimal(10), provider_id="prov-b"), hourly_price=Decimal(1))
+    decision, ledger = decide(limits, Ledger(), on_a)
+    assert decision.admitted
+    second_on_a = Request(job_id="job-3", claim=Claim(MONTH, Decimal(1), provider_id="prov-a"), hourly_price=Decimal(1))
+    assert blocked_by(limits, ledger, second_on_a) == "1 of 1 concurrent instances in use on provider prov-a"
+    assert blocked_by(limits, ledger, on_b) is None  # another provider: only the team's limits
+    ledger = ledger.ended("job-1", Decimal(8))
+    assert ledger.spent_in(MONTH) == ledger.spent_in(MONTH, "prov-a") == Decimal(8)
+    assert ledger.spent_in(MONTH, "prov-b") == 0
+    assert blocked_by(limits, ledger, on_a) == (
+        "its worst case is $10.00 and $7.00 of the 2026-12 budget of $15.00 is left ($8.00 spent, $0.00 reserved by "
+        "running jobs) on provider prov-a"
+    )
+    expensive = Request(job_id="job-4", claim=Claim(MONTH, Decimal(20), provider_id="prov-a"), hourly_price=Decimal(1))
+    assert never_fits(limits, expensive) == (
+        "its worst case is $20.00, over provider prov-a's whole monthly budget of $15.00 by $5.00: lower "
+        "max_runtime_minutes or job_recovery's restarts"
+    )
+    with pytest.raises(ValidationError):
+        Limits.model_validate({"providers": {"prov-a": {"max_queue_minutes": 5}}})  # a team-wide setting only
+
+
+def test_a_job_held_by_its_providers_limit_holds_only_that_providers_later_jobs() -> None:
+    limits = Limits.model_validate(
+        {"max_concurrent_instances": 3, "providers": {"prov-a": {"max_concurrent_instances": 1}}}
+    )
+
+    def job(name: str, provider: str) -> Request:
+        return Request(job_id=name, claim=Claim(MONTH, Decimal(1), provider_id=provider), hourly_price=Decimal(1),
+                       queued_at=name)  # fmt: skip
+
+    _, ledger = decide(limits, Ledger(), job("job-1", "prov-a"))
+    waits, ledger = decide(limits, ledger, job("job-2", "prov-a"))
+    assert waits.reason == "1 of 1 concurrent instances in use on provider prov-a"
+    behind, ledger = decide(limits, ledger, job("job-3", "prov-a"))
+    assert behind.reason == "1 earlier job(s) of the team are queued ahead of it"
+    other, ledger = decide(limits, ledger, job("job-4", "prov-b"))  # not held by prov-a's limit
+    assert other.admitted
+    fifth, ledger = decide(limits, ledger, job("job-5", "prov-b"))  # the team's 3 instances are now in use
+    assert fifth.admitted
+    sixth, ledger = decide(limits, ledger, job("job-6", "prov-b"))
+    assert sixth.reason == "3 of 3 concurrent instances in use"
+    assert next_admissible(limits, ledger) is None
+    ledger = ledger.ended("job-4", Decimal(0))  # a team slot frees, prov-a's does not
+    head = next_admissible(limits, ledger)
+    assert head is not None
+    assert head.job_id == "job-6"  # job-2 and job-3 still wait for prov-a; job-6 is not behind them

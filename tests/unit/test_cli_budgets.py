@@ -106,3 +106,14 @@ def test_limits_set_sends_every_limit_and_clear_removes_them(budgets: dict[str, 
     bad = run("limits", "set", "--team", "vision", "--max-gpus-of", "A100")
     assert bad.code == 2
     assert "write TYPE=COUNT" in bad.err
+
+
+def test_limits_set_from_a_file_sends_per_provider_limits(budgets: dict[str, Any], run: Any, tmp_path: Any) -> None:
+    budgets["admin"] = True
+    path = tmp_path / "limits.yaml"
+    path.write_text("monthly_budget_usd: 5000\nproviders:\n  prov-1: {max_concurrent_gpus: 8}\n")
+    result = run("limits", "set", "--team", "vision", "--file", str(path))
+    assert result.code == 0, result.err
+    assert budgets["limits"]["providers"] == {"prov-1": {"max_concurrent_gpus": 8}}
+    path.write_text("- not a mapping\n")
+    assert run("limits", "set", "--team", "vision", "--file", str(path)).code == 2

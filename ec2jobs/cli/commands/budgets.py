@@ -81,7 +81,28 @@ def _gpu_limits(values: list[str]) -> dict[str, int]:
     return limits
 
 
+def _limits_file(path: str) -> dict[str, Any]:
+    """A whole limits document (JSON or YAML), e.g. with per-provider limits under `providers`."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"--file {path}: {output.one_line(str(error))}") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"--file {path}: expected a mapping of limits (docs/budgets.md)")
+    return loaded
+
+
 def cmd_limits_set(args: argparse.Namespace) -> int:
+    if args.file:
+        stored = client_for(args).admin_set_limits(args.team, _limits_file(args.file))
+        if args.json:
+            output.print_json(stored)
+        else:
+            output.out(f"limits of team {args.team} set from {args.file}")
+        return EXIT_OK
     limits: dict[str, Any] = {
         "monthly_budget_usd": args.monthly_budget,
         "max_concurrent_instances": args.max_instances,
@@ -128,6 +149,9 @@ def register(commands: Any, parents: Parents) -> None:
     setter.add_argument("--max-gpus-of", action="append", metavar="TYPE=N", help="GPUs of one type at once (repeat)")
     setter.add_argument("--max-hourly-price", type=float, metavar="USD", help="the most one job's instance may cost")
     setter.add_argument("--max-queue-minutes", type=int, metavar="MINUTES", help="how long a job may wait queued")
+    setter.add_argument(
+        "--file", metavar="PATH", help="the whole set from a JSON or YAML file (per-provider limits under `providers`)"
+    )
     setter.set_defaults(func=cmd_limits_set)
     clear = limit_commands.add_parser("clear", parents=[parents.connection], help="remove a team's limits (admin)")
     clear.add_argument("--team", metavar="TEAM", required=True)

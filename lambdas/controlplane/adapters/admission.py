@@ -34,11 +34,18 @@ def _claim(raw: dict[str, Any]) -> Claim:
         gpus=int(raw.get("gpus", 0)),
         gpu_type=raw.get("gpu_type") or None,
         since=str(raw.get("since", "")),
+        provider_id=str(raw.get("provider_id", "")),
     )
 
 
 def _claim_item(claim: Claim) -> dict[str, Any]:
-    item: dict[str, Any] = {"month": claim.month, "reserved": claim.reserved, "gpus": claim.gpus, "since": claim.since}
+    item: dict[str, Any] = {
+        "month": claim.month,
+        "reserved": claim.reserved,
+        "gpus": claim.gpus,
+        "since": claim.since,
+        "provider_id": claim.provider_id,
+    }
     if claim.gpu_type:
         item["gpu_type"] = claim.gpu_type
     return item

@@ -61,8 +61,12 @@ MAX_HOURLY_PRICE_USD = 10_000.0
 MAX_COUNT = 1_000_000
 
 
-class Limits(BaseModel):
-    """A team's limits, set by an admin. Every field is optional; none set means no limit (the default)."""
+PROVIDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # the API's provider id rule
+ProviderId = Annotated[str, StringConstraints(pattern=PROVIDER_ID_PATTERN)]
+
+
+class Caps(BaseModel):
+    """Limits of one scope: the whole team, or one of its providers (`Limits.providers`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,7 +74,7 @@ class Limits(BaseModel):
         default=None,
         ge=0,
         le=MAX_BUDGET_USD,
-        description="what the team's jobs may cost per UTC month (worst cases reserved)",
+        description="what the jobs may cost per UTC month (worst cases reserved)",
     )
     max_concurrent_instances: int | None = Field(default=None, ge=0, le=MAX_COUNT, description="admitted jobs at once")
     max_concurrent_gpus: int | None = Field(
@@ -84,12 +88,6 @@ class Limits(BaseModel):
     )
     max_hourly_price_usd: float | None = Field(
         default=None, ge=0, le=MAX_HOURLY_PRICE_USD, description="the most one job's instance may cost an hour"
-    )
-    max_queue_minutes: int = Field(
-        default=DEFAULT_MAX_QUEUE_MINUTES,
-        ge=1,
-        le=MAX_QUEUE_LIMIT_MINUTES,
-        description="how long a job may wait QUEUED before it fails (QUEUE_TIMEOUT); a job may ask for less",
     )
 
     @field_validator("max_gpus_by_type")
@@ -110,6 +108,35 @@ class Limits(BaseModel):
         ) or bool(self.max_gpus_by_type)
 
 
+class Limits(Caps):
+    """A team's limits, set by an admin. Every field is optional; none set means no limit (the default). The same
+    caps may be set per provider (`providers`): a job must fit both its team's and its provider's."""
+
+    max_queue_minutes: int = Field(
+        default=DEFAULT_MAX_QUEUE_MINUTES,
+        ge=1,
+        le=MAX_QUEUE_LIMIT_MINUTES,
+        description="how long a job may wait QUEUED before it fails (QUEUE_TIMEOUT); a job may ask for less",
+    )
+    providers: dict[ProviderId, Caps] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="limits of the jobs on one provider (by provider id), on top of the team's",
+        json_schema_extra={"additionalProperties": False},
+    )
+
+    @property
+    def limited(self) -> bool:
+        return super().limited or any(caps.limited for caps in self.providers.values())
+
+    def scopes(self, provider_id: str) -> list[tuple[str, Caps]]:
+        """The limits a job on this provider must fit: the team's, then its provider's (if set), with their names."""
+        chosen: list[tuple[str, Caps]] = [("the team's", self)]
+        if provider_id in self.providers:
+            chosen.append((f"provider {provider_id}'s", self.providers[provider_id]))
+        return chosen
+
+
 @dataclass(frozen=True)
 class Claim:
     """What one admitted job holds until it ends: its month's reservation, one instance and its GPUs."""
@@ -119,6 +146,7 @@ class Claim:
     gpus: int = 0
     gpu_type: str | None = None
     since: str = ""  # ISO-8601: when it was claimed (a claim whose job never got recorded is dropped later)
+    provider_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,16 +190,23 @@ class Ledger:
     version: int = 0
     holds: dict[str, Claim] = field(default_factory=dict)
     queue: dict[str, Request] = field(default_factory=dict)
-    spent: dict[str, Decimal] = field(default_factory=dict)  # month → measured cost of its ended jobs
+    # measured cost of the ended jobs: by month ("2026-12") and by month and provider ("2026-12#prov-…")
+    spent: dict[str, Decimal] = field(default_factory=dict)
 
-    def reserved(self, month: str) -> Decimal:
-        return sum((c.reserved for c in self.holds.values() if c.month == month), Decimal(0))
+    def _held(self, provider_id: str | None) -> list[Claim]:
+        return [c for c in self.holds.values() if provider_id is None or c.provider_id == provider_id]
 
-    def instances(self) -> int:
-        return len(self.holds)
+    def reserved(self, month: str, provider_id: str | None = None) -> Decimal:
+        return sum((c.reserved for c in self._held(provider_id) if c.month == month), Decimal(0))
 
-    def gpus(self, gpu_type: str | None = None) -> int:
-        return sum(c.gpus for c in self.holds.values() if gpu_type is None or c.gpu_type == gpu_type)
+    def spent_in(self, month: str, provider_id: str | None = None) -> Decimal:
+        return self.spent.get(month if provider_id is None else f"{month}#{provider_id}", Decimal(0))
+
+    def instances(self, provider_id: str | None = None) -> int:
+        return len(self._held(provider_id))
+
+    def gpus(self, gpu_type: str | None = None, provider_id: str | None = None) -> int:
+        return sum(c.gpus for c in self._held(provider_id) if gpu_type is None or c.gpu_type == gpu_type)
 
     def ordered_queue(self) -> list[Request]:
         """The queue in admission order: higher priority first, then first come first served."""
@@ -191,7 +226,9 @@ class Ledger:
         claim = holds.pop(job_id, None)
         spent = dict(self.spent)
         if claim is not None:
-            spent[claim.month] = spent.get(claim.month, Decimal(0)) + money(cost)
+            keys = [claim.month] + ([f"{claim.month}#{claim.provider_id}"] if claim.provider_id else [])
+            for key in keys:
+                spent[key] = spent.get(key, Decimal(0)) + money(cost)
         queue = {k: v for k, v in self.queue.items() if k != job_id}
         return replace(self, holds=holds, queue=queue, spent=spent)
 
@@ -203,54 +240,76 @@ def _usd(value: Decimal | float, rounding: str = ROUND_CEILING) -> str:
 
 def never_fits(limits: Limits, request: Request) -> str | None:
     """Why this job can never be admitted under these limits (a sentence with the figures), or None."""
+    for scope, caps in limits.scopes(request.claim.provider_id):
+        reason = _never_fits(scope, caps, request)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _never_fits(scope: str, caps: Caps, request: Request) -> str | None:
     claim = request.claim
-    if limits.max_hourly_price_usd is not None and request.hourly_price > money(limits.max_hourly_price_usd):
-        cap = money(limits.max_hourly_price_usd)
+    if caps.max_hourly_price_usd is not None and request.hourly_price > money(caps.max_hourly_price_usd):
+        cap = money(caps.max_hourly_price_usd)
         return (
-            f"the instance costs {_usd(request.hourly_price)}/h, over the team's max_hourly_price_usd of "
+            f"the instance costs {_usd(request.hourly_price)}/h, over {scope} max_hourly_price_usd of "
             f"{_usd(cap)}/h by {_usd(request.hourly_price - cap)}"
         )
-    if limits.monthly_budget_usd is not None:
-        budget = money(limits.monthly_budget_usd)
+    if caps.monthly_budget_usd is not None:
+        budget = money(caps.monthly_budget_usd)
         if claim.reserved > budget:
             return (
-                f"its worst case is {_usd(claim.reserved)}, over the team's whole monthly budget of {_usd(budget)} by "
+                f"its worst case is {_usd(claim.reserved)}, over {scope} whole monthly budget of {_usd(budget)} by "
                 f"{_usd(claim.reserved - budget)}: lower max_runtime_minutes or job_recovery's restarts"
             )
         if claim.reserved == 0 and request.hourly_price == 0:
             return "no price is recorded for its instance type, so its worst case cannot be bounded by a budget"
-    if limits.max_concurrent_instances is not None and limits.max_concurrent_instances < 1:
-        return "the team's max_concurrent_instances is 0"
+    if caps.max_concurrent_instances is not None and caps.max_concurrent_instances < 1:
+        return f"{scope} max_concurrent_instances is 0"
     if claim.gpus:
-        if limits.max_concurrent_gpus is not None and claim.gpus > limits.max_concurrent_gpus:
-            return (
-                f"it needs {claim.gpus} GPUs, more than the team's max_concurrent_gpus of {limits.max_concurrent_gpus}"
-            )
-        by_type = limits.max_gpus_by_type.get(claim.gpu_type or "")
+        if caps.max_concurrent_gpus is not None and claim.gpus > caps.max_concurrent_gpus:
+            return f"it needs {claim.gpus} GPUs, more than {scope} max_concurrent_gpus of {caps.max_concurrent_gpus}"
+        by_type = caps.max_gpus_by_type.get(claim.gpu_type or "")
         if by_type is not None and claim.gpus > by_type:
-            return (
-                f"it needs {claim.gpus} {claim.gpu_type} GPUs, more than the team's limit of {by_type} {claim.gpu_type}"
-            )
+            return f"it needs {claim.gpus} {claim.gpu_type} GPUs, more than {scope} limit of {by_type} {claim.gpu_type}"
     return None
 
 
 def blocked_by(limits: Limits, ledger: Ledger, request: Request) -> str | None:
     """Why the job does not fit now (the first limit it hits, with the figures), or None when it fits."""
+    found = _blocking(limits, ledger, request)
+    return None if found is None else found[1]
+
+
+def _blocking(limits: Limits, ledger: Ledger, request: Request) -> tuple[str, str] | None:
+    """(the scope whose limit the job hits: "" for the team's, else the provider's id; why), or None when it fits.
+    Its provider's limits first: a job they hold cannot use a team slot that frees, so it holds only its provider's
+    later jobs (next_admissible)."""
+    provider_id = request.claim.provider_id
+    for _scope, caps in reversed(limits.scopes(provider_id)):
+        reason = _blocked_by(caps, ledger, request, None if caps is limits else provider_id)
+        if reason is not None:
+            return ("", reason) if caps is limits else (provider_id, f"{reason} on provider {provider_id}")
+    return None
+
+
+def _blocked_by(caps: Caps, ledger: Ledger, request: Request, provider_id: str | None) -> str | None:
     claim = request.claim
-    if limits.max_concurrent_instances is not None and ledger.instances() + 1 > limits.max_concurrent_instances:
-        return f"{ledger.instances()} of {limits.max_concurrent_instances} concurrent instances in use"
-    if claim.gpus and limits.max_concurrent_gpus is not None:
-        used = ledger.gpus()
-        if used + claim.gpus > limits.max_concurrent_gpus:
-            return f"{used} of {limits.max_concurrent_gpus} concurrent GPUs in use; it needs {claim.gpus}"
-    cap = limits.max_gpus_by_type.get(claim.gpu_type or "") if claim.gpus else None
+    instances = ledger.instances(provider_id)
+    if caps.max_concurrent_instances is not None and instances + 1 > caps.max_concurrent_instances:
+        return f"{instances} of {caps.max_concurrent_instances} concurrent instances in use"
+    if claim.gpus and caps.max_concurrent_gpus is not None:
+        used = ledger.gpus(provider_id=provider_id)
+        if used + claim.gpus > caps.max_concurrent_gpus:
+            return f"{used} of {caps.max_concurrent_gpus} concurrent GPUs in use; it needs {claim.gpus}"
+    cap = caps.max_gpus_by_type.get(claim.gpu_type or "") if claim.gpus else None
     if cap is not None:
-        used = ledger.gpus(claim.gpu_type)
+        used = ledger.gpus(claim.gpu_type, provider_id)
         if used + claim.gpus > cap:
             return f"{used} of {cap} concurrent {claim.gpu_type} GPUs in use; it needs {claim.gpus}"
-    if limits.monthly_budget_usd is not None:
-        budget = money(limits.monthly_budget_usd)
-        spent, reserved = ledger.spent.get(claim.month, Decimal(0)), ledger.reserved(claim.month)
+    if caps.monthly_budget_usd is not None:
+        budget = money(caps.monthly_budget_usd)
+        spent, reserved = ledger.spent_in(claim.month, provider_id), ledger.reserved(claim.month, provider_id)
         if spent + reserved + claim.reserved > budget:
             left = max(Decimal(0), budget - spent - reserved)
             worst, remaining = _usd(claim.reserved), _usd(left, ROUND_FLOOR)
@@ -268,16 +327,11 @@ class Decision:
 
 
 def decide(limits: Limits, ledger: Ledger, request: Request) -> tuple[Decision, Ledger]:
-    """Admit the job if it fits now and no job is ahead of it in the queue; else queue it. The queue's head is
-    tried first: a job never overtakes an earlier one of the same or higher priority."""
-    ahead = [r for r in ledger.ordered_queue() if r.job_id != request.job_id]
-    ahead = [
-        r
-        for r in ahead
-        if (-r.priority, r.queued_at, r.job_id) < (-request.priority, request.queued_at, request.job_id)
-    ]
-    if ahead:
-        return Decision(False, f"{len(ahead)} earlier job(s) of the team are queued ahead of it"), ledger.queued(
+    """Admit the job if it fits now and no earlier job it competes with waits in the queue; else queue it."""
+    ahead = [r for r in ledger.ordered_queue() if _order(r) < _order(request) and r.job_id != request.job_id]
+    waiting = [r for r in ahead if _competes(limits, ledger, r, request)]
+    if waiting:
+        return Decision(False, f"{len(waiting)} earlier job(s) of the team are queued ahead of it"), ledger.queued(
             request
         )
     reason = blocked_by(limits, ledger, request)
@@ -286,10 +340,29 @@ def decide(limits: Limits, ledger: Ledger, request: Request) -> tuple[Decision, 
     return Decision(True, None), ledger.admitted(request)
 
 
+def _order(request: Request) -> tuple[int, str, str]:
+    return (-request.priority, request.queued_at, request.job_id)
+
+
+def _competes(limits: Limits, ledger: Ledger, earlier: Request, later: Request) -> bool:
+    """Must `later` wait behind `earlier`? Yes, unless `earlier` waits only for its own provider's limits and
+    `later` runs on another provider (then nothing `later` takes could have let `earlier` in)."""
+    found = _blocking(limits, ledger, earlier)
+    return found is None or found[0] == "" or found[0] == later.claim.provider_id
+
+
 def next_admissible(limits: Limits, ledger: Ledger) -> Request | None:
-    """The queue's head if it fits now (strict order: a blocked head blocks the jobs behind it)."""
-    ordered = ledger.ordered_queue()
-    if not ordered:
-        return None
-    head = ordered[0]
-    return head if blocked_by(limits, ledger, head) is None else None
+    """The first queued job that fits now, in queue order: a job blocked by the team's limits blocks everyone behind
+    it (strict order: a large job is never starved by small ones); one blocked by its provider's limits blocks only
+    the later jobs on that provider."""
+    held_providers: set[str] = set()
+    for request in ledger.ordered_queue():
+        if request.claim.provider_id in held_providers:
+            continue
+        found = _blocking(limits, ledger, request)
+        if found is None:
+            return request
+        if found[0] == "":
+            return None
+        held_providers.add(found[0])
+    return None

@@ -126,6 +126,7 @@ class AdmissionService:
                 gpus=instance.gpu_count if instance and instance.gpu else 0,
                 gpu_type=(instance.gpu or None) if instance else None,
                 since=_iso(now),
+                provider_id=job.provider_id,
             ),
             hourly_price=money(price),
             priority=spec.priority,
