@@ -271,3 +271,16 @@ def test_a_providers_limits_queue_its_jobs_while_another_providers_run(
     assert queued["status_detail"] == f"1 of 1 concurrent instances in use on provider {tenant.provider_id}"
     elsewhere = control_plane.call("POST", "/jobs", tenant.token, body=TASK | {"provider_id": other})
     assert elsewhere.json()["status"] == "PENDING"  # the first provider's limit does not hold the second's jobs
+
+
+def test_a_team_whose_ledger_is_full_is_told_to_wait(
+    control_plane: ControlPlane, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controlplane.service import admission
+
+    monkeypatch.setattr(admission, "MAX_LEDGER_ENTRIES", 2)
+    assert _submit(control_plane, tenant).status == 202
+    assert _submit(control_plane, tenant).status == 202
+    full = _submit(control_plane, tenant)
+    assert (full.status, full.json()["code"]) == (429, "QUEUE_FULL")
+    assert "2 jobs admitted or queued" in full.json()["message"]

@@ -28,6 +28,8 @@ CENT = Decimal("0.000001")  # money is kept in Decimal micro-dollars: DynamoDB n
 DEFAULT_MAX_QUEUE_MINUTES = 24 * 60
 MAX_QUEUE_LIMIT_MINUTES = 7 * 24 * 60
 MAX_QUEUED_PER_TEAM = 1000  # the queue lives in one DynamoDB item (400 KB): bounded
+# Claims and queue entries together: the ledger is one item (DynamoDB's 400 KB limit; a claim is ~150 bytes)
+MAX_LEDGER_ENTRIES = 2000
 
 
 class OverLimit(DomainError):
@@ -37,7 +39,7 @@ class OverLimit(DomainError):
 
 
 class QueueFull(DomainError):
-    """The team's queue holds MAX_QUEUED_PER_TEAM jobs already."""
+    """The team's queue holds MAX_QUEUED_PER_TEAM jobs already, or its ledger MAX_LEDGER_ENTRIES."""
 
     code = "QUEUE_FULL"
 

@@ -171,8 +171,8 @@ def delete_provider(provider_id: ProviderId) -> Response[Any]:
     responses=responses(
         202,
         views.JobAccepted,
-        "the job is recorded (PENDING) and its launch workflow started; a replay of an Idempotency-Key returns the "
-        "same job with Idempotent-Replayed: true",
+        "the job is recorded PENDING and its launch workflow started, or QUEUED until its team's limits admit it "
+        "(docs/budgets.md); a replay of an Idempotency-Key returns the same job with Idempotent-Replayed: true",
         400,
         404,
         413,

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from controlplane.core import catalog
 from controlplane.core.admission import (
+    MAX_LEDGER_ENTRIES,
     MAX_QUEUED_PER_TEAM,
     Claim,
     Decision,
@@ -153,6 +154,11 @@ class AdmissionService:
                 return Decision(False, "queued")
             if len(ledger.queue) >= MAX_QUEUED_PER_TEAM:
                 raise QueueFull(f"your team has {len(ledger.queue)} jobs queued already (the most a team may queue)")
+            if len(ledger.holds) + len(ledger.queue) >= MAX_LEDGER_ENTRIES:
+                raise QueueFull(
+                    f"your team has {len(ledger.holds) + len(ledger.queue)} jobs admitted or queued: the most one "
+                    "team's admission ledger holds (docs/budgets.md); submit again when some have ended"
+                )
             decision, after = decide(limits, ledger, request)
             if self.store.save(job.team_id, ledger, after):
                 return decision
