@@ -284,3 +284,18 @@ def test_a_team_whose_ledger_is_full_is_told_to_wait(
     full = _submit(control_plane, tenant)
     assert (full.status, full.json()["code"]) == (429, "QUEUE_FULL")
     assert "2 jobs admitted or queued" in full.json()["message"]
+
+
+def test_a_console_submission_that_can_never_fit_is_refused_with_the_figures(
+    control_plane: ControlPlane, tenant: Tenant
+) -> None:
+    from controlplane.core.errors import InvalidSubmission
+    from controlplane.handlers import container
+
+    _set_limits(control_plane, tenant.team_id, monthly_budget_usd=0.01)
+    raw = TASK | {"team_id": tenant.team_id, "provider_id": tenant.provider_id}
+    container.use(None)
+    intake = container.pipeline().intake
+    with pytest.raises(InvalidSubmission, match=r"over the team's whole monthly budget of \$0\.01 by \$"):
+        intake.validate(raw, "console-run-2", "arn:aws:states:us-east-1:123456789012:execution:jobs:console-run-2")
+    assert _services().admission.store.ledger(tenant.team_id).queue == {}
