@@ -299,3 +299,35 @@ def test_a_console_submission_that_can_never_fit_is_refused_with_the_figures(
     with pytest.raises(InvalidSubmission, match=r"over the team's whole monthly budget of \$0\.01 by \$"):
         intake.validate(raw, "console-run-2", "arn:aws:states:us-east-1:123456789012:execution:jobs:console-run-2")
     assert _services().admission.store.ledger(tenant.team_id).queue == {}
+
+
+def test_the_sweep_starts_an_admitted_job_whose_workflow_did_not_start(
+    control_plane: ControlPlane, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controlplane.core.errors import UpstreamUnavailable
+
+    _set_limits(control_plane, tenant.team_id, max_concurrent_instances=1)
+    first = _submit(control_plane, tenant).json()
+    second = _submit(control_plane, tenant).json()
+    admission = _services().admission
+    real = admission.starter
+
+    class Failing:
+        def admit(self, job: Any) -> str:
+            raise UpstreamUnavailable("Step Functions refused (injected)")
+
+    monkeypatch.setattr(type(admission), "starter", property(lambda _self: Failing()))
+    _finish(first["job_id"], seconds=60)  # admitting the second fails to start its workflow (logged, not raised)
+    stuck = _job(second["job_id"])
+    assert stuck.status == JobStatus.PENDING
+    assert stuck.execution_arn is None
+    monkeypatch.setattr(type(admission), "starter", property(lambda _self: real))
+    admission.clock = lambda: utcnow() + dt.timedelta(minutes=2)
+    try:
+        counts = admission.sweep()
+    finally:
+        admission.clock = utcnow
+    assert counts["admitted"] == 1
+    started = _job(second["job_id"])
+    assert started.execution_arn
+    assert started.execution_arn.endswith(f"{second['job_id']}-admitted")

@@ -151,7 +151,7 @@ class AdmissionService:
             if job.job_id in ledger.holds:
                 return Decision(True, None)
             if job.job_id in ledger.queue:
-                return Decision(False, "queued")
+                return Decision(False, "waiting in its team's queue")
             if len(ledger.queue) >= MAX_QUEUED_PER_TEAM:
                 raise QueueFull(f"your team has {len(ledger.queue)} jobs queued already (the most a team may queue)")
             if len(ledger.holds) + len(ledger.queue) >= MAX_LEDGER_ENTRIES:
@@ -261,8 +261,9 @@ class AdmissionService:
     # -- the reconciler's backstop ------------------------------------------------------------------------------
 
     def sweep(self) -> dict[str, int]:
-        """Once a minute: book ended jobs a crash left in a ledger, finish interrupted admissions, drop entries of
-        jobs never recorded, fail jobs queued past their max_queue_minutes, then admit what fits."""
+        """Once a minute: book ended jobs a crash left in a ledger, finish interrupted admissions (and start the
+        workflow of an admitted job whose start failed), drop entries of jobs never recorded, fail jobs queued past
+        their max_queue_minutes, then admit what fits."""
         counts = {"released": 0, "expired": 0, "dropped": 0, "admitted": 0}
         now = self.clock()
         for team_id, ledger in self.store.ledgers():
@@ -277,7 +278,7 @@ class AdmissionService:
                 elif job.status.terminal:
                     self._release_quietly(job)
                     counts["released"] += 1
-                elif job.status == JobStatus.QUEUED and _older_than(claim.since, now, STALLED_ADMISSION_SECONDS):
+                elif _workflow_missing(job) and _older_than(claim.since, now, STALLED_ADMISSION_SECONDS):
                     counts["admitted"] += int(self._start_admitted(job_id))
             for job_id, request in ledger.queue.items():
                 job = jobs.get(job_id)
@@ -353,6 +354,12 @@ class AdmissionService:
             usage_report(team, month, reports.get(team, {}), ledgers.get(team, Ledger()), self.limits(team))
             for team in teams
         ]
+
+
+def _workflow_missing(job: Job) -> bool:
+    """An admitted job whose workflow never started: still QUEUED (the admission stopped between the ledger and the
+    job), or PENDING without an execution (starting it failed)."""
+    return job.status == JobStatus.QUEUED or (job.status == JobStatus.PENDING and not job.execution_arn)
 
 
 def _gpu_hours(job: Job, claim: Claim) -> Decimal:
