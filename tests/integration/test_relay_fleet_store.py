@@ -57,10 +57,12 @@ def test_leaving_frees_the_slot_and_forgets_only_this_shard_s_enrolment(store: D
     assert not store.leave("shard-0001", "fleet-job-0")  # once
     assert store.shard("shard-0001").count == 0  # type: ignore[union-attr]
     assert store.enrolment("fleet-job-0").shard_id == "shard-0002"  # type: ignore[union-attr]
-    store.leave("shard-0002", "fleet-job-0", "token-a")  # another task's settle: the enrolment of token-b stays
+    # another task's settle (token-a, re-enrolled on this shard as token-b since): the enrolment and its slot stay
+    assert not store.leave("shard-0002", "fleet-job-0", "token-a")
     assert store.enrolment("fleet-job-0").shard_id == "shard-0002"  # type: ignore[union-attr]
-    store.join("shard-0002", "fleet-job-0", "token-b", "exec-b", None)
+    assert store.shard("shard-0002").jobs == {"fleet-job-0"}  # type: ignore[union-attr]
     assert store.leave("shard-0002", "fleet-job-0", "token-b")
+    assert store.shard("shard-0002").count == 0  # type: ignore[union-attr]
     assert store.enrolment("fleet-job-0").shard_id is None  # type: ignore[union-attr]
 
 

@@ -66,14 +66,17 @@ class FakeFleet:
             return True
 
     def leave(self, shard_id: str, job_id: str, token: str | None = None) -> bool:
-        with self.lock:
+        with self.lock:  # as the adapter: a re-enrolment on this shard under another token keeps the slot
+            enrolment = self.enrolments.get(job_id)
+            names_shard = enrolment is not None and enrolment.shard_id == shard_id
+            if enrolment is not None and names_shard and token in (None, enrolment.task_token):
+                self.enrolments[job_id] = Enrolment(job_id, enrolment.task_token, enrolment.owner, None)
+            elif token is not None and names_shard:
+                return False
             item = self.items.get(shard_id)
             left = item is not None and job_id in item["jobs"]
             if left:
                 item["jobs"].discard(job_id)  # type: ignore[index]
-            enrolment = self.enrolments.get(job_id)
-            if enrolment is not None and enrolment.shard_id == shard_id and token in (None, enrolment.task_token):
-                self.enrolments[job_id] = Enrolment(job_id, enrolment.task_token, enrolment.owner, None)
             return left
 
     def enrolment(self, job_id: str) -> Enrolment | None:
@@ -492,3 +495,23 @@ def test_a_dying_invocation_stops_its_loops_and_raises() -> None:
         runner(dying, Relayer({}), callbacks).follow("shard-0001", lambda: 600.0)
     assert seen_budget == [0.0]  # the job's loop saw its time end with the invocation
     assert callbacks.calls == [("heartbeat", "token-job-1", None)]  # nothing reported for the job
+
+
+def test_a_re_enrolment_made_while_the_old_one_is_reported_keeps_its_slot() -> None:
+    """The job's Relay task is retried and enrols again on the same shard while the shard reports the old task's
+    outcome: the old report must not free the new enrolment's slot (else the new task is never followed, and times
+    out after HeartbeatSeconds)."""
+    fleet = FakeFleet()
+    shard_with(fleet, {"job-1": "exec-1"})
+    enroll, _ = enroller(fleet)
+
+    class ReEnrolling(FakeCallbacks):
+        def succeed(self, token: str, output: dict[str, Any]) -> bool:
+            if token == "token-job-1":
+                enroll.enroll("job-1", "token-2", "exec-1")  # the retried Relay task: same shard, a new token
+            return super().succeed(token, output)
+
+    callbacks = ReEnrolling()
+    relayer = ScriptedRelayer({"job-1": RelayOutcome(True, "the job is CANCELLED")})
+    runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
+    assert [token for token, _ in callbacks.of("succeed")] == ["token-job-1", "token-2"]

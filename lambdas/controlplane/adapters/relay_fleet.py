@@ -111,22 +111,27 @@ class DynamoFleetStore:
 
     def leave(self, shard_id: str, job_id: str, token: str | None = None) -> bool:
         """Free the job's slot on the shard; forget the enrolment if it still names this shard (and, with `token`,
-        is still that task's: an enrolment made meanwhile, even on this shard, stays)."""
-        left = _written(
-            self.state.update_item,
-            Key={"pk": FLEET_PK, "sk": shard_id},
-            UpdateExpression="ADD job_count :minus DELETE jobs :job",
-            ConditionExpression="contains(jobs, :id)",
-            ExpressionAttributeValues={":minus": -1, ":job": {job_id}, ":id": job_id},
-        )
-        _written(
+        is still that task's). With `token`, an enrolment made meanwhile on this shard (a retried Relay task) keeps
+        the slot: the enrolment is forgotten first, and the slot freed only if it was this task's or names another
+        shard now."""
+        forgotten = _written(
             self.jobs.update_item,
             Key={"job_id": job_id},
             UpdateExpression="REMOVE relay_shard",
             ConditionExpression="relay_shard = :shard" + (" AND relay_token = :token" if token else ""),
             ExpressionAttributeValues={":shard": shard_id} | ({":token": token} if token else {}),
         )
-        return left
+        if token and not forgotten:
+            current = self.enrolment(job_id)
+            if current is not None and current.shard_id == shard_id:
+                return False  # re-enrolled on this shard meanwhile: the slot is the new enrolment's
+        return _written(
+            self.state.update_item,
+            Key={"pk": FLEET_PK, "sk": shard_id},
+            UpdateExpression="ADD job_count :minus DELETE jobs :job",
+            ConditionExpression="contains(jobs, :id)",
+            ExpressionAttributeValues={":minus": -1, ":job": {job_id}, ":id": job_id},
+        )
 
     def enrolment(self, job_id: str) -> Enrolment | None:
         item = self.jobs.get_item(
