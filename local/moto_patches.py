@@ -24,6 +24,11 @@ when a moto upgrade moves what these patch). Applied inside the emulator process
   process, on this machine's shared cores (about 0.3 s for 200 MB), which S3 does not make its client wait for.
   Here that CRC32 is computed part by part as the parts are joined (binascii.crc32 carries its running value), so
   the stored checksum is the same value, without the copies. Every other algorithm and type is moto's own code.
+- Step Functions callback tasks (`.waitForTaskToken` with `HeartbeatSeconds`): moto registers the task token before
+  the task's Lambda runs but arms the heartbeat wait only after it returned, and reads a callback's result only when
+  that wait wakes. A SendTaskSuccess/Failure sent in between (a relay shard reporting a job that was already
+  cancelled when it enrolled) was stored and never read: the task timed out after HeartbeatSeconds. AWS completes
+  the task with it. Here arming the wait wakes it at once when the result is already there.
 """
 
 from __future__ import annotations
@@ -296,6 +301,20 @@ def _patch_full_object_checksum() -> None:
     builder.build = build  # type: ignore[method-assign]
 
 
+def _patch_early_task_callbacks() -> None:
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint, HeartbeatEndpoint
+
+    original = CallbackEndpoint.setup_heartbeat_endpoint
+
+    def setup_heartbeat_endpoint(self: Any, heartbeat_seconds: int) -> HeartbeatEndpoint:
+        endpoint = original(self, heartbeat_seconds=heartbeat_seconds)
+        if self.get_outcome() is not None:  # the callback came before the wait was armed: wake it, it reads it
+            endpoint.notify()  # type: ignore[no-untyped-call]
+        return endpoint
+
+    CallbackEndpoint.setup_heartbeat_endpoint = setup_heartbeat_endpoint  # type: ignore[method-assign]
+
+
 def apply() -> None:
     """Apply every patch once (idempotent)."""
     for name, patch in (
@@ -304,6 +323,7 @@ def apply() -> None:
         ("event_targets", _patch_event_targets),
         ("presigned_s3", _patch_presigned_s3),
         ("full_object_checksum", _patch_full_object_checksum),
+        ("early_task_callbacks", _patch_early_task_callbacks),
     ):
         if name not in _APPLIED:
             patch()

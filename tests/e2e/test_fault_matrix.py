@@ -223,6 +223,10 @@ def _revoke_mid_job(m: Matrix, job_id: str) -> None:
     m.rule(row, "aws_error", access_key=m.revoked_key, code="AuthFailure", status=401,
            message="AWS was not able to validate the provided access credentials")  # fmt: skip
     m.rule(row, "ssh_drop", job=job_id, bytes=1, times=1)
+    (m.marker_dir / REVOKED_MARKER).touch()  # the job prints the rest now: the drop has bytes to fire on
+
+
+REVOKED_MARKER = "credentials-revoked"
 
 
 SELF_TERMINATION_MARKER = "role-denied"
@@ -306,7 +310,11 @@ ROWS: list[Row] = [
         ("SUCCEEDED", None), {"resources": {"accelerators": "T4", "use_spot": "auto"}, "run": FAST_RUN}, FAST,
         arrange=_no_spot_quota),
     Row("provider credentials revoked mid-job", "EC2 rejects the provider's key (AuthFailure) from mid-job on, and "
-        "the relay's connection drops right then", ("SUCCEEDED", None), {"run": SLOW_RUN}, SLOW,
+        "the relay's connection drops right then", ("SUCCEEDED", None),
+        # half the ticks, then (once the faults are in place, however slowly the relay showed the first ones) the rest
+        {"run": f"for i in $(seq 1 20); do echo tick $i; sleep 0.5; done; "
+                f"while [ ! -e {MARKERS / REVOKED_MARKER} ]; do sleep 0.2; done; "
+                "for i in $(seq 21 40); do echo tick $i; sleep 0.5; done"}, SLOW,
         act=_revoke_mid_job),
     Row("instance self-termination fails", "the instance role's own policy denies its TerminateInstances (and its "
         "shutdown fallback fails)", ("SUCCEEDED", None),

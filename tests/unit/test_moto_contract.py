@@ -74,3 +74,22 @@ def test_full_object_checksum_is_moto_s_value_without_the_copies() -> None:
         else:  # composite: moto's own code
             composite = b"".join(compute_checksum(p, "CRC32", encode_base64=False) for p in parts)
             assert built == ("COMPOSITE", compute_checksum(composite, "CRC32").decode(), 3)
+
+
+def test_a_task_callback_sent_before_its_heartbeat_wait_is_armed_completes_the_task() -> None:
+    """moto reads a waitForTaskToken task's callback only when its heartbeat wait wakes, and arms that wait after the
+    task's Lambda returned; the patch wakes it at once when the callback came first (as AWS completes the task)."""
+    import time
+
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint
+
+    assert "heartbeat_seconds" in inspect.signature(CallbackEndpoint.setup_heartbeat_endpoint).parameters
+    assert callable(CallbackEndpoint.get_outcome)
+    moto_patches.apply()
+    endpoint = CallbackEndpoint("token-1")
+    endpoint.notify(object())  # SendTaskSuccess, while the task's Lambda is still returning
+    heartbeat = endpoint.setup_heartbeat_endpoint(heartbeat_seconds=5)
+    started = time.monotonic()
+    assert heartbeat.clear_and_wait()  # unpatched: waits the 5 s, then times the task out
+    assert time.monotonic() - started < 1
+    assert endpoint.get_outcome() is not None
