@@ -70,6 +70,16 @@ def _job(job_id: str) -> Any:
     return container.job_store().get(job_id)
 
 
+def _sweep_later(minutes: int) -> dict[str, int]:
+    """The admission sweep as it runs `minutes` from now (the reconciler's, once a minute)."""
+    admission = _services().admission
+    admission.clock = lambda: utcnow() + dt.timedelta(minutes=minutes)
+    try:
+        return dict(admission.sweep())
+    finally:
+        admission.clock = utcnow
+
+
 def _finish(job_id: str, seconds: int) -> Any:
     """Run a PENDING job through to SUCCEEDED as the workflow and the relay would, `seconds` after its launch."""
     from controlplane.handlers import container
@@ -187,11 +197,7 @@ def test_a_job_queued_past_its_max_queue_minutes_fails_queue_timeout(
     short = _submit(control_plane, tenant, max_queue_minutes=5).json()
     longer = _submit(control_plane, tenant, max_queue_minutes=600).json()  # bounded by the team's 30
     admission = _services().admission
-    admission.clock = lambda: utcnow() + dt.timedelta(minutes=10)
-    try:
-        counts = admission.sweep()
-    finally:
-        admission.clock = utcnow
+    counts = _sweep_later(minutes=10)
     assert counts["expired"] == 1
     failed = _job(short["job_id"])
     assert failed.status == JobStatus.FAILED
@@ -322,11 +328,7 @@ def test_the_sweep_starts_an_admitted_job_whose_workflow_did_not_start(
     assert stuck.status == JobStatus.PENDING
     assert stuck.execution_arn is None
     monkeypatch.setattr(type(admission), "starter", property(lambda _self: real))
-    admission.clock = lambda: utcnow() + dt.timedelta(minutes=2)
-    try:
-        counts = admission.sweep()
-    finally:
-        admission.clock = utcnow
+    counts = _sweep_later(minutes=2)
     assert counts["admitted"] == 1
     started = _job(second["job_id"])
     assert started.execution_arn
