@@ -61,6 +61,15 @@ class SshServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
 
+    def cut_off(self) -> None:
+        """The instance stops answering SSH: the listener stops and every open session dies with it."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = children.read_text().split() if children.exists() else []
+        self.stop()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -513,3 +513,38 @@ def test_a_cancelled_job_whose_instance_does_not_stop_is_terminated_at_the_drain
     assert (progress.complete, progress.drained) == (True, False)
     body = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
     assert (body["final"], body["complete"]) == (True, False)
+
+
+def test_a_cancelled_job_whose_instance_is_unreachable_is_terminated_at_the_drain_bound(instance: Instance) -> None:
+    """Given a RUNNING job whose instance stops answering SSH (the connection dropped, the address no longer
+    answers), When it is cancelled, Then the relay, still trying to reconnect, terminates the instance at the cancel
+    drain bound instead of retrying until its budget runs out; the log keeps what was relayed, final, not complete."""
+    unreachable = threading.Event()
+
+    def job() -> None:
+        instance.write(b"step 1\n")
+        for _ in range(400):
+            if instance.job()["status"] == "RUNNING" and instance.relayed():
+                break
+            time.sleep(0.05)
+        instance.server.cut_off()  # the instance stops answering: no listener, the open session dropped
+        unreachable.set()
+        response = instance.cp.call("POST", f"/jobs/{instance.job_id}/cancel", instance.tenant.token)
+        assert response.status == 200, response.body
+
+    terminator = Terminator()
+    relay = instance.relay_service(budget_seconds=45, cancel_check_seconds=0.2, cancel_drain_seconds=2.0)
+    relay.terminator = terminator
+    started = time.monotonic()
+    outcome = run_job(instance, job, relay)
+
+    assert unreachable.is_set()
+    assert outcome.finished, outcome
+    assert "drain bound" in outcome.detail, outcome.detail
+    assert "unreachable" in outcome.detail, outcome.detail
+    assert time.monotonic() - started < 30  # well before the 45 s budget
+    assert terminator.terminated == [instance.job_id]
+    assert instance.relayed() == b"step 1\n"
+    progress = instance.logs.progress(instance.job_id)
+    assert (progress.complete, progress.drained) == (True, False)
+    assert instance.job()["status"] == "CANCELLED"

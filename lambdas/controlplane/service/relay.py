@@ -43,7 +43,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from controlplane.adapters.logs import DynamoLogStore, LogWriteAbandoned
@@ -230,10 +230,16 @@ class RelayService:
         last_reason = "not connected yet"
         located: Located | None = None
         located_at = float("-inf")
+        stop_checked = self.clock()  # _stream checks for a cancel while connected; this loop, while not
         while self.clock() < deadline:
             hold.renew_if_due()
             if not hold.valid():
                 raise LeaseExpired(f"job {job_id}: this relay invocation's hold on the lease has ended")
+            if self.clock() - stop_checked >= self.settings.cancel_check_seconds:
+                stop_checked = self.clock()
+                unreachable = self._unreachable_past_drain_bound(job_id)
+                if unreachable is not None:
+                    return replace(unreachable, relayed_bytes=relayed, connections=connections)
             if located is None or located.host is None or self.clock() - located_at >= self.settings.locate_seconds:
                 located, located_at = self.locator.locate(job), self.clock()
             pause = backoff
@@ -294,6 +300,21 @@ class RelayService:
             self.sleep(pause)
             backoff = min(backoff * 2, self.settings.max_backoff_seconds)
         return RelayOutcome(False, f"budget used; {last_reason}", relayed, connections)
+
+    def _unreachable_past_drain_bound(self, job_id: str) -> RelayOutcome | None:
+        """While no connection stands: a cancelled job (or an ended attempt) whose drain bound has passed gets its
+        instance terminated now, as a connected relay does (_stream), instead of billing until this loop's budget
+        runs out. None while the job runs on, or its bound is still ahead."""
+        current = self.jobs.get(job_id)
+        if current is None:
+            return None
+        if current.status not in {JobStatus.CANCELLED, JobStatus.RECOVERING}:
+            return None
+        cancel_by = self._cancel_by(current)
+        if self.clock() < cancel_by:
+            return None
+        self._cancel_unfinished(current)
+        return RelayOutcome(True, "cancelled: the drain bound was reached while the instance was unreachable")
 
     def _waiting(self, job: Job, why: str) -> Job:
         """While PROVISIONING, say on the job why it is not RUNNING yet (API `status_detail`, and in `notes`);
