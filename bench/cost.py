@@ -12,7 +12,9 @@ bench/prices.py.
   and of its loop's invocations and transitions; the AWS calls made while the job streams are counted in a window
   of steady output and scaled to an hour: its writes and status reads in full, the shard's reads of its own item
   and its heartbeats as a full shard's share; the reconciler's sweeps (one a minute) are charged to the job in full (an
-  upper bound: one job).
+  upper bound: one job). The shard's log pages (core/logpages.py) are charged as a full shard writes them: the
+  job's own page entries, as measured (their bytes and times), replayed for 25 jobs at random phases, grouped into
+  the shard's ticks, encoded with the real codec and priced per page; a twenty-fifth is the job's.
 - S3 (the artifacts bucket), in both: a typical job's bytes (bench/s3cost.py TypicalJob: a 50 MB workdir per
   launch, checkpoints synced every 2 minutes with 5 files changed, all kept until they expire), priced from the
   requests the CLI, the API and the instance's transfer tool make. Those requests are counted on a real run first
@@ -26,11 +28,13 @@ bench/prices.py.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
+import random
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +47,9 @@ from bench.report import Figure
 from bench.s3cost import Requests, TypicalJob
 from controlplane import config
 from controlplane.adapters import events as event_patterns
+from controlplane.adapters import logs as logs_adapter
 from controlplane.adapters import statemachine
+from controlplane.core import logpages
 from controlplane.service.relay_fleet import SHARD_CAPACITY
 from ec2jobs import packing
 from local import runtime
@@ -160,6 +166,49 @@ def _shard_upkeep(op: Op) -> bool:
     if '"relay-fleet"' not in op.body:
         return False
     return op.operation == "GetItem" or (op.operation == "UpdateItem" and "heartbeat_at" in op.body)
+
+
+def _page_entries(op: Op) -> list[logpages.Entry]:
+    """The entries of the log pages a request wrote (none if it wrote no page)."""
+    if op.service != "dynamodb" or op.operation not in {"BatchWriteItem", "PutItem"} or '"pages#' not in op.body:
+        return []
+    body = op.json_body()
+    items = [body.get("Item", {})] if op.operation == "PutItem" else []
+    for requests in body.get("RequestItems", {}).values():
+        items += [request["PutRequest"]["Item"] for request in requests if "PutRequest" in request]
+    entries: list[logpages.Entry] = []
+    for item in items:
+        if str(item.get("job_id", {}).get("S", "")).startswith(logs_adapter.PAGES_PREFIX):
+            entries += logpages.decode(base64.b64decode(item["data"]["B"]))
+    return entries
+
+
+def full_shard_page_units(
+    timed: list[tuple[float, list[logpages.Entry]]], seconds: float, jobs: int = SHARD_CAPACITY
+) -> float:
+    """Write units an hour, one job's share, of the pages a shard of `jobs` jobs writes when each prints what the
+    measured job printed: its page entries (bytes and times within the window) replayed for every job at a random
+    phase, grouped into the shard's ticks (PAGE_TICK_SECONDS), merged and encoded as the page writer does, each
+    page priced as the item it is."""
+    rng = random.Random(17)
+    ticks: dict[int, list[logpages.Entry]] = defaultdict(list)
+    for number in range(jobs):
+        phase = rng.uniform(0.0, seconds)
+        job_id = f"job-{number:020x}"  # as long as a real job id
+        for at, entries in timed:
+            tick = int(((at + phase) % seconds) / logpages.PAGE_TICK_SECONDS)
+            ticks[tick] += [logpages.Entry(job_id, e.writer, e.offset, e.data) for e in entries]
+    units = 0
+    for tick, entries in ticks.items():
+        for page in logpages.split(logpages.merge(entries)):
+            item = {
+                "job_id": {"S": f"{logs_adapter.PAGES_PREFIX}shard-0001-{'0' * 12}"},
+                "offset": {"N": str(100_000 + tick)},
+                "data": {"B": logpages.encode(page)},
+                "expires_at": {"N": "1790000000"},
+            }
+            units += prices.write_units(prices.item_size(item))
+    return units * (3600 / seconds) / jobs
 
 
 def _handler_of(function_name: str) -> str:
@@ -407,9 +456,14 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
     per_launch_all = per_launch + launch_s3
     hours: dict[str, Usage] = {}
     upkeep_hour = Usage()  # one shard's reads of its own item and heartbeats, for an hour (typical window)
+    page_units: dict[str, float] = {}
     for phase, (start, end) in windows.items():
-        window = Measured(ops=[op for op in streaming if start <= op.seen_at <= end])
+        in_window = [op for op in streaming if start <= op.seen_at <= end]
+        pages = [(op.seen_at - start, _page_entries(op)) for op in in_window]
+        window = Measured(ops=[op for op in in_window if not _page_entries(op)])  # pages: as a full shard's below
         rate = usage_of(window, units, deployment).scaled(3600 / (end - start))
+        page_units[phase] = full_shard_page_units([(at, e) for at, e in pages if e], end - start)
+        rate.dynamodb_write_units += page_units[phase]
         hours[phase] = fixed_hour + rate + hour_s3
         if phase == "typical":
             upkeep = Measured(ops=[op for op in window.ops if _shard_upkeep(op)])
@@ -517,6 +571,7 @@ def run(session: Session, provider_id: str, seconds: float = 30.0) -> tuple[list
         "per_hour_curve": {str(n): round(dollars, 6) for n, dollars in curve.items()},
         "relay_shard_hour": {"usage": per_shard.as_dict(), "dollars": _rounded(prices.dollars(per_shard))},
         "windows_seconds": {phase: round(end - start, 1) for phase, (start, end) in windows.items()},
+        "page_write_units_per_hour": {phase: round(units, 1) for phase, units in page_units.items()},
         "reconcile_sweep": {
             "provider_regions": described,
             "operations": dict(Counter(op.name for op in sweep.ops)),

@@ -42,6 +42,7 @@ from controlplane.core.models import Job
 from controlplane.core.ports import TeamKey
 from controlplane.core.spec import TaskSpec
 from controlplane.service.relay import Located, RelayService, RelaySettings
+from controlplane.service.relay_pages import PageWriter
 from local import ddb_partitions, emulator, guard, sshd
 
 SECTION = "2 log relay"
@@ -230,8 +231,12 @@ def _throughput(megabytes: int, logs: DynamoLogStore, block: bytes | None, basel
             size = (state / "output.log").stat().st_size
             write_result(state)
             new_job(jobs, "job-throughput", host.public_openssh)
+            pages = PageWriter(logs)  # as a relay shard relays: its small flushes would be paged
             started = time.perf_counter()
-            outcome = relay.relay("job-throughput")
+            try:
+                outcome = relay.relay("job-throughput", pages=pages)
+            finally:
+                pages.close()
             relay_seconds = time.perf_counter() - started
             if not outcome.finished:
                 raise RuntimeError(f"the relay did not finish: {outcome}")

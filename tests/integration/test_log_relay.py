@@ -1,5 +1,7 @@
 """The log relay against a real OpenSSH sshd on loopback and the emulator's DynamoDB: every byte the job writes is
-stored once, in order; the end is drained; the logs API pages through it."""
+stored once, in order; the end is drained; the logs API pages through it. Every test runs twice: a relay writing
+each flush as the job's own chunks, and one writing through a relay shard's shared pages (service/relay_pages.py),
+as a shard does."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ import pytest
 from controlplane.adapters.logs import DynamoLogStore
 from controlplane.adapters.ssh import SshConnector
 from controlplane.core import logchunks, sshkeys
+from controlplane.core.logpages import Entry, PagePointer
 from controlplane.core.models import Job
-from controlplane.service.relay import Located, RelayService, RelaySettings
+from controlplane.service.relay import DIRECT_OWNER, Located, RelayOutcome, RelayService, RelaySettings
+from controlplane.service.relay_pages import PageWriter
 from local import sshd
 from tests.integration.conftest import ControlPlane, Tenant, Workflow
 
@@ -40,6 +44,21 @@ class FixedLocator:
         return Located(self.host, self.state, self.state_reason)
 
 
+class ShardRelay(RelayService):
+    """A relay whose loops write through one page writer, as a relay shard's do."""
+
+    pages: PageWriter | None = None
+
+    def relay(
+        self,
+        job_id: str,
+        time_left: Callable[[], float] = lambda: float("inf"),
+        owner: str = DIRECT_OWNER,
+        pages: PageWriter | None = None,
+    ) -> RelayOutcome:
+        return super().relay(job_id, time_left, owner, pages or self.pages)
+
+
 @dataclass
 class Instance:
     """A launched job whose "instance" is a sandbox directory served by a real sshd."""
@@ -50,6 +69,7 @@ class Instance:
     root: Path
     server: sshd.SshServer
     logs: DynamoLogStore
+    pages: PageWriter | None = None
     locator: FixedLocator = field(default_factory=FixedLocator)
 
     @property
@@ -72,7 +92,7 @@ class Instance:
             "status_poll_seconds": 0.2,
             "idle_before_status_seconds": 0.2,
         }
-        return RelayService(
+        relay = ShardRelay(
             pipeline.jobs,
             self.logs,
             pipeline.secrets,
@@ -80,6 +100,8 @@ class Instance:
             SshConnector(connect_timeout=5),
             RelaySettings(**(values | settings)),
         )
+        relay.pages = self.pages
+        return relay
 
     def write(self, data: bytes) -> None:
         with self.output.open("ab") as sink:
@@ -92,7 +114,12 @@ class Instance:
         tmp.rename(self.state / "result")
 
     def relayed(self) -> bytes:
-        return logchunks.assemble(self.logs.chunks(self.job_id, 0, 1 << 40), 0, 1 << 40)
+        """What a reader sees: the chunks, then what the pages hold after the committed offset (not compacted)."""
+        data = logchunks.assemble(self.logs.chunks(self.job_id, 0, 1 << 40), 0, 1 << 40)
+        progress = self.logs.progress(self.job_id)
+        if progress.pages is not None and not progress.complete:
+            data = data[: progress.committed] + self.logs.paged(self.job_id, progress.pages, progress.committed)
+        return data
 
     def job(self) -> dict[str, Any]:
         return dict(self.cp.call("GET", f"/jobs/{self.job_id}", self.tenant.token).json())
@@ -109,8 +136,10 @@ def _install_keys(root: Path, host_private: str, authorized: str) -> None:
     (home / "authorized_keys").write_text(authorized + "\n")
 
 
-@pytest.fixture
-def instance(control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, tmp_path: Path) -> Iterator[Instance]:
+@pytest.fixture(params=["own chunks", "shared pages"])
+def instance(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Instance]:
     from controlplane.handlers import container
 
     response = control_plane.call(
@@ -126,10 +155,13 @@ def instance(control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, tm
     )
     server = sshd.start(root)
     logs = DynamoLogStore(boto3.resource("dynamodb").Table(control_plane.names.table("logs")))
+    pages = PageWriter(logs, f"shard-test-{job_id}") if request.param == "shared pages" else None
     try:
-        yield Instance(control_plane, tenant, job_id, root, server, logs)
+        yield Instance(control_plane, tenant, job_id, root, server, logs, pages)
     finally:
         server.stop()
+        if pages is not None:
+            pages.close()
 
 
 def run_job(instance: Instance, job: Callable[[], None], relay: RelayService | None = None) -> Any:
@@ -238,20 +270,22 @@ def test_a_crash_between_writing_a_chunk_and_committing_loses_and_duplicates_not
         pass
 
     class CrashingLogs:
-        """The real store, except that the first commit dies after its chunks were written."""
+        """The real store, except that the first commit of written bytes dies after its chunks were written."""
 
         def __init__(self, real: DynamoLogStore) -> None:
             self.real = real
             self.write = real.write
             self.progress = real.progress
+            self.fold_pages = real.fold_pages
+            self.write_page = real.write_page
             self.discard_after = real.discard_after
             self.crashed = False
 
-        def commit(self, job_id: str, committed: int, *, complete: bool = False, drained: bool = False) -> None:
-            if not self.crashed:
+        def commit(self, job_id: str, committed: int, **flags: Any) -> None:
+            if not self.crashed and committed > 0:
                 self.crashed = True
                 raise Crash("Lambda killed between the chunk write and the commit")
-            self.real.commit(job_id, committed, complete=complete, drained=drained)
+            self.real.commit(job_id, committed, **flags)
 
     crashing = instance.relay_service(chunk_bytes=1000)
     crashing.logs = CrashingLogs(instance.logs)  # type: ignore[assignment]
@@ -548,3 +582,55 @@ def test_a_cancelled_job_whose_instance_is_unreachable_is_terminated_at_the_drai
     progress = instance.logs.progress(instance.job_id)
     assert (progress.complete, progress.drained) == (True, False)
     assert instance.job()["status"] == "CANCELLED"
+
+
+# -- shared pages: what a dead loop paged ------------------------------------------------------------------------
+
+
+def _a_dead_loop_paged(instance: Instance, data: bytes) -> None:
+    """A shard loop that handed `data` (the start of the output) to its pages, then died before compacting it."""
+    pointer = PagePointer("shard-dead-0001", 0, "dead-writer")
+    instance.logs.commit(instance.job_id, 0, pages=pointer)
+    instance.logs.write_page(pointer.stream, 0, [Entry(instance.job_id, pointer.writer, 0, data)])
+    instance.logs.write_page(pointer.stream, 1, [Entry("job-someone-else", pointer.writer, 0, b"not yours\n")])
+
+
+@pytest.mark.parametrize("instance", ["shared pages"], indirect=True)
+def test_bytes_a_dead_loop_only_paged_are_shown_and_kept_when_the_next_loop_resumes(instance: Instance) -> None:
+    """Readers see what a shard loop paged before it was compacted; when that loop dies, the next one folds those
+    bytes into the job's chunks before it resumes: the log is whole, nothing doubled, and a cursor a reader got from
+    the pages stays valid."""
+    instance.write(b"hello ")
+    _a_dead_loop_paged(instance, b"hello ")
+    page = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
+    assert (page["text"], page["next_cursor"], page["final"]) == ("hello ", "6", False)
+    assert instance.logs.progress(instance.job_id).committed == 0  # only pages hold it
+
+    def job() -> None:
+        instance.write(b"world\n")
+        instance.finish()
+
+    run_job(instance, job)
+    assert instance.relayed() == b"hello world\n"
+    page = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token, query={"after": "6"}).json()
+    assert (page["text"], page["complete"]) == ("world\n", True)
+
+
+@pytest.mark.parametrize("instance", ["shared pages"], indirect=True)
+def test_bytes_a_dead_loop_only_paged_are_kept_when_the_instance_is_gone_too(instance: Instance) -> None:
+    """The loop died and then the instance: whoever finalises the log folds the paged bytes in first."""
+    _a_dead_loop_paged(instance, b"epoch 1 loss=0.5\n")
+    instance.locator.state = "terminated"
+    assert instance.relay_service().relay(instance.job_id).finished
+    progress = instance.logs.progress(instance.job_id)
+    assert (progress.committed, progress.complete) == (len(b"epoch 1 loss=0.5\n"), True)
+    assert instance.relayed() == b"epoch 1 loss=0.5\n"
+    body = instance.cp.call("GET", f"/jobs/{instance.job_id}/logs", instance.tenant.token).json()
+    assert (body["text"], body["final"]) == ("epoch 1 loss=0.5\n", True)
+
+
+def test_a_new_attempt_drops_the_previous_attempt_s_page_pointer(instance: Instance) -> None:
+    _a_dead_loop_paged(instance, b"attempt 1\n")
+    assert instance.logs.progress(instance.job_id).pages is not None
+    instance.logs.commit(instance.job_id, 10, new_attempt=True)
+    assert instance.logs.progress(instance.job_id).pages is None

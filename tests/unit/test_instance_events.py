@@ -55,6 +55,9 @@ class FakeLogs:
         self.completed = False  # final: nothing more will be relayed
         self.drained = False  # whole: the relay read everything
 
+    def fold_pages(self, job_id: str) -> LogProgress:
+        return self.progress(job_id)
+
     def progress(self, job_id: str) -> LogProgress:
         return LogProgress(committed=42, complete=self.completed, drained=self.drained)
 

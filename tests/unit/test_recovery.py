@@ -209,6 +209,9 @@ def test_an_old_attempt_cannot_end_the_current_one() -> None:
 
 
 class FakeLogs:
+    def fold_pages(self, job_id: str) -> LogProgress:
+        return self.progress(job_id)
+
     def progress(self, job_id: str) -> LogProgress:
         return LogProgress(committed=1234, complete=False, drained=True)
 

@@ -230,10 +230,17 @@ class ScriptedRelayer:
         self.script = script
         self.owners: dict[str, str] = {}
         self.calls: list[str] = []
+        self.pages: dict[str, Any] = {}  # the page writer each job's loop was given
+        self.logs = self  # the page store of the shard's page writer
+        self.written_pages: list[tuple[str, int, list[Any]]] = []
 
-    def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+    def write_page(self, stream: str, seq: int, entries: list[Any]) -> None:
+        self.written_pages.append((stream, seq, entries))
+
+    def relay(self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None) -> RelayOutcome:
         self.owners[job_id] = owner
         self.calls.append(job_id)
+        self.pages[job_id] = pages
         step = self.script[job_id]
         if callable(step):
             step = step()
@@ -266,6 +273,26 @@ def test_a_shard_reports_each_outcome_with_its_token_and_retires_when_idle() -> 
     assert callbacks.of("fail") == [("token-job-2", "RuntimeError")]
     assert relayer.owners == {"job-1": "exec-1#shard-0001", "job-2": "exec-2#shard-0001"}
     assert fleet.shard("shard-0001") is None  # retired
+
+
+def test_the_jobs_of_one_invocation_share_one_page_writer_which_is_closed_at_its_end() -> None:
+    """One shard invocation writes its jobs' small flushes as shared pages: every loop gets the same page writer,
+    named after the shard, and it stops (after writing what is pending) once the invocation's loops ended."""
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1", "job-2": "exec-2"})
+    relayer = ScriptedRelayer({"job-1": RelayOutcome(True, "drained"), "job-2": RelayOutcome(True, "drained")})
+    runner(fleet, relayer, callbacks).follow("shard-0001", lambda: 600.0)
+    writers = {id(writer) for writer in relayer.pages.values()}
+    assert len(writers) == 1
+    writer = relayer.pages["job-1"]
+    assert writer.stream.startswith("shard-0001-")
+    with pytest.raises(RuntimeError, match="stopped"):
+        writer.append(None)
+    relayer.pages.clear()
+    shard_with(fleet, {"job-3": "exec-3"})
+    relayer.script["job-3"] = RelayOutcome(True, "drained")
+    runner(fleet, relayer, callbacks, shared_pages=False).follow("shard-0001", lambda: 600.0)
+    assert relayer.pages == {"job-3": None}
 
 
 def test_a_lease_another_loop_still_holds_is_waited_for_while_the_job_is_this_shard_s() -> None:
@@ -309,7 +336,7 @@ class StreamingRelayer(ScriptedRelayer):
         self.streaming = threading.Event()
         self.drained_for = drained_for
 
-    def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+    def relay(self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None) -> RelayOutcome:
         self.calls.append(owner)
         if owner in self.drained_for:
             return RelayOutcome(True, "the output is drained")
@@ -481,7 +508,7 @@ def test_a_dying_invocation_stops_its_loops_and_raises() -> None:
         return RelayOutcome(False, "budget used")
 
     class Relayer(ScriptedRelayer):
-        def relay(self, job_id: str, time_left: Callable[[], float], owner: str) -> RelayOutcome:
+        def relay(self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None) -> RelayOutcome:
             return streaming(time_left)
 
     class Dying(FakeFleet):

@@ -1,6 +1,11 @@
 """The logs table: one item per chunk of a job's output, keyed by the byte offset where it starts, plus one
 progress item per job (offset -1 under the job id: the committed offset; `complete`, the log is final: nothing more
-will be relayed; `drained`, the log is whole: the relay read everything the instance wrote).
+will be relayed; `drained`, the log is whole: the relay read everything the instance wrote; `pages_*`, where the
+bytes after the committed offset are until they are compacted: a relay shard's pages).
+
+A relay shard's pages (core/logpages.py) live under `pages#<stream>`, keyed by their sequence number: each holds
+the newest bytes of several jobs, and expires after PAGE_RETENTION_SECONDS (by then every job's bytes in it were
+compacted into chunks, or folded in by whoever finalised the log: `fold_pages`).
 
 A job's chunks are spread over several partition keys (core/logchunks.py: span s of the file lives under key
 s % PARTITIONS), because DynamoDB serves at most 1,000 write units per second per partition; chunks are stored
@@ -21,7 +26,8 @@ from boto3.dynamodb.conditions import Key
 from boto3.dynamodb.types import Binary
 from botocore.exceptions import ClientError
 
-from controlplane.core import logchunks
+from controlplane.core import logchunks, logpages
+from controlplane.core.logpages import PagePointer
 from controlplane.core.ports import LogProgress
 
 PROGRESS_OFFSET = -1
@@ -30,6 +36,10 @@ THROTTLE_CODES = frozenset({"ProvisionedThroughputExceededException", "Throttlin
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0
 STALL_SECONDS = 120.0  # no item written for this long: give up (the caller resumes from the committed offset)
+PAGES_PREFIX = "pages#"  # a page stream's partition key: `pages#<stream>` (job ids start with `job-`)
+PAGE_RETENTION_SECONDS = 24 * 3600  # pages matter for minutes (until compaction); kept a day
+PAGES_FIRST_QUERY = 8  # a reader reads pages newest first, first this many (a follower's poll needs no more)...
+PAGES_PER_QUERY = 32  # ... then this many at a time, until it reaches its offset
 
 
 class LogWriteAbandoned(Exception):
@@ -111,15 +121,24 @@ class DynamoLogStore:
             self.sleep(delay * random.uniform(0.5, 1.0))  # jitter
 
     def commit(
-        self, job_id: str, committed: int, *, complete: bool = False, drained: bool = False, new_attempt: bool = False
+        self,
+        job_id: str,
+        committed: int,
+        *,
+        complete: bool = False,
+        drained: bool = False,
+        new_attempt: bool = False,
+        pages: PagePointer | None = None,
     ) -> None:
         """Advance the committed offset (never backwards: a stale writer's commit is ignored). `complete` (final:
         nothing more will be relayed), once set, stays set. `drained` (the log is whole: the relay read everything
         the instance wrote, confirmed by the wrapper's drain handshake) implies `complete` and, once set, stays set
         too: a later commit without it never clears it — except `new_attempt`: the output of a job's next attempt
-        begins (core/recovery.py), whose own drain is still to come."""
+        begins (core/recovery.py), whose own drain is still to come; the previous attempt's pages stop counting.
+        `pages`: the bytes after `committed` are that writer's entries in those pages (core/logpages.py)."""
         complete = complete or drained
         sets = ["#c = :c", "expires_at = :exp", "#done = :done" if complete else "#done = if_not_exists(#done, :done)"]
+        removes: list[str] = []
         names = {"#c": "committed", "#done": "complete"}
         values: dict[str, Any] = {
             ":c": committed,
@@ -130,10 +149,16 @@ class DynamoLogStore:
             sets.append("#drained = :drained")
             names["#drained"] = "drained"
             values[":drained"] = drained
+        if pages is not None:
+            sets.append("pages_stream = :ps, pages_seq = :pq, pages_writer = :pw")
+            values |= {":ps": pages.stream, ":pq": pages.seq, ":pw": pages.writer}
+        elif new_attempt:
+            removes.append("pages_stream, pages_seq, pages_writer")
+        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         try:
             self.table.update_item(
                 Key={"job_id": job_id, "offset": PROGRESS_OFFSET},
-                UpdateExpression="SET " + ", ".join(sets),
+                UpdateExpression=update,
                 ConditionExpression="attribute_not_exists(#c) OR #c <= :c",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
@@ -169,11 +194,62 @@ class DynamoLogStore:
         item = self.table.get_item(Key={"job_id": job_id, "offset": PROGRESS_OFFSET}, ConsistentRead=True).get("Item")
         if not item:
             return LogProgress(committed=0, complete=False, drained=False)
+        pages = None
+        if "pages_stream" in item:
+            pages = PagePointer(str(item["pages_stream"]), int(item["pages_seq"]), str(item["pages_writer"]))
         return LogProgress(
             committed=int(item.get("committed", 0)),
             complete=bool(item.get("complete", False)),
             drained=bool(item.get("drained", False)),  # missing: written before drained existed, or not drained
+            pages=pages,
         )
+
+    def write_page(self, stream: str, seq: int, entries: list[logpages.Entry]) -> None:
+        """Put one page of `stream` (retried while throttled, as chunks are; it returns once the page is stored)."""
+        item = {
+            "job_id": PAGES_PREFIX + stream,
+            "offset": seq,
+            "data": logpages.encode(entries),
+            "expires_at": int(time.time()) + PAGE_RETENTION_SECONDS,
+        }
+        self._batch_write([{"PutRequest": {"Item": item}}], None)
+
+    def paged(self, job_id: str, pointer: PagePointer, start: int) -> bytes:
+        """The job's bytes from `start` on that its pointer's pages hold (contiguous; empty if none). Pages are read
+        newest first and only back to the one that holds `start`: a client following the log reads the pages
+        written since its last poll, not all since the job was last compacted."""
+        mine: list[logpages.Entry] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("job_id").eq(PAGES_PREFIX + pointer.stream) & Key("offset").gte(pointer.seq),
+            "ScanIndexForward": False,
+            "ConsistentRead": True,
+            "Limit": PAGES_FIRST_QUERY,
+        }
+        while True:
+            page = self.table.query(**kwargs)
+            kwargs["Limit"] = PAGES_PER_QUERY
+            for item in page["Items"]:
+                for entry in logpages.decode(_bytes(item["data"])):
+                    if entry.job_id == job_id and entry.writer == pointer.writer:
+                        mine.append(entry)
+            if any(entry.offset <= start for entry in mine) or "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return logpages.stitch(mine, start)
+
+    def fold_pages(self, job_id: str) -> LogProgress:
+        """Compact whatever a job's pages hold beyond its committed offset into chunks, commit it, and return the
+        progress: what a log's finaliser calls before marking it complete (a relay that died leaves its newest
+        bytes in its pages; readers saw them, so the final log keeps them)."""
+        progress = self.progress(job_id)
+        if progress.pages is None or progress.complete:
+            return progress
+        data = self.paged(job_id, progress.pages, progress.committed)
+        if not data:
+            return progress
+        self.write(job_id, logchunks.cut(progress.committed, data))
+        self.commit(job_id, progress.committed + len(data), pages=progress.pages)
+        return self.progress(job_id)
 
     def chunks(self, job_id: str, after: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """Chunks covering bytes from `after` on (about `max_bytes` of them), in offset order: the chunk holding

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from controlplane.core.admission import Decision
 from controlplane.core.lifecycle import JobStatus
+from controlplane.core.logpages import PagePointer
 from controlplane.core.models import BootstrapRecord, Job, Provider
 
 
@@ -95,6 +96,8 @@ class LogProgress:
     committed: int  # every byte of output before this offset is stored
     complete: bool  # final: nothing more will come (the relay drained the output, or the instance is gone)
     drained: bool = False  # the log is whole: the relay read everything the instance wrote (drain handshake)
+    # Where the bytes after `committed` are, until compacted: a relay shard's pages (core/logpages.py)
+    pages: PagePointer | None = None
 
 
 class JobTransitions(Protocol):

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controlplane.core import bundle, catalog, logchunks, sealing, userdata
+from controlplane.core import bundle, catalog, logchunks, logpages, sealing, userdata
 from controlplane.core.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
@@ -19,6 +19,7 @@ from controlplane.core.errors import (
 )
 from controlplane.core.ids import job_id_for_idempotency_key, new_job_id
 from controlplane.core.lifecycle import JobStatus
+from controlplane.core.logpages import PagePointer
 from controlplane.core.markets import submission_pricing
 from controlplane.core.models import Job, JobRequest, utcnow
 from controlplane.core.ports import (
@@ -65,6 +66,7 @@ class LogPage:
 class LogReader(Protocol):
     def progress(self, job_id: str) -> LogProgress: ...
     def chunks(self, job_id: str, after: int, max_bytes: int) -> list[tuple[int, bytes]]: ...
+    def paged(self, job_id: str, pointer: PagePointer, start: int) -> bytes: ...
 
 
 MAX_LOG_PAGE = 1024 * 1024
@@ -214,20 +216,35 @@ class JobService:
         start = _parse_log_cursor(after)
         limit = max(MIN_LOG_PAGE, min(limit, MAX_LOG_PAGE))
         progress = self.log_reader.progress(job_id)
-        if start > progress.committed:
-            raise InvalidRequest("after is beyond the relayed output: pass a next_cursor value from an earlier page")
-        end = min(progress.committed, start + limit)
+        committed = progress.committed
+        tail = b""  # bytes after the committed offset that a relay shard's pages hold (not compacted yet)
+        if progress.pages is not None and not progress.complete and start + limit > committed:
+            tail = self.log_reader.paged(job_id, progress.pages, max(start, committed))
+        visible = max(start, committed) + len(tail) if tail else committed
+        if start > visible:
+            # A cursor into bytes a relay loop had paged when another loop took over (it folded them in first, so
+            # only a moment's worth) comes back once the new loop has re-read them: nothing new yet, not an error.
+            paged_ahead = progress.pages is not None and not progress.complete
+            if not paged_ahead or start - committed > logpages.MAX_PAGED_AHEAD:
+                raise InvalidRequest(
+                    "after is beyond the relayed output: pass a next_cursor value from an earlier page"
+                )
+            visible = start
+        end = min(visible, start + limit)
         data = b""
-        if end > start:
-            data = logchunks.assemble(self.log_reader.chunks(job_id, start, end - start), start, end - start)
+        if min(end, committed) > start:
+            upto = min(end, committed)
+            data = logchunks.assemble(self.log_reader.chunks(job_id, start, upto - start), start, upto - start)
+        if end > max(start, committed):
+            data += tail[: end - max(start, committed)]
         # Nothing more will be relayed once the relay drained the output or the instance is gone (progress.complete),
         # or when the job ended without ever having an instance (e.g. a launch failure).
         never_launched = job.status.terminal and job.instance_id is None
         finished = progress.complete or never_launched
-        everything = finished and start + len(data) >= progress.committed
+        everything = finished and start + len(data) >= committed
         page = logchunks.decode_bounded_page(data, final=everything)  # fits Lambda's 6 MB response, any bytes
         next_offset = start + page.consumed
-        final = job.status.terminal and finished and next_offset >= progress.committed
+        final = job.status.terminal and finished and next_offset >= committed
         whole = progress.drained or never_launched  # a job that never ran has an empty, whole log
         return LogPage(text=page.text, next_cursor=str(next_offset), final=final, complete=final and whole)
 

@@ -124,7 +124,7 @@ class Pipeline:
             job = fail_job(self.jobs, job.job_id, reason, f"The launch workflow failed ({name}): {cause}") or job
         if job.status.terminal:
             self._reap(job)
-            progress = self.relayer.logs.progress(job.job_id)  # nothing more will be relayed
+            progress = self.relayer.logs.fold_pages(job.job_id)  # nothing more will be relayed
             # A job that never had an instance wrote nothing: its empty log is whole (drained). One that had an
             # instance may have lost its tail: final only (a drain the relay confirmed earlier stays recorded).
             self.relayer.logs.commit(job.job_id, progress.committed, complete=True, drained=job.instance_id is None)

@@ -80,6 +80,7 @@ class Regions(Protocol):
 
 class LogCompletion(Protocol):
     def progress(self, job_id: str) -> LogProgress: ...
+    def fold_pages(self, job_id: str) -> LogProgress: ...
     def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None: ...
 
 
@@ -454,6 +455,6 @@ class Reconciler:
             self.jobs.transition(job.job_id, JobStatus.FAILED, fields=fields)
         except TransitionRefused:
             return  # it ended meanwhile: keep that
-        progress = self.logs.progress(job.job_id)
+        progress = self.logs.fold_pages(job.job_id)
         self.logs.commit(job.job_id, progress.committed, complete=True)
         report.finalized.append(job.job_id)

@@ -56,6 +56,7 @@ _INSTANCE_FIELDS = (
 
 class LogCommits(Protocol):
     def progress(self, job_id: str) -> LogProgress: ...
+    def fold_pages(self, job_id: str) -> LogProgress: ...
     def commit(self, job_id: str, committed: int, *, complete: bool = False) -> None: ...
 
 
@@ -179,7 +180,7 @@ class RecoveryService:
         terminated = self.reaper.reap(job)
         if terminated:
             logger.info("terminated the ended attempt's instances", extra={"job_id": job_id, "ids": terminated})
-        committed = self.logs.progress(job_id).committed
+        committed = self.logs.fold_pages(job_id).committed  # a dead loop's paged bytes first
         fields: dict[str, Any] = dict.fromkeys(_INSTANCE_FIELDS)
         if job.attempts and job.attempts[-1].attempt == job.attempt:
             # The ended attempt's instance billed until now (its drain after the end, then its termination).
@@ -227,5 +228,5 @@ def final_if_ended(logs: LogCommits, jobs: Any, job_id: str) -> None:
     goes on with its next attempt)."""
     job = jobs.get(job_id)
     if job is None or job.status.terminal:
-        progress = logs.progress(job_id)
+        progress = logs.fold_pages(job_id)
         logs.commit(job_id, progress.committed, complete=True)

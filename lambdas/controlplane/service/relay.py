@@ -53,12 +53,14 @@ from controlplane.core.bundle import StartBundle
 from controlplane.core.errors import TransitionRefused
 from controlplane.core.launch_errors import AUTH_CODES
 from controlplane.core.lifecycle import WITH_INSTANCE, FailureReason, JobStatus
+from controlplane.core.logpages import PagePointer
 from controlplane.core.markets import Market
 from controlplane.core.models import Job, utcnow
 from controlplane.core.ports import JobStore, SecretStore, TeamKey
 from controlplane.service import job_io
 from controlplane.service.recovery import RECOVERY_DRAIN_SECONDS, AttemptEnder, ended_attempts, in_recovery_drain
 from controlplane.service.relay_lease import LEASE_SECONDS, LeaseHold, RelayLease
+from controlplane.service.relay_pages import PagedTail, PageWriter
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +173,15 @@ class RelayService:
         self.ender = AttemptEnder(jobs)
 
     def relay(
-        self, job_id: str, time_left: Callable[[], float] = _no_deadline, owner: str = DIRECT_OWNER
+        self,
+        job_id: str,
+        time_left: Callable[[], float] = _no_deadline,
+        owner: str = DIRECT_OWNER,
+        pages: PageWriter | None = None,
     ) -> RelayOutcome:
-        """One invocation of `owner`'s relay loop (the workflow passes its execution's ARN)."""
+        """One invocation of `owner`'s relay loop (the workflow passes its execution's ARN). `pages`: a relay shard's
+        page writer, which the loop's small flushes go through (service/relay_pages.py); without it, every flush is
+        written as the job's own chunks and committed."""
         job = self.jobs.get(job_id)
         if job is None:
             return RelayOutcome(True, "the job does not exist")
@@ -183,7 +191,7 @@ class RelayService:
         # Spot-interrupted or cancelled: the instance writes on; a recovering attempt's instance uploads and drains.
         streams_on = outcomes.streams_after_end(job, now) or in_recovery_drain(job, now)
         if job.status.terminal and not streams_on:
-            progress = self.logs.progress(job_id)
+            progress = self.logs.fold_pages(job_id)
             if not progress.complete:
                 self.logs.commit(job_id, progress.committed, complete=True)
             return RelayOutcome(True, f"the job is {job.status}")
@@ -197,7 +205,7 @@ class RelayService:
         hold = LeaseHold(job_id, owner, self.lease, self.clock, time_left, self.settings.lease_seconds)
         if not hold.claim():
             return self._not_claimed(job_id)
-        outcome = self._relay(job, budget, hold)
+        outcome = self._relay(job, budget, hold, pages)
         if not outcome.finished:
             hold.release_for(LOOP_GAP_SECONDS)
             return outcome
@@ -219,7 +227,7 @@ class RelayService:
             contended_by=job.relay_owner or "",
         )
 
-    def _relay(self, job: Job, budget: float, hold: LeaseHold) -> RelayOutcome:
+    def _relay(self, job: Job, budget: float, hold: LeaseHold, pages: PageWriter | None) -> RelayOutcome:
         job_id, host_key = job.job_id, str(job.ssh_host_key)
         deadline = self.clock() + max(0.0, budget)
         team_key = self.secrets.team_key(job.team_id)
@@ -274,7 +282,7 @@ class RelayService:
                         if job.status == JobStatus.RECOVERING and not in_recovery_drain(job, utcnow()):
                             return RelayOutcome(True, f"attempt {job.attempt} ended", relayed, connections)
                         self._start(session, job, team_key)
-                        outcome = self._stream(session, job, deadline, hold)
+                        outcome = self._stream(session, job, deadline, hold, pages)
                         relayed += outcome.relayed_bytes
                         drops = 0
                         backoff = 1.0
@@ -344,7 +352,7 @@ class RelayService:
         fields = {"failure_reason": FailureReason.NO_PUBLIC_ADDRESS, "failure_message": outcomes.NO_ADDRESS_HELP}
         with contextlib.suppress(TransitionRefused):
             self.jobs.transition(job.job_id, JobStatus.FAILED, fields=fields)
-        progress = self.logs.progress(job.job_id)
+        progress = self.logs.fold_pages(job.job_id)
         self.logs.commit(job.job_id, progress.committed, complete=True)
         logger.warning("the job's instance has no public address", extra={"job_id": job.job_id})
 
@@ -368,7 +376,7 @@ class RelayService:
             self.ender.end(current, reason, message, fields={"instance_state": located.state})
         after = self.jobs.get(job.job_id)
         if after is None or after.status.terminal:
-            progress = self.logs.progress(job.job_id)
+            progress = self.logs.fold_pages(job.job_id)
             self.logs.commit(job.job_id, progress.committed, complete=True)
 
     def _running(self, job: Job) -> Job:
@@ -449,14 +457,31 @@ class RelayService:
         left = bound - (utcnow() - ended).total_seconds()
         return self.clock() + max(0.0, left)
 
-    def _stream(self, session: SshSession, job: Job, deadline: float, hold: LeaseHold) -> RelayOutcome:
+    def _stream(
+        self, session: SshSession, job: Job, deadline: float, hold: LeaseHold, pages: PageWriter | None = None
+    ) -> RelayOutcome:
         """Follow the output from the committed offset. Writing to DynamoDB overlaps reading the next bytes (one
-        write in flight at a time, so commits stay in order); every exit waits for that write first."""
+        write in flight at a time, so commits stay in order); every exit waits for that write first. Through a
+        shard's pages, the bytes only pages hold are compacted at every exit (and by whoever resumes, if this loop
+        dies: `fold_pages`)."""
         settings = self.settings
         base = self._attempt_base(job, hold)  # where this attempt's output begins in the log (after its marker)
-        offset = self.logs.progress(job.job_id).committed  # bytes handed to the writer (committed once written)
+        # bytes handed to the writer (durable once written); a dead loop's paged bytes are folded in first
+        offset = (self.logs.fold_pages(job.job_id) if pages is not None else self.logs.progress(job.job_id)).committed
         self.logs.discard_after(job.job_id, offset)  # leftovers of a relay that died before committing them
         start = offset
+        paged: PagedTail | None = None
+        if pages is not None:
+
+            def compact_to(at: int, data: bytes, pointer: PagePointer) -> None:
+                self._store(job.job_id, at, data, hold, pointer)
+
+            def check_lease() -> None:
+                if not hold.valid():
+                    raise LeaseExpired(f"job {job.job_id}: this relay invocation's lease has ended")
+
+            paged = PagedTail(job.job_id, pages, offset, compact_to, check_lease, self.clock)
+            paged.compact(repoint=True)  # readers: this loop's entries follow the committed offset
         channel = session.stream(offset - base, poll_seconds=min(0.1, settings.flush_interval_seconds))
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-write")
         in_flight: Future[None] | None = None
@@ -494,14 +519,32 @@ class RelayService:
             data = bytes(pending[:ready])
             del pending[:ready]
             settle()
-            in_flight = writer.submit(self._store, job.job_id, offset, data, hold)
+            if paged is not None:
+                in_flight = writer.submit(paged.store, offset, data, final)
+            else:
+                in_flight = writer.submit(self._store, job.job_id, offset, data, hold)
             offset += ready
             in_flight_end = offset
+
+        def compact(strict: bool) -> None:
+            """The bytes only pages hold, written as the job's chunks (strict: or the exit fails; else a failure
+            leaves them to whoever resumes: fold_pages)."""
+            if paged is None:
+                return
+            try:
+                paged.compact()
+            except Exception:
+                if strict:
+                    raise
+                logger.warning("could not compact the log's tail", extra={"job_id": job.job_id}, exc_info=True)
 
         def lost(reason: str) -> ConnectionLost:
             flush(final=False)
             settle()
+            compact(strict=False)
             return ConnectionLost(reason)
+
+        flush_interval = 0.0 if paged is not None else settings.flush_interval_seconds  # pages batch the writes
 
         try:
             while True:
@@ -514,6 +557,7 @@ class RelayService:
                 if now >= deadline:
                     flush(final=False)
                     settle()
+                    compact(strict=False)
                     return RelayOutcome(False, "budget used while streaming", offset - start)
                 try:
                     data = channel.recv(settings.recv_bytes)
@@ -528,11 +572,16 @@ class RelayService:
                         pending_since = now
                     pending += data
                     last_data = now
+                idle_writer = in_flight is None or in_flight.done()
                 if pending and (
-                    len(pending) >= settings.flush_bytes or now - pending_since >= settings.flush_interval_seconds
+                    len(pending) >= settings.flush_bytes
+                    or (now - pending_since >= flush_interval and (paged is None or idle_writer))
                 ):
                     flush(final=False)
                     pending_since = now
+                elif paged is not None and idle_writer and paged.due():
+                    settle()
+                    in_flight = writer.submit(paged.compact)  # a quiet job's tail (or pointer), in the background
                 if now >= grant_due and job.status in WITH_INSTANCE:
                     grant_due = now + job_io.GRANT_REFRESH_SECONDS
                     self._grant(session, job)
@@ -550,6 +599,7 @@ class RelayService:
                 if cancel_by is not None and now >= cancel_by and final_size is None:
                     flush(final=False)
                     settle()
+                    compact(strict=False)
                     self._cancel_unfinished(job)
                     return RelayOutcome(True, "cancelled: the drain bound was reached", offset - start)
                 quiet = now - last_data >= settings.idle_before_status_seconds
@@ -567,6 +617,7 @@ class RelayService:
                 if final_size is not None and offset + len(pending) >= final_size:
                     flush(final=True)
                     settle()
+                    compact(strict=True)
                     self._finish(job, result or {}, offset)
                     self._mark_drained(session, job)
                     return RelayOutcome(True, "the output is drained", offset - start)
@@ -591,7 +642,7 @@ class RelayService:
             except Exception:  # noqa: BLE001 - the reconciler (or Recover) terminates it if this failed
                 logger.warning("could not terminate an ended job's instance", extra={"job_id": job.job_id})
         if job.status != JobStatus.RECOVERING:
-            progress = self.logs.progress(job.job_id)
+            progress = self.logs.fold_pages(job.job_id)
             self.logs.commit(job.job_id, progress.committed, complete=True)
 
     def _report_drain(self, session: SshSession, committed: int) -> None:
@@ -613,8 +664,11 @@ class RelayService:
         logger.warning("could not write the drained marker; the instance stops after its drain timeout",
                        extra={"job_id": job.job_id})  # fmt: skip
 
-    def _store(self, job_id: str, offset: int, data: bytes, hold: LeaseHold | None = None) -> None:
-        """Write the chunks, then (only then) commit the offset after them — never once the lease has ended."""
+    def _store(
+        self, job_id: str, offset: int, data: bytes, hold: LeaseHold | None = None, pages: PagePointer | None = None
+    ) -> None:
+        """Write the chunks, then (only then) commit the offset after them — never once the lease has ended. `pages`:
+        where the bytes after them will be (a shard loop's pages)."""
         hold = hold or LeaseHold.unbounded(self.clock)
         expired = f"job {job_id}: this relay invocation's lease has ended; another loop may own it"
         if not hold.valid():
@@ -633,7 +687,7 @@ class RelayService:
             raise
         if not hold.valid():  # a long throttled write: the lease may have ended meanwhile
             raise LeaseExpired(expired)
-        self.logs.commit(job_id, offset + len(data))
+        self.logs.commit(job_id, offset + len(data), pages=pages)
 
     def _attempt_base(self, job: Job, hold: LeaseHold) -> int:
         """The log offset where the current attempt's output begins. From attempt 2 on, its marker line goes at

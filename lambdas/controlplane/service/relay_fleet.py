@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controlplane.core.models import utcnow
 from controlplane.service.relay import RelayOutcome, RelayService
+from controlplane.service.relay_pages import PageWriter
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +220,9 @@ class ShardRunner:
         tick_seconds: float = TICK_SECONDS,
         idle_seconds: float = IDLE_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        shared_pages: bool = True,
     ) -> None:
+        self.shared_pages = shared_pages  # the jobs' small flushes go out as shared pages (service/relay_pages.py)
         self.store = store
         self.callbacks = callbacks
         self.relayer = relayer
@@ -244,6 +248,7 @@ class ShardRunner:
         idle_since = self.clock()
         last_heartbeat = float("-inf")
         failing_since: float | None = None
+        pages = PageWriter(self.relayer.logs, f"{shard_id}-{secrets.token_hex(6)}") if self.shared_pages else None
 
         try:
             while True:
@@ -275,7 +280,7 @@ class ShardRunner:
                             if not_before.get(job_id, 0.0) > now:
                                 continue
                             not_before.pop(job_id, None)
-                            started = self._start(shard_id, job_id, time_left, stopping)
+                            started = self._start(shard_id, job_id, time_left, stopping, pages)
                             if started is not None:
                                 followed[job_id] = started
                                 report.followed += 1
@@ -300,6 +305,8 @@ class ShardRunner:
         finally:
             for entry in followed.values():
                 entry.thread.join()
+            if pages is not None:
+                pages.close()
         if not report.retired and execution_age >= RENEW_AFTER_SECONDS:
             successor = f"{shard_id}-{int(self.wall() * 1000)}"
             if self.store.hand_over(shard_id, successor):  # from now on only the successor follows the shard
@@ -308,7 +315,12 @@ class ShardRunner:
         return report
 
     def _start(
-        self, shard_id: str, job_id: str, time_left: Callable[[], float], stopping: threading.Event
+        self,
+        shard_id: str,
+        job_id: str,
+        time_left: Callable[[], float],
+        stopping: threading.Event,
+        pages: PageWriter | None = None,
     ) -> _Followed | None:
         """Start following a job of the shard in its own thread (None: it is enrolled elsewhere now)."""
         enrolment = self.store.enrolment(job_id)
@@ -329,7 +341,7 @@ class ShardRunner:
 
         def run() -> None:
             try:
-                entry.outcome = self.relayer.relay(job_id, job_time_left, owner)
+                entry.outcome = self.relayer.relay(job_id, job_time_left, owner, pages)
             except BaseException as error:  # noqa: BLE001 - reported to the job's workflow as the step's error
                 entry.error = error
 
