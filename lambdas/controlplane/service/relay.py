@@ -41,6 +41,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -486,6 +487,7 @@ class RelayService:
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-write")
         in_flight: Future[None] | None = None
         in_flight_end = offset
+        paging: deque[tuple[Future[None], int]] = deque()  # bytes handed to the shard's pages, not stored yet
         committed = offset  # written and committed: what the drain progress reports
         reported = offset
         last_report = 0.0
@@ -510,6 +512,15 @@ class RelayService:
                 done, in_flight = in_flight, None
                 done.result()  # re-raises a failed write here
                 committed = in_flight_end
+            stored_pages(wait=True)
+
+        def stored_pages(wait: bool) -> None:
+            """Count what the shard's pages stored (in order; wait: all of it), re-raising a failed page here."""
+            nonlocal committed
+            while paging and (wait or paging[0][0].done()):
+                page, end = paging.popleft()
+                page.result()
+                committed = max(committed, end)
 
         def flush(final: bool) -> None:
             nonlocal offset, in_flight, in_flight_end
@@ -518,10 +529,15 @@ class RelayService:
                 return
             data = bytes(pending[:ready])
             del pending[:ready]
-            settle()
-            if paged is not None:
+            if paged is not None and in_flight is not None:
+                settle()  # a compaction in flight first: the tail is the writer thread's until it ends
+            if paged is not None and paged.can_page(len(data), final):
+                paging.append((paged.append(offset, data), offset + ready))  # no wait: pages are written per tick
+            elif paged is not None:
+                settle()
                 in_flight = writer.submit(paged.store, offset, data, final)
             else:
+                settle()
                 in_flight = writer.submit(self._store, job.job_id, offset, data, hold)
             offset += ready
             in_flight_end = offset
@@ -553,6 +569,7 @@ class RelayService:
                     raise LeaseExpired(f"job {job.job_id}: this relay invocation's hold on the lease has ended")
                 if in_flight is not None and in_flight.done():
                     settle()  # a failed write surfaces now, not at the next flush
+                stored_pages(wait=False)
                 now = self.clock()
                 if now >= deadline:
                     flush(final=False)

@@ -126,17 +126,32 @@ class PagedTail:
     def pointer(self) -> PagePointer:
         return self.pages.pointer(self.writer)
 
-    def store(self, offset: int, data: bytes, final: bool = False) -> None:
-        if offset != self.start + len(self.tail):
-            raise ValueError(f"out of order: {offset} after a tail ending at {self.start + len(self.tail)}")
-        if final or len(data) > logpages.ENTRY_MAX_BYTES or len(self.tail) + len(data) >= logpages.COMPACT_BYTES:
-            self.compact(data)
-            return
+    def can_page(self, size: int, final: bool = False) -> bool:
+        """Whether a flush of `size` bytes goes to the pages (else: compacted, with the tail, at once)."""
+        return not final and size <= logpages.ENTRY_MAX_BYTES and len(self.tail) + size < logpages.COMPACT_BYTES
+
+    def append(self, offset: int, data: bytes) -> Future[None]:
+        """Hand a small flush to the shard's pages; the future completes once its page is stored. Flushes may be
+        handed over without waiting for the previous one: pages keep their order."""
+        self._in_order(offset)
         self.check_lease()
-        self.pages.append(Entry(self.job_id, self.writer, offset, data)).result()
+        stored = self.pages.append(Entry(self.job_id, self.writer, offset, data))
         if not self.tail:
             self.since = self.clock()
         self.tail += data
+        return stored
+
+    def store(self, offset: int, data: bytes, final: bool = False) -> None:
+        """A flush, paged (waiting until its page is stored) or compacted with the tail."""
+        if self.can_page(len(data), final):
+            self.append(offset, data).result()
+            return
+        self._in_order(offset)
+        self.compact(data)
+
+    def _in_order(self, offset: int) -> None:
+        if offset != self.start + len(self.tail):
+            raise ValueError(f"out of order: {offset} after a tail ending at {self.start + len(self.tail)}")
 
     def due(self) -> bool:
         """The tail is old enough to be compacted although the job printed little since; or the job printed nothing
