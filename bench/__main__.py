@@ -1,14 +1,15 @@
-"""`make bench` / `python -m bench`: the seven benchmarks in one run, one table (measured vs target, pass or miss) and
+"""`make bench` / `python -m bench`: the eight benchmarks in one run, one table (measured vs target, pass or miss) and
 bench/results/latest.json (date, machine, figures, details). This machine is shared and noisy: compare figures
 within one run (ratios), not across runs.
 
-    python -m bench                       # all seven, full size (writes bench/results/latest.json)
-    python -m bench --quick               # all seven, small sizes (a smoke run; writes bench/results/partial.json)
+    python -m bench                       # all eight, full size (writes bench/results/latest.json)
+    python -m bench --quick               # all eight, small sizes (a smoke run; writes bench/results/partial.json)
     python -m bench --only launch,cost    # a subset (also partial.json)
 
 Sections: coldstart (3), relay (2: throughput on its own emulator, latency on the embedded control plane), launch
 (1), cost (4), scale (5), artifacts (6: code in, results out, on the embedded control plane), recovery (7: spot
-interruption → the next attempt's first line, on the embedded control plane). Nothing here talks to real AWS:
+interruption → the next attempt's first line, on the embedded control plane), fleet (8: 200 jobs at once followed by
+relay shards over real sshd). Nothing here talks to real AWS:
 local/guard.py refuses anything but loopback.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from bench.report import RESULTS_DIR, Figure, Results, notes, table
 
-SECTIONS = ("coldstart", "relay", "launch", "cost", "scale", "artifacts", "recovery")
+SECTIONS = ("coldstart", "relay", "launch", "cost", "scale", "artifacts", "recovery", "fleet")
 FULL = {
     "launch_jobs": 20,
     "bootstraps": 2,
@@ -42,6 +43,8 @@ FULL = {
     "transfer_rounds": 3,
     "workdir_jobs": 5,
     "recovery_samples": 3,
+    "fleet_jobs": 200,
+    "fleet_seconds": 180.0,
 }
 QUICK = FULL | {
     "launch_jobs": 4,
@@ -58,6 +61,8 @@ QUICK = FULL | {
     "transfer_rounds": 2,
     "workdir_jobs": 3,
     "recovery_samples": 2,
+    "fleet_jobs": 30,
+    "fleet_seconds": 20.0,
 }
 
 
@@ -125,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import scale
 
         _section(results, "scale", lambda: scale.run(args.active, args.total))
-    order = {name: i for i, name in enumerate(["1", "2", "3", "4", "5", "6", "7"])}
+    if "fleet" in args.sections:
+        from bench import fleet
+
+        _section(results, "fleet", lambda: fleet.run(args.fleet_jobs, args.fleet_seconds))
+    order = {name: i for i, name in enumerate(["1", "2", "3", "4", "5", "6", "7", "8"])}
     results.figures.sort(key=lambda f: order.get(f.section[:1], 9))
     wall = time.monotonic() - started
     print()

@@ -315,6 +315,43 @@ def _patch_early_task_callbacks() -> None:
     CallbackEndpoint.setup_heartbeat_endpoint = setup_heartbeat_endpoint  # type: ignore[method-assign]
 
 
+_PARTITION = threading.local()  # the partition a Query on a table (no index) is reading, in this thread
+
+
+def _patch_partition_query() -> None:
+    """A Query reads one partition, as on DynamoDB. moto's Table.query (no index) filters `all_items()`: every item
+    of the table, sorted, per Query; under the relay fleet benchmark's load (200 jobs' chunks and pages in one
+    table) that made each Query cost the whole table. Here `all_items()` called by such a Query returns that
+    partition's items only (the same items the filter keeps, in the same order). tests/unit/test_moto_contract.py
+    checks the results and that moto's query still reads `all_items()`."""
+    from moto.dynamodb.models.table import Table
+
+    original_query, original_all_items = Table.query, Table.all_items
+
+    def all_items(self: Any) -> list[Any]:
+        table: Any = self
+        if id(getattr(_PARTITION, "table", None)) != id(table):  # (by id: `is` narrows `table` for mypy)
+            return original_all_items(table)  # type: ignore[no-any-return]
+        stored = table.items.get(_PARTITION.key)
+        if stored is None:
+            return []
+        items = list(stored.values()) if table.range_key_attr else [stored]
+        return sorted(items, key=lambda x: (x.hash_key, x.range_key) if x.range_key else x.hash_key)
+
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+        if index_name or hash_key is None:
+            return original_query(self, hash_key, *args, **kwargs)
+        _PARTITION.table, _PARTITION.key = self, hash_key
+        try:
+            return original_query(self, hash_key, *args, **kwargs)
+        finally:
+            _PARTITION.table = _PARTITION.key = None
+
+    Table.query = query  # type: ignore[method-assign]
+    Table.all_items = all_items  # type: ignore[method-assign]
+
+
 def apply() -> None:
     """Apply every patch once (idempotent)."""
     for name, patch in (
@@ -324,6 +361,7 @@ def apply() -> None:
         ("presigned_s3", _patch_presigned_s3),
         ("full_object_checksum", _patch_full_object_checksum),
         ("early_task_callbacks", _patch_early_task_callbacks),
+        ("partition_query", _patch_partition_query),
     ):
         if name not in _APPLIED:
             patch()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import moto
 from moto import settings
@@ -93,3 +94,56 @@ def test_a_task_callback_sent_before_its_heartbeat_wait_is_armed_completes_the_t
     assert heartbeat.clear_and_wait()  # unpatched: waits the 5 s, then times the task out
     assert time.monotonic() - started < 1
     assert endpoint.get_outcome() is not None
+
+
+def test_a_table_query_reads_its_partition_only_and_answers_as_moto_does(monkeypatch: Any) -> None:
+    """moto_patches makes a Query on a table (no index) read its own partition, not every item of the table: the
+    answers (order, Limit, pages, both directions, a missing partition, an index query) are moto's own."""
+    import boto3
+    from boto3.dynamodb.conditions import Key
+    from moto import mock_aws
+    from moto.dynamodb.models.table import Table
+
+    moto_patches.apply()
+    assert Table.query.__module__ == "local.moto_patches"
+    from moto.dynamodb.models import table as moto_table
+
+    assert "self.all_items()" in inspect.getsource(moto_table), "moto's Table.query no longer reads all_items()"
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        client.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "N"},
+                {"AttributeName": "g", "AttributeType": "S"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by-g",
+                    "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        table = boto3.resource("dynamodb").Table("t")
+        for pk in ("a", "b", "c"):
+            for sk in (5, 1, 3, 2, 4):
+                table.put_item(Item={"pk": pk, "sk": sk, "g": "even" if sk % 2 == 0 else "odd"})
+        forward = table.query(KeyConditionExpression=Key("pk").eq("b"))["Items"]
+        assert [(i["pk"], int(i["sk"])) for i in forward] == [("b", n) for n in (1, 2, 3, 4, 5)]
+        backward = table.query(KeyConditionExpression=Key("pk").eq("b") & Key("sk").gte(2), ScanIndexForward=False)
+        assert [int(i["sk"]) for i in backward["Items"]] == [5, 4, 3, 2]
+        page = table.query(KeyConditionExpression=Key("pk").eq("c"), Limit=2)
+        rest = table.query(KeyConditionExpression=Key("pk").eq("c"), ExclusiveStartKey=page["LastEvaluatedKey"])
+        assert [int(i["sk"]) for i in page["Items"] + rest["Items"]] == [1, 2, 3, 4, 5]
+        assert table.query(KeyConditionExpression=Key("pk").eq("zzz"))["Items"] == []
+        evens = table.query(IndexName="by-g", KeyConditionExpression=Key("g").eq("even"))["Items"]
+        assert sorted((i["pk"], int(i["sk"])) for i in evens) == [(p, n) for p in "abc" for n in (2, 4)]
+        assert len(table.scan()["Items"]) == 15  # everything else still reads every item
