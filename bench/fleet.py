@@ -235,11 +235,14 @@ def _run(tmp: Path, logs: TimedLogs, count: int, seconds: float) -> tuple[list[F
             [sys.executable, "-c", WRITER, ",".join(str(r) for r in roots), str(seconds), str(LINE_BYTES)]
         )
         sampled = ids[:: max(1, count // SAMPLED_READERS)][:SAMPLED_READERS]
-        poller_before = time.thread_time()
-        api_latency = _poll_through_api(jobs, logs, sampled, writer)
+        reader = subprocess.Popen(  # noqa: S603 - the logs API's read, in its own process as the API Lambda is
+            [sys.executable, "-m", "bench.fleet", "read", logs.table.name, ",".join(sampled), str(writer.pid)],
+            stdout=subprocess.PIPE,
+        )
         writer.wait()
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-        poller_cpu = time.thread_time() - poller_before  # this thread's reads: not the relay's
+        output, _ = reader.communicate(timeout=120)
+        api_latency = [float(value) for value in output.split()]
         streaming_wall = time.monotonic() - wall_before
         for thread in threads:
             thread.join(timeout=120)
@@ -248,18 +251,24 @@ def _run(tmp: Path, logs: TimedLogs, count: int, seconds: float) -> tuple[list[F
     finally:
         for server in servers:
             server.stop()
-    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime) - poller_cpu
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     return _report(logs, ids, roots, outcomes, shards, api_latency, cpu, streaming_wall, seconds)
 
 
-def _poll_through_api(jobs: Jobs, logs: TimedLogs, sampled: list[str], writer: subprocess.Popen[bytes]) -> list[float]:
-    """Read the sampled jobs' logs as GET /jobs/{id}/logs does, every 0.1 s, until the writer is done and they are
-    final; each line's latency from its timestamp to the poll that first returned it."""
+def _poll_through_api(table: str, sampled: list[str], writer_pid: int) -> list[float]:
+    """Read the sampled jobs' logs as GET /jobs/{id}/logs does (service/jobs.py over the logs table), every 0.1 s,
+    until the writer is done and nothing more comes; each line's latency from its timestamp to the read that first
+    returned it."""
+    jobs = Jobs()
+    for job_id in sampled:
+        new_job(jobs, job_id, "unused")
+        jobs.jobs[job_id] = jobs.jobs[job_id].model_copy(update={"instance_id": "i-bench"})
+    logs = DynamoLogStore(boto3.resource("dynamodb").Table(table))
     service = JobService(jobs, None, None, logs)  # type: ignore[arg-type]
     cursors = dict.fromkeys(sampled, "0")
     partial = dict.fromkeys(sampled, b"")
     latencies: list[float] = []
-    quiet_until = None
+    quiet_until: float | None = None
     while True:
         for job_id in sampled:
             page = service.logs("bench", job_id, cursors[job_id], 256 * 1024)
@@ -268,7 +277,7 @@ def _poll_through_api(jobs: Jobs, logs: TimedLogs, sampled: list[str], writer: s
             text = partial[job_id] + page.text.encode()
             *complete, partial[job_id] = text.split(b"\n")
             latencies += [now - float(line.split(b" ", 1)[0].removeprefix(b"t=")) for line in complete]
-        if writer.poll() is not None:
+        if not Path(f"/proc/{writer_pid}").exists():
             quiet_until = quiet_until or time.monotonic() + 10
             if time.monotonic() > quiet_until:
                 return latencies
@@ -358,3 +367,9 @@ def _report(
         "cpu_per_job_second": per_job_cpu,
     }
     return figures, details
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["read"]:  # the sampled reader's process (see _run)
+    guard.check_environment()
+    guard.install_network_guard()
+    print("\n".join(f"{v:.6f}" for v in _poll_through_api(sys.argv[2], sys.argv[3].split(","), int(sys.argv[4]))))
