@@ -634,3 +634,21 @@ def test_a_new_attempt_drops_the_previous_attempt_s_page_pointer(instance: Insta
     assert instance.logs.progress(instance.job_id).pages is not None
     instance.logs.commit(instance.job_id, 10, new_attempt=True)
     assert instance.logs.progress(instance.job_id).pages is None
+
+
+@pytest.mark.parametrize("instance", ["shared pages"], indirect=True)
+def test_a_dead_loop_s_paged_bytes_and_uncommitted_chunks_leave_one_contiguous_run(instance: Instance) -> None:
+    """The dead loop had paged the start of the output, then died between writing its compaction's chunks and
+    committing them. The next loop removes those leftovers before folding the paged bytes in: the stored chunks are
+    one contiguous run again (a flaky fresh-clone failure: the fold's chunk overlapped the leftovers it left)."""
+    data = b"".join(b"line %d\n" % i for i in range(3000))
+    instance.write(data)
+    head = data[:8192]
+    _a_dead_loop_paged(instance, head)
+    instance.logs.write(instance.job_id, logchunks.cut(0, data[:20000], 1000))  # its compaction: never committed
+    instance.finish()
+    outcome = instance.relay_service().relay(instance.job_id)
+    assert outcome.finished, outcome
+    assert instance.relayed() == data
+    stored = instance.logs.chunks(instance.job_id, 0, 1 << 30)
+    assert all(a + len(chunk) == b for (a, chunk), (b, _) in itertools.pairwise(stored)), [a for a, _ in stored][:30]

@@ -467,9 +467,10 @@ class RelayService:
         dies: `fold_pages`)."""
         settings = self.settings
         base = self._attempt_base(job, hold)  # where this attempt's output begins in the log (after its marker)
-        # bytes handed to the writer (durable once written); a dead loop's paged bytes are folded in first
-        offset = (self.logs.fold_pages(job.job_id) if pages is not None else self.logs.progress(job.job_id)).committed
+        offset = self.logs.progress(job.job_id).committed  # bytes handed to the writer (durable once written)
         self.logs.discard_after(job.job_id, offset)  # leftovers of a relay that died before committing them
+        if pages is not None:  # then a dead loop's paged bytes, folded in (as chunks: one contiguous run stays)
+            offset = self.logs.fold_pages(job.job_id).committed
         start = offset
         paged: PagedTail | None = None
         if pages is not None:
