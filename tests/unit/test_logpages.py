@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -87,17 +86,34 @@ class MemoryPages:
             self.pages[(stream, seq)] = entries
 
 
-def test_a_tick_s_entries_of_many_loops_go_out_as_one_page_and_each_loop_learns_when() -> None:
-    store = MemoryPages()
-    writer = PageWriter(store, "shard-0001-aa", tick=0.2)
+def test_what_loops_hand_over_while_a_page_is_written_goes_out_as_one_page() -> None:
+    """The first entry after a quiet spell is written at once; the 24 handed over while that write is in flight go
+    out together as the next page (one write for all of them), and each loop learns when its page is stored."""
+
+    class GatedPages(MemoryPages):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writing, self.release = threading.Event(), threading.Event()
+
+        def write_page(self, stream: str, seq: int, entries: list[Entry]) -> None:
+            self.writing.set()
+            assert self.release.wait(5)
+            super().write_page(stream, seq, entries)
+
+    store = GatedPages()
+    writer = PageWriter(store, "shard-0001-aa", tick=0.05)
     try:
-        time.sleep(0.05)  # the writer waits for its first entry
-        futures = [writer.append(Entry(f"job-{i}", "w", 0, b"line %d\n" % i)) for i in range(25)]
-        for future in futures:
+        first = writer.append(Entry("job-0", "w", 0, b"line 0\n"))
+        assert store.writing.wait(5)  # page 0 (job-0's line alone) is being written
+        rest = [writer.append(Entry(f"job-{i}", "w", 0, b"line %d\n" % i)) for i in range(1, 25)]
+        assert not first.done()
+        store.release.set()
+        for future in [first, *rest]:
             future.result(timeout=5)
-        assert len(store.pages) == 1  # 25 jobs, one write
-        assert writer.pointer("w") == PagePointer("shard-0001-aa", 1, "w")  # the next page's number
+        assert [len(store.pages[("shard-0001-aa", seq)]) for seq in (0, 1)] == [1, 24]
+        assert writer.pointer("w") == PagePointer("shard-0001-aa", 2, "w")  # the next page's number
     finally:
+        store.release.set()
         writer.close()
     with pytest.raises(RuntimeError, match="stopped"):
         writer.append(Entry("job-0", "w", 8, b"late\n"))
