@@ -218,7 +218,10 @@ def _run(tmp: Path, logs: TimedLogs, count: int, seconds: float) -> tuple[list[F
         outcomes: dict[str, Any] = {}
         threads = [
             threading.Thread(
-                target=lambda j=job_id, w=writer: outcomes.__setitem__(j, relay.relay(j, pages=w)),
+                # each with its nudge, as a shard's loops: they read their job every 30 s, not every 2 s
+                target=lambda j=job_id, w=writer: outcomes.__setitem__(
+                    j, relay.relay(j, pages=w, nudge=threading.Event())
+                ),
                 name=f"relay-job:{job_id}",
                 daemon=True,
             )

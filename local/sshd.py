@@ -61,6 +61,20 @@ class SshServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
 
+    def stall_sessions(self) -> None:
+        """SIGSTOP every session process: their connections stay open and say nothing (a stalled SSH server); new
+        connections are served. `resume_sessions` lets them go on."""
+        self._signal_sessions(signal.SIGSTOP)
+
+    def resume_sessions(self) -> None:
+        self._signal_sessions(signal.SIGCONT)
+
+    def _signal_sessions(self, number: int) -> None:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        for pid in children.read_text().split() if children.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), number)
+
     def cut_off(self) -> None:
         """The instance stops answering SSH: the listener stops and every open session dies with it."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")

@@ -5,6 +5,7 @@ as a shard does."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import itertools
 import os
@@ -89,8 +90,6 @@ class Instance:
             "ssh_port": self.server.port,
             "budget_seconds": 60,
             "flush_interval_seconds": 0.2,
-            "status_poll_seconds": 0.2,
-            "idle_before_status_seconds": 0.2,
         }
         relay = ShardRelay(
             pipeline.jobs,
@@ -259,6 +258,81 @@ def test_output_continues_while_the_relay_reconnects_after_the_connection_is_kil
     assert outcome.finished
     assert outcome.connections >= 2  # it really reconnected
     assert instance.relayed() == b"".join(parts)
+
+
+def _instance_processes(instance: Instance) -> list[str]:
+    """The command lines of processes working on the sandbox's files (the stream's tail and its watcher)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "output.log" in text and str(instance.root) in text:
+                found.append(text)
+    return found
+
+
+def test_the_watcher_reports_the_end_and_no_status_command_runs(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's watcher reports the wrapper's result and the final size: the relay finishes the job without the
+    status command (its fallback, every 30 s while quiet)."""
+    from controlplane.adapters.ssh import SshSession
+
+    def no_status(self: SshSession) -> None:
+        raise AssertionError("the relay ran the status command")
+
+    monkeypatch.setattr(SshSession, "status", no_status)
+
+    def job() -> None:
+        instance.write(b"one\n")
+        time.sleep(0.5)  # quiet: the old relay looked with a status command here
+        instance.write(b"two\n")
+        instance.finish()
+
+    started = time.monotonic()
+    outcome = run_job(instance, job)
+    assert outcome.finished, outcome
+    assert time.monotonic() - started < 10  # the watcher looks once a second
+    assert instance.relayed() == b"one\ntwo\n"
+    assert instance.job()["status"] == "SUCCEEDED"
+
+
+def test_a_closed_stream_leaves_nothing_running_on_the_instance(instance: Instance) -> None:
+    """Each connection's tail and watcher end once the relay closes the channel (the watcher's next heartbeat
+    fails), so a job followed across many reconnects does not collect them."""
+    instance.write(b"quiet job\n")
+    outcome = instance.relay_service(budget_seconds=2).relay(instance.job_id)
+    assert not outcome.finished, outcome
+    assert "budget" in outcome.detail, outcome
+    deadline = time.monotonic() + 10
+    while _instance_processes(instance) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _instance_processes(instance) == []
+
+
+def test_a_stalled_connection_is_dropped_and_the_relay_reconnects(instance: Instance) -> None:
+    """Given the SSH server stops answering on the open connection (its session process stalls; new connections
+    are still served), Then the relay, hearing no heartbeat for silence_seconds, reconnects and relays the rest."""
+
+    def job() -> None:
+        instance.write(b"before\n")
+        for _ in range(400):
+            if instance.relayed() == b"before\n":
+                break
+            time.sleep(0.05)
+        instance.server.stall_sessions()
+        instance.write(b"during\n")
+        time.sleep(3.5)
+        instance.write(b"after\n")
+        instance.finish()
+
+    try:
+        outcome = run_job(instance, job, instance.relay_service(silence_seconds=2.0))
+    finally:
+        instance.server.resume_sessions()
+    assert outcome.finished, outcome
+    assert outcome.connections >= 2
+    assert instance.relayed() == b"before\nduring\nafter\n"
 
 
 def test_a_crash_between_writing_a_chunk_and_committing_loses_and_duplicates_nothing(instance: Instance) -> None:

@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from controlplane.adapters.relay_fleet import DynamoFleetStore
-from tests.integration.conftest import ControlPlane
+from tests.integration.conftest import ControlPlane, Tenant
 
 pytestmark = pytest.mark.emulator
 
@@ -86,3 +86,53 @@ def test_a_hand_over_names_the_shard_s_next_execution(store: DynamoFleetStore) -
     assert store.hand_over("shard-0001", "shard-0001-2")
     assert store.shard("shard-0001").execution == "shard-0001-2"  # type: ignore[union-attr]
     assert not store.hand_over("shard-0009", "shard-0009-2")
+
+
+def test_a_nudge_is_kept_on_the_shard_until_cleared_and_a_nudge_made_meanwhile_stays(store: DynamoFleetStore) -> None:
+    store.create_shard("shard-0001", 1000.0, "shard-0001-1")
+    store.join("shard-0001", "fleet-job-0", "token-0", "exec-0", None)
+    assert store.shard_of("fleet-job-0") == "shard-0001"
+    assert store.shard_of("fleet-job-1") is None  # not enrolled
+    assert store.nudge("shard-0001", "fleet-job-0")
+    assert store.nudge("shard-0001", "fleet-job-0")  # twice: one nudge
+    assert not store.nudge("shard-0009", "fleet-job-0")  # no such shard: nothing is created
+    assert store.shard("shard-0009") is None
+    seen = store.shard("shard-0001").nudged  # type: ignore[union-attr]
+    assert seen == {"fleet-job-0"}
+    store.nudge("shard-0001", "fleet-job-1")  # after the shard read its item
+    store.clear_nudges("shard-0001", seen)
+    assert store.shard("shard-0001").nudged == {"fleet-job-1"}  # type: ignore[union-attr]
+    store.clear_nudges("shard-0001", frozenset({"fleet-job-1"}))
+    assert store.shard("shard-0001").nudged == frozenset()  # type: ignore[union-attr]
+    store.leave("shard-0001", "fleet-job-0")
+    assert store.retire("shard-0001")
+    store.clear_nudges("shard-0001", frozenset({"fleet-job-0"}))  # a retired shard's item is not made again
+    assert store.shard("shard-0001") is None
+
+
+def test_cancelling_a_job_on_a_shard_nudges_that_shard(control_plane: ControlPlane, tenant: Tenant) -> None:
+    """The job store's listener (handlers/container.py): a RUNNING job cancelled through the API leaves a nudge on
+    its relay shard's item; a job on no shard nudges nothing."""
+    from controlplane.adapters.relay_fleet import FLEET_PK
+    from controlplane.core.lifecycle import JobStatus
+    from controlplane.handlers import container
+
+    dynamodb = boto3.resource("dynamodb")
+    state = dynamodb.Table(control_plane.names.table("state"))
+    fleet = DynamoFleetStore(state, dynamodb.Table(control_plane.names.table("jobs")))
+    jobs = container.job_store()
+    ids = []
+    for _ in range(2):
+        response = control_plane.call(
+            "POST", "/jobs", tenant.token, body={"provider_id": tenant.provider_id, "run": "sleep 60"}
+        )
+        job_id = response.json()["job_id"]
+        for target in (JobStatus.LAUNCHING, JobStatus.PROVISIONING, JobStatus.RUNNING):
+            jobs.transition(job_id, target)
+        ids.append(job_id)
+    state.delete_item(Key={"pk": FLEET_PK, "sk": "shard-0042"})
+    fleet.create_shard("shard-0042", 1000.0, "shard-0042-1")
+    assert fleet.join("shard-0042", ids[0], "token-0", "exec-0", None)
+    for job_id in ids:
+        assert control_plane.call("POST", f"/jobs/{job_id}/cancel", tenant.token).status == 200
+    assert fleet.shard("shard-0042").nudged == {ids[0]}  # type: ignore[union-attr]

@@ -40,7 +40,10 @@ class FakeFleet:
                 self.fail_reads -= 1
                 raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "GetItem")
             v = self.items.get(shard_id)
-            return None if v is None else Shard(shard_id, frozenset(v["jobs"]), len(v["jobs"]), v["hb"], v["ex"])
+            if v is None:
+                return None
+            nudged = frozenset(v.get("nudged", ()))
+            return Shard(shard_id, frozenset(v["jobs"]), len(v["jobs"]), v["hb"], v["ex"], nudged=nudged)
 
     def create_shard(self, shard_id: str, now: float, execution: str = "") -> bool:
         with self.lock:
@@ -96,6 +99,20 @@ class FakeFleet:
             self.items[shard_id]["hb"] = now
             self.items[shard_id]["started"] = True
             return True
+
+    def nudge(self, shard_id: str, job_id: str) -> bool:
+        with self.lock:
+            item = self.items.get(shard_id)
+            if item is None:
+                return False
+            item.setdefault("nudged", set()).add(job_id)
+            return True
+
+    def clear_nudges(self, shard_id: str, job_ids: frozenset[str]) -> None:
+        with self.lock:
+            item = self.items.get(shard_id)
+            if item is not None:
+                item.setdefault("nudged", set()).difference_update(job_ids)
 
     def retire(self, shard_id: str, stale_before: float | None = None) -> bool:
         with self.lock:
@@ -237,7 +254,9 @@ class ScriptedRelayer:
     def write_page(self, stream: str, seq: int, entries: list[Any]) -> None:
         self.written_pages.append((stream, seq, entries))
 
-    def relay(self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None) -> RelayOutcome:
+    def relay(
+        self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None, nudge: Any = None
+    ) -> RelayOutcome:
         self.owners[job_id] = owner
         self.calls.append(job_id)
         self.pages[job_id] = pages
@@ -273,6 +292,42 @@ def test_a_shard_reports_each_outcome_with_its_token_and_retires_when_idle() -> 
     assert callbacks.of("fail") == [("token-job-2", "RuntimeError")]
     assert relayer.owners == {"job-1": "exec-1#shard-0001", "job-2": "exec-2#shard-0001"}
     assert fleet.shard("shard-0001") is None  # retired
+
+
+def test_a_nudge_on_the_shard_s_item_reaches_only_that_job_s_loop_and_is_cleared() -> None:
+    """The job store's listener nudges a cancelled job's shard (adapters/relay_fleet.py `nudge`): the shard sets
+    that job's loop's nudge event at its next tick and removes the nudge from its item; other loops are not woken."""
+    fleet, callbacks = FakeFleet(), FakeCallbacks()
+    shard_with(fleet, {"job-1": "exec-1", "job-2": "exec-2"})
+    events: dict[str, threading.Event] = {}
+    both = threading.Barrier(3)
+
+    class Nudged(ScriptedRelayer):
+        def relay(
+            self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None, nudge: Any = None
+        ) -> RelayOutcome:
+            events[job_id] = nudge
+            both.wait(5)
+            if job_id == "job-1":
+                assert nudge.wait(5)  # the loop of the nudged job hears it
+                return RelayOutcome(True, "cancelled: drained")
+            while time_left() > 0 and not events["job-1"].is_set():
+                time.sleep(0.01)
+            time.sleep(0.05)
+            return RelayOutcome(True, "drained", relayed_bytes=int(nudge.is_set()))
+
+    relayer = Nudged({})
+    shard = runner(fleet, relayer, callbacks)
+    done = threading.Thread(target=lambda: shard.follow("shard-0001", lambda: 600.0))
+    done.start()
+    both.wait(5)
+    assert fleet.nudge("shard-0001", "job-1")
+    done.join(10)
+    assert not done.is_alive()
+    outcomes = dict(callbacks.of("succeed"))
+    assert outcomes["token-job-1"]["detail"] == "cancelled: drained"
+    assert outcomes["token-job-2"]["relayed_bytes"] == 0  # job-2's loop was not nudged
+    assert not fleet.items.get("shard-0001", {}).get("nudged")  # cleared (or the shard retired)
 
 
 def test_the_jobs_of_one_invocation_share_one_page_writer_which_is_closed_at_its_end() -> None:
@@ -336,7 +391,9 @@ class StreamingRelayer(ScriptedRelayer):
         self.streaming = threading.Event()
         self.drained_for = drained_for
 
-    def relay(self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None) -> RelayOutcome:
+    def relay(
+        self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None, nudge: Any = None
+    ) -> RelayOutcome:
         self.calls.append(owner)
         if owner in self.drained_for:
             return RelayOutcome(True, "the output is drained")
@@ -508,7 +565,9 @@ def test_a_dying_invocation_stops_its_loops_and_raises() -> None:
         return RelayOutcome(False, "budget used")
 
     class Relayer(ScriptedRelayer):
-        def relay(self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None) -> RelayOutcome:
+        def relay(
+            self, job_id: str, time_left: Callable[[], float], owner: str, pages: Any = None, nudge: Any = None
+        ) -> RelayOutcome:
             return streaming(time_left)
 
     class Dying(FakeFleet):

@@ -55,6 +55,7 @@ class DynamoFleetStore:
             heartbeat_at=float(item.get("heartbeat_at", 0)),
             execution=str(item.get("execution", "")),
             started=bool(item.get("started", False)),
+            nudged=frozenset(str(j) for j in item.get("nudged", set())),
         )
 
     def shards(self) -> list[Shard]:
@@ -187,6 +188,35 @@ class DynamoFleetStore:
             ConditionExpression=condition,
             ExpressionAttributeValues=values,
         )
+
+    def nudge(self, shard_id: str, job_id: str) -> bool:
+        """Tell the shard its job was cancelled or its attempt ended (the shard reads its item every tick)."""
+        return _written(
+            self.state.update_item,
+            Key={"pk": FLEET_PK, "sk": shard_id},
+            UpdateExpression="ADD nudged :job",
+            ConditionExpression="attribute_exists(sk)",
+            ExpressionAttributeValues={":job": {job_id}},
+        )
+
+    def clear_nudges(self, shard_id: str, job_ids: frozenset[str]) -> None:
+        """The shard passed these nudges on to its loops (a nudge added meanwhile stays)."""
+        if job_ids:
+            _written(
+                self.state.update_item,
+                Key={"pk": FLEET_PK, "sk": shard_id},
+                UpdateExpression="DELETE nudged :jobs",
+                ConditionExpression="attribute_exists(sk)",
+                ExpressionAttributeValues={":jobs": set(job_ids)},
+            )
+
+    def shard_of(self, job_id: str) -> str | None:
+        """The shard following the job, if it is enrolled on one."""
+        item = self.jobs.get_item(Key={"job_id": job_id}, ProjectionExpression="relay_shard", ConsistentRead=True).get(
+            "Item"
+        )
+        shard = (item or {}).get("relay_shard")
+        return str(shard) if shard else None
 
 
 def _decimal(value: float) -> Any:

@@ -39,12 +39,96 @@ class Remote:
     user: str
 
 
+WATCH_SECONDS = 1.0  # the watcher looks for the job's result this often, and writes a heartbeat each time
+WATCH_STOPPING_SECONDS = 0.1  # ... this often once the relay asked the wrapper to stop the job (cancel, interrupt)
+_RESULT_OPEN = b"<result>\n"
+_RESULT_CLOSE = b"\n</result>\n"
+
+
+def watched_tail(offset: int, poll_seconds: float) -> str:
+    """The stream command: `tail -F` of the output from `offset` on stdout (byte-exact, nothing else is written
+    there), and on stderr a watcher: a `.` every WATCH_SECONDS (the instance is alive), then, once the wrapper's
+    result file exists, `<result>`, the result, the output's final size, `</result>` (the result is written only
+    after the output is complete, so a size read after it is final). Once the relay closes the channel, the
+    watcher's next heartbeat fails and it stops tail and itself: nothing lingers on the instance per connection."""
+    # tail -s: when tail cannot use inotify it polls the file, by default once a second (GNU coreutils), seen here
+    # with several sandboxes at once. A job's lines must not wait for that.
+    return (
+        f"S={STATE_DIR}; tail -c +{offset + 1} -s {poll_seconds:g} -F $S/output.log 2>/dev/null & T=$!; "
+        "trap '' PIPE; R=; "
+        "while kill -0 $T 2>/dev/null; do "
+        'if [ -z "$R" ] && [ -e $S/result ]; then R=1; '
+        "{ printf '\\n<result>\\n'; cat $S/result; "
+        "printf '\\nsize=%s\\n</result>\\n' \"$(stat -c %s $S/output.log 2>/dev/null || echo 0)\"; } >&2 || break; "
+        "fi; "
+        "printf . >&2 || break; "
+        'if [ -z "$R" ] && { [ -e $S/relay/cancel ] || [ -e $S/relay/interrupt ]; }; '
+        f"then sleep {WATCH_STOPPING_SECONDS:g}; else sleep {WATCH_SECONDS:g}; fi; "
+        "done; kill $T 2>/dev/null; wait"
+    )
+
+
+def parse_status(out: bytes) -> tuple[dict[str, str] | None, int]:
+    """`key=value` lines of the wrapper's result and a `size=` line: (the result, None without an exit_code; the
+    output's size)."""
+    values: dict[str, str] = {}
+    size = 0
+    for line in out.decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "size":
+            size = int(value) if value.isdigit() else 0
+        else:
+            values[key] = value
+    return (values if "exit_code" in values else None), size
+
+
+class OutputStream:
+    """A job's output as `recv` delivers it (the channel's stdout; TimeoutError when nothing came within the poll),
+    and what the watcher beside it said on stderr (`heard`)."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._said = bytearray()
+        self._result: tuple[dict[str, str] | None, int] | None = None
+
+    def recv(self, size: int) -> bytes:
+        data: bytes = self.channel.recv(size)
+        return data
+
+    def heard(self) -> tuple[bool, tuple[dict[str, str] | None, int] | None]:
+        """(whether the watcher wrote anything since the last call, the job's result and final output size once it
+        reported them). Never blocks."""
+        spoke = False
+        while self.channel.recv_stderr_ready():
+            chunk = self.channel.recv_stderr(4096)
+            if not chunk:
+                break
+            spoke = True
+            if self._result is None:
+                self._said += chunk
+        if self._result is None and _RESULT_OPEN in self._said:
+            start = self._said.index(_RESULT_OPEN) + len(_RESULT_OPEN)
+            end = self._said.find(_RESULT_CLOSE, start)
+            if end >= 0:
+                self._result = parse_status(bytes(self._said[start:end]))
+                self._said.clear()
+        elif self._result is None and b"<" not in self._said:
+            self._said.clear()  # heartbeats only
+        return spoke, self._result
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 class SshSession:
     def __init__(self, client: paramiko.SSHClient) -> None:
         self.client = client
 
-    def stream(self, offset: int, poll_seconds: float) -> Any:
-        """A channel delivering the output file from byte `offset` on, as it is written (tail -F)."""
+    def stream(self, offset: int, poll_seconds: float) -> OutputStream:
+        """The output file from byte `offset` on, as it is written (tail -F), with a watcher beside it that says
+        when the job's result is there (OutputStream): the relay runs no command per look while the job is quiet."""
         import paramiko  # loaded by connect(), which made this session
 
         transport = self.client.get_transport()
@@ -53,14 +137,10 @@ class SshSession:
         try:
             channel = transport.open_session()
             channel.settimeout(poll_seconds)
-            # -s: when tail cannot use inotify it polls the file, by default once a second (GNU coreutils); seen
-            # here with several sandboxes at once. A job's lines must not wait for that.
-            channel.exec_command(
-                f"exec tail -c +{offset + 1} -s {poll_seconds:g} -F {STATE_DIR}/output.log 2>/dev/null"
-            )
+            channel.exec_command(watched_tail(offset, poll_seconds))
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise ConnectionLost(type(error).__name__) from None
-        return channel
+        return OutputStream(channel)
 
     def run(self, command: str, timeout: float = 15.0) -> tuple[int, bytes]:
         import paramiko  # loaded by connect(), which made this session
@@ -79,17 +159,7 @@ class SshSession:
             f"S={STATE_DIR}; if [ -e $S/result ]; then cat $S/result; echo; fi; "
             f'printf "size=%s\\n" "$(stat -c %s $S/output.log 2>/dev/null || echo 0)"'
         )
-        values: dict[str, str] = {}
-        size = 0
-        for line in out.decode(errors="replace").splitlines():
-            key, sep, value = line.partition("=")
-            if not sep:
-                continue
-            if key == "size":
-                size = int(value) if value.isdigit() else 0
-            else:
-                values[key] = value
-        return (values if "exit_code" in values else None), size
+        return parse_status(out)
 
     def run_with_input(self, command: str, data: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
         """Run `command` with `data` on its standard input; (exit status, stdout+stderr)."""

@@ -5,6 +5,7 @@ fakes."""
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class Services:
     jobs: JobService
     admission: AdmissionService | None = None  # per-team limits, the queue, usage (None: the routes answer 503)
 
+
+logger = logging.getLogger(__name__)
 
 _services: Services | None = None
 _pipeline: Pipeline | None = None
@@ -150,8 +153,41 @@ def job_store() -> DynamoJobStore:
     released = _releaser(store)  # an ended job gives back what it held (docs/budgets.md)
     # Booked first, then published: the ended job's event brings the reconcile function to admit the team's queue,
     # which must find the job's claim released already.
-    store.listener = _Listeners(released, publisher)
+    # A cancelled job or an ended attempt: its relay shard is nudged first, so the instance stops soonest.
+    store.listener = _Listeners(_relay_nudger(), released, publisher)
     return store
+
+
+def _relay_nudger() -> Any:
+    """The listener that nudges a job's relay shard when the job is cancelled or its attempt ends (RECOVERING): the
+    shard's loop for it then stops the job on its instance at once instead of at its next status read
+    (docs/relay-fleet.md). Best effort, never raises: the loop reads the job every `nudged_check_seconds` anyway."""
+    from controlplane.core.lifecycle import JobStatus
+
+    nudged_states = {JobStatus.CANCELLED, JobStatus.RECOVERING}
+    streaming = {JobStatus.PROVISIONING, JobStatus.RUNNING, JobStatus.RECOVERING}
+    fleet: Any = None
+
+    def on_transition(before: Any, after: Any) -> None:
+        nonlocal fleet
+        if after.status not in nudged_states or before is None or before.status not in streaming:
+            return
+        try:
+            if fleet is None:
+                from controlplane import config
+                from controlplane.adapters import aws
+                from controlplane.adapters.relay_fleet import DynamoFleetStore
+
+                settings = config.get()
+                dynamodb = aws.resource("dynamodb")
+                fleet = DynamoFleetStore(dynamodb.Table(settings.state_table), dynamodb.Table(settings.jobs_table))
+            shard_id = fleet.shard_of(after.job_id)
+            if shard_id is not None:
+                fleet.nudge(shard_id, after.job_id)
+        except Exception:
+            logger.warning("could not nudge the job's relay shard", extra={"job_id": after.job_id}, exc_info=True)
+
+    return on_transition
 
 
 def _releaser(store: DynamoJobStore) -> Any:

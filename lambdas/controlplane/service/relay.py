@@ -7,10 +7,12 @@ address: the job stays PROVISIONING); the first successful connection moves it t
 job's start bundle (envs, setup, run: core/bundle.py), which the wrapper waits for before it starts the job, so the
 relay is already following the output when the job's first line is written; follow the output file from the
 committed byte offset (`tail -F`), flushing chunks at least every FLUSH_INTERVAL or FLUSH_BYTES and committing the
-offset only after they are written; when the output has stopped, check the wrapper's `result`; once it exists, read
-through to the file's final size, commit the log as complete (and whole), record the outcome on the job, and write
-the `drained` marker the wrapper waits for before it terminates the instance. A dropped connection resumes from the
-committed offset.
+offset only after they are written. A watcher on the same channel's stderr (adapters/ssh.py `watched_tail`) says
+once a second that the instance is alive (silence_seconds without it or output: reconnect) and reports the wrapper's
+`result` and the output's final size as soon as they exist (a tenth of a second once the relay asked for a stop); so
+no command runs per look while a job is quiet. Once the result is known, read through to the file's final size,
+commit the log as complete (and whole), record the outcome on the job, and write the `drained` marker the wrapper
+waits for before it terminates the instance. A dropped connection resumes from the committed offset.
 
 Recovery (service/recovery.py): an attempt that ends while the relay streams it — the wrapper's failure, which the
 job's job_recovery relaunches, or a spot interruption warning — leaves the job RECOVERING. The relay then stops the
@@ -22,9 +24,11 @@ written at the offset Recover recorded (`log_marker_at`), so the instance's file
 that base.
 
 Cancel: the API ends a RUNNING job CANCELLED and leaves its instance to the relay, which notices within
-`cancel_check_seconds`, writes the wrapper's `relay/cancel` marker (the job is stopped: SIGTERM, then SIGKILL) and
-reads the output to its end as for any result, so the log is complete; the instance is terminated by the relay
-CANCEL_DRAIN_SECONDS after the cancel at the latest (the log is then final but not complete).
+`cancel_check_seconds` (in a relay shard: at once, as the job store's listener nudges the shard; its loop's own read
+every `nudged_check_seconds` is the fallback), writes the wrapper's `relay/cancel` marker (the job is stopped:
+SIGTERM, then SIGKILL) and reads the output to its end as for any result, so the log is complete; the instance is
+terminated by the relay CANCEL_DRAIN_SECONDS after the cancel at the latest (the log is then final but not
+complete).
 
 At most one relay loop streams a job: each invocation first claims the job's relay lease (a conditional write on
 the job) for LEASE_SECONDS and renews it while it streams, never past its Lambda's remaining time (service/
@@ -40,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -81,16 +86,24 @@ class RelaySettings:
     flush_bytes: int = 4 * 1024 * 1024
     chunk_bytes: int = logchunks.MAX_CHUNK_BYTES
     recv_bytes: int = 256 * 1024
-    status_poll_seconds: float = 1.0
+    # The stream's watcher says when the job's result is there (adapters/ssh.py OutputStream); a status command is
+    # only run as a fallback: while the output is quiet this often, and this often once the relay asked for a stop.
+    status_poll_seconds: float = 30.0
     stall_seconds: float = 20.0  # the job ended but the stream delivers nothing: reconnect
     idle_before_status_seconds: float = 0.3
     max_backoff_seconds: float = 10.0
     connect_retry_seconds: float = 0.5  # the instance has an address but SSH is not ready yet: retry this often
     locate_seconds: float = 2.0  # while not connected, DescribeInstances at most this often
     cancel_check_seconds: float = 2.0  # while streaming, read the job's status this often (is it cancelled?)
+    # ... this often in a relay shard, whose loops are nudged when their job is cancelled or its attempt ends (the
+    # job store's listener writes the nudge on the shard's item, which the shard reads every tick)
+    nudged_check_seconds: float = 30.0
     # ... this often for a spot job with job_recovery: an interruption warning stops it, and the next attempt waits
     interruption_check_seconds: float = 1.0
-    stopping_poll_seconds: float = 0.25  # once the relay asked the wrapper to stop the job: look for its result
+    stopping_poll_seconds: float = 2.0
+    # No output and no heartbeat from the stream's watcher (one a second) this long: the connection is dead (a
+    # stalled SSH server, a lost network path); reconnect.
+    silence_seconds: float = 15.0
     cancel_drain_seconds: float = outcomes.CANCEL_DRAIN_SECONDS
     lease_seconds: float = LEASE_SECONDS  # a dead relay's lease ends within this (service/relay_lease.py)
 
@@ -179,10 +192,13 @@ class RelayService:
         time_left: Callable[[], float] = _no_deadline,
         owner: str = DIRECT_OWNER,
         pages: PageWriter | None = None,
+        nudge: threading.Event | None = None,
     ) -> RelayOutcome:
         """One invocation of `owner`'s relay loop (the workflow passes its execution's ARN). `pages`: a relay shard's
         page writer, which the loop's small flushes go through (service/relay_pages.py); without it, every flush is
-        written as the job's own chunks and committed."""
+        written as the job's own chunks and committed. `nudge`: set by a relay shard when the job was cancelled or
+        its attempt ended (service/relay_fleet.py); the loop then reads the job at once, and otherwise only every
+        `nudged_check_seconds` instead of `cancel_check_seconds`."""
         job = self.jobs.get(job_id)
         if job is None:
             return RelayOutcome(True, "the job does not exist")
@@ -206,7 +222,7 @@ class RelayService:
         hold = LeaseHold(job_id, owner, self.lease, self.clock, time_left, self.settings.lease_seconds)
         if not hold.claim():
             return self._not_claimed(job_id)
-        outcome = self._relay(job, budget, hold, pages)
+        outcome = self._relay(job, budget, hold, pages, nudge)
         if not outcome.finished:
             hold.release_for(LOOP_GAP_SECONDS)
             return outcome
@@ -228,7 +244,9 @@ class RelayService:
             contended_by=job.relay_owner or "",
         )
 
-    def _relay(self, job: Job, budget: float, hold: LeaseHold, pages: PageWriter | None) -> RelayOutcome:
+    def _relay(
+        self, job: Job, budget: float, hold: LeaseHold, pages: PageWriter | None, nudge: threading.Event | None = None
+    ) -> RelayOutcome:
         job_id, host_key = job.job_id, str(job.ssh_host_key)
         deadline = self.clock() + max(0.0, budget)
         team_key = self.secrets.team_key(job.team_id)
@@ -283,7 +301,7 @@ class RelayService:
                         if job.status == JobStatus.RECOVERING and not in_recovery_drain(job, utcnow()):
                             return RelayOutcome(True, f"attempt {job.attempt} ended", relayed, connections)
                         self._start(session, job, team_key)
-                        outcome = self._stream(session, job, deadline, hold, pages)
+                        outcome = self._stream(session, job, deadline, hold, pages, nudge)
                         relayed += outcome.relayed_bytes
                         drops = 0
                         backoff = 1.0
@@ -459,7 +477,13 @@ class RelayService:
         return self.clock() + max(0.0, left)
 
     def _stream(
-        self, session: SshSession, job: Job, deadline: float, hold: LeaseHold, pages: PageWriter | None = None
+        self,
+        session: SshSession,
+        job: Job,
+        deadline: float,
+        hold: LeaseHold,
+        pages: PageWriter | None = None,
+        nudge: threading.Event | None = None,
     ) -> RelayOutcome:
         """Follow the output from the committed offset. Writing to DynamoDB overlaps reading the next bytes (one
         write in flight at a time, so commits stay in order); every exit waits for that write first. Through a
@@ -495,7 +519,8 @@ class RelayService:
         pending = bytearray()
         pending_since = 0.0
         last_data = self.clock()
-        last_status = 0.0
+        last_heard = last_data  # the stream's watcher's last heartbeat (or its connection's start)
+        last_status = self.clock()  # the fallback status command: the watcher reports the result first
         final_size: int | None = None
         result: dict[str, str] | None = None
         cancel_by: float | None = None
@@ -506,6 +531,8 @@ class RelayService:
         check_every = settings.cancel_check_seconds
         if job.market == Market.SPOT and job.spec is not None and job.spec.job_recovery is not None:
             check_every = min(check_every, settings.interruption_check_seconds)
+        if nudge is not None:  # a shard's loop: the cancel and the attempt's end nudge it; this is the fallback
+            check_every = settings.nudged_check_seconds
 
         def settle() -> None:
             nonlocal in_flight, committed
@@ -585,6 +612,11 @@ class RelayService:
                     raise lost(type(error).__name__) from None
                 ended = data == b""
                 now = self.clock()
+                spoke, watched = channel.heard()
+                if spoke:
+                    last_heard = now
+                if final_size is None and watched is not None and watched[0] is not None:
+                    result, final_size = watched[0], base + watched[1]
                 if data:
                     if not pending:
                         pending_since = now
@@ -603,7 +635,10 @@ class RelayService:
                 if now >= grant_due and job.status in WITH_INSTANCE:
                     grant_due = now + job_io.GRANT_REFRESH_SECONDS
                     self._grant(session, job)
-                if cancel_by is None and now - last_cancel_check >= check_every:
+                nudged = nudge is not None and nudge.is_set()
+                if cancel_by is None and (nudged or now - last_cancel_check >= check_every):
+                    if nudge is not None:
+                        nudge.clear()  # before the read: a nudge after it is seen on the next pass
                     last_cancel_check = now
                     current = self.jobs.get(job.job_id)
                     if current is not None and current.status == JobStatus.CANCELLED:
@@ -641,6 +676,8 @@ class RelayService:
                     return RelayOutcome(True, "the output is drained", offset - start)
                 if ended:
                     raise lost("the output stream ended")
+                if now - max(last_data, last_heard) > settings.silence_seconds:
+                    raise lost(f"no word from the instance for {settings.silence_seconds:.0f} s")
                 if final_size is not None and now - last_data > settings.stall_seconds:
                     raise lost(f"no output for {settings.stall_seconds:.0f} s although the job has ended")
         finally:

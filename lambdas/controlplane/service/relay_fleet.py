@@ -71,6 +71,7 @@ class Shard:
     heartbeat_at: float  # epoch seconds
     execution: str = ""  # the name of the shard's one execution (another execution of it stops at once)
     started: bool = False  # its execution has heartbeaten: it runs
+    nudged: frozenset[str] = frozenset()  # jobs cancelled or whose attempt ended since the shard last looked
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class FleetStore(Protocol):
     def enrolment(self, job_id: str) -> Enrolment | None: ...
     def heartbeat(self, shard_id: str, now: float) -> bool: ...
     def retire(self, shard_id: str, stale_before: float | None = None) -> bool: ...
+    def nudge(self, shard_id: str, job_id: str) -> bool: ...
+    def clear_nudges(self, shard_id: str, job_ids: frozenset[str]) -> None: ...
 
 
 class TaskCallbacks(Protocol):
@@ -188,6 +191,8 @@ class _Followed:
     owner: str = ""
     task_token: str = ""  # the enrolment this loop follows the job for
     stop: threading.Event = field(default_factory=threading.Event)  # the job left this shard: stop following it
+    nudge: threading.Event = field(default_factory=threading.Event)  # the job was cancelled or its attempt ended
+    done: threading.Event = field(default_factory=threading.Event)  # the loop returned (its thread is ending)
     outcome: RelayOutcome | None = None
     error: BaseException | None = None
 
@@ -216,7 +221,6 @@ class ShardRunner:
         starter: ShardStarter,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
         tick_seconds: float = TICK_SECONDS,
         idle_seconds: float = IDLE_SECONDS,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
@@ -229,7 +233,6 @@ class ShardRunner:
         self.starter = starter
         self.clock = clock
         self.wall = wall
-        self.sleep = sleep
         self.tick_seconds = tick_seconds
         self.idle_seconds = idle_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -245,6 +248,7 @@ class ShardRunner:
         followed: dict[str, _Followed] = {}
         not_before: dict[str, float] = {}
         stopping = threading.Event()
+        wake = threading.Event()  # a loop returned: report it now, not at the next tick
         idle_since = self.clock()
         last_heartbeat = float("-inf")
         failing_since: float | None = None
@@ -266,9 +270,15 @@ class ShardRunner:
                     for job_id, entry in followed.items():
                         if job_id not in shard.jobs:
                             entry.stop.set()  # it left this shard (enrolled elsewhere): stop writing its log
+                        elif job_id in shard.nudged:
+                            entry.nudge.set()  # its loop reads the job now (a loop not started yet reads it first)
+                    if shard.nudged:
+                        self.store.clear_nudges(shard_id, shard.nudged)
                     settled: set[str] = set()  # `shard` was read before they left it
+                    wake.clear()
                     for job_id, entry in list(followed.items()):
-                        if not entry.thread.is_alive():
+                        if entry.done.is_set() or not entry.thread.is_alive():
+                            entry.thread.join()
                             del followed[job_id]
                             retry_at = self._settle(shard_id, job_id, entry, report)
                             if retry_at is None:
@@ -280,7 +290,7 @@ class ShardRunner:
                             if not_before.get(job_id, 0.0) > now:
                                 continue
                             not_before.pop(job_id, None)
-                            started = self._start(shard_id, job_id, time_left, stopping, pages)
+                            started = self._start(shard_id, job_id, time_left, stopping, pages, wake)
                             if started is not None:
                                 followed[job_id] = started
                                 report.followed += 1
@@ -298,7 +308,7 @@ class ShardRunner:
                         raise
                 if ending and not followed:
                     break
-                self.sleep(self.tick_seconds)
+                wake.wait(self.tick_seconds)
         except BaseException:
             stopping.set()  # this invocation dies: its jobs' loops stop writing (their leases end with it)
             raise
@@ -321,6 +331,7 @@ class ShardRunner:
         time_left: Callable[[], float],
         stopping: threading.Event,
         pages: PageWriter | None = None,
+        wake: threading.Event | None = None,
     ) -> _Followed | None:
         """Start following a job of the shard in its own thread (None: it is enrolled elsewhere now)."""
         enrolment = self.store.enrolment(job_id)
@@ -341,9 +352,13 @@ class ShardRunner:
 
         def run() -> None:
             try:
-                entry.outcome = self.relayer.relay(job_id, job_time_left, owner, pages)
+                entry.outcome = self.relayer.relay(job_id, job_time_left, owner, pages, nudge=entry.nudge)
             except BaseException as error:  # noqa: BLE001 - reported to the job's workflow as the step's error
                 entry.error = error
+            finally:
+                entry.done.set()
+                if wake is not None:
+                    wake.set()
 
         entry.thread = threading.Thread(target=run, name=f"{JOB_THREAD_PREFIX}{job_id}", daemon=True)
         entry.thread.start()
