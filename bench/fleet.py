@@ -1,5 +1,5 @@
 """Section 8: the relay fleet at scale (issue 17). N jobs running at once (200), each printing a 100-byte line a
-second for 3 minutes, followed the way relay shards follow them: ⌈N / 25⌉ groups of 25 relay loops
+second for 3 minutes, followed the way relay shards follow them: ⌈N / 50⌉ groups of 50 relay loops
 (service/relay.py, one thread each, as a shard runs them), each group writing through one page writer
 (service/relay_pages.py), over real SSH to a real OpenSSH sshd per instance, into the emulator's DynamoDB with its
 per-partition write limit on.
@@ -189,6 +189,11 @@ def run(jobs: int, seconds: float) -> tuple[list[Figure], dict[str, Any]]:
         logs = TimedLogs(boto3.resource("dynamodb").Table("bench-fleet-logs"))
         with tempfile.TemporaryDirectory(prefix="ec2jobs-bench-fleet-") as tmp:
             return _run(Path(tmp), logs, jobs, seconds)
+    except Exception as error:
+        code = emu.process.poll()
+        if code is not None:  # say so: the loops' errors alone only show refused connections
+            raise RuntimeError(f"the emulator process ended during the run (exit code {code})") from error
+        raise
     finally:
         emu.stop()
 

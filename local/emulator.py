@@ -67,7 +67,8 @@ def start(
     log_file: Path | None = None,
 ) -> EmulatorProcess:
     """Start the emulator in a subprocess and wait until it is serving."""
-    command = [sys.executable, "-m", "local.emulator", "--port", str(port)]
+    # -X faulthandler: a crash of the interpreter (a signal) leaves its threads' tracebacks on stderr
+    command = [sys.executable, "-X", "faulthandler", "-m", "local.emulator", "--port", str(port)]
     if enforce_iam:
         command.append("--enforce-iam")
     if simulate_instances:

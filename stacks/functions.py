@@ -207,9 +207,9 @@ RECONCILE = FunctionSpec(
 RELAY_SHARD = FunctionSpec(
     construct_id="RelayShard",
     handler=statemachine.FLEET_HANDLER,
-    description="ec2jobs relay shard: streams up to 25 jobs' output over SSH into the logs table",
+    description="ec2jobs relay shard: streams up to 50 jobs' output over SSH into the logs table",
     timeout_seconds=statemachine.TIMEOUTS["relay_shard"],
-    memory_mb=512,  # up to 25 SSH sessions and their writers; CPU scales with memory
+    memory_mb=512,  # up to 50 SSH sessions and their writers; CPU scales with memory
     tables={JOBS: RW, STATE: RW, LOGS: RW},  # STATE: its shard item, providers
     # Reads the team's key, never creates one: a key made now could not log in to an instance already running.
     secrets={SecretKind.PROVIDER_KEYS: SECRET_READ, SecretKind.TEAM_SSH_KEY: SECRET_READ},

@@ -21,7 +21,7 @@ _RESOURCE_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,21}$")
 _SECRETS_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Lambda keeps at least this much of an account's concurrency unreserved: reservations may total the quota minus it.
 LAMBDA_MIN_UNRESERVED = 100
-RELAY_SHARD_CAPACITY = 25  # = controlplane.service.relay_fleet.SHARD_CAPACITY (tests/infra checks they agree)
+RELAY_SHARD_CAPACITY = 50  # = controlplane.service.relay_fleet.SHARD_CAPACITY (tests/infra checks they agree)
 # CloudWatch Logs' retention periods (days → the CDK enum, whose values are names, not days).
 _RETENTION_DAYS: dict[int, logs.RetentionDays] = {
     1: logs.RetentionDays.ONE_DAY,
@@ -60,7 +60,7 @@ class Settings:
     # they were last written (an S3 lifecycle rule; docs/artifacts.md)
     artifact_expiry_days: int = 30
     api_cloudwatch_role: bool = True  # set API Gateway's account-level CloudWatch role (needed for its logs)
-    # Reserved concurrency (0 = none) so that running jobs' relay shards (one invocation per 25 jobs, shared pool)
+    # Reserved concurrency (0 = none) so that running jobs' relay shards (one invocation per 50 jobs, shared pool)
     # never starve the API, the authorizer, EC2 event handling or the reconciler. Each is also that function's cap.
     api_reserved_concurrency: int = 20  # API_RESERVED_CONCURRENCY: ~100 requests/s at 200 ms each
     authorizer_reserved_concurrency: int = 10  # AUTHORIZER_RESERVED_CONCURRENCY (API Gateway caches its answers)

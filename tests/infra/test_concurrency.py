@@ -40,10 +40,10 @@ def test_the_api_authorizer_events_and_reconciler_reserve_concurrency_and_the_st
 def test_the_defaults_and_the_jobs_an_account_carries() -> None:
     settings = Settings()
     assert settings.reserved_concurrency == 42
-    # (quota 1000 − 42 reserved − jobs launching at that moment) × 25 jobs per relay shard
-    assert settings.concurrent_jobs() == 958 * 25
-    assert settings.concurrent_jobs(launching=50) == 908 * 25
-    assert Settings(account_concurrency=400).concurrent_jobs(launching=8) == 350 * 25
+    # (quota 1000 − 42 reserved − jobs launching at that moment) × 50 jobs per relay shard
+    assert settings.concurrent_jobs() == 958 * 50
+    assert settings.concurrent_jobs(launching=50) == 908 * 50
+    assert Settings(account_concurrency=400).concurrent_jobs(launching=8) == 350 * 50
 
 
 def test_the_stack_s_shard_capacity_is_the_relay_fleet_s() -> None:
@@ -75,7 +75,7 @@ def test_a_low_quota_account_deploys_without_reservations() -> None:
     }
     settings = Settings.from_context(zero)
     assert settings.reserved_concurrency == 0
-    assert settings.concurrent_jobs(launching=1) == 9 * 25
+    assert settings.concurrent_jobs(launching=1) == 9 * 50
 
 
 @pytest.fixture(scope="module")

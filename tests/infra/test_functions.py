@@ -22,7 +22,7 @@ SIZES: dict[str, tuple[int, int]] = {
     **{handler: (256, TIMEOUTS[step]) for step, handler in HANDLERS.items()},
     "controlplane.handlers.events.instance_state": (256, 30),
     "controlplane.handlers.reconcile.handler": (256, 120),
-    FLEET_HANDLER: (512, TIMEOUTS["relay_shard"]),  # a relay shard: up to 25 jobs' SSH sessions
+    FLEET_HANDLER: (512, TIMEOUTS["relay_shard"]),  # a relay shard: up to 50 jobs' SSH sessions
 }
 COMMON_ENV = {
     "SECRETS_PREFIX": "ec2jobs",
@@ -66,7 +66,7 @@ def test_the_relay_has_time_for_its_streaming_budget(synth: Synth) -> None:
     assert relay["Environment"]["Variables"]["RELAY_BUDGET_SECONDS"] == str(RELAY_BUDGET_SECONDS) == "600"
     # A job's loop stops streaming at its budget, then drains, commits and returns: at least 2 minutes of headroom.
     assert relay["Timeout"] >= RELAY_BUDGET_SECONDS + 120
-    assert relay["MemorySize"] == 512  # docs/relay-fleet.md's cost figure assumes 512 MB per 25 jobs
+    assert relay["MemorySize"] == 512  # docs/relay-fleet.md's cost figure assumes 512 MB per 50 jobs
 
 
 def test_one_code_asset_and_one_layer_for_all_functions(synth: Synth) -> None:

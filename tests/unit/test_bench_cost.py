@@ -62,9 +62,10 @@ def test_gb_seconds_bill_whole_milliseconds_at_the_configured_memory() -> None:
     assert prices.gb_seconds(-1, 256) == 0
 
 
-def test_a_relay_shard_hour_shared_by_25_jobs_is_about_a_tenth_of_a_cent_each() -> None:
+def test_a_relay_shard_hour_shared_by_50_jobs_is_about_six_hundredths_of_a_cent_each() -> None:
+    assert SHARD_CAPACITY == 50
     hour = Usage(lambda_gb_seconds=prices.gb_seconds(3600, 512) / SHARD_CAPACITY)
-    assert prices.dollars(hour)["total"] == pytest.approx(0.0012, abs=0.0001)
+    assert prices.dollars(hour)["total"] == pytest.approx(0.0006, abs=0.00005)
 
 
 def test_item_sizes_follow_dynamodb_rules() -> None:

@@ -17,11 +17,11 @@ from controlplane import config
 from controlplane.core.ports import ProviderCredentials
 
 # Connections a client keeps per endpoint. botocore's default (10) is too few for a relay shard: its job loops (up
-# to SHARD_CAPACITY, 25, service/relay_fleet.py) share its clients, and each loop may have two DynamoDB calls in
+# to SHARD_CAPACITY, 50, service/relay_fleet.py) share its clients, and each loop may have two DynamoDB calls in
 # flight (its own and its log writer's) besides the shard's tick; beyond the pool, urllib3 opens a connection, warns
-# "Connection pool is full, discarding connection" and closes it after the call. 64 = 2 x 25 + a margin; idle slots
+# "Connection pool is full, discarding connection" and closes it after the call. 128 = 2 x 50 + a margin; idle slots
 # cost nothing (a connection is opened only when a call needs one).
-MAX_POOL_CONNECTIONS: Final = 64
+MAX_POOL_CONNECTIONS: Final = 128
 # "standard" retry mode: exponential backoff with jitter on throttling and transient errors, quota-limited.
 CLIENT_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},

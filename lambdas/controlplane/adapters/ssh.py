@@ -50,11 +50,12 @@ def watched_tail(offset: int, poll_seconds: float) -> str:
     there), and on stderr a watcher: a `.` every WATCH_SECONDS (the instance is alive), then, once the wrapper's
     result file exists, `<result>`, the result, the output's final size, `</result>` (the result is written only
     after the output is complete, so a size read after it is final). Once the relay closes the channel, the
-    watcher's next heartbeat fails and it stops tail and itself: nothing lingers on the instance per connection."""
+    watcher's next heartbeat fails and it exits, and tail (`--pid`: it follows only while the watcher's shell lives)
+    with it: nothing lingers on the instance per connection. Nothing is killed by PID (a PID can be reused)."""
     # tail -s: when tail cannot use inotify it polls the file, by default once a second (GNU coreutils), seen here
     # with several sandboxes at once. A job's lines must not wait for that.
     return (
-        f"S={STATE_DIR}; tail -c +{offset + 1} -s {poll_seconds:g} -F $S/output.log 2>/dev/null & T=$!; "
+        f"S={STATE_DIR}; tail -c +{offset + 1} -s {poll_seconds:g} -F --pid=$$ $S/output.log 2>/dev/null & T=$!; "
         "trap '' PIPE; R=; "
         "while kill -0 $T 2>/dev/null; do "
         'if [ -z "$R" ] && [ -e $S/result ]; then R=1; '
@@ -64,7 +65,7 @@ def watched_tail(offset: int, poll_seconds: float) -> str:
         "printf . >&2 || break; "
         'if [ -z "$R" ] && { [ -e $S/relay/cancel ] || [ -e $S/relay/interrupt ]; }; '
         f"then sleep {WATCH_STOPPING_SECONDS:g}; else sleep {WATCH_SECONDS:g}; fi; "
-        "done; kill $T 2>/dev/null; wait"
+        "done"
     )
 
 

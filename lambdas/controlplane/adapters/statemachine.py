@@ -315,7 +315,7 @@ def fleet_definition(follow_function: str) -> dict[str, Any]:
     retires (no jobs for a while) or hands over to a new execution (docs/relay-fleet.md). A crashed invocation is
     retried at once: the same shard takes its jobs back."""
     return {
-        "Comment": "ec2jobs: one relay shard, following up to 25 jobs' output",
+        "Comment": "ec2jobs: one relay shard, following up to 50 jobs' output",
         "StartAt": "Follow",
         "States": {
             "Follow": {

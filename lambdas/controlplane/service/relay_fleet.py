@@ -49,7 +49,10 @@ from controlplane.service.relay_pages import PageWriter
 
 logger = logging.getLogger(__name__)
 
-SHARD_CAPACITY: Final = 25  # jobs one shard follows at once: the Lambda concurrency held is ⌈running jobs / 25⌉
+# Jobs one shard follows at once: the Lambda concurrency held is ⌈running jobs / 50⌉. A job with typical logs takes
+# about 0.65 % of a 512 MB Lambda's vCPU (bench section 8, since the stream's watcher replaced the per-second status
+# command), so a full shard uses about a third of it (docs/relay-fleet.md).
+SHARD_CAPACITY: Final = 50
 HEARTBEAT_SECONDS: Final = 30.0  # a shard heartbeats its item and its jobs' tasks this often
 # A shard item not heartbeaten for this long is dead: enrolment skips it. Below the Relay task's HeartbeatSeconds
 # (120), so a job whose task timed out on a dead shard never joins that shard again.
