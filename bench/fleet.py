@@ -307,6 +307,7 @@ def _report(
     exact = 0
     mismatched: list[str] = []
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (when written, latency): where in the run the slow lines are
     unseen = 0
     for job_id, root in zip(ids, roots, strict=True):
         data = (root / "var/lib/ec2jobs/output.log").read_bytes()
@@ -323,6 +324,7 @@ def _report(
                 unseen += 1
             else:
                 latencies.append(seen - written)
+                timeline.append((written, seen - written))
     lines = len(latencies) + unseen
     job_hours = len(ids) * streaming_wall / 3600
     per_job_cpu = cpu / (len(ids) * streaming_wall)  # CPU seconds per job-second
@@ -374,8 +376,24 @@ def _report(
         "streaming_seconds": round(streaming_wall, 1),
         "cpu_seconds": round(cpu, 1),
         "cpu_per_job_second": per_job_cpu,
+        "p99_by_5s": slow_windows(timeline),
     }
     return figures, details
+
+
+def slow_windows(timeline: list[tuple[float, float]], width: float = 5.0) -> list[list[float]]:
+    """Per `width`-second window of write time from the first line: [window start (s), p99 (s), lines], so a tail
+    that is periodic (every job compacting at once) or at one moment (start, end) shows where it is."""
+    if not timeline:
+        return []
+    first = min(at for at, _ in timeline)
+    windows: dict[int, list[float]] = defaultdict(list)
+    for at, latency in timeline:
+        windows[int((at - first) // width)].append(latency)
+    return [
+        [index * width, round(_percentile(values, 0.99), 3), float(len(values))]
+        for index, values in sorted(windows.items())
+    ]
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["read"]:  # the sampled reader's process (see _run)

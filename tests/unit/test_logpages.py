@@ -140,8 +140,33 @@ class Compactions:
 def _tail(store: MemoryPages, clock: list[float], start: int = 100) -> tuple[PagedTail, Compactions, PageWriter]:
     writer = PageWriter(store, "s", tick=0.01)
     compactions = Compactions()
-    tail = PagedTail("job-1", writer, start, compactions, lambda: None, clock=lambda: clock[0])
+    tail = PagedTail("job-1", writer, start, compactions, lambda: None, clock=lambda: clock[0], jitter=lambda: 0.0)
     return tail, compactions, writer
+
+
+def test_each_tail_s_age_limit_is_drawn_anew_within_the_spread() -> None:
+    """Loops started together do not compact together: each tail's age limit falls between (1 - COMPACT_SPREAD) x
+    COMPACT_SECONDS and COMPACT_SECONDS, drawn again after every compaction."""
+    draws = iter([0.0, 0.999, 0.5])
+    writer = PageWriter(MemoryPages(), "s", tick=0.01)
+    clock = [0.0]
+    try:
+        tail = PagedTail("job-1", writer, 0, Compactions(), lambda: None, clock=lambda: clock[0],
+                         jitter=lambda: next(draws))  # fmt: skip
+        assert tail.age_limit == logpages.COMPACT_SECONDS
+        tail.store(0, b"x\n")
+        tail.compact()
+        shortest = logpages.COMPACT_SECONDS * (1 - logpages.COMPACT_SPREAD)
+        assert tail.age_limit == pytest.approx(shortest, abs=0.05)
+        tail.store(2, b"y\n")
+        clock[0] = tail.age_limit - 0.01
+        assert not tail.due()
+        clock[0] = tail.age_limit
+        assert tail.due()
+        tail.compact()
+        assert shortest < tail.age_limit < logpages.COMPACT_SECONDS
+    finally:
+        writer.close()
 
 
 def test_a_loop_s_small_flushes_are_paged_and_compacted_at_the_byte_bound_a_large_flush_or_its_end() -> None:

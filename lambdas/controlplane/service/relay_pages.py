@@ -12,6 +12,7 @@ continue it — once they reach COMPACT_BYTES or COMPACT_SECONDS, with a larger 
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import threading
 import time
@@ -111,8 +112,11 @@ class PagedTail:
         compact_to: Callable[[int, bytes, PagePointer], None],
         check_lease: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.job_id = job_id
+        self.jitter = jitter  # in [0, 1): where between its bounds each tail's age limit falls (COMPACT_SPREAD)
+        self.age_limit = self._draw_age_limit()
         self.pages = pages
         self.writer = secrets.token_hex(6)  # this loop's name on its entries
         self.start = start  # the committed offset: the tail begins here
@@ -153,15 +157,19 @@ class PagedTail:
         if offset != self.start + len(self.tail):
             raise ValueError(f"out of order: {offset} after a tail ending at {self.start + len(self.tail)}")
 
+    def _draw_age_limit(self) -> float:
+        return logpages.COMPACT_SECONDS * (1.0 - logpages.COMPACT_SPREAD * self.jitter())
+
     def due(self) -> bool:
         """The tail is old enough to be compacted although the job printed little since; or the job printed nothing
         for that long while the shard's other jobs wrote pages: its pointer moves up to the newest page, so a reader
-        never reads back more than COMPACT_SECONDS of pages to learn that nothing is new."""
+        never reads back more than COMPACT_SECONDS of pages to learn that nothing is new. "Long enough" is this
+        tail's age limit, at most COMPACT_SECONDS (COMPACT_SPREAD)."""
         now = self.clock()
         if self.tail:
-            return now - self.since >= logpages.COMPACT_SECONDS
+            return now - self.since >= self.age_limit
         at, seq = self.pointed
-        return now - at >= logpages.COMPACT_SECONDS and self.pages.pointer(self.writer).seq > seq
+        return now - at >= self.age_limit and self.pages.pointer(self.writer).seq > seq
 
     def compact(self, more: bytes = b"", repoint: bool = False) -> None:
         """Write the tail (and `more` after it) as the job's chunks and commit them, with the pointer to the pages
@@ -174,3 +182,4 @@ class PagedTail:
         self.pointed = (self.clock(), pointer.seq)
         self.start += len(data)
         self.tail.clear()
+        self.age_limit = self._draw_age_limit()
