@@ -118,19 +118,30 @@ def attempt_line(text: str, attempt: int) -> tuple[float, str] | None:
 
 def step_ends(history: list[dict[str, Any]], step: str) -> list[tuple[float, bool]]:
     """When each invocation of a workflow step's function (its name ending in `step`: "relay", "launch") ended,
-    in epoch seconds, and whether it succeeded; in order."""
+    in epoch seconds, and whether it succeeded; in order. A callback task (the Relay step's
+    `lambda:invoke.waitForTaskToken`: it ends when the relay shard reports the job) counts as its function's."""
     ends: list[tuple[float, bool]] = []
     current = ""
     for event in history:
         kind = event["type"]
         if kind == "LambdaFunctionScheduled":
             current = event["lambdaFunctionScheduledEventDetails"]["resource"].rsplit(":", 1)[-1]
+        elif kind == "TaskScheduled":
+            details = event.get("taskScheduledEventDetails", {})
+            try:
+                parameters = json.loads(details.get("parameters") or "{}")
+            except ValueError:
+                parameters = {}
+            current = str(parameters.get("FunctionName", "")).rsplit(":", 1)[-1]
         elif current.endswith(step) and kind in {
             "LambdaFunctionSucceeded",
             "LambdaFunctionFailed",
             "LambdaFunctionTimedOut",
+            "TaskSucceeded",
+            "TaskFailed",
+            "TaskTimedOut",
         }:
-            ends.append((event["timestamp"].timestamp(), kind == "LambdaFunctionSucceeded"))
+            ends.append((event["timestamp"].timestamp(), kind in {"LambdaFunctionSucceeded", "TaskSucceeded"}))
     return ends
 
 

@@ -13,6 +13,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import boto3
 import pytest
 
+from controlplane.core.ids import job_id_for_idempotency_key
 from local.faults import FaultPlan
 from tests.e2e.harness import NEEDS_SANDBOXES, Local, forget_process_state, start_local
 
@@ -220,13 +222,15 @@ def _instances_of_team() -> list[dict[str, Any]]:
 def test_every_recovery_row(recovery: Recovery) -> None:
     r = recovery
     for row in ROWS:
-        status, body = r.local.call("POST", "/jobs", row.task | {"provider_id": r.local.provider_id})
-        assert status == 202, body
-        row.job_id = str(body["job_id"])
-    # (the capacity rules match the job id, so they are added right after the submission: the launch workflow needs
-    # Validate and Bootstrap first, well over the time this takes)
-    for row in ROWS:
+        # The job id follows from the Idempotency-Key, so each row's faults are in place before its job exists: a
+        # launch never races them (they were added after the submission, and a fast launch got there first).
+        key = f"recovery-{row.name}-{uuid.uuid4().hex[:8]}"
+        row.job_id = job_id_for_idempotency_key(TEAM, key)
         row.arrange(r, row)
+        task = row.task | {"provider_id": r.local.provider_id}
+        status, body = r.local.call("POST", "/jobs", task, {"Idempotency-Key": key})
+        assert status == 202, body
+        assert body["job_id"] == row.job_id
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(ROWS, stop), daemon=True)
     watcher.start()

@@ -4,6 +4,7 @@ history's step ends, the phases, the summary and its rows; and its job script, r
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -53,6 +54,31 @@ def test_step_ends_follow_the_function_each_invocation_was_scheduled_for() -> No
     assert recovery.step_ends(history, "relay") == [(4.0, False), (6.0, True)]
     assert recovery.step_ends(history, "launch") == [(2.0, True), (10.0, False)]
     assert recovery.step_ends(history, "recover") == [(8.0, True)]
+
+
+def test_a_callback_task_ends_when_its_token_is_reported() -> None:
+    """The Relay step is `lambda:invoke.waitForTaskToken`: its end is the TaskSucceeded the relay shard's callback
+    makes, not the enrolling function's return."""
+    scheduled = {
+        "type": "TaskScheduled",
+        "timestamp": dt.datetime.fromtimestamp(3.0, dt.UTC),
+        "taskScheduledEventDetails": {
+            "resourceType": "lambda",
+            "resource": "invoke.waitForTaskToken",
+            "parameters": json.dumps({"FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:ec2jobs-relay"}),
+        },
+    }
+    history = [
+        _event("LambdaFunctionScheduled", 1.0, "ec2jobs-launch"),
+        _event("LambdaFunctionSucceeded", 2.0),
+        scheduled,
+        {"type": "TaskSubmitted", "timestamp": dt.datetime.fromtimestamp(3.1, dt.UTC)},
+        {"type": "TaskSucceeded", "timestamp": dt.datetime.fromtimestamp(9.0, dt.UTC)},
+        _event("LambdaFunctionScheduled", 9.5, "ec2jobs-recover"),
+        _event("LambdaFunctionSucceeded", 10.0),
+    ]
+    assert recovery.step_ends(history, "relay") == [(9.0, True)]
+    assert recovery.step_ends(history, "recover") == [(10.0, True)]
 
 
 def test_the_warnings_are_spread_over_the_relays_status_check_cycle() -> None:

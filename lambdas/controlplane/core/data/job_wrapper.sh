@@ -338,13 +338,21 @@ sync_area() {
 start_syncer() {
   command -v python3 >/dev/null 2>&1 || return 0
   (
+    # final_sync stops it: syncer.stop, then SIGUSR1, which ends the wait for the next round at once (bash runs
+    # the trap when `wait` returns; an upload in progress finishes first). Before the trap is set, SIGUSR1's
+    # default action ends the subshell, which had nothing in progress either.
+    trap 'touch "$STATE/syncer.stop"' USR1
     while :; do
-      for ((left = SYNC_SECONDS * 5; left > 0; left--)); do
-        [ -e "$STATE/syncer.stop" ] && exit 0
-        sleep 0.2
-      done
+      sleep "$SYNC_SECONDS" &
+      nap=$!
+      wait "$nap"
+      if [ -e "$STATE/syncer.stop" ]; then
+        kill "$nap" 2>/dev/null  # our own child, not reaped yet: its PID is still its own
+        exit 0
+      fi
       sync_area checkpoints || log "warning: syncing checkpoints failed (retried next time)"
       sync_area outputs || log "warning: syncing outputs failed (retried next time)"
+      [ -e "$STATE/syncer.stop" ] && exit 0
     done
   ) &
   SYNCER=$!
@@ -355,6 +363,7 @@ final_sync() {
   local area tries status
   if [ -n "$SYNCER" ]; then
     touch "$STATE/syncer.stop"
+    kill -USR1 "$SYNCER" 2>/dev/null  # not reaped before the wait below: still the syncer's PID
     wait "$SYNCER"
   fi
   UPLOADS=
@@ -432,10 +441,12 @@ run_phase() {
       CANCELLED=1
       log "cancelled: stopping the job (SIGTERM, SIGKILL after ${CANCEL_GRACE}s)"
       stop_holders "$fifo" "$CANCEL_GRACE"
+      continue  # the job is likely gone already: look at once
     elif [ -z "$CANCELLED$INTERRUPTED" ] && [ -e "$RELAY/interrupt" ]; then
       INTERRUPTED=1
       log "interrupted: stopping the job for its next attempt (SIGTERM, SIGKILL after ${CANCEL_GRACE}s)"
       stop_holders "$fifo" "$CANCEL_GRACE"
+      continue
     fi
     sleep 0.2
   done
@@ -511,8 +522,8 @@ stop_holders() {
   log "stopping job processes that still write output: $pids"
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null
-  for ((tries = grace * 5; tries > 0; tries--)); do
-    sleep 0.2
+  for ((tries = grace * 20; tries > 0; tries--)); do  # a job that exits at SIGTERM is seen gone within 0.05 s
+    sleep 0.05
     pids=$(holders "$target")
     [ -n "$pids" ] || return 0
   done
