@@ -42,9 +42,11 @@ def fake_relay(sandbox: Sandbox, marks: list[str], every: float, drained: bool) 
 
 
 def test_a_backlog_longer_than_the_drain_timeout_drains_while_the_relay_advances(sandbox: Sandbox) -> None:
-    marks = [str(1_000_000 * (i + 1)) for i in range(7)]  # 7 × 0.8 s ≈ 5.6 s of draining, timeout 2 s
+    # 7 × 0.8 s ≈ 5.6 s of draining, timeout 3 s: the wrapper counts whole seconds ($EPOCHSECONDS) and looks once a
+    # second, so its window is 2–3 s; with 2 s (a 1–2 s window) a loaded machine's late mark failed the test.
+    marks = [str(1_000_000 * (i + 1)) for i in range(7)]
     relay = fake_relay(sandbox, marks, every=0.8, drained=True)
-    outcome = sandbox.run(make_config(drain_timeout_seconds=2))
+    outcome = sandbox.run(make_config(drain_timeout_seconds=3))
     relay.join(timeout=5)
     wrapper_log = (sandbox.state / "wrapper.log").read_text()
     assert "drained marker found" in wrapper_log, wrapper_log

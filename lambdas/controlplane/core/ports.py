@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from controlplane.core.admission import Decision
 from controlplane.core.lifecycle import JobStatus
 from controlplane.core.logpages import PagePointer
 from controlplane.core.models import BootstrapRecord, Job, Provider
+
+if TYPE_CHECKING:  # only annotations: the admission models are built where admission runs, not with every port
+    from controlplane.core.admission import Decision
 
 
 @dataclass(frozen=True)
