@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -137,10 +138,12 @@ class Compactions:
         self.calls.append((offset, data, pointer))
 
 
-def _tail(store: MemoryPages, clock: list[float], start: int = 100) -> tuple[PagedTail, Compactions, PageWriter]:
+def _tail(
+    store: MemoryPages, clock: list[float], start: int = 100, jitter: Callable[[], float] = lambda: 0.0
+) -> tuple[PagedTail, Compactions, PageWriter]:
     writer = PageWriter(store, "s", tick=0.01)
     compactions = Compactions()
-    tail = PagedTail("job-1", writer, start, compactions, lambda: None, clock=lambda: clock[0], jitter=lambda: 0.0)
+    tail = PagedTail("job-1", writer, start, compactions, lambda: None, clock=lambda: clock[0], jitter=jitter)
     return tail, compactions, writer
 
 
@@ -148,11 +151,9 @@ def test_each_tail_s_age_limit_is_drawn_anew_within_the_spread() -> None:
     """Loops started together do not compact together: each tail's age limit falls between (1 - COMPACT_SPREAD) x
     COMPACT_SECONDS and COMPACT_SECONDS, drawn again after every compaction."""
     draws = iter([0.0, 0.999, 0.5])
-    writer = PageWriter(MemoryPages(), "s", tick=0.01)
     clock = [0.0]
+    tail, _, writer = _tail(MemoryPages(), clock, start=0, jitter=lambda: next(draws))
     try:
-        tail = PagedTail("job-1", writer, 0, Compactions(), lambda: None, clock=lambda: clock[0],
-                         jitter=lambda: next(draws))  # fmt: skip
         assert tail.age_limit == logpages.COMPACT_SECONDS
         tail.store(0, b"x\n")
         tail.compact()

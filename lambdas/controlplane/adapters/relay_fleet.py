@@ -155,23 +155,23 @@ class DynamoFleetStore:
             ExpressionAttributeValues={":token": token},
         )
 
-    def hand_over(self, shard_id: str, execution: str) -> bool:
-        """The shard's next execution: from now on only it follows the shard's jobs."""
+    def _update_shard(self, shard_id: str, expression: str, values: dict[str, Any]) -> bool:
+        """One UpdateItem of an existing shard item (never creates one: a retired shard stays gone)."""
         return _written(
             self.state.update_item,
             Key={"pk": FLEET_PK, "sk": shard_id},
-            UpdateExpression="SET execution = :execution",
+            UpdateExpression=expression,
             ConditionExpression="attribute_exists(sk)",
-            ExpressionAttributeValues={":execution": execution},
+            ExpressionAttributeValues=values,
         )
 
+    def hand_over(self, shard_id: str, execution: str) -> bool:
+        """The shard's next execution: from now on only it follows the shard's jobs."""
+        return self._update_shard(shard_id, "SET execution = :execution", {":execution": execution})
+
     def heartbeat(self, shard_id: str, now: float) -> bool:
-        return _written(
-            self.state.update_item,
-            Key={"pk": FLEET_PK, "sk": shard_id},
-            UpdateExpression="SET heartbeat_at = :now, started = :started",
-            ConditionExpression="attribute_exists(sk)",
-            ExpressionAttributeValues={":now": _decimal(now), ":started": True},
+        return self._update_shard(
+            shard_id, "SET heartbeat_at = :now, started = :started", {":now": _decimal(now), ":started": True}
         )
 
     def retire(self, shard_id: str, stale_before: float | None = None) -> bool:
@@ -191,24 +191,12 @@ class DynamoFleetStore:
 
     def nudge(self, shard_id: str, job_id: str) -> bool:
         """Tell the shard its job was cancelled or its attempt ended (the shard reads its item every tick)."""
-        return _written(
-            self.state.update_item,
-            Key={"pk": FLEET_PK, "sk": shard_id},
-            UpdateExpression="ADD nudged :job",
-            ConditionExpression="attribute_exists(sk)",
-            ExpressionAttributeValues={":job": {job_id}},
-        )
+        return self._update_shard(shard_id, "ADD nudged :job", {":job": {job_id}})
 
     def clear_nudges(self, shard_id: str, job_ids: frozenset[str]) -> None:
         """The shard passed these nudges on to its loops (a nudge added meanwhile stays)."""
         if job_ids:
-            _written(
-                self.state.update_item,
-                Key={"pk": FLEET_PK, "sk": shard_id},
-                UpdateExpression="DELETE nudged :jobs",
-                ConditionExpression="attribute_exists(sk)",
-                ExpressionAttributeValues={":jobs": set(job_ids)},
-            )
+            self._update_shard(shard_id, "DELETE nudged :jobs", {":jobs": set(job_ids)})
 
     def shard_of(self, job_id: str) -> str | None:
         """The shard following the job, if it is enrolled on one."""
