@@ -119,6 +119,14 @@ class Settings(BaseModel):
         gt=0,
         description="a running job whose relay lease expired (or was never taken) this long ago gets a new relay",
     )
+    relay_lease_seconds: float = Field(
+        alias="RELAY_LEASE_SECONDS",
+        default=90.0,
+        ge=15,
+        le=600,
+        description="a relay loop holds its job's lease this long and renews it every third of that: a dead loop's "
+        "lease ends within it (then RELAY_STALE_SECONDS, and the reconciler starts a new loop)",
+    )
     capacity_retry_seconds: int = Field(
         alias="CAPACITY_RETRY_SECONDS",
         default=60,

@@ -310,3 +310,12 @@ def test_a_collector_turned_off_by_someone_else_stays_off(monkeypatch: pytest.Mo
         pass
     assert not collector.enabled
     assert collector.freezes == 1
+
+
+def test_the_relay_lease_comes_from_the_environment(fresh_wiring: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELAY_LEASE_SECONDS (the fault matrix shortens it) reaches the relay's settings; 90 s when unset."""
+    assert container.relayer().settings.lease_seconds == 90.0
+    monkeypatch.setenv("RELAY_LEASE_SECONDS", "30")
+    config.get.cache_clear()
+    container.use(None)
+    assert container.relayer().settings.lease_seconds == 30.0

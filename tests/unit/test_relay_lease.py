@@ -109,3 +109,18 @@ def test_without_a_store_writes_are_never_refused() -> None:
     clock.now += 10**6
     assert hold.valid()
     assert not LeaseHold.ended(clock).valid()
+
+
+def test_a_shorter_lease_is_renewed_every_third_of_it() -> None:
+    """RELAY_LEASE_SECONDS below the default: renewed every third of its own length, so a live loop never loses it."""
+    store, clock = Store(), Clock()
+    hold = LeaseHold("job", "loop-a", store, clock, lambda: 900.0, seconds=30.0)
+    assert hold.claim()
+    assert hold.until == clock.now + 30.0
+    clock.now += 9.0
+    hold.renew_if_due()
+    assert store.claims == 1
+    clock.now += 2.0
+    hold.renew_if_due()
+    assert store.claims == 2
+    assert hold.until == clock.now + 30.0

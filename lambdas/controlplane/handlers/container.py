@@ -470,6 +470,7 @@ def _relay_from_environment() -> RelayService:
             ssh_port=settings.ssh_port,
             budget_seconds=settings.relay_budget_seconds,
             flush_interval_seconds=settings.log_flush_seconds,
+            lease_seconds=settings.relay_lease_seconds,
         ),
         lease=jobs,
         terminator=locator,

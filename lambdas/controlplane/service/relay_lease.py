@@ -20,8 +20,9 @@ from controlplane.core.models import utcnow
 
 logger = logging.getLogger(__name__)
 
-LEASE_SECONDS = 90.0  # a dead relay's lease ends within this
-RENEW_EVERY_SECONDS = LEASE_SECONDS / 3
+LEASE_SECONDS = 90.0  # a dead relay's lease ends within this (RELAY_LEASE_SECONDS)
+RENEW_FRACTION = 1 / 3  # a hold is renewed once this much of it has passed
+RENEW_EVERY_SECONDS = LEASE_SECONDS * RENEW_FRACTION
 LEASE_MARGIN_SECONDS = 10.0  # recorded beyond the hold: a slow clock elsewhere never sees it end early
 
 
@@ -67,7 +68,7 @@ class LeaseHold:
         return hold
 
     def claim(self) -> bool:
-        """Take (or renew) the lease for min(LEASE_SECONDS, the Lambda's remaining time). False: another loop holds
+        """Take (or renew) the lease for min(its seconds, the Lambda's remaining time). False: another loop holds
         it, or the job is in a state no relay streams."""
         if self.store is None:
             return True
@@ -85,7 +86,7 @@ class LeaseHold:
     def renew_if_due(self) -> None:
         """Renew once a third of the hold has passed; a failed renewal leaves the hold to run out (then writes
         stop). A renewal that DynamoDB throttles is tried again at the next call."""
-        if self.store is None or self.clock() - self._renewed_at < RENEW_EVERY_SECONDS:
+        if self.store is None or self.clock() - self._renewed_at < self.seconds * RENEW_FRACTION:
             return
         try:
             if not self.claim():
