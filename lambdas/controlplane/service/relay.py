@@ -662,9 +662,11 @@ class RelayService:
                     result, size = session.status()
                     if result is not None:
                         final_size = base + size
-                if committed > reported and now - last_report >= DRAIN_REPORT_SECONDS:
+                if final_size is not None and committed > reported and now - last_report >= DRAIN_REPORT_SECONDS:
                     # After the job ended, the wrapper keeps the instance up while this advances (a backlog drains
-                    # at the write rate; the status poll only comes once the stream goes quiet).
+                    # at the write rate). Only then: the wrapper reads it only once its result is written, and an
+                    # SSH command per job every few seconds while it streams would cost the shard and the instance
+                    # (and block this loop for the command's timeout on a stalled server, not silence_seconds).
                     reported, last_report = committed, now
                     self._report_drain(session, committed - base)
                 if final_size is not None and offset + len(pending) >= final_size:
