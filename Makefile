@@ -43,12 +43,15 @@ bench: install sshd
 catalog: install
 	$(PY) scripts/refresh_catalog.py
 
-# The unit, integration and template tests in two processes (each integration module has its own emulator); the
-# end-to-end tests after them, one module at a time (their latency assertions want the machine to themselves).
+# The unit, integration and template tests in two processes (each integration module has its own emulator); then the
+# end-to-end tests, two modules at a time (each starts its own local runtime; their simulators take disjoint loopback
+# blocks, local/simulator.py), except the relay fleet's, which asserts latency and runs alone after them.
+E2E_ALONE := tests/e2e/test_relay_fleet.py
 test: install sshd lint typecheck
 	$(PY) scripts/refresh_catalog.py --check
 	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q -n 2 tests/unit tests/integration tests/infra
-	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q tests/e2e
+	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q -n 2 --dist loadfile tests/e2e --ignore=$(E2E_ALONE)
+	EC2JOBS_REQUIRE_SSHD=1 $(PY) -m pytest -q $(E2E_ALONE)
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -10,10 +10,12 @@ TerminateInstances from anyone: the wrapper's aws shim, its `shutdown`, the cont
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,24 @@ from local.sandbox import InstanceSandbox, SandboxConfig
 logger = logging.getLogger("ec2jobs.simulator")
 EC2_STATE_CHANGE = "EC2 Instance State-change Notification"
 _STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48}
+LOOPBACK_BLOCKS = 64  # how many simulators may run at once on this machine (each has its own 127.0.<block>.0/24)
+_BLOCK_LOCKS = Path(tempfile.gettempdir()) / "ec2jobs-loopback-blocks"
+
+
+def claim_loopback_block() -> tuple[int, Any]:
+    """A block of loopback addresses no other simulator on this machine uses while the returned lock file stays open
+    (flock: released when its process ends, however it ends). Two simulators at once (test modules in parallel) would
+    otherwise both find 127.0.0.10 free and start two sshds on it; the first simulator keeps 127.0.0.x."""
+    _BLOCK_LOCKS.mkdir(parents=True, exist_ok=True)
+    for block in range(LOOPBACK_BLOCKS):
+        handle = (_BLOCK_LOCKS / f"{block}.lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return block, handle
+    raise RuntimeError(f"all {LOOPBACK_BLOCKS} loopback blocks are held by running instance simulators")
 
 
 def _ec2_backends() -> Any:
@@ -129,7 +149,8 @@ class InstanceSimulator:
         self.poll_seconds = poll_seconds
         self.sandboxes: dict[str, InstanceSandbox] = {}
         self.ended: set[str] = set()
-        self._free = [f"127.0.0.{n}" for n in range(10, 251)]
+        self._block, self._block_lock = claim_loopback_block()
+        self._free = [f"127.0.{self._block}.{n}" for n in range(10, 251)]
         self._lock = threading.Lock()
         self._observing = threading.RLock()  # RunInstances' own thread and the watch loop both observe instances
         self._stop = threading.Event()
@@ -175,6 +196,7 @@ class InstanceSimulator:
         self._thread.join(5)
         for sandbox in list(self.sandboxes.values()):
             sandbox.shutdown()
+        self._block_lock.close()  # its addresses are free for the next simulator
 
     # -- the watch loop -----------------------------------------------------------------------------------------
 

@@ -45,13 +45,17 @@ T = TypeVar("T")
 TEAM = "matrix"
 NEW_TEAM = "matrix-new"  # its first job bootstraps a new instance profile (IAM propagation row)
 ROLE_TEAM = "matrix-role"  # its instance role's policy is changed to deny self-termination (its own role)
-OUTAGE_SECONDS = float(os.environ.get("EC2JOBS_OUTAGE_SECONDS", "150"))
+# Longer than the outage row's jobs (40 s: they finish during it) and than the relay lease (RELAY_LEASE_SECONDS
+# below: the dead loops' leases have ended when the control plane comes back).
+OUTAGE_SECONDS = float(os.environ.get("EC2JOBS_OUTAGE_SECONDS", "60"))
 FAULT_MATRIX_DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 # Short graces so the reconciler's repairs show within the test (deployed defaults: 600 s / 120 s / 120 s).
 SETTINGS = {
     "ORPHAN_GRACE_SECONDS": "20",
     "ENDED_GRACE_SECONDS": "30",  # well past a normal self-termination (seconds), even on a loaded machine
     "RELAY_STALE_SECONDS": "10",
+    # A dead relay loop's lease ends within this (deployed default 90 s): the shard-killed and outage rows wait for it.
+    "RELAY_LEASE_SECONDS": "30",
     # The deployed default (the local runtime's own default is 60 s): the outage row's jobs finish during the
     # outage and their instances wait this long without relay progress for the relay to come back.
     "DRAIN_TIMEOUT_SECONDS": str(Settings.model_fields["drain_timeout_seconds"].default),
@@ -178,11 +182,11 @@ def _kill_shard_when_streaming(m: Matrix, job_id: str) -> None:
     m.rule(row, "crash_after", service="dynamodb", operation="GetItem", contains="relay-fleet", times=1)
 
 
-THROTTLED_WRITES = 40  # consecutive: far beyond the SDK's own retries (3 attempts a call)
+THROTTLED_WRITES = 15  # consecutive: three times the SDK's own retries (5 attempts a call, adapters/aws.py)
 
 
 def _throttle(m: Matrix, job_id: str) -> None:
-    """The job's chunk writes are throttled 40 times in a row: the SDK's retries give up again and again, and the
+    """The job's chunk writes are throttled 15 times in a row: the SDK's retries give up again and again, and the
     relay's own recovery (backoff, resend what was not written, commit only after) carries it."""
     m.rule(ROWS_BY_NAME["DynamoDB throttling"], "aws_error", service="dynamodb", operation="BatchWriteItem",
            job=job_id, code="ProvisionedThroughputExceededException", status=400,
@@ -251,13 +255,16 @@ def _deny_self_termination(m: Matrix, job_id: str) -> None:
     (m.marker_dir / SELF_TERMINATION_MARKER).touch()  # the job goes on now
 
 
-SPOT_TICKS = 110  # seconds the instance writes on after the warning (AWS reclaims it 120 s after it)
+# Seconds the instance writes on after the warning (AWS reclaims it up to 120 s after it). Longer than the ended
+# grace plus two reconciler ticks: a reconciler that gave a spot-interrupted job's instance only the ended grace, not
+# AWS's notice, would have terminated it before the last tick (and the log would miss lines).
+SPOT_TICKS = int(ENDED_GRACE + 4 * RECONCILE_EVERY)  # 50
 SPOT_OUTPUT = "started\n" + lines(SPOT_TICKS, "tick")
 SPOT_RUN = f"echo started; sleep 1; for i in $(seq 1 {SPOT_TICKS}); do echo tick $i; sleep 1; done; sleep 600"
 
 
 def _interrupt_spot(m: Matrix, job_id: str) -> None:
-    """The warning ends the job at once; the instance writes on for almost AWS's two-minute notice, and every line
+    """The warning ends the job at once; the instance writes on for 50 s of AWS's two-minute notice, and every line
     of it reaches the log (neither the relay nor the reconciler stops early); then AWS reclaims the instance."""
     row = ROWS_BY_NAME["spot interruption"]
     m.wait_for(row, lambda job, text: job["status"] == "RUNNING" and text.startswith("started\n"))
@@ -296,7 +303,7 @@ ROWS: list[Row] = [
         "before committing their offset", ("SUCCEEDED", None), {"run": STEADY_RUN}, PACED, arrange=_kill_relay),
     Row("relay shard killed mid-stream", "the relay shard following the job (and any other job on it) dies "
         "mid-stream", ("SUCCEEDED", None), {"run": STEADY_RUN}, PACED, act=_kill_shard_when_streaming),
-    Row("DynamoDB throttling", "40 chunk writes of the job in a row are throttled "
+    Row("DynamoDB throttling", "15 chunk writes of the job in a row are throttled "
         "(ProvisionedThroughputExceededException)", ("SUCCEEDED", None), {"run": PACED_RUN}, PACED,
         arrange=_throttle),
     Row("IAM profile propagation delay", "a new team's first launch: RunInstances rejects the new instance "
@@ -322,9 +329,9 @@ ROWS: list[Row] = [
          + FAST_RUN}, "waiting\n" + FAST, act=_deny_self_termination, team=ROLE_TEAM),
     Row("setup fails", "the setup script exits 2", ("FAILED", "SETUP_FAILED"),
         {"setup": "echo broken setup >&2; exit 2", "run": "echo never runs"}, "broken setup\n"),
-    Row("spot interruption", "an EC2 Spot Instance Interruption Warning for the instance; it writes on for ~2 "
-        "minutes", ("FAILED", "SPOT_INTERRUPTED"), {"resources": {"accelerators": "T4", "use_spot": True},
-        "run": SPOT_RUN}, SPOT_OUTPUT, act=_interrupt_spot),
+    Row("spot interruption", "an EC2 Spot Instance Interruption Warning for the instance; it writes on for 50 s "
+        "(inside AWS's two-minute notice)", ("FAILED", "SPOT_INTERRUPTED"),
+        {"resources": {"accelerators": "T4", "use_spot": True}, "run": SPOT_RUN}, SPOT_OUTPUT, act=_interrupt_spot),
 ]  # fmt: skip
 ROWS_BY_NAME = {row.name: row for row in ROWS}
 OUTAGE_ROW = "control plane stopped while jobs run"
