@@ -85,7 +85,7 @@ def test_the_states_in_order_with_retry_and_catch(synth: Synth) -> None:
         "Bootstrap": "Launch",
         "Launch": "Launched?",
         "Relay": "Drained?",
-        "Recover": "Bootstrap",
+        "Recover": "Bootstrapped?",
     }
     step_of = {
         "Validate": "validate",

@@ -241,6 +241,11 @@ class Workflow:
 
         return workflow.launch(state, self.context("launch", timeout_seconds=180))  # the deployed timeout
 
+    def recover(self, job_id: str, relay_owner: str) -> Any:
+        from controlplane.handlers import workflow
+
+        return workflow.recover({"job_id": job_id, "relay_owner": relay_owner}, self.context("recover"))
+
     def record_failure(self, state: dict[str, Any], error: dict[str, Any]) -> Any:
         from controlplane.handlers import workflow
 

@@ -191,6 +191,42 @@ def test_given_attempt_2_then_its_own_token_and_a_retried_step_finds_its_own_ins
     assert tags(volume)[provisioning.ATTEMPT_TAG] == "2"
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cached record", "no cached record"])
+def test_given_a_recovering_job_then_recover_passes_the_cached_bootstrap_record_and_launch_needs_no_bootstrap(
+    control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, capacity: RegionCapacity, cached: bool
+) -> None:
+    """Recover, like Validate, hands Launch the team's cached bootstrap record for the next attempt's region (the
+    `Bootstrapped?` choice then skips Bootstrap); without one, the state has none and the workflow bootstraps."""
+    from controlplane.handlers import container
+
+    state = launch_state(control_plane, tenant, workflow, {"resources": G4DN, "run": "x"})
+    workflow.launch(state)
+    (attempt_1,) = instances_of(state["job_id"])
+    jobs().transition(state["job_id"], JobStatus.RECOVERING, fields={"status_detail": "attempt 1 ended (test)"})
+    if not cached:
+        container.pipeline().bootstrapper.forget(tenant.provider_id, "us-east-1")
+
+    recovered = workflow.recover(state["job_id"], "arn:aws:states:us-east-1:123456789012:execution:x:y")
+
+    assert (recovered["attempt"], stored(state["job_id"]).status) == (2, JobStatus.LAUNCHING)
+    assert instances_of(state["job_id"])[0]["State"]["Name"] in {"shutting-down", "terminated"}
+    assert attempt_1["InstanceId"] == instances_of(state["job_id"])[0]["InstanceId"]
+    if not cached:
+        assert "bootstrap" not in recovered
+        return
+    assert recovered["bootstrap"] == state["bootstrap"]
+    assert recovered["bootstrap_source"] == "cache"
+    launched = workflow.launch(recovered)
+    assert launched["launch"] == {"next": "relay", "wait_seconds": 0}
+    assert stored(state["job_id"]).attempt == 2
+    assert (
+        tags(next(i for i in instances_of(state["job_id"]) if i["InstanceId"] == launched["instance_id"]))[
+            provisioning.ATTEMPT_TAG
+        ]
+        == "2"
+    )
+
+
 def test_given_attempt_1_still_running_when_attempt_2_launches_then_it_is_terminated_not_adopted(
     control_plane: ControlPlane, tenant: Tenant, workflow: Workflow, capacity: RegionCapacity
 ) -> None:

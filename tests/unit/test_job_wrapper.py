@@ -1094,3 +1094,13 @@ def test_a_private_git_workdir_is_cloned_with_the_token_from_its_secret(sandbox:
         assert outcome.output() == "ec2jobs: workdir.token_secret names GH_TOKEN, which has no value\n"
     finally:
         server.shutdown()
+
+
+def test_the_job_inherits_no_descriptor_of_the_wrappers_own(sandbox: Sandbox) -> None:
+    """The wrapper's nap pipe (its run loop waits on it without starting a process) stays the wrapper's: the job's
+    processes hold only their stdin (/dev/null), their output pipe and what bash itself opens (its script)."""
+    outcome = sandbox.run(make_config(run="ls -l /proc/$$/fd"))  # the job's shell's descriptors
+    held = dict(line.split()[-3::2] for line in outcome.output().splitlines() if " -> " in line)
+    assert held["0"] == "/dev/null"
+    assert all(not target.startswith("pipe:") for target in held.values()), held
+    assert outcome.result()["reason"] == "SUCCEEDED"

@@ -33,10 +33,11 @@ def test_the_relay_loops_until_finished_and_failures_reach_record_failure() -> N
         "Done",
         "Relay",
     )
-    # an attempt that ended and relaunches goes to Recover (checked first: it is finished too), then Bootstrap
+    # an attempt that ended and relaunches goes to Recover (checked first: it is finished too), then as after
+    # Validate: Launch with the cached bootstrap record Recover passes, else Bootstrap
     assert recover["Next"] == "Recover"
     assert [c["Variable"] for c in recover["And"]] == ["$.relay.recover", "$.relay.recover"]
-    assert states["Recover"]["Next"] == "Bootstrap"
+    assert states["Recover"]["Next"] == "Bootstrapped?"
     assert states["Recover"]["Parameters"] == {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"}
     for step in ("Validate", "Bootstrap", "Launch", "Recover"):
         catches = {tuple(c["ErrorEquals"]): c["Next"] for c in states[step]["Catch"]}
@@ -53,8 +54,8 @@ def test_validate_goes_to_launch_when_it_passed_a_bootstrap_record_else_to_boots
     (known,) = states["Bootstrapped?"]["Choices"]
     assert (known["Variable"], known["IsPresent"], known["Next"]) == ("$.bootstrap", True, "Launch")
     assert states["Bootstrapped?"]["Default"] == "Bootstrap"
-    # a recovering attempt and a resumed launch still go through Bootstrap
-    assert states["Recover"]["Next"] == "Bootstrap"
+    # so does a recovering attempt (Recover passes the record of its region); a resumed launch goes through Bootstrap
+    assert states["Recover"]["Next"] == "Bootstrapped?"
 
 
 def test_validate_receives_the_execution_name_and_arn() -> None:

@@ -9,7 +9,8 @@ Lambda, for the shard's SendTaskSuccess with the relay's outcome. An execution w
 (the reconciler starts one when a job's relay loop died) goes straight to Relay; one with `resume_launch` (a job
 waiting for capacity whose execution died) to Bootstrap. Managed recovery (core/recovery.py): a relay loop that ends
 with `relay.recover` (the attempt ended and the job relaunches) goes to Recover, which terminates the attempt's
-instance and begins the next attempt, then Bootstrap → Launch → Relay again. Launch may answer `launch.next`:
+instance and begins the next attempt, then (Bootstrap →) Launch → Relay again: like Validate, Recover passes the
+cached bootstrap record of the next attempt's region when there is one. Launch may answer `launch.next`:
 `bootstrap` (no capacity in this region: the next region of the job's list needs its resources) or `wait` (no
 capacity anywhere: WAITING_CAPACITY, a Wait state of `launch.wait_seconds`, then Launch
 again — waiting holds no Lambda). Transient errors
@@ -296,7 +297,7 @@ def definition(
                 "Parameters": {"job_id.$": "$.job_id", "relay_owner.$": "$$.Execution.Id"},
                 "Retry": _retry_transient(5, 6),
                 "Catch": _catch(),
-                "Next": "Bootstrap",
+                "Next": "Bootstrapped?",  # with the cached record for its region, as after Validate
             },
             "Done": {"Type": "Succeed"},
             "RecordFailure": {

@@ -96,12 +96,18 @@ class Pipeline:
         return state | {"relay": outcome.as_state()}
 
     def recover(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The Recover step: the ended attempt's instance terminated, the next attempt begun (LAUNCHING)."""
+        """The Recover step: the ended attempt's instance terminated, the next attempt begun (LAUNCHING). With the
+        team's cached bootstrap record for the next attempt's region, as Validate passes it: the workflow then skips
+        Bootstrap (Launch re-bootstraps if RunInstances says a resource is gone)."""
         job_id = _job_id(state)
         owner = str(state.get("relay_owner") or DIRECT_OWNER)
         with self._failing(job_id):
             job = self.recovery.recover(job_id, owner)
-        return {"job_id": job_id, "team_id": job.team_id, "attempt": job.attempt, "region": job.region}
+        result = {"job_id": job_id, "team_id": job.team_id, "attempt": job.attempt, "region": job.region}
+        record = self.bootstrapper.known(job.provider_id, job.team_id, job.region)
+        if record is None:
+            return result
+        return result | {"bootstrap": record.model_dump(mode="json"), "bootstrap_source": BOOTSTRAP_FROM_CACHE}
 
     def reap(self, job: Job) -> list[str]:
         """Terminate every live instance launched for the job (with its provider's keys)."""
