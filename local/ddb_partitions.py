@@ -104,7 +104,8 @@ def _throttled(table: Any, rate: float) -> Exception:
     )
     reasons = [{"reason": "TableWriteKeyRangeThroughputExceeded", "resource": str(getattr(table, "table_arn", ""))}]
     error.description = json.dumps({"__type": error.error_type, "message": error.message, "ThrottlingReasons": reasons})
-    return error
+    throttled: Exception = error
+    return throttled
 
 
 class _Writes:

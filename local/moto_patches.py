@@ -293,7 +293,8 @@ def _patch_full_object_checksum() -> None:
 
     def build(self: Any) -> tuple[str, str, int] | None:
         if not crc_fallback(self):
-            return original_build(self)
+            built: tuple[str, str, int] | None = original_build(self)
+            return built
         digest = self.__dict__.get("_ec2jobs_crc32", binascii.crc32(b"")).to_bytes(4, "big")
         return (self.checksum_type, base64.b64encode(digest).decode(), 1)
 

@@ -226,4 +226,4 @@ class Api(Construct):
 
     @property
     def url(self) -> str:
-        return self.rest_api.url
+        return str(self.rest_api.url)

@@ -118,7 +118,7 @@ class Artifacts(Construct):
     @property
     def objects_arn(self) -> str:
         """Every object of the layout: <bucket ARN>/teams/*."""
-        return self.bucket.arn_for_objects(f"{TEAMS_PREFIX}*")
+        return str(self.bucket.arn_for_objects(f"{TEAMS_PREFIX}*"))
 
     def objects_finding(self) -> str:
         """cdk-nag's name for a grant on objects_arn (AwsSolutions-IAM5's finding)."""

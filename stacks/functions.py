@@ -417,9 +417,10 @@ def secret_name_pattern(settings: Settings, kind: SecretKind) -> str:
 
 
 def secret_arn(stack: Stack, settings: Settings, kind: SecretKind) -> str:
-    return stack.format_arn(
+    arn: str = stack.format_arn(
         service="secretsmanager",
         resource="secret",
         resource_name=secret_name_pattern(settings, kind),
         arn_format=ArnFormat.COLON_RESOURCE_NAME,
     )
+    return arn
