@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from controlplane.core.provisioning import MANAGED_BY_TAG
 from local.sandbox import InstanceSandbox, SandboxConfig
@@ -31,7 +31,7 @@ LOOPBACK_BLOCKS = 64  # how many simulators may run at once on this machine (eac
 _BLOCK_LOCKS = Path(tempfile.gettempdir()) / "ec2jobs-loopback-blocks"
 
 
-def claim_loopback_block() -> tuple[int, Any]:
+def claim_loopback_block() -> tuple[int, TextIO]:
     """A block of loopback addresses no other simulator on this machine uses while the returned lock file stays open
     (flock: released when its process ends, however it ends). Two simulators at once (test modules in parallel) would
     otherwise both find 127.0.0.10 free and start two sshds on it; the first simulator keeps 127.0.0.x."""

@@ -209,8 +209,11 @@ def test_given_a_recovering_job_then_recover_passes_the_cached_bootstrap_record_
     recovered = workflow.recover(state["job_id"], "arn:aws:states:us-east-1:123456789012:execution:x:y")
 
     assert (recovered["attempt"], stored(state["job_id"]).status) == (2, JobStatus.LAUNCHING)
-    assert instances_of(state["job_id"])[0]["State"]["Name"] in {"shutting-down", "terminated"}
-    assert attempt_1["InstanceId"] == instances_of(state["job_id"])[0]["InstanceId"]
+    (reaped,) = instances_of(state["job_id"])
+    assert (reaped["InstanceId"], reaped["State"]["Name"] in {"shutting-down", "terminated"}) == (
+        attempt_1["InstanceId"],
+        True,
+    )
     if not cached:
         assert "bootstrap" not in recovered
         return
@@ -219,12 +222,8 @@ def test_given_a_recovering_job_then_recover_passes_the_cached_bootstrap_record_
     launched = workflow.launch(recovered)
     assert launched["launch"] == {"next": "relay", "wait_seconds": 0}
     assert stored(state["job_id"]).attempt == 2
-    assert (
-        tags(next(i for i in instances_of(state["job_id"]) if i["InstanceId"] == launched["instance_id"]))[
-            provisioning.ATTEMPT_TAG
-        ]
-        == "2"
-    )
+    by_id = {i["InstanceId"]: i for i in instances_of(state["job_id"])}
+    assert tags(by_id[launched["instance_id"]])[provisioning.ATTEMPT_TAG] == "2"
 
 
 def test_given_attempt_1_still_running_when_attempt_2_launches_then_it_is_terminated_not_adopted(

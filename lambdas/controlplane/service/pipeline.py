@@ -54,7 +54,14 @@ class Pipeline:
         """The plan; with the team's cached bootstrap record (`bootstrap`, `bootstrap_source: cache`) when its
         resources in the job's account and region were bootstrapped before: the workflow then skips Bootstrap."""
         state = self.intake.validate(raw, execution_name, execution_arn).as_state()
-        record = self.bootstrapper.known(state["provider_id"], state["team_id"], state["region"])
+        return self._with_cached_bootstrap(state, state["provider_id"], state["team_id"], state["region"])
+
+    def _with_cached_bootstrap(
+        self, state: dict[str, Any], provider_id: str, team_id: str, region: str
+    ) -> dict[str, Any]:
+        """The state with the team's cached bootstrap record of the region (`bootstrap`, `bootstrap_source: cache`)
+        when there is one: the `Bootstrapped?` choice then goes straight to Launch."""
+        record = self.bootstrapper.known(provider_id, team_id, region)
         if record is None:
             return state
         return state | {"bootstrap": record.model_dump(mode="json"), "bootstrap_source": BOOTSTRAP_FROM_CACHE}
@@ -104,10 +111,7 @@ class Pipeline:
         with self._failing(job_id):
             job = self.recovery.recover(job_id, owner)
         result = {"job_id": job_id, "team_id": job.team_id, "attempt": job.attempt, "region": job.region}
-        record = self.bootstrapper.known(job.provider_id, job.team_id, job.region)
-        if record is None:
-            return result
-        return result | {"bootstrap": record.model_dump(mode="json"), "bootstrap_source": BOOTSTRAP_FROM_CACHE}
+        return self._with_cached_bootstrap(result, job.provider_id, job.team_id, job.region)
 
     def reap(self, job: Job) -> list[str]:
         """Terminate every live instance launched for the job (with its provider's keys)."""
